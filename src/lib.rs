@@ -10,10 +10,12 @@
 //! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline.
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
 //! - [`events`]: key-rotation events and their bus.
-//! - [`grpc`]: the TokenService adapter and the one error-to-Status mapping.
+//! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
+//!   AdminService, and the one error-to-Status mapping.
 //! - [`app`]: wiring: registry, refreshers, services, serve, shutdown.
 //! - [`dev`]: the `--dev` issuer and its signing key.
-//! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`).
+//! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`, `watch`,
+//!   `issuers`).
 //! - [`telemetry`]: the tracing subscriber.
 
 #![forbid(unsafe_code)]

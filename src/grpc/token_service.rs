@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
@@ -11,6 +12,7 @@ use super::{
     BoundaryError, convert, non_empty, parse_token,
     pb::{self, token_service_server::TokenService},
     split_validate_error,
+    watch::{self, Watchers},
 };
 use crate::registry::{Registry, ValidateInput};
 
@@ -28,12 +30,32 @@ pub struct Limits {
 pub struct TokenServiceImpl {
     registry: Registry,
     limits: Limits,
+    /// Open WatchKeys streams, capped at `limits.max_watchers`.
+    watchers: Watchers,
+    /// Ends every WatchKeys stream (with OK) when cancelled.
+    shutdown: Option<CancellationToken>,
 }
 
 impl TokenServiceImpl {
     /// A handler over `registry`.
     pub fn new(registry: Registry, limits: Limits) -> Self {
-        Self { registry, limits }
+        Self {
+            registry,
+            limits,
+            watchers: Watchers::new(limits.max_watchers),
+            shutdown: None,
+        }
+    }
+
+    /// Ends every WatchKeys stream cleanly when `token` is cancelled (the app's shutdown).
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// The WatchKeys subscriber count.
+    pub fn watchers(&self) -> &Watchers {
+        &self.watchers
     }
 
     /// Validate without the tonic wrapping, for handler tests and Introspect.
@@ -76,7 +98,9 @@ impl TokenService for TokenServiceImpl {
 
     type WatchKeysStream = KeyEventStream;
 
-    async fn watch_keys(&self, _request: Request<pb::WatchKeysRequest>) -> Result<Response<Self::WatchKeysStream>, Status> {
-        Err(Status::unimplemented("WatchKeys is not implemented yet"))
+    async fn watch_keys(&self, request: Request<pb::WatchKeysRequest>) -> Result<Response<Self::WatchKeysStream>, Status> {
+        let req = request.into_inner();
+        let stream = watch::open(&self.registry, &self.watchers, self.shutdown.clone(), &req)?;
+        Ok(Response::new(stream))
     }
 }

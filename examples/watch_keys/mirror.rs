@@ -1,0 +1,164 @@
+//! A local mirror of introspectd's signing keys, fed by `WatchKeys`, that verifies
+//! tokens without calling Validate. Reusable: the example binary and the integration
+//! tests include this file.
+//!
+//! The stream's contract, as the mirror applies it:
+//! - EXISTING events build a fresh key set that SYNCED then installs whole. The same
+//!   pair arrives again, without warning, when the server resynchronises a subscriber
+//!   that fell behind, so a snapshot always *replaces* the mirror, never adds to it.
+//! - ADDED and REMOVED change the installed set one key at a time.
+//! - REFRESH_FAILED changes nothing: the server keeps its last good keys too.
+//!
+//! Only what the service streams is trusted: a key verifies only tokens of its own
+//! issuer and of the one algorithm the service bound it to (never the token's say-so).
+//! Symmetric keys are never streamed, and the mirror refuses one if it ever saw one.
+
+use std::{collections::HashMap, str::FromStr as _};
+
+use introspectd::grpc::pb::{KeyEvent, KeyEventType};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
+use serde_json::Value;
+
+/// Identifies a key: tenant, B2C policy (empty when none), kid.
+pub type KeyId = (String, String, String);
+
+/// One mirrored key.
+pub struct MirroredKey {
+    /// The issuer whose tokens it verifies.
+    pub issuer: String,
+    /// The one algorithm it verifies.
+    pub algorithm: Algorithm,
+    /// RFC 7638 thumbprint, as streamed.
+    pub thumbprint: String,
+    key: DecodingKey,
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key joined the snapshot being received.
+    Staged(KeyId),
+    /// A snapshot was installed; it holds this many keys.
+    Synced(usize),
+    /// A key was added.
+    Added(KeyId),
+    /// A key was removed.
+    Removed(KeyId),
+    /// The server could not refresh an issuer (keys unchanged).
+    RefreshFailed(String),
+}
+
+/// The mirror.
+#[derive(Default)]
+pub struct KeyMirror {
+    live: HashMap<KeyId, MirroredKey>,
+    staging: Option<HashMap<KeyId, MirroredKey>>,
+    synced: bool,
+}
+
+fn id_of(e: &KeyEvent) -> KeyId {
+    (e.tenant.clone(), e.policy.clone(), e.key_id.clone())
+}
+
+fn parse_key(e: &KeyEvent) -> Result<MirroredKey, String> {
+    if e.key_type == "oct" {
+        return Err("a symmetric key was streamed; refusing it".into());
+    }
+    let jwk: Jwk =
+        serde_json::from_str(&e.jwk).map_err(|err| format!("jwk of {}: {err}", e.key_id))?;
+    if matches!(
+        jwk.algorithm,
+        jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+    ) {
+        return Err("a symmetric key was streamed; refusing it".into());
+    }
+    let key = DecodingKey::from_jwk(&jwk).map_err(|err| format!("jwk of {}: {err}", e.key_id))?;
+    let algorithm = Algorithm::from_str(&e.algorithm)
+        .map_err(|err| format!("algorithm {}: {err}", e.algorithm))?;
+    Ok(MirroredKey {
+        issuer: e.issuer.clone(),
+        algorithm,
+        thumbprint: e.thumbprint.clone(),
+        key,
+    })
+}
+
+impl KeyMirror {
+    /// An empty mirror.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once a first snapshot is installed.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The installed keys' ids and thumbprints, sorted.
+    pub fn keys(&self) -> Vec<(KeyId, String)> {
+        let mut v: Vec<(KeyId, String)> = self
+            .live
+            .iter()
+            .map(|(id, k)| (id.clone(), k.thumbprint.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Applies one event of the stream.
+    pub fn apply(&mut self, e: &KeyEvent) -> Result<Change, String> {
+        let kind = KeyEventType::try_from(e.r#type)
+            .map_err(|_| format!("unknown event type {}", e.r#type))?;
+        match kind {
+            KeyEventType::Existing => {
+                let key = parse_key(e)?;
+                self.staging
+                    .get_or_insert_with(HashMap::new)
+                    .insert(id_of(e), key);
+                Ok(Change::Staged(id_of(e)))
+            }
+            KeyEventType::Synced => {
+                self.live = self.staging.take().unwrap_or_default();
+                self.synced = true;
+                Ok(Change::Synced(self.live.len()))
+            }
+            KeyEventType::Added => {
+                let key = parse_key(e)?;
+                self.live.insert(id_of(e), key);
+                Ok(Change::Added(id_of(e)))
+            }
+            KeyEventType::Removed => {
+                self.live.remove(&id_of(e));
+                Ok(Change::Removed(id_of(e)))
+            }
+            KeyEventType::RefreshFailed => Ok(Change::RefreshFailed(e.message.clone())),
+            KeyEventType::Unspecified => Err("event type unspecified".into()),
+        }
+    }
+
+    /// Verifies `token` locally: a key with the token's kid, bound to the token's
+    /// algorithm, of the issuer the token claims; then `exp`, `iss` and, when given,
+    /// `audiences` (any one must match).
+    pub fn verify(&self, token: &str, audiences: &[&str]) -> Result<Value, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
+        let kid = header.kid.ok_or("the token has no kid")?;
+        let mut last = format!("no mirrored key has kid `{kid}` for {:?}", header.alg);
+        for ((_, _, k), key) in &self.live {
+            if *k != kid || key.algorithm != header.alg {
+                continue;
+            }
+            let mut validation = Validation::new(key.algorithm);
+            validation.set_issuer(&[&key.issuer]);
+            if audiences.is_empty() {
+                validation.validate_aud = false;
+            } else {
+                validation.set_audience(audiences);
+            }
+            match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+}
