@@ -481,7 +481,11 @@ async fn a_stalled_subscriber_is_resynchronised_while_a_reading_one_sees_every_e
         }
         assert_eq!(seen, expected(now), "rotation {r}");
     }
-    let last = if !rotations.is_multiple_of(2) { &set_b } else { &set_a };
+    let last = if !rotations.is_multiple_of(2) {
+        &set_b
+    } else {
+        &set_a
+    };
 
     // The stalled subscriber reads again: whatever was in flight, then a fresh snapshot.
     let mut resynced = false;

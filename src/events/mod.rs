@@ -125,17 +125,17 @@ fn identity(k: &VerifyingKey) -> (Option<&str>, &str) {
 pub fn diff(origin: &Origin<'_>, old: &KeySet, new: &KeySet, at: SystemTime) -> Vec<KeyEvent> {
     let mut out = Vec::new();
     for k in new.iter() {
-        if !old.iter().any(|o| identity(o) == identity(k)) {
-            if let Some(info) = KeyInfo::of(k) {
-                out.push(origin.key_event(KeyEventKind::Added, info, at));
-            }
+        if !old.iter().any(|o| identity(o) == identity(k))
+            && let Some(info) = KeyInfo::of(k)
+        {
+            out.push(origin.key_event(KeyEventKind::Added, info, at));
         }
     }
     for k in old.iter() {
-        if !new.iter().any(|n| identity(n) == identity(k)) {
-            if let Some(info) = KeyInfo::of(k) {
-                out.push(origin.key_event(KeyEventKind::Removed, info, at));
-            }
+        if !new.iter().any(|n| identity(n) == identity(k))
+            && let Some(info) = KeyInfo::of(k)
+        {
+            out.push(origin.key_event(KeyEventKind::Removed, info, at));
         }
     }
     out
@@ -177,7 +177,10 @@ impl EventBus {
     }
 
     /// Subscribes and takes a snapshot (built by `snapshot`) atomically.
-    pub fn subscribe<F: FnOnce() -> Vec<KeyEvent>>(&self, snapshot: F) -> (broadcast::Receiver<Arc<KeyEvent>>, Vec<KeyEvent>) {
+    pub fn subscribe<F: FnOnce() -> Vec<KeyEvent>>(
+        &self,
+        snapshot: F,
+    ) -> (broadcast::Receiver<Arc<KeyEvent>>, Vec<KeyEvent>) {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
         (rx, snapshot())
@@ -201,8 +204,10 @@ mod tests {
 
     fn ec_jwk(kid: &str) -> Map<String, Value> {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("parse");
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .expect("parse");
         let p = kp.public_key().as_ref();
         let v = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
             "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
@@ -224,10 +229,20 @@ mod tests {
         let info = KeyInfo::of(&key).expect("public keys are described");
         let streamed: Map<String, Value> = serde_json::from_str(&info.jwk).expect("json");
         for member in streamed.keys() {
-            assert!(PUBLIC_MEMBERS.contains(&member.as_str()), "`{member}` streamed");
+            assert!(
+                PUBLIC_MEMBERS.contains(&member.as_str()),
+                "`{member}` streamed"
+            );
         }
         assert_eq!(streamed["x"], jwk["x"]);
-        assert_eq!((info.kid.as_str(), info.algorithm.as_str(), info.key_type.as_str()), ("k1", "ES256", "EC"));
+        assert_eq!(
+            (
+                info.kid.as_str(),
+                info.algorithm.as_str(),
+                info.key_type.as_str()
+            ),
+            ("k1", "ES256", "EC")
+        );
         assert_eq!(info.thumbprint, key.thumbprint);
         // A JWK holding a private member never becomes a key in the first place.
         let mut private = jwk.clone();
@@ -237,10 +252,12 @@ mod tests {
 
     #[test]
     fn symmetric_keys_are_never_described_nor_diffed() {
-        let hmac = VerifyingKey::hmac(Some("h".into()), &[1u8; 32], &[Algorithm::HS256]).expect("hmac");
+        let hmac =
+            VerifyingKey::hmac(Some("h".into()), &[1u8; 32], &[Algorithm::HS256]).expect("hmac");
         assert!(KeyInfo::of(&hmac).is_none());
         let oct = json!({"kty": "oct", "kid": "o", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode([2u8; 32])});
-        let oct = VerifyingKey::from_jwk(oct.as_object().expect("object"), &opts(true)).expect("oct");
+        let oct =
+            VerifyingKey::from_jwk(oct.as_object().expect("object"), &opts(true)).expect("oct");
         assert!(KeyInfo::of(&oct).is_none());
         let public = VerifyingKey::from_jwk(&ec_jwk("p"), &opts(false)).expect("ec");
         let (with, _) = KeySet::from_keys(vec![hmac, public]);
@@ -250,7 +267,11 @@ mod tests {
             issuer: "https://i",
         };
         let added = diff(&origin, &KeySet::empty(), &with, SystemTime::now());
-        let kids: Vec<&str> = added.iter().filter_map(|e| e.key.as_ref()).map(|k| k.kid.as_str()).collect();
+        let kids: Vec<&str> = added
+            .iter()
+            .filter_map(|e| e.key.as_ref())
+            .map(|k| k.kid.as_str())
+            .collect();
         assert_eq!(kids, vec!["p"]);
         let removed = diff(&origin, &with, &KeySet::empty(), SystemTime::now());
         assert_eq!(removed.len(), 1);
@@ -264,14 +285,30 @@ mod tests {
             policy: Some("B2C_1_x"),
             issuer: "https://i",
         };
-        let (old, _) = KeySet::from_keys(vec![VerifyingKey::from_jwk(&ec_jwk("a"), &opts(false)).expect("a")]);
-        let (new, _) = KeySet::from_keys(vec![VerifyingKey::from_jwk(&ec_jwk("b"), &opts(false)).expect("b")]);
+        let (old, _) = KeySet::from_keys(vec![
+            VerifyingKey::from_jwk(&ec_jwk("a"), &opts(false)).expect("a"),
+        ]);
+        let (new, _) = KeySet::from_keys(vec![
+            VerifyingKey::from_jwk(&ec_jwk("b"), &opts(false)).expect("b"),
+        ]);
         let events = diff(&origin, &old, &new, SystemTime::now());
         let seq: Vec<(KeyEventKind, &str)> = events
             .iter()
-            .map(|e| (e.kind, e.key.as_ref().map(|k| k.kid.as_str()).unwrap_or_default()))
+            .map(|e| {
+                (
+                    e.kind,
+                    e.key.as_ref().map(|k| k.kid.as_str()).unwrap_or_default(),
+                )
+            })
             .collect();
-        assert_eq!(seq, vec![(KeyEventKind::Added, "b"), (KeyEventKind::Removed, "a")]);
-        assert!(events.iter().all(|e| e.policy.as_deref() == Some("B2C_1_x")));
+        assert_eq!(
+            seq,
+            vec![(KeyEventKind::Added, "b"), (KeyEventKind::Removed, "a")]
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.policy.as_deref() == Some("B2C_1_x"))
+        );
     }
 }

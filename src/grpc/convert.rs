@@ -32,7 +32,10 @@ pub fn json_to_value(v: &Value) -> PValue {
 /// A JSON object as a protobuf `Struct`.
 pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
     Struct {
-        fields: map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
     }
 }
 
@@ -45,7 +48,9 @@ pub fn value_to_json(v: &PValue) -> Value {
             if n.fract() == 0.0 && n.abs() < 9.0e15 {
                 Value::from(*n as i64)
             } else {
-                serde_json::Number::from_f64(*n).map(Value::Number).unwrap_or(Value::Null)
+                serde_json::Number::from_f64(*n)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null)
             }
         }
         Some(Kind::StringValue(s)) => Value::String(s.clone()),
@@ -58,7 +63,9 @@ pub fn value_to_json(v: &PValue) -> Value {
 pub fn struct_to_json(s: &Struct) -> Map<String, Value> {
     let mut keys: Vec<&String> = s.fields.keys().collect();
     keys.sort();
-    keys.into_iter().map(|k| (k.clone(), value_to_json(&s.fields[k]))).collect()
+    keys.into_iter()
+        .map(|k| (k.clone(), value_to_json(&s.fields[k])))
+        .collect()
 }
 
 /// Seconds since the epoch (possibly fractional) as a `Timestamp`.
@@ -116,7 +123,11 @@ pub fn validated(v: &Validated) -> pb::ValidateResponse {
         expires_at: c.exp.map(timestamp),
         issued_at: c.iat.map(timestamp),
         not_before: c.nbf.map(timestamp),
-        key_id: v.kid.clone().or_else(|| v.key.kid.clone()).unwrap_or_default(),
+        key_id: v
+            .kid
+            .clone()
+            .or_else(|| v.key.kid.clone())
+            .unwrap_or_default(),
         algorithm: format!("{:?}", v.algorithm),
         claims: Some(json_to_struct(&c.all)),
     }
@@ -190,7 +201,10 @@ pub fn validate_response_json(r: &pb::ValidateResponse) -> Value {
         let code = pb::ErrorCode::try_from(e.code)
             .map(|c| c.as_str_name().to_string())
             .unwrap_or_else(|_| e.code.to_string());
-        m.insert("error".into(), serde_json::json!({"code": code, "message": e.message}));
+        m.insert(
+            "error".into(),
+            serde_json::json!({"code": code, "message": e.message}),
+        );
     }
     for (k, v) in [
         ("tenant", &r.tenant),
@@ -210,7 +224,11 @@ pub fn validate_response_json(r: &pb::ValidateResponse) -> Value {
     if !r.scopes.is_empty() {
         m.insert("scopes".into(), r.scopes.clone().into());
     }
-    for (k, v) in [("expires_at", &r.expires_at), ("issued_at", &r.issued_at), ("not_before", &r.not_before)] {
+    for (k, v) in [
+        ("expires_at", &r.expires_at),
+        ("issued_at", &r.issued_at),
+        ("not_before", &r.not_before),
+    ] {
         if v.is_some() {
             m.insert(k.into(), ts_json(v));
         }
@@ -228,7 +246,11 @@ pub fn key_summary(k: &VerifyingKey) -> pb::KeySummary {
         key_id: k.kid.clone().unwrap_or_default(),
         algorithm: k.algorithm_name(),
         key_type: k.kty.as_str().to_string(),
-        thumbprint: if k.kty == KeyType::Oct { String::new() } else { k.thumbprint.clone() },
+        thumbprint: if k.kty == KeyType::Oct {
+            String::new()
+        } else {
+            k.thumbprint.clone()
+        },
     }
 }
 
@@ -354,9 +376,17 @@ mod tests {
 
     #[test]
     fn symmetric_keys_show_no_thumbprint() {
-        let k = VerifyingKey::hmac(Some("h".into()), &[7u8; 32], &[jsonwebtoken::Algorithm::HS256]).expect("hmac");
+        let k = VerifyingKey::hmac(
+            Some("h".into()),
+            &[7u8; 32],
+            &[jsonwebtoken::Algorithm::HS256],
+        )
+        .expect("hmac");
         let s = key_summary(&k);
-        assert_eq!((s.key_id.as_str(), s.algorithm.as_str(), s.key_type.as_str()), ("h", "HS256", "oct"));
+        assert_eq!(
+            (s.key_id.as_str(), s.algorithm.as_str(), s.key_type.as_str()),
+            ("h", "HS256", "oct")
+        );
         assert!(s.thumbprint.is_empty());
     }
 
