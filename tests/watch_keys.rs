@@ -9,7 +9,7 @@ mod common;
 mod mirror;
 
 use std::{
-    collections::BTreeMap,
+    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -385,32 +385,21 @@ async fn b2c_key_events_and_issuers_carry_their_policy() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
-type Mirror = BTreeMap<String, String>;
+/// A subscriber's view: (kid, thumbprint) pairs, since a kid may be reused.
+type Mirror = BTreeSet<(String, String)>;
 
 /// Applies an event to a subscriber's view, refusing duplicates and losses: an ADDED
 /// key must be new, a REMOVED one known; a snapshot (EXISTING ... SYNCED) replaces all.
 fn apply(mirror: &mut Mirror, staging: &mut Option<Mirror>, e: &pb::KeyEvent) {
+    let id = (e.key_id.clone(), e.thumbprint.clone());
     match kind(e) {
         T::Existing => {
             let st = staging.get_or_insert_with(Mirror::new);
-            assert!(
-                st.insert(e.key_id.clone(), e.thumbprint.clone()).is_none(),
-                "duplicate EXISTING"
-            );
+            assert!(st.insert(id), "duplicate EXISTING");
         }
         T::Synced => *mirror = staging.take().unwrap_or_default(),
-        T::Added => assert!(
-            mirror
-                .insert(e.key_id.clone(), e.thumbprint.clone())
-                .is_none(),
-            "duplicate ADDED {}",
-            e.key_id
-        ),
-        T::Removed => assert!(
-            mirror.remove(&e.key_id).is_some(),
-            "REMOVED unknown {}",
-            e.key_id
-        ),
+        T::Added => assert!(mirror.insert(id), "duplicate ADDED {}", e.key_id),
+        T::Removed => assert!(mirror.remove(&id), "REMOVED unknown {}", e.key_id),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -890,4 +879,155 @@ async fn the_example_mirror_verifies_a_token_signed_by_a_rotated_in_key() {
         "a removed key no longer verifies"
     );
     assert!(keys.verify(&t2, &aud).is_ok());
+}
+
+#[tokio::test]
+async fn a_kid_reused_for_new_material_is_added_then_the_old_one_removed() {
+    introspectd::install_crypto();
+    let (old, new) = (TestKey::ec("k1"), TestKey::ec("k1"));
+    let (idp, h) = setup(&[&old], "").await;
+    let mut s = watch(&h.channel, &[]).await.expect("WatchKeys");
+    let mut keys = mirror::KeyMirror::new();
+    while !keys.is_synced() {
+        keys.apply(&next(&mut s).await).expect("apply");
+    }
+    idp.publish("/jwks", &[&new]);
+    let r = refresh(&h.channel, "demo", "").await;
+    assert_eq!((r.added.len(), r.removed.len()), (1, 1));
+    let added = next(&mut s).await;
+    let removed = next(&mut s).await;
+    assert_eq!(
+        (kind(&added), added.thumbprint.clone()),
+        (T::Added, rfc7638(&new.jwk))
+    );
+    assert_eq!(
+        (kind(&removed), removed.thumbprint.clone()),
+        (T::Removed, rfc7638(&old.jwk))
+    );
+    assert_eq!(
+        (added.key_id.as_str(), removed.key_id.as_str()),
+        ("k1", "k1")
+    );
+    keys.apply(&added).expect("apply");
+    keys.apply(&removed).expect("apply");
+    let id = ("demo".to_string(), String::new(), "k1".to_string());
+    assert_eq!(
+        keys.keys(),
+        vec![(id, rfc7638(&new.jwk))],
+        "the new material stays"
+    );
+    let token = new.token(&claims(&idp.issuer(), "api://demo"));
+    keys.verify(&token, &["api://demo"])
+        .expect("verifies with the new material");
+    let stale = old.token(&claims(&idp.issuer(), "api://demo"));
+    assert!(keys.verify(&stale, &["api://demo"]).is_err());
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_introspectd");
+
+#[tokio::test]
+async fn the_watch_command_prints_json_lines_and_exits_0_when_the_server_stops() {
+    use tokio::io::AsyncBufReadExt as _;
+    let (k1, k2) = (TestKey::ec("k1"), TestKey::ec("k2"));
+    let (idp, h) = setup(&[&k1], "").await;
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "watch",
+            "--addr",
+            &format!("http://{}", h.server.addr),
+            "--tenant",
+            "demo",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn introspectd watch");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut line = async || -> Value {
+        let l = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a line in time")
+            .expect("read")
+            .expect("a line");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+    };
+    let existing = line().await;
+    assert_eq!(existing["type"], "KEY_EVENT_TYPE_EXISTING");
+    assert_eq!(existing["tenant"], "demo");
+    assert_eq!(existing["issuer"], idp.issuer());
+    assert_eq!(existing["key_id"], "k1");
+    assert_eq!(existing["algorithm"], "ES256");
+    assert_eq!(existing["key_type"], "EC");
+    assert_eq!(existing["thumbprint"], rfc7638(&k1.jwk));
+    assert_eq!(existing["jwk"]["x"], k1.jwk["x"], "jwk is parsed JSON");
+    let at = existing["observed_at"].as_str().expect("observed_at");
+    assert!(humantime::parse_rfc3339(at).is_ok(), "RFC 3339: {at}");
+    assert_eq!(line().await["type"], "KEY_EVENT_TYPE_SYNCED");
+    idp.publish("/jwks", &[&k1, &k2]);
+    assert!(refresh(&h.channel, "demo", "").await.refreshed);
+    let added = line().await;
+    assert_eq!(
+        (added["type"].as_str(), added["key_id"].as_str()),
+        (Some("KEY_EVENT_TYPE_ADDED"), Some("k2"))
+    );
+    h.server.shutdown().await.expect("server stops");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("watch exits when the stream ends")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_issuers_command_prints_a_table() {
+    let k1 = TestKey::ec("k1");
+    let (idp, h) = setup(&[&k1], "").await;
+    let addr = format!("http://{}", h.server.addr);
+    let out = tokio::process::Command::new(BIN)
+        .args(["issuers", "--addr", &addr])
+        .output()
+        .await
+        .expect("run introspectd issuers");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for column in [
+        "TENANT/POLICY",
+        "ISSUER",
+        "KEYS",
+        "LAST SUCCESS",
+        "LAST ERROR",
+        "NEXT REFRESH",
+        "OK/FAILED",
+    ] {
+        assert!(lines[0].contains(column), "{column}: {text}");
+    }
+    let row = lines[1];
+    assert!(row.starts_with("demo "), "{row}");
+    assert!(
+        row.contains(&idp.issuer()) && row.contains("1 (k1)") && row.contains(" ago"),
+        "{row}"
+    );
+    assert!(row.contains("in 1") && row.ends_with("1/0"), "{row}");
+    assert_eq!(lines[0].find("ISSUER"), row.find(&idp.issuer()), "aligned");
+
+    let idp2 = FakeIdp::start().await;
+    idp2.serve_oidc(&[&k1]);
+    let off = start(settings(&format!(
+        "server:\n  admin: false\n{}",
+        oidc_tenant(&idp2, "")
+    )))
+    .await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["issuers", "--addr", &format!("http://{}", off.server.addr)])
+        .output()
+        .await
+        .expect("run introspectd issuers");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.admin"));
 }

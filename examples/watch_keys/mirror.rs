@@ -6,7 +6,9 @@
 //! - EXISTING events build a fresh key set that SYNCED then installs whole. The same
 //!   pair arrives again, without warning, when the server resynchronises a subscriber
 //!   that fell behind, so a snapshot always *replaces* the mirror, never adds to it.
-//! - ADDED and REMOVED change the installed set one key at a time.
+//! - ADDED and REMOVED change the installed set one key at a time. A key is identified
+//!   by its kid *and* thumbprint: a provider that reuses a kid for new key material
+//!   shows up as ADDED (new material) then REMOVED (old material) under the same kid.
 //! - REFRESH_FAILED changes nothing: the server keeps its last good keys too.
 //!
 //! Only what the service streams is trusted: a key verifies only tokens of its own
@@ -19,8 +21,11 @@ use introspectd::grpc::pb::{KeyEvent, KeyEventType};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use serde_json::Value;
 
-/// Identifies a key: tenant, B2C policy (empty when none), kid.
+/// Names a key: tenant, B2C policy (empty when none), kid.
 pub type KeyId = (String, String, String);
+
+/// What the mirror is keyed by: the name plus the thumbprint.
+type Slot = (KeyId, String);
 
 /// One mirrored key.
 pub struct MirroredKey {
@@ -28,8 +33,6 @@ pub struct MirroredKey {
     pub issuer: String,
     /// The one algorithm it verifies.
     pub algorithm: Algorithm,
-    /// RFC 7638 thumbprint, as streamed.
-    pub thumbprint: String,
     key: DecodingKey,
 }
 
@@ -51,13 +54,17 @@ pub enum Change {
 /// The mirror.
 #[derive(Default)]
 pub struct KeyMirror {
-    live: HashMap<KeyId, MirroredKey>,
-    staging: Option<HashMap<KeyId, MirroredKey>>,
+    live: HashMap<Slot, MirroredKey>,
+    staging: Option<HashMap<Slot, MirroredKey>>,
     synced: bool,
 }
 
 fn id_of(e: &KeyEvent) -> KeyId {
     (e.tenant.clone(), e.policy.clone(), e.key_id.clone())
+}
+
+fn slot_of(e: &KeyEvent) -> Slot {
+    (id_of(e), e.thumbprint.clone())
 }
 
 fn parse_key(e: &KeyEvent) -> Result<MirroredKey, String> {
@@ -78,7 +85,6 @@ fn parse_key(e: &KeyEvent) -> Result<MirroredKey, String> {
     Ok(MirroredKey {
         issuer: e.issuer.clone(),
         algorithm,
-        thumbprint: e.thumbprint.clone(),
         key,
     })
 }
@@ -96,11 +102,7 @@ impl KeyMirror {
 
     /// The installed keys' ids and thumbprints, sorted.
     pub fn keys(&self) -> Vec<(KeyId, String)> {
-        let mut v: Vec<(KeyId, String)> = self
-            .live
-            .iter()
-            .map(|(id, k)| (id.clone(), k.thumbprint.clone()))
-            .collect();
+        let mut v: Vec<(KeyId, String)> = self.live.keys().cloned().collect();
         v.sort();
         v
     }
@@ -114,7 +116,7 @@ impl KeyMirror {
                 let key = parse_key(e)?;
                 self.staging
                     .get_or_insert_with(HashMap::new)
-                    .insert(id_of(e), key);
+                    .insert(slot_of(e), key);
                 Ok(Change::Staged(id_of(e)))
             }
             KeyEventType::Synced => {
@@ -124,11 +126,11 @@ impl KeyMirror {
             }
             KeyEventType::Added => {
                 let key = parse_key(e)?;
-                self.live.insert(id_of(e), key);
+                self.live.insert(slot_of(e), key);
                 Ok(Change::Added(id_of(e)))
             }
             KeyEventType::Removed => {
-                self.live.remove(&id_of(e));
+                self.live.remove(&slot_of(e));
                 Ok(Change::Removed(id_of(e)))
             }
             KeyEventType::RefreshFailed => Ok(Change::RefreshFailed(e.message.clone())),
@@ -143,7 +145,7 @@ impl KeyMirror {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
         let kid = header.kid.ok_or("the token has no kid")?;
         let mut last = format!("no mirrored key has kid `{kid}` for {:?}", header.alg);
-        for ((_, _, k), key) in &self.live {
+        for (((_, _, k), _), key) in &self.live {
             if *k != kid || key.algorithm != header.alg {
                 continue;
             }
