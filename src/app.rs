@@ -22,6 +22,7 @@ use crate::{
             token_service_server::TokenServiceServer,
         },
     },
+    introspect::Introspection,
     oidc::{self, HttpClient},
     registry::Registry,
 };
@@ -104,8 +105,16 @@ pub async fn run(
         max_token_bytes: server.max_token_bytes,
         max_watchers: server.max_watchers,
     };
+    // One introspector per tenant with `introspection`, built once and shared by calls.
+    let introspection =
+        Introspection::new(&registry).context("building the introspection client")?;
+    for i in introspection.introspectors() {
+        info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
+    }
     let token_service = TokenServiceServer::new(
-        TokenServiceImpl::new(registry.clone(), limits).with_shutdown(cancel.clone()),
+        TokenServiceImpl::new(registry.clone(), limits)
+            .with_introspector(introspection)
+            .with_shutdown(cancel.clone()),
     )
     .max_decoding_message_size(server.max_message_bytes);
     // Not in health: the operator view does not decide whether the pod takes traffic.

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod introspect;
 mod token_service;
 pub mod watch;
 

@@ -14,7 +14,10 @@ use super::{
     split_validate_error,
     watch::{self, Watchers},
 };
-use crate::registry::{Registry, ValidateInput};
+use crate::{
+    introspect::Introspection,
+    registry::{Registry, ValidateInput},
+};
 
 /// Limits applied at the boundary.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +33,7 @@ pub struct Limits {
 pub struct TokenServiceImpl {
     registry: Registry,
     limits: Limits,
+    introspection: Option<Introspection>,
     /// Open WatchKeys streams, capped at `limits.max_watchers`.
     watchers: Watchers,
     /// Ends every WatchKeys stream (with OK) when cancelled.
@@ -42,9 +46,17 @@ impl TokenServiceImpl {
         Self {
             registry,
             limits,
+            introspection: None,
             watchers: Watchers::new(limits.max_watchers),
             shutdown: None,
         }
+    }
+
+    /// Answers Introspect with `introspection` (its introspectors serve opaque tokens).
+    /// Without it, Introspect answers JWTs only.
+    pub fn with_introspector(mut self, introspection: Introspection) -> Self {
+        self.introspection = Some(introspection);
+        self
     }
 
     /// Ends every WatchKeys stream cleanly when `token` is cancelled (the app's shutdown).
@@ -56,6 +68,20 @@ impl TokenServiceImpl {
     /// The WatchKeys subscriber count.
     pub fn watchers(&self) -> &Watchers {
         &self.watchers
+    }
+
+    /// Introspect without the tonic wrapping, for handler tests.
+    pub async fn introspect_message(
+        &self,
+        req: &pb::IntrospectRequest,
+    ) -> Result<pb::IntrospectResponse, BoundaryError> {
+        match &self.introspection {
+            Some(i) => super::introspect::introspect_message(i, &self.limits, req).await,
+            None => {
+                let local = Introspection::local_only(self.registry.clone());
+                super::introspect::introspect_message(&local, &self.limits, req).await
+            }
+        }
     }
 
     /// Validate without the tonic wrapping, for handler tests and Introspect.
@@ -98,9 +124,10 @@ impl TokenService for TokenServiceImpl {
 
     async fn introspect(
         &self,
-        _request: Request<pb::IntrospectRequest>,
+        request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        Err(Status::unimplemented("Introspect is not implemented yet"))
+        let req = request.into_inner();
+        Ok(Response::new(self.introspect_message(&req).await?))
     }
 
     type WatchKeysStream = KeyEventStream;
