@@ -139,9 +139,13 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    let shutdown = shutdown_signal();
     telemetry::init(args.log_format);
     let settings = if args.dev {
-        let path = args.dev_key_file.clone().unwrap_or_else(dev::default_key_path);
+        let path = args
+            .dev_key_file
+            .clone()
+            .unwrap_or_else(dev::default_key_path);
         let key = match DevKey::load_or_create(&path) {
             Ok(k) => k,
             Err(e) => {
@@ -155,7 +159,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         key.settings(listen)
     } else {
         let Some(path) = args.config.as_ref() else {
-            return config_failure(&ConfigError { key: "--config".into(), message: "is required".into() });
+            return config_failure(&ConfigError {
+                key: "--config".into(),
+                message: "is required".into(),
+            });
         };
         match config::load_file(path) {
             Ok(mut s) => {
@@ -170,40 +177,50 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(settings.server.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("introspectd: cannot listen on {}: {e}", settings.server.listen);
+            eprintln!(
+                "introspectd: cannot listen on {}: {e}",
+                settings.server.listen
+            );
             return ExitCode::FAILURE;
         }
     };
-    match crate::app::run(settings, listener, shutdown_signal()).await {
+    match crate::app::run(settings, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "server failed");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            // Files the configuration names (TLS) are only read when serving starts.
+            Some(ce) => config_failure(ce),
+            None => {
+                tracing::error!(error = %format!("{e:#}"), "server failed");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 50051));
+const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    50051,
+));
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not
+/// when the future is first polled, so a SIGTERM during start-up is not fatal. Must be
+/// called inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        if let Ok((mut term, mut int)) = handlers {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -212,11 +229,20 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let key = DevKey::load_or_create(&path)?;
     let mut extra = Map::new();
     for c in &args.claims {
-        let (name, value) = c.split_once('=').with_context(|| format!("--claim `{c}` is not name=value"))?;
-        let v = serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        let (name, value) = c
+            .split_once('=')
+            .with_context(|| format!("--claim `{c}` is not name=value"))?;
+        let v = serde_json::from_str::<Value>(value)
+            .unwrap_or_else(|_| Value::String(value.to_string()));
         extra.insert(name.to_string(), v);
     }
-    let t = key.mint(&args.sub, &args.aud, args.scope.as_deref(), args.ttl, &extra)?;
+    let t = key.mint(
+        &args.sub,
+        &args.aud,
+        args.scope.as_deref(),
+        args.ttl,
+        &extra,
+    )?;
     println!("{t}");
     Ok(())
 }
@@ -236,6 +262,9 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("Validate failed: {:?}: {}", s.code(), s.message()))?
         .into_inner();
-    println!("{}", serde_json::to_string_pretty(&convert::validate_response_json(&resp))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&convert::validate_response_json(&resp))?
+    );
     Ok(())
 }

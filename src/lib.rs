@@ -15,6 +15,8 @@
 //! - [`dev`]: the `--dev` issuer and its signing key.
 //! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`).
 //! - [`telemetry`]: the tracing subscriber.
+//! - [`metrics`]: Prometheus families, bounded labels, the `/metrics` endpoint.
+//! - [`transport`]: the gRPC listener's accept loop, TLS with hot reload, connection age.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -27,12 +29,18 @@ pub mod events;
 pub mod grpc;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod oidc;
 pub mod registry;
 pub mod telemetry;
+pub mod transport;
 
 /// Installs the process-wide crypto providers (jsonwebtoken and rustls on aws-lc-rs).
 /// Safe to call more than once.
 pub fn install_crypto() {
-    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(&jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER);
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
+    // Err only means a provider is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

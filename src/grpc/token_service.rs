@@ -1,7 +1,7 @@
 //! `introspect.v1.TokenService`: parses each request once at the boundary, calls the
 //! core, and converts the outcome with `to_proto`.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -12,7 +12,10 @@ use super::{
     pb::{self, token_service_server::TokenService},
     split_validate_error,
 };
-use crate::registry::{Registry, ValidateInput};
+use crate::{
+    metrics::Metrics,
+    registry::{Registry, ValidateError, ValidateInput},
+};
 
 /// Limits applied at the boundary.
 #[derive(Debug, Clone, Copy)]
@@ -28,16 +31,30 @@ pub struct Limits {
 pub struct TokenServiceImpl {
     registry: Registry,
     limits: Limits,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl TokenServiceImpl {
     /// A handler over `registry`.
     pub fn new(registry: Registry, limits: Limits) -> Self {
-        Self { registry, limits }
+        Self {
+            registry,
+            limits,
+            metrics: None,
+        }
+    }
+
+    /// Counts validations (by tenant and result) into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Validate without the tonic wrapping, for handler tests and Introspect.
-    pub async fn validate_message(&self, req: &pb::ValidateRequest) -> Result<pb::ValidateResponse, BoundaryError> {
+    pub async fn validate_message(
+        &self,
+        req: &pb::ValidateRequest,
+    ) -> Result<pb::ValidateResponse, BoundaryError> {
         let token = parse_token(&req.token, self.limits.max_token_bytes)?;
         let input = ValidateInput {
             token,
@@ -46,7 +63,17 @@ impl TokenServiceImpl {
             required_scopes: &req.required_scopes,
             nonce: non_empty(&req.nonce),
         };
-        match self.registry.validate(&input).await {
+        let outcome = self.registry.validate(&input).await;
+        if let Some(m) = &self.metrics {
+            match &outcome {
+                Ok(v) => m.record_validation(Some(v.tenant.id()), None),
+                Err(e @ ValidateError::Rejected { tenant, .. }) => {
+                    m.record_validation(tenant.as_deref(), e.code())
+                }
+                Err(ValidateError::Request(_)) => {}
+            }
+        }
+        match outcome {
             Ok(v) => Ok(convert::validated(&v)),
             Err(e) => {
                 let e = split_validate_error(e)?;
@@ -58,11 +85,15 @@ impl TokenServiceImpl {
 }
 
 /// The WatchKeys stream type.
-pub type KeyEventStream = Pin<Box<dyn Stream<Item = Result<pb::KeyEvent, Status>> + Send + 'static>>;
+pub type KeyEventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::KeyEvent, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
-    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(self.validate_message(&req).await?))
     }
@@ -76,7 +107,10 @@ impl TokenService for TokenServiceImpl {
 
     type WatchKeysStream = KeyEventStream;
 
-    async fn watch_keys(&self, _request: Request<pb::WatchKeysRequest>) -> Result<Response<Self::WatchKeysStream>, Status> {
+    async fn watch_keys(
+        &self,
+        _request: Request<pb::WatchKeysRequest>,
+    ) -> Result<Response<Self::WatchKeysStream>, Status> {
         Err(Status::unimplemented("WatchKeys is not implemented yet"))
     }
 }
