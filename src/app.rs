@@ -20,6 +20,7 @@ use crate::{
         layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{self, token_service_server::TokenServiceServer},
     },
+    introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
     oidc::{self, HttpClient},
     registry::Registry,
@@ -161,8 +162,17 @@ pub async fn run_with_metrics_listener(
         max_token_bytes: server.max_token_bytes,
         max_watchers: server.max_watchers,
     };
+    // One introspector per tenant with `introspection`, built once and shared by calls.
+    let introspection =
+        Introspection::new(&registry).context("building the introspection client")?;
+    for i in introspection.introspectors() {
+        info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
+    }
+    metrics.observe_introspection(introspection.clone());
     let token_service = TokenServiceServer::new(
-        TokenServiceImpl::new(registry.clone(), limits).with_metrics(metrics.clone()),
+        TokenServiceImpl::new(registry.clone(), limits)
+            .with_introspector(introspection)
+            .with_metrics(metrics.clone()),
     )
     .max_decoding_message_size(server.max_message_bytes);
     let health_service = health_service.max_decoding_message_size(server.max_message_bytes);

@@ -614,10 +614,8 @@ fn parse_override_value(value: &str) -> Yaml {
         || t == "true"
         || t == "false"
         || (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
-    if structured {
-        if let Ok(v) = serde_yaml_ng::from_str::<Yaml>(t) {
-            return v;
-        }
+    if structured && let Ok(v) = serde_yaml_ng::from_str::<Yaml>(t) {
+        return v;
     }
     Yaml::String(value.to_string())
 }
@@ -913,13 +911,13 @@ fn resolve_tenant(
         .clone()
         .or_else(|| defaults.types.clone())
         .map(|v| v.iter().map(|t| normalize_type(t)).collect::<Vec<_>>());
-    if let Some(ts) = &types {
-        if ts.is_empty() || ts.iter().any(|t| t.is_empty()) {
-            return Err(ConfigError::new(
-                format!("{key}.types"),
-                "must list at least one non-empty type (remove the key to accept any)",
-            ));
-        }
+    if let Some(ts) = &types
+        && (ts.is_empty() || ts.iter().any(|t| t.is_empty()))
+    {
+        return Err(ConfigError::new(
+            format!("{key}.types"),
+            "must list at least one non-empty type (remove the key to accept any)",
+        ));
     }
 
     let templated = t.issuer.contains(TENANT_ID_PLACEHOLDER);
@@ -1062,12 +1060,23 @@ fn resolve_tenant(
                 ));
             }
         };
-        if bytes.len() < MIN_HMAC_SECRET_BYTES {
+        let needed = algorithms
+            .iter()
+            .filter(|a| a.family() == AlgorithmFamily::Hmac)
+            .map(|a| crate::keys::min_hmac_key_bytes(*a))
+            .max()
+            .unwrap_or(MIN_HMAC_SECRET_BYTES)
+            .max(MIN_HMAC_SECRET_BYTES);
+        if bytes.len() < needed {
             return Err(ConfigError::new(
                 &skey,
                 format!(
-                    "the secret in {var} is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
-                    bytes.len()
+                    "the secret in {var} is {} bytes; at least {needed} are required for {:?}",
+                    bytes.len(),
+                    algorithms
+                        .iter()
+                        .filter(|a| a.family() == AlgorithmFamily::Hmac)
+                        .collect::<Vec<_>>()
                 ),
             ));
         }
@@ -1103,6 +1112,9 @@ fn resolve_tenant(
             env,
         )?),
     };
+    if let Some(i) = &introspection {
+        check_introspection_endpoints(&format!("{key}.introspection"), i, &keys)?;
+    }
 
     Ok(TenantSettings {
         id: t.id,
@@ -1192,6 +1204,26 @@ fn resolve_introspection(
         cache_entries,
         max_concurrency,
     })
+}
+
+/// Without discovery metadata (HMAC, `jwks_file`), nothing can name the endpoints, so the
+/// configuration has to.
+fn check_introspection_endpoints(
+    key: &str,
+    i: &IntrospectionSettings,
+    keys: &KeySource,
+) -> Result<(), ConfigError> {
+    if matches!(keys, KeySource::Discovery { .. } | KeySource::B2c(_)) {
+        return Ok(());
+    }
+    let why = "is required when the tenant's keys do not come from discovery metadata";
+    if i.endpoint.is_none() {
+        return Err(ConfigError::new(format!("{key}.endpoint"), why));
+    }
+    if i.auth == IntrospectionAuth::Bearer && i.token_endpoint.is_none() {
+        return Err(ConfigError::new(format!("{key}.token_endpoint"), why));
+    }
+    Ok(())
 }
 
 /// Several tenants may share an issuer only when a request's `tenant` tells them apart:
@@ -1328,6 +1360,19 @@ mod tests {
     }
 
     #[test]
+    fn hs512_needs_a_64_byte_secret() {
+        let env = |_: &str| Some("x".repeat(40));
+        let err = load_str(
+            "tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [HS512]\n    hmac_secret_env: S\n",
+            &env,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "tenants[0].hmac_secret_env");
+        assert!(err.message.contains("64"), "{err}");
+    }
+
+    #[test]
     fn none_algorithm_is_rejected() {
         let err = load("tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [none]\n")
             .unwrap_err();
@@ -1427,6 +1472,25 @@ mod tests {
         let err = load("server:\n  tls:\n    key_file: /k\n").unwrap_err();
         assert_eq!(err.key, "server.tls");
         assert!(err.message.contains("cert_file"), "{err}");
+    }
+
+    #[test]
+    fn introspection_without_metadata_needs_its_endpoints() {
+        let env = |_: &str| Some("0123456789abcdef0123456789abcdef".to_string());
+        let base = "tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [HS256]\n    hmac_secret_env: S\n    introspection:\n      client_id: c\n      client_secret_env: C\n";
+        let err = load_str(base, &env, &[]).unwrap_err();
+        assert_eq!(err.key, "tenants[0].introspection.endpoint");
+        let bearer = format!("{base}      endpoint: https://a/introspect\n      auth: bearer\n");
+        let err = load_str(&bearer, &env, &[]).unwrap_err();
+        assert_eq!(err.key, "tenants[0].introspection.token_endpoint");
+        load_str(
+            &format!("{bearer}      token_endpoint: https://a/token\n"),
+            &env,
+            &[],
+        )
+        .expect("both named");
+        let discovery = "tenants:\n  - id: a\n    issuer: https://a\n    introspection:\n      client_id: c\n      client_secret_env: C\n      auth: bearer\n";
+        load_str(discovery, &env, &[]).expect("metadata may name both");
     }
 
     #[test]

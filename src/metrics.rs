@@ -8,13 +8,19 @@
 //! recording is an atomic add on a handle that already exists; no request can create a
 //! series.
 
-use std::{collections::HashMap, fmt, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, OnceLock},
+    time::SystemTime,
+};
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
         MetricType,
+        counter::ConstCounter,
         counter::Counter,
         family::Family,
         gauge::{ConstGauge, Gauge},
@@ -27,6 +33,7 @@ use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    introspect::Introspection,
     jwt::ErrorCode,
     oidc::FetchObserver,
     registry::{KeySetId, Registry},
@@ -208,12 +215,6 @@ struct KeySetLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CacheLabels {
-    tenant: Arc<str>,
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -234,7 +235,7 @@ pub struct Metrics {
     tenants: HashMap<String, Arc<str>>,
     validations: Family<ValidationLabels, Counter>,
     key_fetches: Family<KeyFetchLabels, Counter>,
-    cache: Family<CacheLabels, Counter>,
+    introspection: Arc<OnceLock<Introspection>>,
     watchers: Gauge,
     connections: Gauge,
     connections_accepted: Counter,
@@ -359,22 +360,10 @@ impl Metrics {
             }
         }
 
-        let cache = Family::<CacheLabels, Counter>::default();
-        prom.register(
-            "introspectd_introspection_cache_requests",
-            "Introspection answer cache lookups by tenant and result (hit or miss)",
-            cache.clone(),
-        );
-        for t in registry.tenants() {
-            if t.settings.introspection.is_some() {
-                for result in ["hit", "miss"] {
-                    cache.get_or_create_owned(&CacheLabels {
-                        tenant: t.id().into(),
-                        result,
-                    });
-                }
-            }
-        }
+        let introspection = Arc::new(OnceLock::new());
+        prom.register_collector(Box::new(CacheCollector {
+            introspection: introspection.clone(),
+        }));
 
         let watchers = Gauge::default();
         prom.register(
@@ -421,7 +410,7 @@ impl Metrics {
             tenants,
             validations,
             key_fetches,
-            cache,
+            introspection,
             watchers,
             connections,
             connections_accepted,
@@ -489,14 +478,10 @@ impl Metrics {
         Arc::new(move |state, outcome| metrics.record_key_fetch(&state.id, outcome.is_ok()))
     }
 
-    /// Counts one introspection cache lookup for `tenant` (a configured tenant id).
-    pub fn record_cache(&self, tenant: &str, hit: bool) {
-        self.cache
-            .get_or_create(&CacheLabels {
-                tenant: self.tenant_label(tenant),
-                result: if hit { "hit" } else { "miss" },
-            })
-            .inc();
+    /// Reports the introspection answer caches (their own hit, miss and eviction
+    /// counters, read at scrape time). The first call wins; later ones are ignored.
+    pub fn observe_introspection(&self, introspection: Introspection) {
+        let _ = self.introspection.set(introspection);
     }
 
     /// One more open WatchKeys stream.
@@ -652,6 +637,61 @@ impl Collector for KeySetCollector {
     }
 }
 
+/// Introspection cache counters read from the caches at scrape time, so that the
+/// cache's own counters stay the one source of truth.
+#[derive(Debug)]
+struct CacheCollector {
+    introspection: Arc<OnceLock<Introspection>>,
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let introspectors = self
+            .introspection
+            .get()
+            .map(|i| i.introspectors())
+            .unwrap_or_default();
+        {
+            let mut requests = encoder.encode_descriptor(
+                "introspectd_introspection_cache_requests",
+                "Introspection answer cache lookups by tenant and result (hit or miss)",
+                None,
+                MetricType::Counter,
+            )?;
+            for i in introspectors {
+                for (result, n) in [("hit", i.cache().hits()), ("miss", i.cache().misses())] {
+                    let labels = [("tenant", i.tenant()), ("result", result)];
+                    ConstCounter::new(n).encode(requests.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut evictions = encoder.encode_descriptor(
+                "introspectd_introspection_cache_evictions",
+                "Introspection answers dropped from a full cache before their time",
+                None,
+                MetricType::Counter,
+            )?;
+            for i in introspectors {
+                let labels = [("tenant", i.tenant())];
+                ConstCounter::new(i.cache().evictions())
+                    .encode(evictions.encode_family(&labels)?)?;
+            }
+        }
+        let mut entries = encoder.encode_descriptor(
+            "introspectd_introspection_cache_entries",
+            "Introspection answers currently cached",
+            None,
+            MetricType::Gauge,
+        )?;
+        for i in introspectors {
+            let n = i64::try_from(i.cache().len()).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(entries.encode_family(&[("tenant", i.tenant())])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -776,8 +816,6 @@ mod tests {
             policy: Some("B2C_1_a".into()),
         };
         metrics.record_key_fetch(&b2c, false);
-        metrics.record_cache("demo", true);
-        metrics.record_cache("attacker-chosen", false);
         let text = metrics.encode();
         for want in [
             r#"introspectd_validations_total{tenant="demo",result="valid"} 1"#,
@@ -786,14 +824,12 @@ mod tests {
             r#"introspectd_validations_total{tenant="unknown",result="expired"} 1"#,
             r#"introspectd_key_fetches_total{tenant="b2c",policy="B2C_1_a",outcome="failure"} 1"#,
             r#"introspectd_key_fetches_total{tenant="demo",policy="",outcome="success"} 0"#,
-            r#"introspectd_introspection_cache_requests_total{tenant="demo",result="hit"} 1"#,
-            r#"introspectd_introspection_cache_requests_total{tenant="unknown",result="miss"} 1"#,
             r#"introspectd_keys{tenant="demo",policy=""} 0"#,
             r#"introspectd_keys{tenant="b2c",policy="B2C_1_a"} 0"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
-        assert!(!text.contains("not-configured") && !text.contains("attacker-chosen"));
+        assert!(!text.contains("not-configured"));
         // Never fetched: no age series.
         assert!(
             line(&text, "introspectd_key_set_last_success_age_seconds{").is_none(),

@@ -334,3 +334,72 @@ async fn streams_are_counted_by_how_they_end() {
     assert_eq!(must(&text, &handled(&unknown, "Unimplemented")), 1.0);
     assert!(!text.contains("attacker") && !text.contains("Chosen"));
 }
+
+#[tokio::test]
+async fn introspection_cache_hits_and_misses_are_reported_per_tenant() {
+    let idp = FakeIdp::start().await;
+    let key = TestKey::rsa("k1", "RS256");
+    idp.serve_oidc(&[&key]);
+    idp.set(
+        Method::POST,
+        "/introspect",
+        Behaviour::Json(json!({"active": true, "sub": "u1", "exp": now() + 3600})),
+    );
+    let yaml = format!(
+        "tenants:\n  - id: opaque\n    issuer: \"{}\"\n    require_https: false\n    introspection:\n      endpoint: \"{}\"\n      client_id: c\n      client_secret_env: SECRET\n",
+        idp.issuer(),
+        idp.url("/introspect")
+    );
+    let mut s = settings_with_env(&yaml, &[("SECRET", "s3cret")]);
+    s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let h = start(s).await;
+    h.wait_health("introspect.v1.TokenService", SERVING).await;
+    for _ in 0..2 {
+        let r = h
+            .client
+            .clone()
+            .introspect(pb::IntrospectRequest {
+                token: "opaque-token-1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("Introspect")
+            .into_inner();
+        assert!(r.active);
+    }
+    assert_eq!(
+        idp.count("/introspect"),
+        1,
+        "the second answer came from the cache"
+    );
+    let text = scrape(&h).await;
+    assert_eq!(
+        must(
+            &text,
+            r#"introspectd_introspection_cache_requests_total{tenant="opaque",result="miss"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            r#"introspectd_introspection_cache_requests_total{tenant="opaque",result="hit"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            r#"introspectd_introspection_cache_entries{tenant="opaque"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            r#"introspectd_introspection_cache_evictions_total{tenant="opaque"}"#
+        ),
+        0.0
+    );
+    assert!(!text.contains("opaque-token-1"));
+}

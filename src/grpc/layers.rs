@@ -139,10 +139,10 @@ where
             Some(Err(_)) => Some(CODE_INTERNAL),
             None => Some(CODE_UNKNOWN),
         };
-        if let Some(code) = code {
-            if let Some(call) = this.call.take() {
-                call.finish(code);
-            }
+        if let Some(code) = code
+            && let Some(call) = this.call.take()
+        {
+            call.finish(code);
         }
         Poll::Ready(frame)
     }

@@ -3,6 +3,7 @@
 //! mapping from errors to `tonic::Status`.
 
 pub mod convert;
+pub mod introspect;
 pub mod layers;
 mod token_service;
 

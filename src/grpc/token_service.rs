@@ -13,6 +13,7 @@ use super::{
     split_validate_error,
 };
 use crate::{
+    introspect::Introspection,
     metrics::Metrics,
     registry::{Registry, ValidateError, ValidateInput},
 };
@@ -31,6 +32,7 @@ pub struct Limits {
 pub struct TokenServiceImpl {
     registry: Registry,
     limits: Limits,
+    introspection: Option<Introspection>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -40,14 +42,36 @@ impl TokenServiceImpl {
         Self {
             registry,
             limits,
+            introspection: None,
             metrics: None,
         }
+    }
+
+    /// Answers Introspect with `introspection` (its introspectors serve opaque tokens).
+    /// Without it, Introspect answers JWTs only.
+    pub fn with_introspector(mut self, introspection: Introspection) -> Self {
+        self.introspection = Some(introspection);
+        self
     }
 
     /// Counts validations (by tenant and result) into `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Introspect without the tonic wrapping, for handler tests.
+    pub async fn introspect_message(
+        &self,
+        req: &pb::IntrospectRequest,
+    ) -> Result<pb::IntrospectResponse, BoundaryError> {
+        match &self.introspection {
+            Some(i) => super::introspect::introspect_message(i, &self.limits, req).await,
+            None => {
+                let local = Introspection::local_only(self.registry.clone());
+                super::introspect::introspect_message(&local, &self.limits, req).await
+            }
+        }
     }
 
     /// Validate without the tonic wrapping, for handler tests and Introspect.
@@ -100,9 +124,10 @@ impl TokenService for TokenServiceImpl {
 
     async fn introspect(
         &self,
-        _request: Request<pb::IntrospectRequest>,
+        request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        Err(Status::unimplemented("Introspect is not implemented yet"))
+        let req = request.into_inner();
+        Ok(Response::new(self.introspect_message(&req).await?))
     }
 
     type WatchKeysStream = KeyEventStream;

@@ -29,18 +29,35 @@ pub const JWKS_FILE_POLL: Duration = Duration::from_secs(5);
 /// Hook for metrics: called after every fetch with the key set, outcome and key count.
 pub type FetchObserver = Arc<dyn Fn(&KeySetState, Result<usize, &FetchError>) + Send + Sync>;
 
-/// Fetches and checks a discovery document.
+/// True when `declared` is the older Azure AD B2C issuer form of `configured` for
+/// `policy`: same scheme and host, path `/tfp/{tenant}/{policy}/v2.0/` (policy compared
+/// case-insensitively, as B2C does).
+pub fn is_b2c_tfp_issuer(declared: &str, configured: &str, policy: &str) -> bool {
+    let (Ok(d), Ok(c)) = (url::Url::parse(declared), url::Url::parse(configured)) else {
+        return false;
+    };
+    if d.scheme() != c.scheme() || d.host_str() != c.host_str() || d.port() != c.port() {
+        return false;
+    }
+    let segments: Vec<&str> = d.path().trim_matches('/').split('/').collect();
+    matches!(segments.as_slice(), ["tfp", tenant, p, "v2.0"] if !tenant.is_empty() && p.eq_ignore_ascii_case(policy))
+}
+
+/// Fetches and checks a discovery document: its `issuer` must be `expected_issuer`, or,
+/// for a B2C policy, the `/tfp/` form of it for that policy.
 pub async fn fetch_metadata(
     http: &HttpClient,
     url: &str,
     expected_issuer: &str,
+    policy: Option<&str>,
     timeout: Duration,
     require_https: bool,
 ) -> Result<Metadata, FetchError> {
     let doc = http.get_json(url, timeout, require_https).await?;
     let field = |name: &str| doc.get(name).and_then(Value::as_str).map(str::to_owned);
     let issuer = field("issuer").ok_or_else(|| FetchError::Invalid("no issuer".into()))?;
-    if issuer != expected_issuer {
+    let tfp_form = policy.is_some_and(|p| is_b2c_tfp_issuer(&issuer, expected_issuer, p));
+    if issuer != expected_issuer && !tfp_form {
         return Err(FetchError::Invalid(format!(
             "metadata issuer `{issuer}` is not the configured `{expected_issuer}`"
         )));
@@ -65,7 +82,11 @@ async fn fetch_keys(
     let timeout = state.settings.fetch_timeout;
     let https = state.settings.require_https;
     let doc = match &state.source {
-        Source::Static => return Err(FetchError::Invalid("static key sets are not fetched".into())),
+        Source::Static => {
+            return Err(FetchError::Invalid(
+                "static key sets are not fetched".into(),
+            ));
+        }
         Source::JwksFile { path } => {
             let bytes = tokio::fs::read(path)
                 .await
@@ -80,7 +101,15 @@ async fn fetch_keys(
             let metadata = match (kind, known) {
                 (RefreshKind::KeysOnly, Some(m)) => m,
                 _ => {
-                    let m = fetch_metadata(http, metadata_url, &state.issuer, timeout, https).await?;
+                    let m = fetch_metadata(
+                        http,
+                        metadata_url,
+                        &state.issuer,
+                        state.id.policy.as_deref(),
+                        timeout,
+                        https,
+                    )
+                    .await?;
                     state.set_metadata(m.clone());
                     Arc::new(m)
                 }
@@ -88,7 +117,8 @@ async fn fetch_keys(
             http.get_json(&metadata.jwks_uri, timeout, https).await?
         }
     };
-    let (set, skipped) = KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
+    let (set, skipped) =
+        KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
     Ok((set, Registry::describe_skipped(&skipped)))
 }
 
@@ -105,7 +135,13 @@ pub fn spawn_refreshers(
             continue;
         }
         let span = info_span!("refresher", key_set = %state.id, issuer = %state.issuer);
-        let fut = run_refresher(registry.clone(), http.clone(), state, cancel.clone(), observer.clone());
+        let fut = run_refresher(
+            registry.clone(),
+            http.clone(),
+            state,
+            cancel.clone(),
+            observer.clone(),
+        );
         set.spawn(fut.instrument(span));
     }
     set
@@ -128,7 +164,11 @@ pub async fn run_refresher(
     loop {
         // A request made while the previous fetch ran is served right away.
         let (generation, kind) = state.refresh.begin();
-        let kind = if state.metadata().is_none() { RefreshKind::Full } else { kind };
+        let kind = if state.metadata().is_none() {
+            RefreshKind::Full
+        } else {
+            kind
+        };
         let outcome = tokio::select! {
             _ = cancel.cancelled() => {
                 debug!("refresher stopped");
@@ -139,7 +179,14 @@ pub async fn run_refresher(
         let delay = match outcome {
             Ok((set, skipped)) => {
                 let unchanged_file = matches!(state.source, Source::JwksFile { .. }) && {
-                    let fp: Vec<u8> = set.iter().flat_map(|k| k.thumbprint.bytes().chain(k.kid.clone().unwrap_or_default().into_bytes())).collect();
+                    let fp: Vec<u8> = set
+                        .iter()
+                        .flat_map(|k| {
+                            k.thumbprint
+                                .bytes()
+                                .chain(k.kid.clone().unwrap_or_default().into_bytes())
+                        })
+                        .collect();
                     let same = file_fingerprint.as_ref() == Some(&fp);
                     file_fingerprint = Some(fp);
                     same
@@ -148,9 +195,23 @@ pub async fn run_refresher(
                 if !skipped.is_empty() {
                     warn!(skipped = %skipped, "keys skipped at ingestion");
                 }
-                let events = if unchanged_file { Vec::new() } else { registry.install_keys(&state, set) };
+                if let Some(m) = state.metadata()
+                    && m.issuer != state.issuer
+                {
+                    registry.add_alias(&m.issuer, &state.id);
+                }
+                let events = if unchanged_file {
+                    Vec::new()
+                } else {
+                    registry.install_keys(&state, set)
+                };
                 if !unchanged_file || state.status().last_failed {
-                    info!(keys = count, added_or_removed = events.len(), ?kind, "key refresh succeeded");
+                    info!(
+                        keys = count,
+                        added_or_removed = events.len(),
+                        ?kind,
+                        "key refresh succeeded"
+                    );
                 } else {
                     debug!(keys = count, "jwks file unchanged");
                 }
@@ -203,5 +264,28 @@ pub async fn run_refresher(
                 _ = state.refresh.requested() => {}
             }
         }
+    }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b2c_tfp_issuer_form() {
+        let configured = "https://contoso.b2clogin.com/775527ff-9a37-4307-8b3d-cc311f58d925/v2.0/";
+        let tfp = "https://contoso.b2clogin.com/tfp/775527ff-9a37-4307-8b3d-cc311f58d925/B2C_1_signupsignin/v2.0/";
+        assert!(is_b2c_tfp_issuer(tfp, configured, "b2c_1_SignUpSignIn"));
+        assert!(!is_b2c_tfp_issuer(tfp, configured, "B2C_1_other"));
+        assert!(!is_b2c_tfp_issuer(
+            &tfp.replace("contoso", "evil"),
+            configured,
+            "B2C_1_signupsignin"
+        ));
+        assert!(!is_b2c_tfp_issuer(
+            configured,
+            configured,
+            "B2C_1_signupsignin"
+        ));
+    }
 }
