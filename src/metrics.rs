@@ -237,6 +237,7 @@ pub struct Metrics {
     key_fetches: Family<KeyFetchLabels, Counter>,
     introspection: Arc<OnceLock<Introspection>>,
     watchers: Gauge,
+    watcher_source: Arc<OnceLock<WatcherCount>>,
     connections: Gauge,
     connections_accepted: Counter,
     tls_handshake_failures: Counter,
@@ -366,11 +367,11 @@ impl Metrics {
         }));
 
         let watchers = Gauge::default();
-        prom.register(
-            "introspectd_watchers",
-            "Open WatchKeys streams",
-            watchers.clone(),
-        );
+        let watcher_source: Arc<OnceLock<WatcherCount>> = Arc::new(OnceLock::new());
+        prom.register_collector(Box::new(WatchersCollector {
+            counted: watchers.clone(),
+            observed: watcher_source.clone(),
+        }));
         let connections = Gauge::default();
         prom.register(
             "introspectd_grpc_connections",
@@ -412,6 +413,7 @@ impl Metrics {
             key_fetches,
             introspection,
             watchers,
+            watcher_source,
             connections,
             connections_accepted,
             tls_handshake_failures,
@@ -484,6 +486,13 @@ impl Metrics {
         let _ = self.introspection.set(introspection);
     }
 
+    /// Reports open WatchKeys streams from the handler's own count, read at scrape time
+    /// (e.g. `move || watchers.active()`). The first call wins. Use this or the
+    /// counting methods below, not both: `introspectd_watchers` is their sum.
+    pub fn observe_watchers(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.watcher_source.set(Box::new(count));
+    }
+
     /// One more open WatchKeys stream.
     pub fn watchers_inc(&self) {
         self.watchers.inc();
@@ -496,7 +505,7 @@ impl Metrics {
 
     /// Counts an open WatchKeys stream for as long as the guard lives (keep it in the
     /// stream, so that however the stream ends, the gauge goes down).
-    pub fn watcher(self: &Arc<Self>) -> GaugeGuard {
+    pub fn watcher(&self) -> GaugeGuard {
         GaugeGuard::new(self.watchers.clone())
     }
 
@@ -692,6 +701,40 @@ impl Collector for CacheCollector {
     }
 }
 
+type WatcherCount = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// `introspectd_watchers`: streams counted here plus those an observed handler reports.
+struct WatchersCollector {
+    counted: Gauge,
+    observed: Arc<OnceLock<WatcherCount>>,
+}
+
+impl fmt::Debug for WatchersCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchersCollector")
+            .field("counted", &self.counted.get())
+            .field("observed", &self.observed.get().is_some())
+            .finish()
+    }
+}
+
+impl Collector for WatchersCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let observed = self.observed.get().map_or(0, |f| f());
+        let n = self
+            .counted
+            .get()
+            .saturating_add(i64::try_from(observed).unwrap_or(i64::MAX));
+        let gauge = encoder.encode_descriptor(
+            "introspectd_watchers",
+            "Open WatchKeys streams",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(n).encode(gauge)
+    }
+}
+
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -850,6 +893,12 @@ mod tests {
         metrics.watchers_dec();
         let text = metrics.encode();
         assert!(text.contains("introspectd_watchers 0"));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+        let reported = open.clone();
+        metrics.observe_watchers(move || reported.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(metrics.encode().contains("introspectd_watchers 3"));
+        open.store(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(metrics.encode().contains("introspectd_watchers 1"));
         assert!(text.contains("introspectd_grpc_connections 0"));
         assert!(text.contains("introspectd_grpc_connections_accepted_total 1"));
     }
