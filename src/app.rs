@@ -2,13 +2,14 @@
 //! (TokenService, health, reflection, and AdminService when `server.admin`), serves on
 //! a listener it is given (so tests bind port 0), and shuts down in order: health
 //! NOT_SERVING, streams and refreshers cancelled, in-flight calls drained within the
-//! grace period.
+//! grace period. Also wires metrics (the `/metrics` listener, the gRPC layers), TLS,
+//! and the overload limits.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tracing::{Instrument, info, info_span, warn};
@@ -17,14 +18,17 @@ use crate::{
     config::Settings,
     grpc::{
         AdminServiceImpl, TokenServiceImpl,
+        layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{
             self, admin_service_server::AdminServiceServer,
             token_service_server::TokenServiceServer,
         },
     },
     introspect::Introspection,
+    metrics::{GrpcMethods, Metrics},
     oidc::{self, HttpClient},
     registry::Registry,
+    transport::{self, ConnectionLimits, Incoming, TlsConfig},
 };
 
 /// Name of the TokenService in grpc.health.v1.
@@ -43,13 +47,42 @@ pub struct AppState {
     pub settings: Arc<Settings>,
 }
 
-/// Serves until `shutdown` resolves, then shuts down gracefully.
+/// Serves until `shutdown` resolves, then shuts down gracefully. Binds
+/// `server.metrics_listen` itself (when set).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics_listener = bind_metrics(&settings).await?;
+    run_with_metrics_listener(settings, listener, metrics_listener, shutdown).await
+}
+
+async fn bind_metrics(settings: &Settings) -> anyhow::Result<Option<TcpListener>> {
+    match settings.server.metrics_listen {
+        None => Ok(None),
+        Some(addr) => {
+            Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("binding server.metrics_listen {addr}")
+            })?))
+        }
+    }
+}
+
+/// Like [`run`], with the metrics listener bound by the caller (`None`: no metrics
+/// endpoint, whatever `server.metrics_listen` says).
+pub async fn run_with_metrics_listener(
+    settings: Settings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     crate::install_crypto();
+    // A bad certificate or key is a configuration error (exit 2), found before anything starts.
+    let tls = match &settings.server.tls {
+        Some(t) => Some(TlsConfig::load(t).context("loading server.tls")?),
+        None => None,
+    };
     let registry = Registry::new(&settings).context("building the tenant registry")?;
     let http = HttpClient::new().context("building the HTTP client")?;
     let cancel = CancellationToken::new();
@@ -61,7 +94,33 @@ pub async fn run(
     };
     let server = &state.settings.server;
 
-    let mut refreshers = oidc::spawn_refreshers(&registry, &http, &cancel, None);
+    let methods = Arc::new(
+        GrpcMethods::from_descriptor_sets(&[
+            pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])
+        .context("reading the gRPC descriptors")?,
+    );
+    let metrics = Arc::new(Metrics::new(&registry, &methods));
+    if let Some(l) = metrics_listener {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        info!(%addr, "serving Prometheus metrics at /metrics");
+        let metrics = metrics.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = crate::metrics::serve(l, metrics, cancel).await {
+                    warn!(error = %e, "metrics endpoint failed");
+                }
+            }
+            .instrument(info_span!("metrics")),
+        );
+    }
+
+    let mut refreshers =
+        oidc::spawn_refreshers(&registry, &http, &cancel, Some(metrics.fetch_observer()));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -94,12 +153,14 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .context("building reflection v1")?;
+        .context("building reflection v1")?
+        .max_decoding_message_size(server.max_message_bytes);
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .context("building reflection v1alpha")?;
+        .context("building reflection v1alpha")?
+        .max_decoding_message_size(server.max_message_bytes);
 
     let limits = crate::grpc::Limits {
         max_token_bytes: server.max_token_bytes,
@@ -111,31 +172,57 @@ pub async fn run(
     for i in introspection.introspectors() {
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
-    let token_service = TokenServiceServer::new(
-        TokenServiceImpl::new(registry.clone(), limits)
-            .with_introspector(introspection)
-            .with_shutdown(cancel.clone()),
-    )
-    .max_decoding_message_size(server.max_message_bytes);
+    metrics.observe_introspection(introspection.clone());
+    let token_impl = TokenServiceImpl::new(registry.clone(), limits)
+        .with_introspector(introspection)
+        .with_shutdown(cancel.clone())
+        .with_metrics(metrics.clone());
+    let watchers = token_impl.watchers().clone();
+    metrics.observe_watchers(move || watchers.active());
+    let token_service =
+        TokenServiceServer::new(token_impl).max_decoding_message_size(server.max_message_bytes);
+    let health_service = health_service.max_decoding_message_size(server.max_message_bytes);
     // Not in health: the operator view does not decide whether the pod takes traffic.
     let admin_service = server.admin.then(|| {
         AdminServiceServer::new(AdminServiceImpl::new(registry.clone()))
             .max_decoding_message_size(server.max_message_bytes)
     });
 
+    // tonic's `timeout` answers CANCELLED ("Timeout expired") and also honours a shorter
+    // grpc-timeout from the client. `max_connection_age` here only sends GOAWAY: tonic's
+    // own grace option skips the GOAWAY, so the forced close is `transport::Conn`'s.
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(server.keepalive_interval))
         .http2_keepalive_timeout(Some(server.keepalive_timeout))
         .timeout(server.request_timeout);
-    if server.concurrency_limit > 0 {
-        builder = builder.concurrency_limit_per_connection(server.concurrency_limit);
-    }
     if let Some(age) = server.max_connection_age {
         builder = builder.max_connection_age(age);
     }
+    let limit = (server.concurrency_limit > 0)
+        .then(|| ConcurrencyLimitLayer::new(server.concurrency_limit, methods.clone()));
+    let mut builder = builder
+        .layer(MetricsLayer::new(metrics.clone()))
+        .layer(tower::util::option_layer(limit));
 
-    let addr = listener.local_addr().ok();
-    info!(addr = ?addr, tenants = registry.tenants().len(), "serving gRPC");
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(%addr, tenants = registry.tenants().len(), tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "serving gRPC");
+    if let Some(t) = &tls {
+        t.spawn_reloader(Some(metrics.clone()), cancel.clone());
+    }
+    let incoming = transport::spawn_incoming(
+        listener,
+        tls,
+        ConnectionLimits {
+            max_age: server.max_connection_age,
+            grace: server.max_connection_age_grace,
+        },
+        Some(metrics.clone()),
+        cancel.clone(),
+    );
 
     let signal = {
         let reporter = reporter.clone();
@@ -152,13 +239,26 @@ pub async fn run(
             cancel.cancel();
         }
     };
-    let serve = builder
+    let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(token_service)
-        .add_optional_service(admin_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .add_optional_service(admin_service);
+    let serve = async move {
+        match incoming {
+            Incoming::Plain(s) => {
+                router
+                    .serve_with_incoming_shutdown(s.map(Ok::<_, std::io::Error>), signal)
+                    .await
+            }
+            Incoming::Tls(s) => {
+                router
+                    .serve_with_incoming_shutdown(s.map(Ok::<_, std::io::Error>), signal)
+                    .await
+            }
+        }
+    };
 
     let grace = server.shutdown_grace;
     let drained = {
@@ -183,6 +283,8 @@ pub async fn run(
 pub struct RunningServer {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The bound metrics address, when `server.metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -205,18 +307,28 @@ impl RunningServer {
     }
 }
 
-/// Binds `settings.server.listen` (port 0 picks a free port) and serves in the background.
+/// Binds `settings.server.listen` and `server.metrics_listen` (port 0 picks a free port)
+/// and serves in the background.
 pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
     let listener = TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| format!("binding {}", settings.server.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = bind_metrics(&settings).await?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let stop = CancellationToken::new();
     let signal = {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     };
-    let handle =
-        tokio::spawn(run(settings, listener, signal).instrument(info_span!("server", %addr)));
-    Ok(RunningServer { addr, stop, handle })
+    let handle = tokio::spawn(
+        run_with_metrics_listener(settings, listener, metrics_listener, signal)
+            .instrument(info_span!("server", %addr)),
+    );
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        stop,
+        handle,
+    })
 }

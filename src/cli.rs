@@ -148,6 +148,7 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    let shutdown = shutdown_signal();
     telemetry::init(args.log_format);
     let settings = if args.dev {
         let path = args
@@ -192,12 +193,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::app::run(settings, listener, shutdown_signal()).await {
+    match crate::app::run(settings, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "server failed");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            // Files the configuration names (TLS) are only read when serving starts.
+            Some(ce) => config_failure(ce),
+            None => {
+                tracing::error!(error = %format!("{e:#}"), "server failed");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -206,25 +211,25 @@ const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     50051,
 ));
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not
+/// when the future is first polled, so a SIGTERM during start-up is not fatal. Must be
+/// called inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        if let Ok((mut term, mut int)) = handlers {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -67,7 +67,8 @@ pub const DEFAULT_INTROSPECTION_CACHE_ENTRIES: usize = 100_000;
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 /// Default time given to in-flight calls after shutdown begins.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
-/// Default cap on concurrent in-flight requests per connection (0 = unlimited).
+/// Default cap on in-flight unary calls across all connections (0 = unlimited); calls
+/// beyond it are answered RESOURCE_EXHAUSTED at once, never queued.
 pub const DEFAULT_CONCURRENCY_LIMIT: usize = 1024;
 /// Default deadline of one unary call.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,6 +78,12 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on a decoded gRPC message, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default time a connection past `max_connection_age` gets to finish its calls.
+pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// Default period at which the TLS certificate, key and client CA files are re-read.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Default bound on one TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on replay-detection entries per tenant.
 pub const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 1_000_000;
 /// Prefix of the environment variables that override configuration keys.
@@ -93,7 +100,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error at `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -146,7 +154,8 @@ pub struct ServerSettings {
     pub admin: bool,
     /// TLS on the gRPC listener; plaintext when `None`.
     pub tls: Option<TlsSettings>,
-    /// Concurrent requests per connection before RESOURCE_EXHAUSTED (0: unlimited).
+    /// In-flight unary calls, across all connections, beyond which a call is answered
+    /// RESOURCE_EXHAUSTED at once (0: unlimited). Streams and health checks are exempt.
     pub concurrency_limit: usize,
     /// Deadline of one unary call.
     pub request_timeout: Duration,
@@ -158,7 +167,7 @@ pub struct ServerSettings {
     pub max_message_bytes: usize,
     /// Connections older than this are asked to reconnect (GOAWAY); `None`: never.
     pub max_connection_age: Option<Duration>,
-    /// Time a connection past its age gets to finish its calls.
+    /// Time a connection past its age gets to finish its calls before it is closed.
     pub max_connection_age_grace: Duration,
     /// Time in-flight calls get after shutdown begins.
     pub shutdown_grace: Duration,
@@ -173,6 +182,10 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
     /// PEM CA bundle; when set, clients must present a certificate it signed.
     pub client_ca_file: Option<PathBuf>,
+    /// How often the three files are re-read; a change is applied without a restart.
+    pub reload_interval: Duration,
+    /// Bound on one TLS handshake; slower clients are disconnected.
+    pub handshake_timeout: Duration,
 }
 
 /// The checks applied to every token of a tenant.
@@ -353,6 +366,8 @@ struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
+    reload_interval: Option<String>,
+    handshake_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -725,11 +740,7 @@ fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {
             "must be at least server.max_token_bytes",
         ));
     }
-    let tls = s.tls.map(|t| TlsSettings {
-        cert_file: t.cert_file,
-        key_file: t.key_file,
-        client_ca_file: t.client_ca_file,
-    });
+    let tls = s.tls.map(resolve_tls).transpose()?;
     Ok(ServerSettings {
         listen,
         metrics_listen,
@@ -758,12 +769,37 @@ fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {
         max_connection_age_grace: duration(
             "server.max_connection_age_grace",
             &s.max_connection_age_grace,
-            Duration::from_secs(30),
+            DEFAULT_MAX_CONNECTION_AGE_GRACE,
         )?,
         shutdown_grace: duration(
             "server.shutdown_grace",
             &s.shutdown_grace,
             DEFAULT_SHUTDOWN_GRACE,
+        )?,
+    })
+}
+
+fn resolve_tls(t: RawTls) -> Result<TlsSettings, ConfigError> {
+    let positive = |key: &str, value: &Option<String>, default: Duration| {
+        let d = duration(key, value, default)?;
+        if d.is_zero() {
+            return Err(ConfigError::new(key, "must be greater than 0"));
+        }
+        Ok(d)
+    };
+    Ok(TlsSettings {
+        cert_file: t.cert_file,
+        key_file: t.key_file,
+        client_ca_file: t.client_ca_file,
+        reload_interval: positive(
+            "server.tls.reload_interval",
+            &t.reload_interval,
+            DEFAULT_TLS_RELOAD_INTERVAL,
+        )?,
+        handshake_timeout: positive(
+            "server.tls.handshake_timeout",
+            &t.handshake_timeout,
+            DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         )?,
     })
 }
@@ -1402,6 +1438,40 @@ mod tests {
             s.tenants[0].policy.types,
             Some(vec!["at+jwt".to_string(), "jwt".to_string()])
         );
+    }
+
+    #[test]
+    fn tls_settings_have_defaults_and_named_errors() {
+        let s =
+            load("server:\n  tls:\n    cert_file: /c.pem\n    key_file: /k.pem\n").expect("loads");
+        let tls = s.server.tls.expect("tls");
+        assert_eq!(tls.reload_interval, DEFAULT_TLS_RELOAD_INTERVAL);
+        assert_eq!(tls.handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+        assert!(tls.client_ca_file.is_none());
+        assert_eq!(
+            s.server.max_connection_age_grace,
+            DEFAULT_MAX_CONNECTION_AGE_GRACE
+        );
+        let s = load(
+            "server:\n  tls:\n    cert_file: /c\n    key_file: /k\n    client_ca_file: /ca\n    reload_interval: 1s\n    handshake_timeout: 2s\n",
+        )
+        .expect("loads");
+        let tls = s.server.tls.expect("tls");
+        assert_eq!(tls.reload_interval, Duration::from_secs(1));
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("/ca")));
+        let err =
+            load("server:\n  tls:\n    cert_file: /c\n    key_file: /k\n    reload_interval: 0s\n")
+                .unwrap_err();
+        assert_eq!(err.key, "server.tls.reload_interval");
+        let err = load(
+            "server:\n  tls:\n    cert_file: /c\n    key_file: /k\n    handshake_timeout: soon\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "server.tls.handshake_timeout");
+        let err = load("server:\n  tls:\n    key_file: /k\n").unwrap_err();
+        assert_eq!(err.key, "server.tls");
+        assert!(err.message.contains("cert_file"), "{err}");
     }
 
     #[test]

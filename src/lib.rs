@@ -19,6 +19,8 @@
 //! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`, `watch`,
 //!   `issuers`).
 //! - [`telemetry`]: the tracing subscriber.
+//! - [`metrics`]: Prometheus families, bounded labels, the `/metrics` endpoint.
+//! - [`transport`]: the gRPC listener's accept loop, TLS with hot reload, connection age.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,9 +34,11 @@ pub mod grpc;
 pub mod introspect;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod oidc;
 pub mod registry;
 pub mod telemetry;
+pub mod transport;
 
 /// Installs the process-wide crypto providers (jsonwebtoken and rustls on aws-lc-rs).
 /// Safe to call more than once.
@@ -42,4 +46,6 @@ pub fn install_crypto() {
     let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
         &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
     );
+    // Err only means a provider is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod convert;
 pub mod introspect;
+pub mod layers;
 mod token_service;
 pub mod watch;
 

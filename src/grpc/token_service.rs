@@ -1,7 +1,7 @@
 //! `introspect.v1.TokenService`: parses each request once at the boundary, calls the
 //! core, and converts the outcome with `to_proto`.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,8 @@ use super::{
 };
 use crate::{
     introspect::Introspection,
-    registry::{Registry, ValidateInput},
+    metrics::Metrics,
+    registry::{Registry, ValidateError, ValidateInput},
 };
 
 /// Limits applied at the boundary.
@@ -38,6 +39,7 @@ pub struct TokenServiceImpl {
     watchers: Watchers,
     /// Ends every WatchKeys stream (with OK) when cancelled.
     shutdown: Option<CancellationToken>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl TokenServiceImpl {
@@ -49,6 +51,7 @@ impl TokenServiceImpl {
             introspection: None,
             watchers: Watchers::new(limits.max_watchers),
             shutdown: None,
+            metrics: None,
         }
     }
 
@@ -68,6 +71,12 @@ impl TokenServiceImpl {
     /// The WatchKeys subscriber count.
     pub fn watchers(&self) -> &Watchers {
         &self.watchers
+    }
+
+    /// Counts validations (by tenant and result) into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Introspect without the tonic wrapping, for handler tests.
@@ -98,7 +107,17 @@ impl TokenServiceImpl {
             nonce: non_empty(&req.nonce),
             peek_replay: false,
         };
-        match self.registry.validate(&input).await {
+        let outcome = self.registry.validate(&input).await;
+        if let Some(m) = &self.metrics {
+            match &outcome {
+                Ok(v) => m.record_validation(Some(v.tenant.id()), None),
+                Err(e @ ValidateError::Rejected { tenant, .. }) => {
+                    m.record_validation(tenant.as_deref(), e.code())
+                }
+                Err(ValidateError::Request(_)) => {}
+            }
+        }
+        match outcome {
             Ok(v) => Ok(convert::validated(&v)),
             Err(e) => {
                 let e = split_validate_error(e)?;
