@@ -403,3 +403,33 @@ async fn introspection_cache_hits_and_misses_are_reported_per_tenant() {
     );
     assert!(!text.contains("opaque-token-1"));
 }
+
+#[tokio::test]
+async fn watchers_gauge_follows_open_watchkeys_streams() {
+    let (_idp, _broken, _key, h) = setup().await;
+    assert_eq!(must(&scrape(&h).await, "introspectd_watchers"), 0.0);
+    let mut c = h.client.clone();
+    let mut stream = c
+        .watch_keys(pb::WatchKeysRequest::default())
+        .await
+        .expect("WatchKeys")
+        .into_inner();
+    // Read up to SYNCED so the stream is surely registered.
+    loop {
+        let e = stream.message().await.expect("event").expect("open");
+        if e.r#type == pb::KeyEventType::Synced as i32 {
+            break;
+        }
+    }
+    assert_eq!(must(&scrape(&h).await, "introspectd_watchers"), 1.0);
+    drop(stream);
+    let mut zero = false;
+    for _ in 0..100 {
+        if sample(&scrape(&h).await, "introspectd_watchers") == Some(0.0) {
+            zero = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(zero, "a closed stream still counted as a watcher");
+}
