@@ -96,6 +96,7 @@ function buildProvider(issuer, name, keys) {
     ],
     jwks: { keys },
     scopes: ['api:read', 'api:write'],
+    ttl: { ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || 600 },
     cookies: { keys: ['interop-cookie-key-not-a-secret'] },
     features: {
       devInteractions: { enabled: false },
@@ -106,8 +107,11 @@ function buildProvider(issuer, name, keys) {
         allowedPolicy: async (ctx, client, token) => client.clientId === CLIENTS.introspectd.id
           || client.clientId === token.clientId,
       },
-      // Default policy: a client revokes only its own tokens.
-      revocation: { enabled: true },
+      // A client revokes only its own tokens.
+      revocation: {
+        enabled: true,
+        allowedPolicy: async (ctx, client, token) => client.clientId === token.clientId,
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => undefined,

@@ -6,6 +6,7 @@ listen); writes RUN_DIR/introspectd.yaml and RUN_DIR/env.json.
 """
 
 import json
+import socket
 import sys
 
 run_dir, port, repo_root, gen_dir, health_proto_dir, grpcurl = sys.argv[1:7]
@@ -15,7 +16,12 @@ with open(f"{run_dir}/b2c.json", encoding="utf-8") as f:
     b2c = json.load(f)
 idp, rot = idps["main"], idps["rotating"]
 
-OIDC, ROTATING, B2C = "oidc", "rotating", "b2c"
+OIDC, ROTATING, B2C, DOWN = "oidc", "rotating", "b2c", "down"
+# A loopback port nothing listens on: the issuer of a tenant whose provider is down.
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    dead_port = s.getsockname()[1]
+down_issuer = f"http://127.0.0.1:{dead_port}"
 POLICIES = ["B2C_1_signupsignin", "B2C_1A_signup_signin"]
 SECRET_ENV = "INTEROP_INTROSPECTION_SECRET"
 
@@ -78,6 +84,18 @@ tenants:
       metadata_url: {q(b2c["metadata_url_template"])}
       policies: {flow(POLICIES)}
       policy_claims: [tfp, acr]
+
+  # A provider that is down: this tenant never gets keys, the others must not care.
+  - id: {DOWN}
+    issuer: {q(down_issuer)}
+    audiences: ["api://down"]
+    introspection:
+      endpoint: {q(down_issuer + "/introspect")}
+      client_id: introspectd
+      client_secret_env: {SECRET_ENV}
+      auth: client_secret_post
+      cache_ttl: 1s
+      negative_cache_ttl: 1s
 """
 
 env = {
@@ -95,6 +113,7 @@ env = {
         "oidc": {"id": OIDC, "cache_ttl_seconds": 1, "clock_skew_seconds": 1},
         "rotating": {"id": ROTATING, "refresh_interval_seconds": 2},
         "b2c": {"id": B2C, "policies": POLICIES},
+        "down": {"id": DOWN, "issuer": down_issuer, "audience": "api://down", "fetch_timeout_seconds": 3},
     },
 }
 

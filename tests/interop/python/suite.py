@@ -300,7 +300,8 @@ def introspect_opaque():
     expect_matches_upstream(introspect(token, token_type_hint="access_token", tenant=T["oidc"]["id"]), upstream)
 
 
-report.check("Introspect oidc-provider opaque token: active, fields as the provider's RFC 7662 answer",
+report.check("Introspect oidc-provider opaque token (client_secret_basic, secret needing form-urlencoding): "
+             "active, fields as the provider's RFC 7662 answer",
              introspect_opaque)
 
 
@@ -415,7 +416,7 @@ def watch_existing(tenants, want_tenants):
 
 
 report.check("WatchKeys {}: EXISTING for every key of every tenant, then SYNCED, field by field",
-             watch_existing, [], {T["oidc"]["id"], T["rotating"]["id"], T["b2c"]["id"]})
+             watch_existing, [], {T["oidc"]["id"], T["rotating"]["id"], T["b2c"]["id"], T["down"]["id"]})
 report.check("WatchKeys {tenants: [b2c]}: only that tenant's keys, each with its policy",
              watch_existing, [T["b2c"]["id"]], {T["b2c"]["id"]})
 
@@ -468,6 +469,54 @@ report.check("B2C token signed with A's key claiming policy B is UNKNOWN_KEY", b
 report.check("B2C token signed with A's key, B's kid, claiming policy B is INVALID_SIGNATURE", b2c_cross_kid)
 report.check("B2C token of an unlisted policy is UNKNOWN_POLICY", b2c_unlisted)
 report.check("B2C token without tfp or acr is UNKNOWN_POLICY", b2c_no_policy)
+
+# --- a tenant whose provider is down ----------------------------------------------------
+
+DOWN = T["down"]
+
+
+def down_keys_unavailable():
+    # The b2c mock signs whatever it is asked to: here a token claiming the dead issuer.
+    token = b2c_mint(B2C, P_A, {"iss": DOWN["issuer"], "aud": DOWN["audience"]})
+    events, failed = [], []
+    call = stub.WatchKeys(pb.WatchKeysRequest(tenants=[DOWN["id"]]), timeout=20)
+
+    def read():
+        try:
+            for ev in call:
+                events.append(ev)
+                if ev.type == pb.KEY_EVENT_TYPE_REFRESH_FAILED:
+                    failed.append(ev)
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if not wait_until(lambda: any(e.type == pb.KEY_EVENT_TYPE_SYNCED for e in events), 10):
+            raise AssertionError(f"WatchKeys sent no SYNCED within 10 s: {events}")
+        expect_invalid(validate(token), E.ERROR_CODE_KEYS_UNAVAILABLE, DOWN["id"], token)
+        wait_until(lambda: failed, DOWN["fetch_timeout_seconds"] + 3)
+    finally:
+        call.cancel()
+        reader.join(5)
+    f = Fields("WatchKeys {tenants: [down]}")
+    f.eq("EXISTING events", [e.key_id for e in events if e.type == pb.KEY_EVENT_TYPE_EXISTING], [])
+    f.true("REFRESH_FAILED", bool(failed), "none within fetch_timeout + 3 s of a Validate that needed keys")
+    for e in failed[:1]:
+        f.eq("REFRESH_FAILED tenant", e.tenant, DOWN["id"])
+        f.eq("REFRESH_FAILED issuer", e.issuer, DOWN["issuer"])
+        f.true("REFRESH_FAILED message", bool(e.message), "empty")
+    f.done()
+
+
+def down_introspect_unavailable():
+    expect_rpc_error(lambda: introspect("an-opaque-token", tenant=DOWN["id"]), grpc.StatusCode.UNAVAILABLE)
+
+
+report.check("provider down: Validate is KEYS_UNAVAILABLE and WatchKeys streams REFRESH_FAILED", down_keys_unavailable)
+report.check("provider down: Introspect of an opaque token is UNAVAILABLE, never inactive",
+             down_introspect_unavailable)
 
 # --- expiry (the short token minted at the start) ---------------------------------------
 
