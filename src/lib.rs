@@ -1,1 +1,38 @@
-//! stub
+//! introspectd: a gRPC token-introspection service. Services in any language send it a
+//! bearer token; it answers whether the token is valid, for whom, with which claims. It
+//! trusts many issuers at once, keeps their keys fresh without failing a valid token
+//! during a rotation, and streams key changes to subscribers.
+//!
+//! # Layout
+//! - [`config`]: typed configuration, defaults, environment overrides, validation errors.
+//! - [`jwt`]: compact JWS framing, strict JSON, claim checks (no keys, no network).
+//! - [`keys`]: JWK ingestion and hygiene, verifying keys, `KeySet` snapshots.
+//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline.
+//! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
+//! - [`events`]: key-rotation events and their bus.
+//! - [`grpc`]: the TokenService adapter and the one error-to-Status mapping.
+//! - [`app`]: wiring: registry, refreshers, services, serve, shutdown.
+//! - [`dev`]: the `--dev` issuer and its signing key.
+//! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`).
+//! - [`telemetry`]: the tracing subscriber.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod events;
+pub mod grpc;
+pub mod jwt;
+pub mod keys;
+pub mod oidc;
+pub mod registry;
+pub mod telemetry;
+
+/// Installs the process-wide crypto providers (jsonwebtoken and rustls on aws-lc-rs).
+/// Safe to call more than once.
+pub fn install_crypto() {
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(&jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER);
+}

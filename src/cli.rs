@@ -1,0 +1,241 @@
+//! The command line: `serve`, `check-config`, and the developer tools `token` and
+//! `validate`. Parsing here, work in the library; `main` only dispatches.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use crate::{
+    config::{self, ConfigError},
+    dev::{self, DevKey},
+    grpc::{convert, pb},
+    telemetry::{self, LogFormat},
+};
+
+/// Exit code for a bad configuration.
+pub const EXIT_CONFIG: u8 = 2;
+/// Default address of a running server for the client tools.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+
+/// introspectd: validates bearer tokens for many issuers over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "introspectd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (TokenService, health, reflection).
+    Serve(ServeArgs),
+    /// Validate a configuration file without serving.
+    CheckConfig {
+        /// The YAML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Mint a token signed by the local development key (for `serve --dev`).
+    Token(TokenArgs),
+    /// Call Validate on a running server and print the answer as JSON.
+    Validate(ValidateArgs),
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The YAML configuration.
+    #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+    /// Trust only a local development issuer; no configuration needed.
+    #[arg(long)]
+    pub dev: bool,
+    /// Listen address (overrides `server.listen`; default 127.0.0.1:50051 with --dev).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, default_value = "text")]
+    pub log_format: LogFormat,
+    /// The development key file (with --dev).
+    #[arg(long)]
+    pub dev_key_file: Option<PathBuf>,
+}
+
+/// `token` options.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Subject.
+    #[arg(long, default_value = "dev-user")]
+    pub sub: String,
+    /// Audience (repeatable; default introspectd-dev).
+    #[arg(long)]
+    pub aud: Vec<String>,
+    /// Space-separated scopes.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Lifetime, e.g. 1h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Extra claim as name=value (value read as JSON when it parses, else a string).
+    #[arg(long = "claim")]
+    pub claims: Vec<String>,
+    /// The development key file.
+    #[arg(long)]
+    pub dev_key_file: Option<PathBuf>,
+}
+
+/// `validate` options.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Server address.
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    pub addr: String,
+    /// Only this tenant may accept the token.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Accepted audience (repeatable).
+    #[arg(long = "audience")]
+    pub audiences: Vec<String>,
+    /// Required scope (repeatable).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// The token.
+    pub token: String,
+}
+
+fn config_failure(err: &ConfigError) -> ExitCode {
+    eprintln!("introspectd: {err}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::CheckConfig { config } => match config::load_file(&config) {
+            Ok(s) => {
+                println!("configuration OK: {} tenant(s)", s.tenants.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&e),
+        },
+        Command::Token(args) => report(token(args)),
+        Command::Validate(args) => report(validate(args).await),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("introspectd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let settings = if args.dev {
+        let path = args.dev_key_file.clone().unwrap_or_else(dev::default_key_path);
+        let key = match DevKey::load_or_create(&path) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("introspectd: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listen = args.listen.unwrap_or(DEV_LISTEN_ADDR);
+        tracing::info!(key_file = %path.display(), issuer = dev::DEV_ISSUER, audience = dev::DEV_AUDIENCE,
+            "development mode: mint tokens with `introspectd token`");
+        key.settings(listen)
+    } else {
+        let Some(path) = args.config.as_ref() else {
+            return config_failure(&ConfigError { key: "--config".into(), message: "is required".into() });
+        };
+        match config::load_file(path) {
+            Ok(mut s) => {
+                if let Some(l) = args.listen {
+                    s.server.listen = l;
+                }
+                s
+            }
+            Err(e) => return config_failure(&e),
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(settings.server.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("introspectd: cannot listen on {}: {e}", settings.server.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::app::run(settings, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 50051));
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let path = args.dev_key_file.unwrap_or_else(dev::default_key_path);
+    let key = DevKey::load_or_create(&path)?;
+    let mut extra = Map::new();
+    for c in &args.claims {
+        let (name, value) = c.split_once('=').with_context(|| format!("--claim `{c}` is not name=value"))?;
+        let v = serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        extra.insert(name.to_string(), v);
+    }
+    let t = key.mint(&args.sub, &args.aud, args.scope.as_deref(), args.ttl, &extra)?;
+    println!("{t}");
+    Ok(())
+}
+
+async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    let mut client = pb::token_service_client::TokenServiceClient::connect(args.addr.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let resp = client
+        .validate(pb::ValidateRequest {
+            token: args.token,
+            tenant: args.tenant.unwrap_or_default(),
+            audiences: args.audiences,
+            required_scopes: args.scopes,
+            nonce: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("Validate failed: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!("{}", serde_json::to_string_pretty(&convert::validate_response_json(&resp))?);
+    Ok(())
+}

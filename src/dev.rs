@@ -1,0 +1,231 @@
+//! The `--dev` issuer for newcomers: an ES256 signing key created on first use and kept
+//! in a local file (like `dotnet user-jwts`), a tenant that trusts it, and token minting.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::config::{
+    DEFAULT_CLOCK_SKEW, DEFAULT_CONCURRENCY_LIMIT, DEFAULT_FETCH_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_WATCHERS,
+    DEFAULT_REFRESH_INTERVAL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNKNOWN_KID_COOLDOWN, KeySource,
+    RefreshSettings, ServerSettings, Settings, TenantSettings, ValidationPolicy,
+};
+
+/// Issuer of development tokens.
+pub const DEV_ISSUER: &str = "https://introspectd.localhost/dev";
+/// Audience of development tokens.
+pub const DEV_AUDIENCE: &str = "introspectd-dev";
+/// Tenant id of the development issuer.
+pub const DEV_TENANT: &str = "dev";
+/// Default listen address of `serve --dev` (loopback only).
+pub const DEV_LISTEN: &str = "127.0.0.1:50051";
+
+/// The development signing key.
+pub struct DevKey {
+    /// Key id.
+    pub kid: String,
+    pkcs8: Vec<u8>,
+    /// The public JWK.
+    pub public_jwk: Value,
+}
+
+impl std::fmt::Debug for DevKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    kid: String,
+    alg: String,
+    pkcs8: String,
+}
+
+/// Where the key lives: `$XDG_DATA_HOME/introspectd/dev-signing-key.json`, else
+/// `~/.local/share/introspectd/...`, else `./.introspectd/...`.
+pub fn default_key_path() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("introspectd").join("dev-signing-key.json")
+}
+
+impl DevKey {
+    /// Loads the key at `path`, creating it (mode 0600) on first use.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => return Self::parse(&bytes).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key"))?;
+        let pkcs8 = doc.as_ref().to_vec();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
+            .map_err(|_| anyhow::anyhow!("generated key does not parse"))?;
+        let kid = format!("dev-{}", &URL_SAFE_NO_PAD.encode(&pair.public_key().as_ref()[1..9]));
+        let file = KeyFile {
+            kid,
+            alg: "ES256".into(),
+            pkcs8: URL_SAFE_NO_PAD.encode(&pkcs8),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(&serde_json::to_vec_pretty(&file)?)?;
+        }
+        // If another process created the key meanwhile, keep theirs.
+        if path.exists() {
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let bytes = std::fs::read(path)?;
+        Self::parse(&bytes)
+    }
+
+    fn parse(bytes: &[u8]) -> anyhow::Result<Self> {
+        let file: KeyFile = serde_json::from_slice(bytes).context("not a dev key file")?;
+        if file.alg != "ES256" {
+            bail!("dev key algorithm {} is not ES256", file.alg);
+        }
+        let pkcs8 = URL_SAFE_NO_PAD.decode(&file.pkcs8).context("pkcs8 is not base64url")?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
+            .map_err(|_| anyhow::anyhow!("the dev key is not a P-256 PKCS#8 key"))?;
+        let point = pair.public_key().as_ref();
+        if point.len() != 65 {
+            bail!("unexpected public key encoding");
+        }
+        let public_jwk = json!({
+            "kty": "EC", "crv": "P-256", "kid": file.kid, "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        });
+        Ok(Self {
+            kid: file.kid,
+            pkcs8,
+            public_jwk,
+        })
+    }
+
+    /// Mints a token for the dev issuer.
+    pub fn mint(&self, sub: &str, audiences: &[String], scope: Option<&str>, ttl: Duration, extra: &Map<String, Value>) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+        let mut claims = Map::new();
+        claims.insert("iss".into(), DEV_ISSUER.into());
+        claims.insert("sub".into(), sub.into());
+        let aud: Value = match audiences {
+            [] => DEV_AUDIENCE.into(),
+            [one] => one.clone().into(),
+            many => many.to_vec().into(),
+        };
+        claims.insert("aud".into(), aud);
+        claims.insert("iat".into(), now.into());
+        claims.insert("nbf".into(), now.into());
+        claims.insert("exp".into(), (now + ttl.as_secs()).into());
+        claims.insert("jti".into(), format!("{:016x}", fastrand::u64(..)).into());
+        if let Some(s) = scope {
+            claims.insert("scope".into(), s.into());
+        }
+        for (k, v) in extra {
+            claims.insert(k.clone(), v.clone());
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("JWT".into());
+        crate::install_crypto();
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&self.pkcs8)).context("signing the token")
+    }
+
+    /// Settings that trust only the dev issuer, listening on `listen`.
+    pub fn settings(&self, listen: SocketAddr) -> Settings {
+        Settings {
+            server: ServerSettings {
+                listen,
+                metrics_listen: None,
+                max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+                max_watchers: DEFAULT_MAX_WATCHERS,
+                admin: true,
+                tls: None,
+                concurrency_limit: DEFAULT_CONCURRENCY_LIMIT,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                max_connection_age: None,
+                max_connection_age_grace: Duration::from_secs(30),
+                shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            },
+            tenants: vec![TenantSettings {
+                id: DEV_TENANT.into(),
+                issuer: DEV_ISSUER.into(),
+                audiences: vec![DEV_AUDIENCE.into()],
+                allowed_tenant_ids: None,
+                explicit: false,
+                policy: ValidationPolicy {
+                    clock_skew: DEFAULT_CLOCK_SKEW,
+                    algorithms: vec![Algorithm::ES256],
+                    required_claims: vec!["exp".into()],
+                    types: None,
+                    max_lifetime: None,
+                    replay_detection: false,
+                },
+                refresh: RefreshSettings {
+                    refresh_interval: DEFAULT_REFRESH_INTERVAL,
+                    unknown_kid_cooldown: DEFAULT_UNKNOWN_KID_COOLDOWN,
+                    fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+                    require_https: true,
+                },
+                keys: KeySource::Static {
+                    jwks: json!({"keys": [self.public_jwk.clone()]}),
+                },
+                introspection: None,
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k/dev.json");
+        let a = DevKey::load_or_create(&path).expect("create");
+        let b = DevKey::load_or_create(&path).expect("load");
+        assert_eq!(a.kid, b.kid);
+        assert_eq!(a.public_jwk, b.public_jwk);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "key file is private");
+        }
+    }
+}

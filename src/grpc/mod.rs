@@ -1,0 +1,129 @@
+//! The gRPC adapter: generated code fenced in [`pb`], the `TokenService` implementation,
+//! parsing of requests at the boundary, conversion of core values `to_proto`, and the ONE
+//! mapping from errors to `tonic::Status`.
+
+pub mod convert;
+mod token_service;
+
+pub use token_service::{KeyEventStream, Limits, TokenServiceImpl};
+
+/// Generated protobuf and gRPC code for `introspect.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("introspect.v1");
+
+    /// The encoded file descriptor set, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/introspect_descriptor.bin"));
+}
+
+use tonic::Status;
+
+use crate::registry::{RequestError, ValidateError};
+
+/// A request rejected at the boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BoundaryError {
+    /// No token after stripping `Bearer `.
+    #[error("token is empty")]
+    EmptyToken,
+    /// The token exceeds `server.max_token_bytes`.
+    #[error("token is {size} bytes; the limit is {limit}")]
+    TokenTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A request field is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// A core request error.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// Too many concurrent calls of a kind.
+    #[error("{0}")]
+    Exhausted(String),
+    /// An upstream could not answer.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The one mapping from errors to gRPC statuses. Messages are terse and token-free;
+/// full causes are logged where they happen.
+pub fn to_status(err: &BoundaryError) -> Status {
+    match err {
+        BoundaryError::EmptyToken
+        | BoundaryError::TokenTooLarge { .. }
+        | BoundaryError::Invalid(_)
+        | BoundaryError::Request(_) => Status::invalid_argument(err.to_string()),
+        BoundaryError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
+        BoundaryError::Unavailable(_) => Status::unavailable(err.to_string()),
+    }
+}
+
+impl From<BoundaryError> for Status {
+    fn from(e: BoundaryError) -> Self {
+        to_status(&e)
+    }
+}
+
+/// Strips a `Bearer ` prefix (scheme name case-insensitive) and applies the size limit:
+/// exactly `limit` bytes is accepted.
+pub fn parse_token(raw: &str, limit: usize) -> Result<&str, BoundaryError> {
+    let start = raw.trim_start();
+    let token = match start.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("bearer ") => start[7..].trim(),
+        _ => start.trim_end(),
+    };
+    if token.is_empty() {
+        return Err(BoundaryError::EmptyToken);
+    }
+    if token.len() > limit {
+        return Err(BoundaryError::TokenTooLarge {
+            size: token.len(),
+            limit,
+        });
+    }
+    Ok(token)
+}
+
+/// Splits a Validate outcome into a gRPC error (bad request) or an answer.
+pub fn split_validate_error(err: ValidateError) -> Result<ValidateError, BoundaryError> {
+    match err {
+        ValidateError::Request(r) => Err(BoundaryError::Request(r)),
+        other => Ok(other),
+    }
+}
+
+/// An empty string means "not given".
+pub fn non_empty(s: &str) -> Option<&str> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_prefix_and_limits() {
+        assert_eq!(parse_token("Bearer abc", 10), Ok("abc"));
+        assert_eq!(parse_token("bEaReR abc", 10), Ok("abc"));
+        assert_eq!(parse_token("abc", 3), Ok("abc"));
+        assert!(matches!(parse_token("abcd", 3), Err(BoundaryError::TokenTooLarge { size: 4, limit: 3 })));
+        assert_eq!(parse_token("Bearer abc", 3), Ok("abc"), "the limit counts after stripping");
+        assert_eq!(parse_token("", 3), Err(BoundaryError::EmptyToken));
+        assert_eq!(parse_token("Bearer ", 3), Err(BoundaryError::EmptyToken));
+        assert_eq!(parse_token("   ", 3), Err(BoundaryError::EmptyToken));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(to_status(&BoundaryError::EmptyToken).code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            to_status(&BoundaryError::Request(RequestError::UnknownTenant("x".into()))).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(to_status(&BoundaryError::Exhausted("x".into())).code(), tonic::Code::ResourceExhausted);
+        assert_eq!(to_status(&BoundaryError::Unavailable("x".into())).code(), tonic::Code::Unavailable);
+    }
+}

@@ -1,0 +1,82 @@
+//! `introspect.v1.TokenService`: parses each request once at the boundary, calls the
+//! core, and converts the outcome with `to_proto`.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use super::{
+    BoundaryError, convert, non_empty, parse_token,
+    pb::{self, token_service_server::TokenService},
+    split_validate_error,
+};
+use crate::registry::{Registry, ValidateInput};
+
+/// Limits applied at the boundary.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `server.max_token_bytes`.
+    pub max_token_bytes: usize,
+    /// `server.max_watchers`.
+    pub max_watchers: usize,
+}
+
+/// The TokenService handler (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct TokenServiceImpl {
+    registry: Registry,
+    limits: Limits,
+}
+
+impl TokenServiceImpl {
+    /// A handler over `registry`.
+    pub fn new(registry: Registry, limits: Limits) -> Self {
+        Self { registry, limits }
+    }
+
+    /// Validate without the tonic wrapping, for handler tests and Introspect.
+    pub async fn validate_message(&self, req: &pb::ValidateRequest) -> Result<pb::ValidateResponse, BoundaryError> {
+        let token = parse_token(&req.token, self.limits.max_token_bytes)?;
+        let input = ValidateInput {
+            token,
+            tenant: non_empty(&req.tenant),
+            audiences: &req.audiences,
+            required_scopes: &req.required_scopes,
+            nonce: non_empty(&req.nonce),
+        };
+        match self.registry.validate(&input).await {
+            Ok(v) => Ok(convert::validated(&v)),
+            Err(e) => {
+                let e = split_validate_error(e)?;
+                debug!(error = %e, "token rejected");
+                Ok(convert::rejected(&e))
+            }
+        }
+    }
+}
+
+/// The WatchKeys stream type.
+pub type KeyEventStream = Pin<Box<dyn Stream<Item = Result<pb::KeyEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl TokenService for TokenServiceImpl {
+    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.validate_message(&req).await?))
+    }
+
+    async fn introspect(
+        &self,
+        _request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        Err(Status::unimplemented("Introspect is not implemented yet"))
+    }
+
+    type WatchKeysStream = KeyEventStream;
+
+    async fn watch_keys(&self, _request: Request<pb::WatchKeysRequest>) -> Result<Response<Self::WatchKeysStream>, Status> {
+        Err(Status::unimplemented("WatchKeys is not implemented yet"))
+    }
+}

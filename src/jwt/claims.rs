@@ -1,0 +1,399 @@
+//! The claim set: registered claims read once with their JSON types checked, and the
+//! checks of BEHAVIOUR.md steps 5-7 (type, time, required claims, audience and `azp`,
+//! scopes, nonce), each a pure function of the claims, a policy and the current time.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::{ErrorCode, Rejection, echo, json};
+
+/// A payload parsed as a claim set, registered claims typed.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// Every member, as sent.
+    pub all: Map<String, Value>,
+    /// `iss`.
+    pub iss: Option<String>,
+    /// `sub`.
+    pub sub: Option<String>,
+    /// `jti`.
+    pub jti: Option<String>,
+    /// `aud`, a string made a one-element list.
+    pub aud: Vec<String>,
+    /// `exp`, seconds since the epoch.
+    pub exp: Option<f64>,
+    /// `nbf`.
+    pub nbf: Option<f64>,
+    /// `iat`.
+    pub iat: Option<f64>,
+}
+
+fn malformed(msg: impl Into<String>) -> Rejection {
+    Rejection::new(ErrorCode::Malformed, msg)
+}
+
+fn opt_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, Rejection> {
+    match map.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(malformed(format!("claim `{name}` is not a string"))),
+    }
+}
+
+fn opt_number(map: &Map<String, Value>, name: &str) -> Result<Option<f64>, Rejection> {
+    match map.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| malformed(format!("claim `{name}` is out of range"))),
+        Some(_) => Err(malformed(format!("claim `{name}` is not a number"))),
+    }
+}
+
+impl Claims {
+    /// Parses a payload: a strict JSON object whose registered claims have the right types.
+    pub fn parse(payload: &[u8]) -> Result<Self, Rejection> {
+        let all = json::parse_object(payload).map_err(|e| malformed(format!("payload: {e}")))?;
+        let aud = match all.get("aud") {
+            None => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        _ => return Err(malformed("claim `aud` is not a string or array of strings")),
+                    }
+                }
+                out
+            }
+            Some(_) => return Err(malformed("claim `aud` is not a string or array of strings")),
+        };
+        Ok(Self {
+            iss: opt_string(&all, "iss")?,
+            sub: opt_string(&all, "sub")?,
+            jti: opt_string(&all, "jti")?,
+            exp: opt_number(&all, "exp")?,
+            nbf: opt_number(&all, "nbf")?,
+            iat: opt_number(&all, "iat")?,
+            aud,
+            all,
+        })
+    }
+
+    /// A string claim, if present and a string.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.all.get(name).and_then(Value::as_str)
+    }
+
+    /// Granted scopes from `scp`, else `scope`: a space-separated string or an array.
+    pub fn scopes(&self) -> Vec<String> {
+        let raw = self.all.get("scp").or_else(|| self.all.get("scope"));
+        match raw {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .flat_map(str::split_whitespace)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The `typ` rule: absent list accepts anything; otherwise the header's `typ` must be one
+/// of them, compared case-insensitively with an optional `application/` prefix.
+pub fn check_type(typ: Option<&str>, accepted: Option<&[String]>) -> Result<(), Rejection> {
+    let Some(accepted) = accepted else {
+        return Ok(());
+    };
+    let Some(typ) = typ else {
+        return Err(Rejection::new(
+            ErrorCode::InvalidType,
+            format!("typ is missing; accepted: {}", accepted.join(", ")),
+        ));
+    };
+    let norm = crate::config::normalize_type(typ);
+    if accepted.iter().any(|a| *a == norm) {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            ErrorCode::InvalidType,
+            format!("typ {} is not accepted; accepted: {}", echo(typ), accepted.join(", ")),
+        ))
+    }
+}
+
+/// Inputs of the time and presence checks.
+#[derive(Debug, Clone, Copy)]
+pub struct TimePolicy<'a> {
+    /// Tolerance on each comparison.
+    pub clock_skew: Duration,
+    /// Upper bound on `exp - iat`.
+    pub max_lifetime: Option<Duration>,
+    /// Claims that must be present.
+    pub required_claims: &'a [String],
+}
+
+/// `exp` (when required), `nbf`, `iat`, the lifetime bound, then the other required
+/// claims; `now` is seconds since the epoch.
+pub fn check_time(claims: &Claims, now: f64, policy: &TimePolicy<'_>) -> Result<(), Rejection> {
+    let skew = policy.clock_skew.as_secs_f64();
+    let exp_required = policy.required_claims.iter().any(|c| c == "exp");
+    match claims.exp {
+        None if exp_required => {
+            return Err(Rejection::new(ErrorCode::MissingClaim, "claim `exp` is required"));
+        }
+        Some(exp) if now >= exp + skew => {
+            return Err(Rejection::new(
+                ErrorCode::Expired,
+                format!("expired {:.0}s ago", now - exp),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(nbf) = claims.nbf {
+        if nbf > now + skew {
+            return Err(Rejection::new(
+                ErrorCode::NotYetValid,
+                format!("not valid for another {:.0}s (nbf)", nbf - now),
+            ));
+        }
+    }
+    if let Some(iat) = claims.iat {
+        if iat > now + skew {
+            return Err(Rejection::new(
+                ErrorCode::NotYetValid,
+                format!("issued {:.0}s in the future (iat)", iat - now),
+            ));
+        }
+    }
+    if let (Some(max), Some(exp)) = (policy.max_lifetime, claims.exp) {
+        // Without `iat` the lifetime still left is what a holder can use, so that is
+        // what is bounded.
+        let start = claims.iat.unwrap_or(now);
+        let lifetime = exp - start;
+        if lifetime > max.as_secs_f64() {
+            return Err(Rejection::new(
+                ErrorCode::LifetimeTooLong,
+                format!(
+                    "lifetime {:.0}s exceeds the maximum of {}s",
+                    lifetime,
+                    max.as_secs()
+                ),
+            ));
+        }
+    }
+    for name in policy.required_claims {
+        if name != "exp" && !claims.all.contains_key(name) {
+            return Err(Rejection::new(
+                ErrorCode::MissingClaim,
+                format!("claim {} is required", echo(name)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The audience rule: one of `accepted` must be in `aud`; with several audiences, `azp`
+/// must be present and be an accepted audience (OpenID Connect Core 3.1.3.7). An empty
+/// `accepted` list rejects: there is never a silent pass.
+pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Rejection> {
+    if accepted.is_empty() {
+        return Err(Rejection::new(
+            ErrorCode::InvalidAudience,
+            "no audience is configured for this tenant and the request named none",
+        ));
+    }
+    if claims.aud.is_empty() {
+        return Err(Rejection::new(ErrorCode::InvalidAudience, "token has no aud"));
+    }
+    if !claims.aud.iter().any(|a| accepted.contains(a)) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidAudience,
+            "no audience of the token is accepted",
+        ));
+    }
+    if claims.aud.len() > 1 {
+        match claims.all.get("azp") {
+            Some(Value::String(azp)) if accepted.contains(azp) => {}
+            Some(Value::String(_)) => {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidAudience,
+                    "token has several audiences and its azp is not an accepted audience",
+                ));
+            }
+            _ => {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidAudience,
+                    "token has several audiences but no azp",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every one of `required` must be granted.
+pub fn check_scopes(claims: &Claims, required: &[String]) -> Result<(), Rejection> {
+    if required.is_empty() {
+        return Ok(());
+    }
+    let granted = claims.scopes();
+    let missing: Vec<&String> = required.iter().filter(|r| !granted.contains(r)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let names: Vec<String> = missing.iter().map(|m| echo(m)).collect();
+        Err(Rejection::new(
+            ErrorCode::InsufficientScope,
+            format!("missing scope {}", names.join(", ")),
+        ))
+    }
+}
+
+/// When the request carries a nonce, the token's `nonce` must equal it.
+pub fn check_nonce(claims: &Claims, expected: Option<&str>) -> Result<(), Rejection> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    match claims.str("nonce") {
+        Some(n) if constant_time_eq(n.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(Rejection::new(ErrorCode::InvalidNonce, "nonce does not match")),
+        None => Err(Rejection::new(ErrorCode::InvalidNonce, "token has no nonce")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(json: &str) -> Claims {
+        Claims::parse(json.as_bytes()).expect("parses")
+    }
+
+    fn policy(required: &[String]) -> TimePolicy<'_> {
+        TimePolicy {
+            clock_skew: Duration::from_secs(60),
+            max_lifetime: None,
+            required_claims: required,
+        }
+    }
+
+    #[test]
+    fn registered_claim_types_are_checked() {
+        for bad in [
+            r#"{"iss":1}"#,
+            r#"{"sub":true}"#,
+            r#"{"aud":5}"#,
+            r#"{"aud":["a",1]}"#,
+            r#"{"exp":"1"}"#,
+            r#"{"nbf":null}"#,
+            r#"{"iat":[1]}"#,
+            r#"{"jti":{}}"#,
+            r#"{"a":1,"a":2}"#,
+        ] {
+            assert_eq!(Claims::parse(bad.as_bytes()).unwrap_err().code, ErrorCode::Malformed, "{bad}");
+        }
+        let c = claims(r#"{"aud":"x","exp":1.5}"#);
+        assert_eq!(c.aud, vec!["x"]);
+        assert_eq!(c.exp, Some(1.5));
+    }
+
+    #[test]
+    fn time_checks_honour_skew() {
+        let req = vec!["exp".to_string()];
+        let now = 1_000_000.0;
+        let p = policy(&req);
+        assert!(check_time(&claims(r#"{"exp":1000030}"#), now, &p).is_ok());
+        assert!(check_time(&claims(r#"{"exp":999950}"#), now, &p).is_ok(), "within skew");
+        assert_eq!(check_time(&claims(r#"{"exp":999940}"#), now, &p).unwrap_err().code, ErrorCode::Expired);
+        assert_eq!(check_time(&claims("{}"), now, &p).unwrap_err().code, ErrorCode::MissingClaim);
+        assert!(check_time(&claims("{}"), now, &policy(&[])).is_ok(), "exp not required");
+        assert_eq!(
+            check_time(&claims(r#"{"exp":1000100,"nbf":1000061}"#), now, &p).unwrap_err().code,
+            ErrorCode::NotYetValid
+        );
+        assert!(check_time(&claims(r#"{"exp":1000100,"nbf":1000059}"#), now, &p).is_ok());
+        assert_eq!(
+            check_time(&claims(r#"{"exp":1000100,"iat":1000100}"#), now, &p).unwrap_err().code,
+            ErrorCode::NotYetValid
+        );
+    }
+
+    #[test]
+    fn lifetime_is_bounded() {
+        let req = vec!["exp".to_string()];
+        let mut p = policy(&req);
+        p.max_lifetime = Some(Duration::from_secs(3600));
+        let now = 1_000_000.0;
+        assert!(check_time(&claims(r#"{"iat":1000000,"exp":1003600}"#), now, &p).is_ok());
+        assert_eq!(
+            check_time(&claims(r#"{"iat":1000000,"exp":1003601}"#), now, &p).unwrap_err().code,
+            ErrorCode::LifetimeTooLong
+        );
+        assert_eq!(
+            check_time(&claims(r#"{"exp":1999999}"#), now, &p).unwrap_err().code,
+            ErrorCode::LifetimeTooLong
+        );
+    }
+
+    #[test]
+    fn other_required_claims() {
+        let req = vec!["exp".to_string(), "sub".to_string()];
+        let p = policy(&req);
+        assert_eq!(
+            check_time(&claims(r#"{"exp":2000000}"#), 1.0, &p).unwrap_err().code,
+            ErrorCode::MissingClaim
+        );
+    }
+
+    #[test]
+    fn audience_rules() {
+        let acc = vec!["api".to_string()];
+        assert!(check_audience(&claims(r#"{"aud":"api"}"#), &acc).is_ok());
+        assert!(check_audience(&claims(r#"{"aud":["x","api"],"azp":"api"}"#), &acc).is_ok());
+        for bad in [r#"{"aud":"x"}"#, "{}", r#"{"aud":["x","api"]}"#, r#"{"aud":["x","api"],"azp":"x"}"#] {
+            assert_eq!(check_audience(&claims(bad), &acc).unwrap_err().code, ErrorCode::InvalidAudience, "{bad}");
+        }
+        assert_eq!(check_audience(&claims(r#"{"aud":"api"}"#), &[]).unwrap_err().code, ErrorCode::InvalidAudience);
+    }
+
+    #[test]
+    fn scopes_from_scp_or_scope() {
+        let need = vec!["read".to_string(), "write".to_string()];
+        assert!(check_scopes(&claims(r#"{"scp":"read write"}"#), &need).is_ok());
+        assert!(check_scopes(&claims(r#"{"scope":["read","write"]}"#), &need).is_ok());
+        assert_eq!(
+            check_scopes(&claims(r#"{"scope":"read"}"#), &need).unwrap_err().code,
+            ErrorCode::InsufficientScope
+        );
+        assert!(check_scopes(&claims("{}"), &[]).is_ok());
+    }
+
+    #[test]
+    fn nonce_rules() {
+        assert!(check_nonce(&claims(r#"{"nonce":"n1"}"#), Some("n1")).is_ok());
+        assert!(check_nonce(&claims("{}"), None).is_ok());
+        assert_eq!(check_nonce(&claims(r#"{"nonce":"n2"}"#), Some("n1")).unwrap_err().code, ErrorCode::InvalidNonce);
+        assert_eq!(check_nonce(&claims("{}"), Some("n1")).unwrap_err().code, ErrorCode::InvalidNonce);
+    }
+
+    #[test]
+    fn typ_rules() {
+        let acc = vec!["at+jwt".to_string()];
+        assert!(check_type(Some("at+JWT"), Some(&acc)).is_ok());
+        assert!(check_type(Some("application/at+jwt"), Some(&acc)).is_ok());
+        assert_eq!(check_type(Some("JWT"), Some(&acc)).unwrap_err().code, ErrorCode::InvalidType);
+        assert_eq!(check_type(None, Some(&acc)).unwrap_err().code, ErrorCode::InvalidType);
+        assert!(check_type(None, None).is_ok());
+    }
+}

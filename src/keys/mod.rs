@@ -1,0 +1,755 @@
+//! Verification keys: JWK ingestion with the hygiene rules of SECURITY.md, one key at a
+//! time (one bad key never discards the others); each key parsed once into an aws-lc-rs
+//! verifier bound to its algorithms; RFC 7638 thumbprints; and [`KeySet`], the immutable
+//! snapshot that validation reads lock-free through an `Arc`.
+
+mod roca;
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use aws_lc_rs::{digest, hmac, signature as sig};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use serde_json::{Map, Value, json};
+
+/// Smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus accepted, in bits (aws-lc's verification limit).
+pub const MAX_RSA_BITS: usize = 8192;
+/// Most keys a token without `kid` may be tried against.
+pub const MAX_KIDLESS_CANDIDATES: usize = 4;
+/// Most keys ingested from one document; the rest are skipped.
+pub const MAX_KEYS_PER_SET: usize = 100;
+
+/// Smallest HMAC key for an algorithm, in bytes. HS256 needs its full hash length
+/// (RFC 7518 3.2); HS384 and HS512 need 48 bytes, which is what the Wycheproof vectors
+/// hold them to.
+pub fn min_hmac_key_bytes(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS256 => 32,
+        _ => 48,
+    }
+}
+
+/// JWK members that only a private or symmetric key has.
+const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Where a key set comes from, which decides what it may contain.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOptions<'a> {
+    /// Accept `oct` keys (only for sets the operator configured, never fetched ones).
+    pub allow_symmetric: bool,
+    /// The tenant's algorithm allow-list; a key is bound to algorithms in it.
+    pub algorithms: &'a [Algorithm],
+}
+
+/// Why a key of a document was not ingested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKey {
+    /// Position in the document.
+    pub index: usize,
+    /// Its `kid`, when it had a readable one.
+    pub kid: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Key type, as in the JWK `kty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// RSA.
+    Rsa,
+    /// Elliptic curve (P-256, P-384).
+    Ec,
+    /// Octet key pair (Ed25519).
+    Okp,
+    /// Symmetric secret.
+    Oct,
+}
+
+impl KeyType {
+    /// The JWK `kty` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Rsa => "RSA",
+            KeyType::Ec => "EC",
+            KeyType::Okp => "OKP",
+            KeyType::Oct => "oct",
+        }
+    }
+}
+
+enum Verifier {
+    Hmac(Vec<(Algorithm, hmac::Key)>),
+    Public(Vec<(Algorithm, sig::ParsedPublicKey)>),
+}
+
+/// Why a signature was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The key is not bound to the token's algorithm.
+    AlgorithmMismatch,
+    /// The signature does not verify.
+    BadSignature,
+}
+
+/// One ingested key, parsed once.
+pub struct VerifyingKey {
+    /// `kid`, when present.
+    pub kid: Option<String>,
+    /// Key type.
+    pub kty: KeyType,
+    /// The algorithms this key verifies (one, unless the JWK had no `alg`).
+    pub algorithms: Vec<Algorithm>,
+    /// RFC 7638 SHA-256 thumbprint, base64url.
+    pub thumbprint: String,
+    /// The public JWK (no private member); `None` for symmetric keys.
+    pub public_jwk: Option<Map<String, Value>>,
+    verifier: Verifier,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("kty", &self.kty)
+            .field("algorithms", &self.algorithms)
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    /// The algorithm shown for this key: its only one, or the first it is bound to.
+    pub fn algorithm_name(&self) -> String {
+        self.algorithms.first().map(|a| format!("{a:?}")).unwrap_or_default()
+    }
+
+    /// True when this key is bound to `alg`.
+    pub fn supports(&self, alg: Algorithm) -> bool {
+        self.algorithms.contains(&alg)
+    }
+
+    /// Verifies `signature` over `message` with `alg`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+        match &self.verifier {
+            Verifier::Hmac(keys) => {
+                let (_, key) = keys
+                    .iter()
+                    .find(|(a, _)| *a == alg)
+                    .ok_or(VerifyError::AlgorithmMismatch)?;
+                hmac::verify(key, message, signature).map_err(|_| VerifyError::BadSignature)
+            }
+            Verifier::Public(keys) => {
+                let (_, key) = keys
+                    .iter()
+                    .find(|(a, _)| *a == alg)
+                    .ok_or(VerifyError::AlgorithmMismatch)?;
+                key.verify_sig(message, signature)
+                    .map_err(|_| VerifyError::BadSignature)
+            }
+        }
+    }
+
+    /// Builds an HMAC key from raw secret bytes, bound to the HMAC algorithms in `algorithms`.
+    pub fn hmac(kid: Option<String>, secret: &[u8], algorithms: &[Algorithm]) -> Result<Self, String> {
+        let mut bound = Vec::new();
+        let mut keys = Vec::new();
+        for alg in algorithms.iter().copied().filter(|a| a.family() == AlgorithmFamily::Hmac) {
+            if secret.len() < min_hmac_key_bytes(alg) {
+                return Err(format!(
+                    "{alg:?} needs a key of at least {} bytes, got {}",
+                    min_hmac_key_bytes(alg),
+                    secret.len()
+                ));
+            }
+            let h = match alg {
+                Algorithm::HS256 => hmac::HMAC_SHA256,
+                Algorithm::HS384 => hmac::HMAC_SHA384,
+                _ => hmac::HMAC_SHA512,
+            };
+            bound.push(alg);
+            keys.push((alg, hmac::Key::new(h, secret)));
+        }
+        if bound.is_empty() {
+            return Err("no HMAC algorithm is allowed for this key".into());
+        }
+        let thumbprint = thumbprint(&json!({"k": URL_SAFE_NO_PAD.encode(secret), "kty": "oct"}));
+        Ok(Self {
+            kid,
+            kty: KeyType::Oct,
+            algorithms: bound,
+            thumbprint,
+            public_jwk: None,
+            verifier: Verifier::Hmac(keys),
+        })
+    }
+
+    /// Ingests one JWK, applying every hygiene rule.
+    pub fn from_jwk(jwk: &Map<String, Value>, opts: &IngestOptions<'_>) -> Result<Self, String> {
+        let kty = match jwk.get("kty").and_then(Value::as_str) {
+            Some("RSA") => KeyType::Rsa,
+            Some("EC") => KeyType::Ec,
+            Some("OKP") => KeyType::Okp,
+            Some("oct") => KeyType::Oct,
+            Some(other) => return Err(format!("kty `{other}` is not supported")),
+            None => return Err("no kty".into()),
+        };
+        let kid = match jwk.get("kid") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err("kid is not a string".into()),
+        };
+        if let Some(u) = jwk.get("use") {
+            if u.as_str() != Some("sig") {
+                return Err("use is not `sig`".into());
+            }
+        }
+        if let Some(ops) = jwk.get("key_ops") {
+            let verifies = ops
+                .as_array()
+                .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
+            if !verifies {
+                return Err("key_ops does not include `verify`".into());
+            }
+        }
+        let declared = match jwk.get("alg") {
+            None => None,
+            Some(Value::String(s)) => Some(
+                s.parse::<Algorithm>()
+                    .map_err(|_| format!("alg `{s}` is not a supported signature algorithm"))?,
+            ),
+            Some(_) => return Err("alg is not a string".into()),
+        };
+        if kty == KeyType::Oct {
+            if !opts.allow_symmetric {
+                return Err("symmetric (oct) keys are never taken from a fetched key set".into());
+            }
+            let k = b64_member(jwk, "k")?;
+            let algs = bind(declared, AlgorithmFamily::Hmac, opts.algorithms)?;
+            return Self::hmac(kid, &k, &algs);
+        }
+        if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
+            return Err(format!("has the private member `{m}`"));
+        }
+        match kty {
+            KeyType::Rsa => rsa_key(jwk, kid, declared, opts),
+            KeyType::Ec => ec_key(jwk, kid, declared, opts),
+            KeyType::Okp => okp_key(jwk, kid, declared, opts),
+            KeyType::Oct => Err("unreachable".into()),
+        }
+    }
+}
+
+fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
+    let s = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("no `{name}`"))?;
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| format!("`{name}` is not base64url"))
+}
+
+/// Binds a key to one algorithm: its declared `alg` (which must fit the family and be
+/// allowed), or every allowed algorithm of its family.
+fn bind(declared: Option<Algorithm>, family: AlgorithmFamily, allowed: &[Algorithm]) -> Result<Vec<Algorithm>, String> {
+    match declared {
+        Some(alg) if alg.family() != family => {
+            Err(format!("alg {alg:?} does not fit the key type"))
+        }
+        Some(alg) if !allowed.contains(&alg) => Err(format!("alg {alg:?} is not allowed")),
+        Some(alg) => Ok(vec![alg]),
+        None => {
+            let algs: Vec<Algorithm> = allowed.iter().copied().filter(|a| a.family() == family).collect();
+            if algs.is_empty() {
+                Err("no allowed algorithm fits the key type".into())
+            } else {
+                Ok(algs)
+            }
+        }
+    }
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    &b[i..]
+}
+
+/// DER of a PKCS#1 `RSAPublicKey` (RFC 8017 A.1.1).
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn integer(out: &mut Vec<u8>, v: &[u8]) {
+        let mut body = Vec::with_capacity(v.len() + 1);
+        if v.first().is_some_and(|b| b & 0x80 != 0) {
+            body.push(0);
+        }
+        body.extend_from_slice(v);
+        out.push(0x02);
+        length(out, body.len());
+        out.extend_from_slice(&body);
+    }
+    fn length(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    let mut body = Vec::new();
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = vec![0x30];
+    length(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn rsa_params(alg: Algorithm) -> &'static sig::RsaParameters {
+    match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        _ => &sig::RSA_PSS_2048_8192_SHA512,
+    }
+}
+
+fn rsa_key(
+    jwk: &Map<String, Value>,
+    kid: Option<String>,
+    declared: Option<Algorithm>,
+    opts: &IngestOptions<'_>,
+) -> Result<VerifyingKey, String> {
+    let n_raw = b64_member(jwk, "n")?;
+    let e_raw = b64_member(jwk, "e")?;
+    let n = strip_leading_zeros(&n_raw);
+    let e = strip_leading_zeros(&e_raw);
+    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    if bits < MIN_RSA_BITS {
+        return Err(format!("RSA modulus of {bits} bits is under {MIN_RSA_BITS}"));
+    }
+    if bits > MAX_RSA_BITS {
+        return Err(format!("RSA modulus of {bits} bits is over {MAX_RSA_BITS}"));
+    }
+    if n.last().is_some_and(|b| b & 1 == 0) {
+        return Err("RSA modulus is even".into());
+    }
+    let e_small = e.len() == 1 && e[0] < 3;
+    if e.is_empty() || e_small || e.last().is_some_and(|b| b & 1 == 0) || e.len() > 8 {
+        return Err("RSA public exponent must be odd and at least 3".into());
+    }
+    if roca::is_vulnerable(n) {
+        return Err("RSA modulus has the ROCA fingerprint (CVE-2017-15361)".into());
+    }
+    let algs = bind(declared, AlgorithmFamily::Rsa, opts.algorithms)?;
+    let der = rsa_public_key_der(n, e);
+    let mut parsed = Vec::with_capacity(algs.len());
+    for alg in &algs {
+        let key = sig::ParsedPublicKey::new(rsa_params(*alg), &der)
+            .map_err(|e| format!("RSA key rejected: {e}"))?;
+        parsed.push((*alg, key));
+    }
+    let n_b64 = URL_SAFE_NO_PAD.encode(n);
+    let e_b64 = URL_SAFE_NO_PAD.encode(e);
+    let thumb = thumbprint(&json!({"e": e_b64, "kty": "RSA", "n": n_b64}));
+    let mut public = Map::new();
+    public.insert("kty".into(), "RSA".into());
+    insert_common(&mut public, &kid, &algs, jwk);
+    public.insert("n".into(), n_b64.into());
+    public.insert("e".into(), e_b64.into());
+    Ok(VerifyingKey {
+        kid,
+        kty: KeyType::Rsa,
+        algorithms: algs,
+        thumbprint: thumb,
+        public_jwk: Some(public),
+        verifier: Verifier::Public(parsed),
+    })
+}
+
+fn ec_key(
+    jwk: &Map<String, Value>,
+    kid: Option<String>,
+    declared: Option<Algorithm>,
+    opts: &IngestOptions<'_>,
+) -> Result<VerifyingKey, String> {
+    let crv = jwk.get("crv").and_then(Value::as_str).ok_or("no crv")?;
+    let (alg, size, verify_alg): (Algorithm, usize, &'static sig::EcdsaVerificationAlgorithm) = match crv {
+        "P-256" => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
+        "P-384" => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
+        other => return Err(format!("curve `{other}` is not supported")),
+    };
+    if let Some(d) = declared {
+        if d != alg {
+            return Err(format!("alg {d:?} does not fit curve {crv}"));
+        }
+    }
+    if !opts.algorithms.contains(&alg) {
+        return Err(format!("alg {alg:?} is not allowed"));
+    }
+    let x = b64_member(jwk, "x")?;
+    let y = b64_member(jwk, "y")?;
+    if x.len() != size || y.len() != size {
+        return Err(format!("coordinates of a {crv} key are {size} bytes each"));
+    }
+    let mut point = Vec::with_capacity(1 + 2 * size);
+    point.push(0x04);
+    point.extend_from_slice(&x);
+    point.extend_from_slice(&y);
+    // Parsing validates that the point is on the curve.
+    let parsed = sig::ParsedPublicKey::new(verify_alg, &point)
+        .map_err(|_| format!("the point is not on curve {crv}"))?;
+    let x_b64 = URL_SAFE_NO_PAD.encode(&x);
+    let y_b64 = URL_SAFE_NO_PAD.encode(&y);
+    let thumb = thumbprint(&json!({"crv": crv, "kty": "EC", "x": x_b64, "y": y_b64}));
+    let mut public = Map::new();
+    public.insert("kty".into(), "EC".into());
+    insert_common(&mut public, &kid, &[alg], jwk);
+    public.insert("crv".into(), crv.into());
+    public.insert("x".into(), x_b64.into());
+    public.insert("y".into(), y_b64.into());
+    Ok(VerifyingKey {
+        kid,
+        kty: KeyType::Ec,
+        algorithms: vec![alg],
+        thumbprint: thumb,
+        public_jwk: Some(public),
+        verifier: Verifier::Public(vec![(alg, parsed)]),
+    })
+}
+
+fn okp_key(
+    jwk: &Map<String, Value>,
+    kid: Option<String>,
+    declared: Option<Algorithm>,
+    opts: &IngestOptions<'_>,
+) -> Result<VerifyingKey, String> {
+    let crv = jwk.get("crv").and_then(Value::as_str).ok_or("no crv")?;
+    if crv != "Ed25519" {
+        return Err(format!("curve `{crv}` is not supported"));
+    }
+    let algs = bind(declared, AlgorithmFamily::Ed, opts.algorithms)?;
+    let x = b64_member(jwk, "x")?;
+    if x.len() != 32 {
+        return Err("an Ed25519 key is 32 bytes".into());
+    }
+    let parsed = sig::ParsedPublicKey::new(&sig::ED25519, &x).map_err(|_| "invalid Ed25519 key".to_string())?;
+    let x_b64 = URL_SAFE_NO_PAD.encode(&x);
+    let thumb = thumbprint(&json!({"crv": crv, "kty": "OKP", "x": x_b64}));
+    let mut public = Map::new();
+    public.insert("kty".into(), "OKP".into());
+    insert_common(&mut public, &kid, &algs, jwk);
+    public.insert("crv".into(), crv.into());
+    public.insert("x".into(), x_b64.into());
+    Ok(VerifyingKey {
+        kid,
+        kty: KeyType::Okp,
+        algorithms: algs,
+        thumbprint: thumb,
+        public_jwk: Some(public),
+        verifier: Verifier::Public(vec![(Algorithm::EdDSA, parsed)]),
+    })
+}
+
+fn insert_common(out: &mut Map<String, Value>, kid: &Option<String>, algs: &[Algorithm], jwk: &Map<String, Value>) {
+    if let Some(k) = kid {
+        out.insert("kid".into(), k.clone().into());
+    }
+    out.insert("use".into(), "sig".into());
+    // The JWK's own alg when it had one; a key bound to several algorithms shows none.
+    if jwk.contains_key("alg") || algs.len() == 1 {
+        if let Some(a) = algs.first() {
+            out.insert("alg".into(), format!("{a:?}").into());
+        }
+    }
+}
+
+/// RFC 7638 SHA-256 thumbprint of the required members (already in lexicographic order
+/// in `required`, since `serde_json::json!` with `preserve_order` keeps insertion order).
+pub fn thumbprint(required: &Value) -> String {
+    let canonical = serde_json::to_string(required).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+}
+
+/// An immutable set of keys; validation holds an `Arc` to one while a refresh builds the
+/// next.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Vec<Arc<VerifyingKey>>,
+    by_kid: HashMap<String, usize>,
+}
+
+impl KeySet {
+    /// An empty set.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Builds a set from keys; a `kid` held by two different keys is ambiguous and both
+    /// are dropped (a token naming it could be verified against either), while an exact
+    /// duplicate (same thumbprint) is kept once.
+    pub fn from_keys(keys: Vec<VerifyingKey>) -> (Self, Vec<SkippedKey>) {
+        let mut skipped = Vec::new();
+        let mut kept: Vec<(usize, VerifyingKey)> = Vec::new();
+        let mut ambiguous: Vec<String> = Vec::new();
+        for (index, key) in keys.into_iter().enumerate() {
+            if let Some(kid) = &key.kid {
+                if let Some((_, other)) = kept.iter().find(|(_, k)| k.kid.as_deref() == Some(kid)) {
+                    if other.thumbprint == key.thumbprint && other.algorithms == key.algorithms {
+                        skipped.push(SkippedKey { index, kid: Some(kid.clone()), reason: "exact duplicate".into() });
+                    } else if !ambiguous.contains(kid) {
+                        ambiguous.push(kid.clone());
+                    }
+                    continue;
+                }
+            }
+            kept.push((index, key));
+        }
+        let mut set = KeySet::default();
+        for (index, key) in kept {
+            if let Some(kid) = &key.kid {
+                if ambiguous.contains(kid) {
+                    skipped.push(SkippedKey {
+                        index,
+                        kid: Some(kid.clone()),
+                        reason: "kid is shared by different keys, so it is ambiguous".into(),
+                    });
+                    continue;
+                }
+                set.by_kid.insert(kid.clone(), set.keys.len());
+            }
+            set.keys.push(Arc::new(key));
+        }
+        (set, skipped)
+    }
+
+    /// Ingests a JWKS document key by key. A symmetric key in a set that also has
+    /// public keys is dropped: such a mixed set is ambiguous.
+    pub fn from_jwks(doc: &Value, opts: &IngestOptions<'_>) -> Result<(Self, Vec<SkippedKey>), String> {
+        let list = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("the document has no `keys` array")?;
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (index, item) in list.iter().enumerate() {
+            let kid = item.get("kid").and_then(Value::as_str).map(str::to_owned);
+            if index >= MAX_KEYS_PER_SET {
+                skipped.push(SkippedKey { index, kid, reason: format!("more than {MAX_KEYS_PER_SET} keys") });
+                continue;
+            }
+            let Some(obj) = item.as_object() else {
+                skipped.push(SkippedKey { index, kid, reason: "not a JSON object".into() });
+                continue;
+            };
+            match VerifyingKey::from_jwk(obj, opts) {
+                Ok(k) => keys.push((index, k)),
+                Err(reason) => skipped.push(SkippedKey { index, kid, reason }),
+            }
+        }
+        let has_public = keys.iter().any(|(_, k)| k.kty != KeyType::Oct);
+        let mut accepted = Vec::new();
+        for (index, k) in keys {
+            if has_public && k.kty == KeyType::Oct {
+                skipped.push(SkippedKey {
+                    index,
+                    kid: k.kid.clone(),
+                    reason: "symmetric key in a set with public keys".into(),
+                });
+            } else {
+                accepted.push(k);
+            }
+        }
+        let (set, more) = KeySet::from_keys(accepted);
+        skipped.extend(more);
+        Ok((set, skipped))
+    }
+
+    /// The key with this kid.
+    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
+        self.by_kid.get(kid).map(|i| &self.keys[*i])
+    }
+
+    /// Keys bound to `alg`, for tokens without a kid.
+    pub fn candidates(&self, alg: Algorithm) -> Vec<&Arc<VerifyingKey>> {
+        self.keys.iter().filter(|k| k.supports(alg)).collect()
+    }
+
+    /// Every key.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<VerifyingKey>> {
+        self.keys.iter()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// How a signature check ended, for the caller to map to an error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLookup {
+    /// Verified with this key.
+    Verified(Arc<VerifyingKey>),
+    /// No key with the kid (or no candidate for a kid-less token).
+    NotFound,
+    /// A kid-less token had more candidates than [`MAX_KIDLESS_CANDIDATES`].
+    TooManyCandidates,
+    /// The key with the kid is not bound to the token's algorithm.
+    AlgorithmMismatch,
+    /// The signature did not verify.
+    BadSignature,
+}
+
+impl PartialEq for VerifyingKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.kid == other.kid && self.thumbprint == other.thumbprint && self.algorithms == other.algorithms
+    }
+}
+impl Eq for VerifyingKey {}
+
+impl KeySet {
+    /// Finds the key for a token and verifies its signature.
+    pub fn verify(&self, kid: Option<&str>, alg: Algorithm, message: &[u8], signature: &[u8]) -> KeyLookup {
+        match kid {
+            Some(kid) => match self.get(kid) {
+                None => KeyLookup::NotFound,
+                Some(key) => match key.verify(alg, message, signature) {
+                    Ok(()) => KeyLookup::Verified(key.clone()),
+                    Err(VerifyError::AlgorithmMismatch) => KeyLookup::AlgorithmMismatch,
+                    Err(VerifyError::BadSignature) => KeyLookup::BadSignature,
+                },
+            },
+            None => {
+                let candidates = self.candidates(alg);
+                if candidates.is_empty() {
+                    return KeyLookup::NotFound;
+                }
+                if candidates.len() > MAX_KIDLESS_CANDIDATES {
+                    return KeyLookup::TooManyCandidates;
+                }
+                for key in candidates {
+                    if key.verify(alg, message, signature).is_ok() {
+                        return KeyLookup::Verified(key.clone());
+                    }
+                }
+                KeyLookup::BadSignature
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Algorithm; 12] = [
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    fn remote() -> IngestOptions<'static> {
+        IngestOptions { allow_symmetric: false, algorithms: &ALL }
+    }
+
+    fn ec_jwk() -> Value {
+        json!({"kty":"EC","crv":"P-256","kid":"e1",
+            "x":"04N0xi21hshyvBp7I167sbE_bXqyqkAPfefdklMO7wY",
+            "y":"UI8exy-C06a7DUnjIdENkxeFtHM4-l_41LqEw9nVgmw"})
+    }
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // RFC 7638 section 3.1.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let t = thumbprint(&json!({"e":"AQAB","kty":"RSA","n":n}));
+        assert_eq!(t, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn ec_key_on_curve_is_ingested_and_off_curve_is_not() {
+        let k = VerifyingKey::from_jwk(ec_jwk().as_object().expect("obj"), &remote()).expect("valid");
+        assert_eq!(k.algorithms, vec![Algorithm::ES256]);
+        let mut bad = ec_jwk();
+        bad["y"] = "UI8exy-C06a7DUnjIdENkxeFtHM4-l_41LqEw9nVgnw".into();
+        assert!(VerifyingKey::from_jwk(bad.as_object().expect("obj"), &remote()).is_err());
+        let mut wrong_crv = ec_jwk();
+        wrong_crv["crv"] = "P-384".into();
+        assert!(VerifyingKey::from_jwk(wrong_crv.as_object().expect("obj"), &remote()).is_err());
+    }
+
+    #[test]
+    fn hygiene_rules_skip_one_key_at_a_time() {
+        let mut enc = ec_jwk();
+        enc["use"] = "enc".into();
+        enc["kid"] = "enc".into();
+        let mut ops = ec_jwk();
+        ops["key_ops"] = json!(["encrypt"]);
+        ops["kid"] = "ops".into();
+        let mut private = ec_jwk();
+        private["d"] = "AAAA".into();
+        private["kid"] = "priv".into();
+        let oct = json!({"kty":"oct","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","kid":"oct"});
+        let doc = json!({"keys":[ec_jwk(), enc, ops, private, oct, 7]});
+        let (set, skipped) = KeySet::from_jwks(&doc, &remote()).expect("doc");
+        assert_eq!(set.len(), 1);
+        assert!(set.get("e1").is_some());
+        assert_eq!(skipped.len(), 5);
+    }
+
+    #[test]
+    fn duplicate_kids_are_deterministic() {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
+        let pair = sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("parse");
+        let point = aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+        let mut other = ec_jwk();
+        other["x"] = URL_SAFE_NO_PAD.encode(&point[1..33]).into();
+        other["y"] = URL_SAFE_NO_PAD.encode(&point[33..65]).into();
+        let (set, _) = KeySet::from_jwks(&json!({"keys":[ec_jwk(), ec_jwk()]}), &remote()).expect("doc");
+        assert!(set.get("e1").is_some(), "an exact duplicate is kept once");
+        assert_eq!(set.len(), 1);
+        let (set, skipped) = KeySet::from_jwks(&json!({"keys":[ec_jwk(), other]}), &remote()).expect("doc");
+        assert!(set.get("e1").is_none(), "an ambiguous kid is dropped");
+        assert!(!skipped.is_empty());
+    }
+
+    #[test]
+    fn generated_rsa_key_is_not_flagged_as_roca() {
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("keygen");
+        let der = aws_lc_rs::signature::KeyPair::public_key(&kp).as_ref().to_vec();
+        assert!(der.len() > 256);
+        // The modulus starts after the SEQUENCE and INTEGER headers; the full DER is
+        // enough for the fingerprint test to see a non-ROCA value.
+        assert!(!roca::is_vulnerable(&der[9..9 + 256]));
+    }
+
+    #[test]
+    fn der_encoding_round_trips_through_aws_lc() {
+        let n = [0xC5u8; 256];
+        let mut n = n.to_vec();
+        n[255] |= 1;
+        let der = rsa_public_key_der(&n, &[1, 0, 1]);
+        assert!(sig::ParsedPublicKey::new(&sig::RSA_PKCS1_2048_8192_SHA256, &der).is_ok());
+    }
+}

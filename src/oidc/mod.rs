@@ -1,0 +1,207 @@
+//! Metadata and keys from the network (or a JWKS file): OpenID Connect discovery with the
+//! issuer check, JWKS fetching with limits, the pure refresh schedule, and the refresher
+//! loop that keeps the last good keys when a fetch fails.
+
+pub mod http;
+mod schedule;
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use http::{FetchError, HttpClient};
+pub use schedule::{MAX_BACKOFF, MIN_BACKOFF, next_refresh};
+
+use crate::{
+    keys::KeySet,
+    registry::{KeySetState, Metadata, RefreshKind, Registry, Source},
+};
+
+/// How often a `jwks_file` is checked for changes (at most; `refresh_interval` if shorter).
+pub const JWKS_FILE_POLL: Duration = Duration::from_secs(5);
+
+/// Hook for metrics: called after every fetch with the key set, outcome and key count.
+pub type FetchObserver = Arc<dyn Fn(&KeySetState, Result<usize, &FetchError>) + Send + Sync>;
+
+/// Fetches and checks a discovery document.
+pub async fn fetch_metadata(
+    http: &HttpClient,
+    url: &str,
+    expected_issuer: &str,
+    timeout: Duration,
+    require_https: bool,
+) -> Result<Metadata, FetchError> {
+    let doc = http.get_json(url, timeout, require_https).await?;
+    let field = |name: &str| doc.get(name).and_then(Value::as_str).map(str::to_owned);
+    let issuer = field("issuer").ok_or_else(|| FetchError::Invalid("no issuer".into()))?;
+    if issuer != expected_issuer {
+        return Err(FetchError::Invalid(format!(
+            "metadata issuer `{issuer}` is not the configured `{expected_issuer}`"
+        )));
+    }
+    let jwks_uri = field("jwks_uri").ok_or_else(|| FetchError::Invalid("no jwks_uri".into()))?;
+    http::check_url(&jwks_uri, require_https)?;
+    Ok(Metadata {
+        issuer,
+        jwks_uri,
+        introspection_endpoint: field("introspection_endpoint"),
+        token_endpoint: field("token_endpoint"),
+    })
+}
+
+/// Fetches the keys of a key set: discovery (unless `kind` is keys-only and metadata is
+/// known), then the JWKS; or reads the JWKS file.
+async fn fetch_keys(
+    http: &HttpClient,
+    state: &KeySetState,
+    kind: RefreshKind,
+) -> Result<(KeySet, String), FetchError> {
+    let timeout = state.settings.fetch_timeout;
+    let https = state.settings.require_https;
+    let doc = match &state.source {
+        Source::Static => return Err(FetchError::Invalid("static key sets are not fetched".into())),
+        Source::JwksFile { path } => {
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| FetchError::Connect(format!("cannot read {}: {e}", path.display())))?;
+            if bytes.len() > http::MAX_BODY_BYTES {
+                return Err(FetchError::TooLarge);
+            }
+            http::parse_json(&bytes)?
+        }
+        Source::Discovery { metadata_url } => {
+            let known = state.metadata();
+            let metadata = match (kind, known) {
+                (RefreshKind::KeysOnly, Some(m)) => m,
+                _ => {
+                    let m = fetch_metadata(http, metadata_url, &state.issuer, timeout, https).await?;
+                    state.set_metadata(m.clone());
+                    Arc::new(m)
+                }
+            };
+            http.get_json(&metadata.jwks_uri, timeout, https).await?
+        }
+    };
+    let (set, skipped) = KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
+    Ok((set, Registry::describe_skipped(&skipped)))
+}
+
+/// Starts one refresher per refreshable key set; they stop when `cancel` fires.
+pub fn spawn_refreshers(
+    registry: &Registry,
+    http: &HttpClient,
+    cancel: &CancellationToken,
+    observer: Option<FetchObserver>,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    for state in registry.key_sets() {
+        if !state.refresh.is_refreshable() {
+            continue;
+        }
+        let span = info_span!("refresher", key_set = %state.id, issuer = %state.issuer);
+        let fut = run_refresher(registry.clone(), http.clone(), state, cancel.clone(), observer.clone());
+        set.spawn(fut.instrument(span));
+    }
+    set
+}
+
+/// The refresher loop of one key set: fetch at start-up, then on schedule, on request
+/// (unknown kid, operator) and, after a failure, with backoff.
+pub async fn run_refresher(
+    registry: Registry,
+    http: HttpClient,
+    state: Arc<KeySetState>,
+    cancel: CancellationToken,
+    observer: Option<FetchObserver>,
+) {
+    let interval = match state.source {
+        Source::JwksFile { .. } => state.settings.refresh_interval.min(JWKS_FILE_POLL),
+        _ => state.settings.refresh_interval,
+    };
+    let mut file_fingerprint: Option<Vec<u8>> = None;
+    loop {
+        // A request made while the previous fetch ran is served right away.
+        let (generation, kind) = state.refresh.begin();
+        let kind = if state.metadata().is_none() { RefreshKind::Full } else { kind };
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => {
+                debug!("refresher stopped");
+                return;
+            }
+            r = fetch_keys(&http, &state, kind) => r,
+        };
+        let delay = match outcome {
+            Ok((set, skipped)) => {
+                let unchanged_file = matches!(state.source, Source::JwksFile { .. }) && {
+                    let fp: Vec<u8> = set.iter().flat_map(|k| k.thumbprint.bytes().chain(k.kid.clone().unwrap_or_default().into_bytes())).collect();
+                    let same = file_fingerprint.as_ref() == Some(&fp);
+                    file_fingerprint = Some(fp);
+                    same
+                };
+                let count = set.len();
+                if !skipped.is_empty() {
+                    warn!(skipped = %skipped, "keys skipped at ingestion");
+                }
+                let events = if unchanged_file { Vec::new() } else { registry.install_keys(&state, set) };
+                if !unchanged_file || state.status().last_failed {
+                    info!(keys = count, added_or_removed = events.len(), ?kind, "key refresh succeeded");
+                } else {
+                    debug!(keys = count, "jwks file unchanged");
+                }
+                if let Some(o) = &observer {
+                    o(&state, Ok(count));
+                }
+                state.update_status(|s| {
+                    s.last_success = Some(SystemTime::now());
+                    s.successes += 1;
+                    s.consecutive_failures = 0;
+                    s.last_failed = false;
+                });
+                next_refresh(true, 0, interval, fastrand::f64())
+            }
+            Err(err) => {
+                let failures = state.update_status(|s| {
+                    s.last_error = Some((err.to_string(), SystemTime::now()));
+                    s.failures += 1;
+                    s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                    s.last_failed = true;
+                    s.consecutive_failures
+                });
+                let keys = state.keys().len();
+                warn!(error = %err, ?kind, failures, keys_kept = keys, "key refresh failed; keeping the last good keys");
+                registry.publish_failure(&state, err.to_string());
+                if let Some(o) = &observer {
+                    o(&state, Err(&err));
+                }
+                // After a failure the next attempt re-reads discovery too.
+                state.refresh.want_full();
+                next_refresh(false, failures, interval, fastrand::f64())
+            }
+        };
+        state.refresh.complete(generation);
+        state.update_status(|s| s.next_refresh = Some(SystemTime::now() + delay));
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        // A wake-up permit may be left from a request this fetch already served, so a
+        // wake-up only leads to a fetch when a request is really pending.
+        while !state.refresh.pending() {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    debug!("refresher stopped");
+                    return;
+                }
+                _ = &mut sleep => {
+                    state.refresh.want_full();
+                    break;
+                }
+                _ = state.refresh.requested() => {}
+            }
+        }
+}
+}

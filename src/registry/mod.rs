@@ -1,0 +1,501 @@
+//! The multi-tenant registry: configured tenants, routing of a token to a tenant by `iss`
+//! (exact, or `{tenantid}` template plus `tid`) and to a B2C policy by `tfp`/`acr`, and
+//! the per-key-set state (current `Arc<KeySet>` snapshot, fetch status, refresh control)
+//! held in a `DashMap`. A claim is only ever a lookup key into configuration here: no
+//! claim creates an entry or names a URL.
+
+mod refresh;
+mod replay;
+mod validate;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use dashmap::DashMap;
+use jsonwebtoken::Algorithm;
+use tokio::sync::broadcast;
+
+pub use refresh::{RefreshControl, RefreshKind};
+pub use replay::ReplayCache;
+pub use validate::{RequestError, ValidateError, ValidateInput, Validated};
+
+use crate::{
+    config::{
+        DEFAULT_REPLAY_CACHE_ENTRIES, KeySource, RefreshSettings, Settings, TENANT_ID_PLACEHOLDER,
+        TenantSettings,
+    },
+    events::{self, EventBus, KeyEvent, KeyEventKind, KeyInfo, Origin},
+    jwt::{ErrorCode, Rejection, claims::Claims, echo},
+    keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
+};
+
+/// Identifies one key set: a tenant, and for B2C one of its policies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeySetId {
+    /// Tenant id.
+    pub tenant: String,
+    /// Configured B2C policy name.
+    pub policy: Option<String>,
+}
+
+impl fmt::Display for KeySetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.policy {
+            Some(p) => write!(f, "{}/{}", self.tenant, p),
+            None => f.write_str(&self.tenant),
+        }
+    }
+}
+
+/// What the discovery document said, kept for refreshes and for introspection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// `issuer` of the document.
+    pub issuer: String,
+    /// `jwks_uri`.
+    pub jwks_uri: String,
+    /// `introspection_endpoint`, when advertised.
+    pub introspection_endpoint: Option<String>,
+    /// `token_endpoint`, when advertised.
+    pub token_endpoint: Option<String>,
+}
+
+/// Outcome counters and times of a key set's fetches, for health, metrics and operators.
+#[derive(Debug, Clone, Default)]
+pub struct FetchStatus {
+    /// Last successful fetch.
+    pub last_success: Option<SystemTime>,
+    /// Last failure and when.
+    pub last_error: Option<(String, SystemTime)>,
+    /// When the next scheduled refresh is due.
+    pub next_refresh: Option<SystemTime>,
+    /// Successful fetches.
+    pub successes: u64,
+    /// Failed fetches.
+    pub failures: u64,
+    /// Failures since the last success (drives the backoff).
+    pub consecutive_failures: u32,
+    /// True when the most recent fetch failed.
+    pub last_failed: bool,
+}
+
+/// Where one key set's keys come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A discovery document.
+    Discovery {
+        /// Its address.
+        metadata_url: String,
+    },
+    /// A JWKS file.
+    JwksFile {
+        /// Its path.
+        path: std::path::PathBuf,
+    },
+    /// Fixed keys (HMAC secret, `--dev`).
+    Static,
+}
+
+/// One key set's state: the snapshot validation reads, and what refreshes it.
+pub struct KeySetState {
+    /// Which key set.
+    pub id: KeySetId,
+    /// The issuer its metadata must declare (may hold `{tenantid}`).
+    pub issuer: String,
+    /// Where its keys come from.
+    pub source: Source,
+    /// Refresh schedule and limits.
+    pub settings: RefreshSettings,
+    /// The tenant's algorithm allow-list (keys are bound to these).
+    pub algorithms: Vec<Algorithm>,
+    /// Single-flight refresh handshake.
+    pub refresh: RefreshControl,
+    keys: ArcSwap<KeySet>,
+    metadata: ArcSwapOption<Metadata>,
+    status: Mutex<FetchStatus>,
+}
+
+impl fmt::Debug for KeySetState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySetState")
+            .field("id", &self.id)
+            .field("issuer", &self.issuer)
+            .field("keys", &self.keys.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeySetState {
+    /// The current snapshot (lock-free).
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// The last good metadata.
+    pub fn metadata(&self) -> Option<Arc<Metadata>> {
+        self.metadata.load_full()
+    }
+
+    /// Replaces the metadata.
+    pub fn set_metadata(&self, m: Metadata) {
+        self.metadata.store(Some(Arc::new(m)));
+    }
+
+    /// A copy of the fetch status.
+    pub fn status(&self) -> FetchStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Updates the fetch status.
+    pub fn update_status<R>(&self, f: impl FnOnce(&mut FetchStatus) -> R) -> R {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Options for ingesting this set's documents.
+    pub fn ingest_options(&self) -> IngestOptions<'_> {
+        IngestOptions {
+            allow_symmetric: false,
+            algorithms: &self.algorithms,
+        }
+    }
+
+    fn origin(&self) -> Origin<'_> {
+        Origin {
+            tenant: &self.id.tenant,
+            policy: self.id.policy.as_deref(),
+            issuer: &self.issuer,
+        }
+    }
+}
+
+/// A configured tenant with its routing data precomputed.
+#[derive(Debug)]
+pub struct Tenant {
+    /// Its settings.
+    pub settings: TenantSettings,
+    template: Option<(String, String)>,
+    /// Lower-case policy name -> configured name.
+    policies: HashMap<String, String>,
+    replay: Option<ReplayCache>,
+}
+
+impl Tenant {
+    fn new(settings: TenantSettings) -> Self {
+        let template = settings.issuer.split_once(TENANT_ID_PLACEHOLDER).map(|(a, b)| (a.to_string(), b.to_string()));
+        let policies = match &settings.keys {
+            KeySource::B2c(b) => b.policies.iter().map(|p| (p.to_ascii_lowercase(), p.clone())).collect(),
+            _ => HashMap::new(),
+        };
+        let replay = settings
+            .policy
+            .replay_detection
+            .then(|| ReplayCache::new(DEFAULT_REPLAY_CACHE_ENTRIES));
+        Self {
+            settings,
+            template,
+            policies,
+            replay,
+        }
+    }
+
+    /// Tenant id.
+    pub fn id(&self) -> &str {
+        &self.settings.id
+    }
+
+    /// True for a B2C tenant.
+    pub fn is_b2c(&self) -> bool {
+        !self.policies.is_empty()
+    }
+
+    /// Whether this tenant trusts `iss`, given the token's claims (`tid` for templates).
+    pub fn trusts(&self, iss: &str, claims: &Claims) -> bool {
+        match &self.template {
+            None => self.settings.issuer == iss,
+            Some((prefix, suffix)) => {
+                let Some(tid) = claims.str("tid") else {
+                    return false;
+                };
+                let guid = tid.len() == 36 && uuid::Uuid::try_parse(tid).is_ok();
+                if !guid {
+                    return false;
+                }
+                let allowed = match &self.settings.allowed_tenant_ids {
+                    None => true,
+                    Some(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
+                };
+                allowed
+                    && iss.len() == prefix.len() + tid.len() + suffix.len()
+                    && iss.starts_with(prefix.as_str())
+                    && iss.ends_with(suffix.as_str())
+                    && &iss[prefix.len()..prefix.len() + tid.len()] == tid
+            }
+        }
+    }
+
+    /// The configured B2C policy a token claims (first present of `policy_claims`).
+    pub fn policy_of(&self, claims: &Claims) -> Result<String, Rejection> {
+        let KeySource::B2c(b2c) = &self.settings.keys else {
+            return Err(Rejection::new(ErrorCode::UnknownPolicy, "not a B2C tenant"));
+        };
+        let claimed = b2c.policy_claims.iter().find_map(|c| claims.str(c));
+        let Some(claimed) = claimed else {
+            return Err(Rejection::new(
+                ErrorCode::UnknownPolicy,
+                format!("token has none of the policy claims {}", b2c.policy_claims.join(", ")),
+            ));
+        };
+        self.policies
+            .get(&claimed.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| Rejection::new(ErrorCode::UnknownPolicy, format!("policy {} is not allowed", echo(claimed))))
+    }
+}
+
+struct Inner {
+    tenants: Vec<Arc<Tenant>>,
+    by_id: HashMap<String, Arc<Tenant>>,
+    by_issuer: HashMap<String, Arc<Tenant>>,
+    templated: Vec<Arc<Tenant>>,
+    key_sets: DashMap<KeySetId, Arc<KeySetState>>,
+    events: EventBus,
+}
+
+/// A cheap-clone handle on the registry.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("tenants", &self.inner.tenants.len())
+            .field("key_sets", &self.inner.key_sets.len())
+            .finish()
+    }
+}
+
+/// A registry could not be built from valid settings (a static key was unusable).
+#[derive(Debug, thiserror::Error)]
+#[error("tenant `{tenant}`: {message}")]
+pub struct BuildError {
+    /// Tenant id.
+    pub tenant: String,
+    /// What failed.
+    pub message: String,
+}
+
+impl Registry {
+    /// Builds every tenant and key set; static keys are ingested now, fetched ones are
+    /// left empty for their refreshers.
+    pub fn new(settings: &Settings) -> Result<Self, BuildError> {
+        let mut inner = Inner {
+            tenants: Vec::new(),
+            by_id: HashMap::new(),
+            by_issuer: HashMap::new(),
+            templated: Vec::new(),
+            key_sets: DashMap::new(),
+            events: EventBus::default(),
+        };
+        for ts in &settings.tenants {
+            let tenant = Arc::new(Tenant::new(ts.clone()));
+            let err = |message: String| BuildError {
+                tenant: ts.id.clone(),
+                message,
+            };
+            let mut sets = Vec::new();
+            let make = |policy: Option<String>, source: Source, refreshable: bool| KeySetState {
+                id: KeySetId {
+                    tenant: ts.id.clone(),
+                    policy,
+                },
+                issuer: ts.issuer.clone(),
+                source,
+                settings: ts.refresh,
+                algorithms: ts.policy.algorithms.clone(),
+                refresh: RefreshControl::new(refreshable),
+                keys: ArcSwap::from_pointee(KeySet::empty()),
+                metadata: ArcSwapOption::empty(),
+                status: Mutex::new(FetchStatus::default()),
+            };
+            match &ts.keys {
+                KeySource::Discovery { metadata_url } => {
+                    sets.push(make(None, Source::Discovery { metadata_url: metadata_url.clone() }, true));
+                }
+                KeySource::B2c(b2c) => {
+                    for p in &b2c.policies {
+                        let url = b2c.metadata_url.replace(crate::config::POLICY_PLACEHOLDER, p);
+                        sets.push(make(Some(p.clone()), Source::Discovery { metadata_url: url }, true));
+                    }
+                }
+                KeySource::JwksFile { path } => {
+                    sets.push(make(None, Source::JwksFile { path: path.clone() }, true));
+                }
+                KeySource::Hmac { secret } => {
+                    let key = VerifyingKey::hmac(None, secret.expose(), &ts.policy.algorithms).map_err(err)?;
+                    let state = make(None, Source::Static, false);
+                    let (set, _) = KeySet::from_keys(vec![key]);
+                    state.keys.store(Arc::new(set));
+                    state.update_status(|s| {
+                        s.last_success = Some(SystemTime::now());
+                        s.successes = 1;
+                    });
+                    sets.push(state);
+                }
+                KeySource::Static { jwks } => {
+                    let state = make(None, Source::Static, false);
+                    let (set, skipped) = KeySet::from_jwks(jwks, &state.ingest_options()).map_err(err)?;
+                    if let Some(s) = skipped.first() {
+                        return Err(err(format!("static key {} skipped: {}", s.index, s.reason)));
+                    }
+                    state.keys.store(Arc::new(set));
+                    state.update_status(|s| {
+                        s.last_success = Some(SystemTime::now());
+                        s.successes = 1;
+                    });
+                    sets.push(state);
+                }
+            }
+            for s in sets {
+                inner.key_sets.insert(s.id.clone(), Arc::new(s));
+            }
+            if !ts.explicit {
+                if tenant.template.is_some() {
+                    inner.templated.push(tenant.clone());
+                } else {
+                    inner.by_issuer.insert(ts.issuer.clone(), tenant.clone());
+                }
+            }
+            inner.by_id.insert(ts.id.clone(), tenant.clone());
+            inner.tenants.push(tenant);
+        }
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Every tenant, in configuration order.
+    pub fn tenants(&self) -> &[Arc<Tenant>] {
+        &self.inner.tenants
+    }
+
+    /// A tenant by id.
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.inner.by_id.get(id)
+    }
+
+    /// A key set by id.
+    pub fn key_set(&self, id: &KeySetId) -> Option<Arc<KeySetState>> {
+        self.inner.key_sets.get(id).map(|e| e.value().clone())
+    }
+
+    /// Every key set, sorted by id.
+    pub fn key_sets(&self) -> Vec<Arc<KeySetState>> {
+        let mut v: Vec<Arc<KeySetState>> = self.inner.key_sets.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Waits until every key set's start-up fetch has finished.
+    pub async fn wait_first_fetches(&self) {
+        for s in self.key_sets() {
+            s.refresh.wait_first().await;
+        }
+    }
+
+    /// Routes a token: the tenant named by the request (which must trust the `iss`), or
+    /// the tenant whose issuer is the `iss` (exact, then `{tenantid}` templates).
+    pub fn route(&self, iss: &str, claims: &Claims, requested: Option<&str>) -> Result<Arc<Tenant>, ValidateError> {
+        if let Some(id) = requested {
+            let t = self
+                .inner
+                .by_id
+                .get(id)
+                .ok_or_else(|| ValidateError::Request(RequestError::UnknownTenant(id.to_string())))?;
+            return if t.trusts(iss, claims) {
+                Ok(t.clone())
+            } else {
+                Err(ValidateError::rejected(
+                    Rejection::new(ErrorCode::UnknownIssuer, format!("tenant `{id}` does not trust iss {}", echo(iss))),
+                    Some(t.id().to_string()),
+                    None,
+                ))
+            };
+        }
+        if let Some(t) = self.inner.by_issuer.get(iss) {
+            return Ok(t.clone());
+        }
+        for t in &self.inner.templated {
+            if t.trusts(iss, claims) {
+                return Ok(t.clone());
+            }
+        }
+        Err(ValidateError::rejected(
+            Rejection::new(ErrorCode::UnknownIssuer, format!("no tenant trusts iss {}", echo(iss))),
+            None,
+            None,
+        ))
+    }
+
+    /// Installs a new snapshot and publishes what changed; returns the events.
+    pub fn install_keys(&self, state: &KeySetState, new: KeySet) -> Vec<KeyEvent> {
+        self.inner.events.publish_with(|| {
+            let new = Arc::new(new);
+            let old = state.keys.swap(new.clone());
+            events::diff(&state.origin(), &old, &new, SystemTime::now())
+        })
+    }
+
+    /// Publishes a REFRESH_FAILED event.
+    pub fn publish_failure(&self, state: &KeySetState, message: String) {
+        self.inner
+            .events
+            .publish_with(|| vec![state.origin().failure(message, SystemTime::now())]);
+    }
+
+    /// Subscribes to key events of `tenants` (all when empty) and returns the snapshot of
+    /// EXISTING events, atomically.
+    pub fn subscribe(&self, tenants: &[String]) -> (broadcast::Receiver<Arc<KeyEvent>>, Vec<KeyEvent>) {
+        self.inner.events.subscribe(|| self.snapshot(tenants))
+    }
+
+    /// One EXISTING event per key of `tenants` (all when empty).
+    pub fn snapshot(&self, tenants: &[String]) -> Vec<KeyEvent> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for s in self.key_sets() {
+            if !tenants.is_empty() && !tenants.contains(&s.id.tenant) {
+                continue;
+            }
+            for k in s.keys().iter() {
+                if let Some(info) = KeyInfo::of(k) {
+                    out.push(s.origin().key_event(KeyEventKind::Existing, info, now));
+                }
+            }
+        }
+        out
+    }
+
+    /// Log-friendly description of skipped keys.
+    pub fn describe_skipped(skipped: &[SkippedKey]) -> String {
+        skipped
+            .iter()
+            .map(|s| format!("#{} ({}): {}", s.index, s.kid.as_deref().unwrap_or("no kid"), s.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The replay cache of a tenant, when it has replay detection on.
+    pub(crate) fn replay_of(tenant: &Tenant) -> Option<&ReplayCache> {
+        tenant.replay.as_ref()
+    }
+
+    /// Longest a caller waits for a kid-miss refresh of `state`.
+    pub fn kid_miss_wait(state: &KeySetState) -> Duration {
+        state.settings.fetch_timeout
+    }
+}

@@ -1,0 +1,207 @@
+//! The handshake between validation and a key set's refresher: generation counters for
+//! requested and completed refreshes, the unknown-kid cooldown, and single-flight joining.
+//! Holds no I/O; the refresher (in `oidc`) does the fetching.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+
+/// What a refresh should fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshKind {
+    /// Discovery, then JWKS.
+    Full,
+    /// The JWKS only (an unknown kid).
+    KeysOnly,
+}
+
+/// Requests and completions of one key set's refreshes.
+///
+/// Generation 1 is the start-up fetch, requested at creation. Every later request takes
+/// the next generation unless one is already in flight (`requested > done`), in which
+/// case the caller joins it: concurrent callers share one fetch.
+#[derive(Debug)]
+pub struct RefreshControl {
+    requested: AtomicU64,
+    full: AtomicBool,
+    wake: Notify,
+    done: watch::Sender<u64>,
+    gate: Mutex<Option<Instant>>,
+    refreshable: bool,
+}
+
+impl RefreshControl {
+    /// A control whose start-up fetch is pending; `refreshable: false` for key sets that
+    /// never change (static keys), whose callers never wait.
+    pub fn new(refreshable: bool) -> Self {
+        let (done, _) = watch::channel(if refreshable { 0 } else { 1 });
+        Self {
+            requested: AtomicU64::new(1),
+            full: AtomicBool::new(true),
+            wake: Notify::new(),
+            done,
+            gate: Mutex::new(None),
+            refreshable,
+        }
+    }
+
+    /// True when a refresher serves this key set.
+    pub fn is_refreshable(&self) -> bool {
+        self.refreshable
+    }
+
+    /// The last completed generation.
+    pub fn completed(&self) -> u64 {
+        *self.done.borrow()
+    }
+
+    /// True once the start-up fetch has finished, successfully or not.
+    pub fn first_done(&self) -> bool {
+        self.completed() >= 1
+    }
+
+    /// Waits until the start-up fetch has finished.
+    pub async fn wait_first(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|d| *d >= 1).await;
+    }
+
+    /// An unknown kid was seen: returns the generation to wait for, joining a refresh in
+    /// flight, or `None` when the cooldown since the last unknown-kid refresh has not
+    /// passed (or nothing refreshes this set).
+    pub fn kid_miss(&self, cooldown: Duration) -> Option<u64> {
+        if !self.refreshable {
+            return None;
+        }
+        let mut last = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let requested = self.requested.load(Ordering::SeqCst);
+        if requested > self.completed() {
+            return Some(requested);
+        }
+        let now = Instant::now();
+        if let Some(t) = *last {
+            if now < t + cooldown {
+                return None;
+            }
+        }
+        *last = Some(now);
+        let generation = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        Some(generation)
+    }
+
+    /// Asks for a full refresh (operator or recovery), joining one in flight.
+    pub fn force(&self) -> Option<u64> {
+        if !self.refreshable {
+            return None;
+        }
+        let _last = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let requested = self.requested.load(Ordering::SeqCst);
+        if requested > self.completed() {
+            return Some(requested);
+        }
+        self.full.store(true, Ordering::SeqCst);
+        let generation = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        Some(generation)
+    }
+
+    /// Waits for generation `generation` to complete, at most `timeout`; true if it did.
+    pub async fn wait(&self, generation: u64, timeout: Duration) -> bool {
+        let mut rx = self.done.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|d| *d >= generation)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    // ---- refresher side ----
+
+    /// Resolves when a refresh was requested (a permit is stored if nobody waits yet).
+    pub async fn requested(&self) {
+        self.wake.notified().await
+    }
+
+    /// True when a request is pending that no fetch has served.
+    pub fn pending(&self) -> bool {
+        self.requested.load(Ordering::SeqCst) > self.completed()
+    }
+
+    /// Makes the next fetch a full one (schedule, recovery after a failure).
+    pub fn want_full(&self) {
+        self.full.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts serving the requests made so far: returns the generation the coming fetch
+    /// completes and what it should fetch.
+    pub fn begin(&self) -> (u64, RefreshKind) {
+        let generation = self.requested.load(Ordering::SeqCst);
+        let kind = if self.full.swap(false, Ordering::SeqCst) {
+            RefreshKind::Full
+        } else {
+            RefreshKind::KeysOnly
+        };
+        (generation, kind)
+    }
+
+    /// Marks every generation up to `generation` complete and wakes the waiters.
+    pub fn complete(&self, generation: u64) {
+        self.done.send_modify(|d| *d = (*d).max(generation));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn start_up_fetch_is_joined_not_repeated() {
+        let c = RefreshControl::new(true);
+        assert_eq!(c.kid_miss(Duration::from_secs(30)), Some(1));
+        assert_eq!(c.kid_miss(Duration::from_secs(30)), Some(1));
+        let (g, kind) = c.begin();
+        assert_eq!((g, kind), (1, RefreshKind::Full));
+        c.complete(g);
+        assert!(c.first_done());
+        assert!(c.wait(1, Duration::from_millis(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cooldown_limits_kid_miss_refreshes() {
+        let c = RefreshControl::new(true);
+        let (g, _) = c.begin();
+        c.complete(g);
+        let cd = Duration::from_secs(30);
+        assert_eq!(c.kid_miss(cd), Some(2));
+        assert_eq!(c.kid_miss(cd), Some(2), "in flight: joined");
+        let (g, kind) = c.begin();
+        assert_eq!(kind, RefreshKind::KeysOnly);
+        c.complete(g);
+        assert_eq!(c.kid_miss(cd), None, "cooldown");
+        tokio::time::advance(cd).await;
+        assert_eq!(c.kid_miss(cd), Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_is_bounded() {
+        let c = RefreshControl::new(true);
+        assert!(!c.wait(1, Duration::from_secs(5)).await);
+    }
+
+    #[test]
+    fn static_sets_never_refresh() {
+        let c = RefreshControl::new(false);
+        assert!(c.first_done());
+        assert_eq!(c.kid_miss(Duration::ZERO), None);
+        assert_eq!(c.force(), None);
+    }
+}
