@@ -205,8 +205,16 @@ fi
 run_checks() { # NAME SECONDS COMMAND...
   local name=$1 secs=$2 rc ok bad
   shift 2
-  timeout -k 10 "$secs" "$@" 2>"$LOGS/$name.err" | tee "$LOGS/$name.out"
-  rc=${PIPESTATUS[0]}
+  # In the background, so a signal to this script interrupts `wait` and the EXIT trap
+  # stops the runner at once; tail shows its lines as they come.
+  timeout -k 10 "$secs" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err" &
+  local runner=$!
+  PIDS+=("$runner")
+  tail -n +1 -f --pid="$runner" "$LOGS/$name.out" &
+  local follower=$!
+  wait "$runner"
+  rc=$?
+  wait "$follower"
   ok=$(grep -c '^ok - ' "$LOGS/$name.out")
   bad=$(grep -c '^not ok - ' "$LOGS/$name.out")
   passed=$((passed + ok))
