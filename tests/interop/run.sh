@@ -207,7 +207,8 @@ run_checks() { # NAME SECONDS COMMAND...
   shift 2
   # In the background, so a signal to this script interrupts `wait` and the EXIT trap
   # stops the runner at once; tail shows its lines as they come.
-  timeout -k 10 "$secs" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err" &
+  : >"$LOGS/$name.out"
+  timeout -k 10 "$secs" "$@" >>"$LOGS/$name.out" 2>"$LOGS/$name.err" &
   local runner=$!
   PIDS+=("$runner")
   tail -n +1 -f --pid="$runner" "$LOGS/$name.out" &
