@@ -952,12 +952,20 @@ fn resolve_tenant(
                 ));
             }
         };
-        if bytes.len() < MIN_HMAC_SECRET_BYTES {
+        let needed = algorithms
+            .iter()
+            .filter(|a| a.family() == AlgorithmFamily::Hmac)
+            .map(|a| crate::keys::min_hmac_key_bytes(*a))
+            .max()
+            .unwrap_or(MIN_HMAC_SECRET_BYTES)
+            .max(MIN_HMAC_SECRET_BYTES);
+        if bytes.len() < needed {
             return Err(ConfigError::new(
                 &skey,
                 format!(
-                    "the secret in {var} is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
-                    bytes.len()
+                    "the secret in {var} is {} bytes; at least {needed} are required for {:?}",
+                    bytes.len(),
+                    algorithms.iter().filter(|a| a.family() == AlgorithmFamily::Hmac).collect::<Vec<_>>()
                 ),
             ));
         }
@@ -1185,6 +1193,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "tenants[0].hmac_secret_env");
+    }
+
+    #[test]
+    fn hs512_needs_a_64_byte_secret() {
+        let env = |_: &str| Some("x".repeat(40));
+        let err = load_str(
+            "tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [HS512]\n    hmac_secret_env: S\n",
+            &env,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "tenants[0].hmac_secret_env");
+        assert!(err.message.contains("64"), "{err}");
     }
 
     #[test]

@@ -22,13 +22,12 @@ pub const MAX_KIDLESS_CANDIDATES: usize = 4;
 /// Most keys ingested from one document; the rest are skipped.
 pub const MAX_KEYS_PER_SET: usize = 100;
 
-/// Smallest HMAC key for an algorithm, in bytes. HS256 needs its full hash length
-/// (RFC 7518 3.2); HS384 and HS512 need 48 bytes, which is what the Wycheproof vectors
-/// hold them to.
+/// Smallest HMAC key for an algorithm, in bytes: the hash output size (RFC 7518 3.2).
 pub fn min_hmac_key_bytes(alg: Algorithm) -> usize {
     match alg {
         Algorithm::HS256 => 32,
-        _ => 48,
+        Algorithm::HS384 => 48,
+        _ => 64,
     }
 }
 
@@ -535,12 +534,32 @@ impl KeySet {
             .get("keys")
             .and_then(Value::as_array)
             .ok_or("the document has no `keys` array")?;
+        // A kid named by two different entries is ambiguous even when one of them is
+        // unusable: which key the publisher meant cannot be known.
+        let mut entries_by_kid: HashMap<&str, Vec<&Value>> = HashMap::new();
+        for item in list.iter().take(MAX_KEYS_PER_SET) {
+            if let Some(kid) = item.get("kid").and_then(Value::as_str) {
+                let seen = entries_by_kid.entry(kid).or_default();
+                if !seen.contains(&item) {
+                    seen.push(item);
+                }
+            }
+        }
+        let ambiguous: Vec<&str> = entries_by_kid
+            .into_iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(k, _)| k)
+            .collect();
         let mut keys = Vec::new();
         let mut skipped = Vec::new();
         for (index, item) in list.iter().enumerate() {
             let kid = item.get("kid").and_then(Value::as_str).map(str::to_owned);
             if index >= MAX_KEYS_PER_SET {
                 skipped.push(SkippedKey { index, kid, reason: format!("more than {MAX_KEYS_PER_SET} keys") });
+                continue;
+            }
+            if kid.as_deref().is_some_and(|k| ambiguous.contains(&k)) {
+                skipped.push(SkippedKey { index, kid, reason: "kid is shared by different keys, so it is ambiguous".into() });
                 continue;
             }
             let Some(obj) = item.as_object() else {

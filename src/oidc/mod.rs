@@ -29,18 +29,35 @@ pub const JWKS_FILE_POLL: Duration = Duration::from_secs(5);
 /// Hook for metrics: called after every fetch with the key set, outcome and key count.
 pub type FetchObserver = Arc<dyn Fn(&KeySetState, Result<usize, &FetchError>) + Send + Sync>;
 
-/// Fetches and checks a discovery document.
+/// True when `declared` is the older Azure AD B2C issuer form of `configured` for
+/// `policy`: same scheme and host, path `/tfp/{tenant}/{policy}/v2.0/` (policy compared
+/// case-insensitively, as B2C does).
+pub fn is_b2c_tfp_issuer(declared: &str, configured: &str, policy: &str) -> bool {
+    let (Ok(d), Ok(c)) = (url::Url::parse(declared), url::Url::parse(configured)) else {
+        return false;
+    };
+    if d.scheme() != c.scheme() || d.host_str() != c.host_str() || d.port() != c.port() {
+        return false;
+    }
+    let segments: Vec<&str> = d.path().trim_matches('/').split('/').collect();
+    matches!(segments.as_slice(), ["tfp", tenant, p, "v2.0"] if !tenant.is_empty() && p.eq_ignore_ascii_case(policy))
+}
+
+/// Fetches and checks a discovery document: its `issuer` must be `expected_issuer`, or,
+/// for a B2C policy, the `/tfp/` form of it for that policy.
 pub async fn fetch_metadata(
     http: &HttpClient,
     url: &str,
     expected_issuer: &str,
+    policy: Option<&str>,
     timeout: Duration,
     require_https: bool,
 ) -> Result<Metadata, FetchError> {
     let doc = http.get_json(url, timeout, require_https).await?;
     let field = |name: &str| doc.get(name).and_then(Value::as_str).map(str::to_owned);
     let issuer = field("issuer").ok_or_else(|| FetchError::Invalid("no issuer".into()))?;
-    if issuer != expected_issuer {
+    let tfp_form = policy.is_some_and(|p| is_b2c_tfp_issuer(&issuer, expected_issuer, p));
+    if issuer != expected_issuer && !tfp_form {
         return Err(FetchError::Invalid(format!(
             "metadata issuer `{issuer}` is not the configured `{expected_issuer}`"
         )));
@@ -80,7 +97,7 @@ async fn fetch_keys(
             let metadata = match (kind, known) {
                 (RefreshKind::KeysOnly, Some(m)) => m,
                 _ => {
-                    let m = fetch_metadata(http, metadata_url, &state.issuer, timeout, https).await?;
+                    let m = fetch_metadata(http, metadata_url, &state.issuer, state.id.policy.as_deref(), timeout, https).await?;
                     state.set_metadata(m.clone());
                     Arc::new(m)
                 }
@@ -148,6 +165,11 @@ pub async fn run_refresher(
                 if !skipped.is_empty() {
                     warn!(skipped = %skipped, "keys skipped at ingestion");
                 }
+                if let Some(m) = state.metadata() {
+                    if m.issuer != state.issuer {
+                        registry.add_alias(&m.issuer, &state.id);
+                    }
+                }
                 let events = if unchanged_file { Vec::new() } else { registry.install_keys(&state, set) };
                 if !unchanged_file || state.status().last_failed {
                     info!(keys = count, added_or_removed = events.len(), ?kind, "key refresh succeeded");
@@ -204,4 +226,19 @@ pub async fn run_refresher(
             }
         }
 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b2c_tfp_issuer_form() {
+        let configured = "https://contoso.b2clogin.com/775527ff-9a37-4307-8b3d-cc311f58d925/v2.0/";
+        let tfp = "https://contoso.b2clogin.com/tfp/775527ff-9a37-4307-8b3d-cc311f58d925/B2C_1_signupsignin/v2.0/";
+        assert!(is_b2c_tfp_issuer(tfp, configured, "b2c_1_SignUpSignIn"));
+        assert!(!is_b2c_tfp_issuer(tfp, configured, "B2C_1_other"));
+        assert!(!is_b2c_tfp_issuer(&tfp.replace("contoso", "evil"), configured, "B2C_1_signupsignin"));
+        assert!(!is_b2c_tfp_issuer(configured, configured, "B2C_1_signupsignin"));
+    }
 }

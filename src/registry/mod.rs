@@ -263,6 +263,9 @@ struct Inner {
     by_issuer: HashMap<String, Arc<Tenant>>,
     templated: Vec<Arc<Tenant>>,
     key_sets: DashMap<KeySetId, Arc<KeySetState>>,
+    /// Issuers a B2C policy's own metadata declares in the older `/tfp/.../{policy}/`
+    /// form. Filled only from configured metadata, never from a token.
+    aliases: DashMap<String, KeySetId>,
     events: EventBus,
 }
 
@@ -301,6 +304,7 @@ impl Registry {
             by_issuer: HashMap::new(),
             templated: Vec::new(),
             key_sets: DashMap::new(),
+            aliases: DashMap::new(),
             events: EventBus::default(),
         };
         for ts in &settings.tenants {
@@ -416,7 +420,7 @@ impl Registry {
                 .by_id
                 .get(id)
                 .ok_or_else(|| ValidateError::Request(RequestError::UnknownTenant(id.to_string())))?;
-            return if t.trusts(iss, claims) {
+            return if t.trusts(iss, claims) || self.alias_of(iss).is_some_and(|a| a.tenant == t.id()) {
                 Ok(t.clone())
             } else {
                 Err(ValidateError::rejected(
@@ -429,6 +433,11 @@ impl Registry {
         if let Some(t) = self.inner.by_issuer.get(iss) {
             return Ok(t.clone());
         }
+        if let Some(t) = self.alias_of(iss).and_then(|a| self.inner.by_id.get(&a.tenant).cloned()) {
+            if !t.settings.explicit {
+                return Ok(t);
+            }
+        }
         for t in &self.inner.templated {
             if t.trusts(iss, claims) {
                 return Ok(t.clone());
@@ -439,6 +448,18 @@ impl Registry {
             None,
             None,
         ))
+    }
+
+    /// Records that a B2C policy's metadata declares `issuer` (the `/tfp/` form).
+    pub fn add_alias(&self, issuer: &str, id: &KeySetId) {
+        if self.inner.aliases.get(issuer).map(|e| e.value() != id).unwrap_or(true) {
+            self.inner.aliases.insert(issuer.to_string(), id.clone());
+        }
+    }
+
+    /// The key set whose metadata declared `issuer` as an alias.
+    pub fn alias_of(&self, issuer: &str) -> Option<KeySetId> {
+        self.inner.aliases.get(issuer).map(|e| e.value().clone())
     }
 
     /// Installs a new snapshot and publishes what changed; returns the events.

@@ -138,7 +138,18 @@ impl Registry {
         claims::check_nonce(&claims, input.nonce).map_err(at_tenant)?;
         // 8. B2C policy
         let policy = if tenant.is_b2c() {
-            Some(tenant.policy_of(&claims).map_err(at_tenant)?)
+            let p = tenant.policy_of(&claims).map_err(at_tenant)?;
+            // An issuer in the `/tfp/{tenant}/{policy}/` form names its policy; the
+            // token's claim must agree with it.
+            if let Some(alias) = self.alias_of(&iss) {
+                if alias.policy.as_deref() != Some(p.as_str()) {
+                    return Err(at_tenant(Rejection::new(
+                        ErrorCode::UnknownPolicy,
+                        "the token's policy claim differs from the policy in its issuer",
+                    )));
+                }
+            }
+            Some(p)
         } else {
             None
         };
