@@ -144,7 +144,7 @@ if [ -n "${INTROSPECTD_BIN:-}" ]; then
   BIN=$INTROSPECTD_BIN
 else
   note "building introspectd (cargo build --bin introspectd)"
-  if ! (cd "$ROOT" && timeout 2400 cargo build --bin introspectd) >"$LOGS/cargo-build.log" 2>&1; then
+  if ! (cd "$ROOT" && timeout 2400 cargo build --locked --bin introspectd) >"$LOGS/cargo-build.log" 2>&1; then
     grep -E '^(error|warning: unused)' -A 6 "$LOGS/cargo-build.log" | head -n 40 | sed 's/^/#   /'
     fail "build: cargo build --bin introspectd"
     finish
