@@ -234,8 +234,25 @@ run_checks grpcurl 180 "$PY" "$HERE/python/grpcurl_suite.py" "$ENV_JSON"
 
 # --- the service itself ----------------------------------------------------------------
 
+if out=$("$PY" "$HERE/python/check_log.py" "$LOGS/introspectd.log" 2>&1); then
+  pass "service: --log-format json writes JSON lines, and no token ever reaches the log"
+else
+  fail "service: --log-format json writes JSON lines, and no token ever reaches the log: $out"
+fi
+
 if alive "$SVC_PID"; then
   pass "service: still running after every check"
+  # A watcher open across the shutdown: its stream must end with OK.
+  : >"$LOGS/watch-at-shutdown.out"
+  "$GRPCURL_BIN" -plaintext -connect-timeout 5 -max-time 30 -d '{}' "127.0.0.1:$PORT" \
+    introspect.v1.TokenService/WatchKeys >>"$LOGS/watch-at-shutdown.out" 2>"$LOGS/watch-at-shutdown.err" &
+  WATCH_PID=$!
+  PIDS+=("$WATCH_PID")
+  for _ in $(seq 1 100); do
+    grep -q KEY_EVENT_TYPE_SYNCED "$LOGS/watch-at-shutdown.out" && break
+    alive "$WATCH_PID" || break
+    sleep 0.1
+  done
   kill -TERM "$SVC_PID"
   for _ in $(seq 1 120); do
     alive "$SVC_PID" || break
@@ -250,6 +267,21 @@ if alive "$SVC_PID"; then
       pass "service: SIGTERM -> exit 0 within 10 s"
     else
       fail "service: SIGTERM -> exit 0 within 10 s (exit $rc)"
+    fi
+  fi
+  for _ in $(seq 1 50); do
+    alive "$WATCH_PID" || break
+    sleep 0.1
+  done
+  if alive "$WATCH_PID"; then
+    fail "service: SIGTERM ends an open WatchKeys stream with OK (still open 5 s after the exit)"
+  else
+    wait "$WATCH_PID"
+    rc=$?
+    if [ "$rc" -eq 0 ] && grep -q KEY_EVENT_TYPE_SYNCED "$LOGS/watch-at-shutdown.out"; then
+      pass "service: SIGTERM ends an open WatchKeys stream with OK"
+    else
+      fail "service: SIGTERM ends an open WatchKeys stream with OK (grpcurl exit $rc: $(tr '\n' ' ' <"$LOGS/watch-at-shutdown.err" | cut -c1-200))"
     fi
   fi
 else
