@@ -59,7 +59,9 @@ pub async fn run(
     let mut refreshers = oidc::spawn_refreshers(&registry, &http, &cancel, None);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     reporter
         .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
         .await;
@@ -124,7 +126,9 @@ pub async fn run(
             reporter
                 .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
                 .await;
-            reporter.set_service_status("", ServingStatus::NotServing).await;
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             cancel.cancel();
         }
     };
@@ -191,6 +195,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     };
-    let handle = tokio::spawn(run(settings, listener, signal).instrument(info_span!("server", %addr)));
+    let handle =
+        tokio::spawn(run(settings, listener, signal).instrument(info_span!("server", %addr)));
     Ok(RunningServer { addr, stop, handle })
 }

@@ -141,7 +141,10 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 async fn serve(args: ServeArgs) -> ExitCode {
     telemetry::init(args.log_format);
     let settings = if args.dev {
-        let path = args.dev_key_file.clone().unwrap_or_else(dev::default_key_path);
+        let path = args
+            .dev_key_file
+            .clone()
+            .unwrap_or_else(dev::default_key_path);
         let key = match DevKey::load_or_create(&path) {
             Ok(k) => k,
             Err(e) => {
@@ -155,7 +158,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         key.settings(listen)
     } else {
         let Some(path) = args.config.as_ref() else {
-            return config_failure(&ConfigError { key: "--config".into(), message: "is required".into() });
+            return config_failure(&ConfigError {
+                key: "--config".into(),
+                message: "is required".into(),
+            });
         };
         match config::load_file(path) {
             Ok(mut s) => {
@@ -170,7 +176,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(settings.server.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("introspectd: cannot listen on {}: {e}", settings.server.listen);
+            eprintln!(
+                "introspectd: cannot listen on {}: {e}",
+                settings.server.listen
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -183,7 +192,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 50051));
+const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    50051,
+));
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
@@ -212,11 +224,20 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let key = DevKey::load_or_create(&path)?;
     let mut extra = Map::new();
     for c in &args.claims {
-        let (name, value) = c.split_once('=').with_context(|| format!("--claim `{c}` is not name=value"))?;
-        let v = serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        let (name, value) = c
+            .split_once('=')
+            .with_context(|| format!("--claim `{c}` is not name=value"))?;
+        let v = serde_json::from_str::<Value>(value)
+            .unwrap_or_else(|_| Value::String(value.to_string()));
         extra.insert(name.to_string(), v);
     }
-    let t = key.mint(&args.sub, &args.aud, args.scope.as_deref(), args.ttl, &extra)?;
+    let t = key.mint(
+        &args.sub,
+        &args.aud,
+        args.scope.as_deref(),
+        args.ttl,
+        &extra,
+    )?;
     println!("{t}");
     Ok(())
 }
@@ -236,6 +257,9 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("Validate failed: {:?}: {}", s.code(), s.message()))?
         .into_inner();
-    println!("{}", serde_json::to_string_pretty(&convert::validate_response_json(&resp))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&convert::validate_response_json(&resp))?
+    );
     Ok(())
 }

@@ -443,8 +443,9 @@ struct RawIntrospection {
 
 /// Reads, overrides from the process environment, and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new("--config", format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+    })?;
     load_str(&text, &|name| std::env::var(name).ok(), &env_overrides())
 }
 
@@ -518,7 +519,10 @@ fn apply_override(doc: &mut Yaml, name: &str, value: &str) -> Result<(), ConfigE
                 })?;
                 let len = seq.len();
                 let slot = seq.get_mut(idx).ok_or_else(|| {
-                    ConfigError::new(name, format!("index {idx} is past the end of a list of {len}"))
+                    ConfigError::new(
+                        name,
+                        format!("index {idx} is past the end of a list of {len}"),
+                    )
                 })?;
                 if last {
                     *slot = parsed.clone();
@@ -595,10 +599,8 @@ fn parse_override_value(value: &str) -> Yaml {
         || t == "true"
         || t == "false"
         || (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
-    if structured {
-        if let Ok(v) = serde_yaml_ng::from_str::<Yaml>(t) {
-            return v;
-        }
+    if structured && let Ok(v) = serde_yaml_ng::from_str::<Yaml>(t) {
+        return v;
     }
     Yaml::String(value.to_string())
 }
@@ -614,8 +616,12 @@ fn duration(key: &str, value: &Option<String>, default: Duration) -> Result<Dura
 }
 
 fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| ConfigError::new(key, format!("`{s}` is not a duration like \"30s\" or \"5m\": {e}")))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!("`{s}` is not a duration like \"30s\" or \"5m\": {e}"),
+        )
+    })
 }
 
 fn opt_duration(key: &str, value: &Option<String>) -> Result<Option<Duration>, ConfigError> {
@@ -642,17 +648,25 @@ pub fn normalize_type(typ: &str) -> String {
 }
 
 fn check_url(key: &str, url: &str, require_https: bool) -> Result<url::Url, ConfigError> {
-    let parsed = url::Url::parse(url).map_err(|e| ConfigError::new(key, format!("`{url}` is not a URL: {e}")))?;
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ConfigError::new(key, format!("`{url}` is not a URL: {e}")))?;
     match parsed.scheme() {
         "https" => {}
         "http" if !require_https => {}
         "http" => {
             return Err(ConfigError::new(
                 key,
-                format!("`{url}` is http but require_https is true (set require_https: false for a test provider)"),
+                format!(
+                    "`{url}` is http but require_https is true (set require_https: false for a test provider)"
+                ),
             ));
         }
-        other => return Err(ConfigError::new(key, format!("scheme `{other}` is not http(s)"))),
+        other => {
+            return Err(ConfigError::new(
+                key,
+                format!("scheme `{other}` is not http(s)"),
+            ));
+        }
     }
     if parsed.host_str().is_none() {
         return Err(ConfigError::new(key, "URL has no host"));
@@ -683,17 +697,28 @@ fn resolve(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Setti
 }
 
 fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {
-    let listen = socket_addr("server.listen", s.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let listen = socket_addr(
+        "server.listen",
+        s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+    )?;
     let metrics_listen = match s.metrics_listen.as_deref() {
-        None => Some(socket_addr("server.metrics_listen", DEFAULT_METRICS_LISTEN)?),
+        None => Some(socket_addr(
+            "server.metrics_listen",
+            DEFAULT_METRICS_LISTEN,
+        )?),
         Some(v) if v.trim().is_empty() => None,
         Some(v) => Some(socket_addr("server.metrics_listen", v)?),
     };
     let max_token_bytes = s.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if max_token_bytes == 0 {
-        return Err(ConfigError::new("server.max_token_bytes", "must be greater than 0"));
+        return Err(ConfigError::new(
+            "server.max_token_bytes",
+            "must be greater than 0",
+        ));
     }
-    let max_message_bytes = s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES.max(max_token_bytes + 1024));
+    let max_message_bytes = s
+        .max_message_bytes
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES.max(max_token_bytes + 1024));
     if max_message_bytes < max_token_bytes {
         return Err(ConfigError::new(
             "server.max_message_bytes",
@@ -713,13 +738,21 @@ fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {
         admin: s.admin.unwrap_or(true),
         tls,
         concurrency_limit: s.concurrency_limit.unwrap_or(DEFAULT_CONCURRENCY_LIMIT),
-        request_timeout: duration("server.request_timeout", &s.request_timeout, DEFAULT_REQUEST_TIMEOUT)?,
+        request_timeout: duration(
+            "server.request_timeout",
+            &s.request_timeout,
+            DEFAULT_REQUEST_TIMEOUT,
+        )?,
         keepalive_interval: duration(
             "server.keepalive_interval",
             &s.keepalive_interval,
             DEFAULT_KEEPALIVE_INTERVAL,
         )?,
-        keepalive_timeout: duration("server.keepalive_timeout", &s.keepalive_timeout, DEFAULT_KEEPALIVE_TIMEOUT)?,
+        keepalive_timeout: duration(
+            "server.keepalive_timeout",
+            &s.keepalive_timeout,
+            DEFAULT_KEEPALIVE_TIMEOUT,
+        )?,
         max_message_bytes,
         max_connection_age: opt_duration("server.max_connection_age", &s.max_connection_age)?,
         max_connection_age_grace: duration(
@@ -727,7 +760,11 @@ fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {
             &s.max_connection_age_grace,
             Duration::from_secs(30),
         )?,
-        shutdown_grace: duration("server.shutdown_grace", &s.shutdown_grace, DEFAULT_SHUTDOWN_GRACE)?,
+        shutdown_grace: duration(
+            "server.shutdown_grace",
+            &s.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+        )?,
     })
 }
 
@@ -738,8 +775,7 @@ fn resolve_tenant(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<TenantSettings, ConfigError> {
     let id_ok = !t.id.is_empty()
-        && t
-            .id
+        && t.id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !id_ok {
@@ -749,26 +785,38 @@ fn resolve_tenant(
         ));
     }
     if t.issuer.trim().is_empty() {
-        return Err(ConfigError::new(format!("{key}.issuer"), "must not be empty"));
+        return Err(ConfigError::new(
+            format!("{key}.issuer"),
+            "must not be empty",
+        ));
     }
     let own = t.policy();
     // A tenant value wins over `defaults:`, which wins over the built-in constants. The
     // key named in an error is the one that was actually written.
-    let pick = |field: &str, tv: &Option<String>, dv: &Option<String>| -> (String, Option<String>) {
-        if tv.is_some() {
-            (format!("{key}.{field}"), tv.clone())
-        } else {
-            (format!("defaults.{field}"), dv.clone())
-        }
-    };
+    let pick =
+        |field: &str, tv: &Option<String>, dv: &Option<String>| -> (String, Option<String>) {
+            if tv.is_some() {
+                (format!("{key}.{field}"), tv.clone())
+            } else {
+                (format!("defaults.{field}"), dv.clone())
+            }
+        };
     let (k, v) = pick("clock_skew", &own.clock_skew, &defaults.clock_skew);
     let clock_skew = duration(&k, &v, DEFAULT_CLOCK_SKEW)?;
-    let (k, v) = pick("refresh_interval", &own.refresh_interval, &defaults.refresh_interval);
+    let (k, v) = pick(
+        "refresh_interval",
+        &own.refresh_interval,
+        &defaults.refresh_interval,
+    );
     let refresh_interval = duration(&k, &v, DEFAULT_REFRESH_INTERVAL)?;
     if refresh_interval < Duration::from_secs(1) {
         return Err(ConfigError::new(k, "must be at least 1s"));
     }
-    let (k, v) = pick("unknown_kid_cooldown", &own.unknown_kid_cooldown, &defaults.unknown_kid_cooldown);
+    let (k, v) = pick(
+        "unknown_kid_cooldown",
+        &own.unknown_kid_cooldown,
+        &defaults.unknown_kid_cooldown,
+    );
     let unknown_kid_cooldown = duration(&k, &v, DEFAULT_UNKNOWN_KID_COOLDOWN)?;
     let (k, v) = pick("fetch_timeout", &own.fetch_timeout, &defaults.fetch_timeout);
     let fetch_timeout = duration(&k, &v, DEFAULT_FETCH_TIMEOUT)?;
@@ -778,7 +826,10 @@ fn resolve_tenant(
     let (k, v) = pick("max_lifetime", &own.max_lifetime, &defaults.max_lifetime);
     let max_lifetime = opt_duration(&k, &v)?;
     let require_https = own.require_https.or(defaults.require_https).unwrap_or(true);
-    let replay_detection = own.replay_detection.or(defaults.replay_detection).unwrap_or(false);
+    let replay_detection = own
+        .replay_detection
+        .or(defaults.replay_detection)
+        .unwrap_or(false);
 
     let (alg_key, alg_names) = match (&own.algorithms, &defaults.algorithms) {
         (Some(a), _) => (format!("{key}.algorithms"), Some(a.clone())),
@@ -801,7 +852,10 @@ fn resolve_tenant(
                 }
             }
             if out.is_empty() {
-                return Err(ConfigError::new(&alg_key, "must name at least one algorithm"));
+                return Err(ConfigError::new(
+                    &alg_key,
+                    "must name at least one algorithm",
+                ));
             }
             out
         }
@@ -810,23 +864,30 @@ fn resolve_tenant(
         .required_claims
         .clone()
         .or_else(|| defaults.required_claims.clone())
-        .unwrap_or_else(|| DEFAULT_REQUIRED_CLAIMS.iter().map(|s| s.to_string()).collect());
+        .unwrap_or_else(|| {
+            DEFAULT_REQUIRED_CLAIMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
     let types = own
         .types
         .clone()
         .or_else(|| defaults.types.clone())
         .map(|v| v.iter().map(|t| normalize_type(t)).collect::<Vec<_>>());
-    if let Some(ts) = &types {
-        if ts.is_empty() || ts.iter().any(|t| t.is_empty()) {
-            return Err(ConfigError::new(
-                format!("{key}.types"),
-                "must list at least one non-empty type (remove the key to accept any)",
-            ));
-        }
+    if let Some(ts) = &types
+        && (ts.is_empty() || ts.iter().any(|t| t.is_empty()))
+    {
+        return Err(ConfigError::new(
+            format!("{key}.types"),
+            "must list at least one non-empty type (remove the key to accept any)",
+        ));
     }
 
     let templated = t.issuer.contains(TENANT_ID_PLACEHOLDER);
-    let has_hmac_alg = algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac);
+    let has_hmac_alg = algorithms
+        .iter()
+        .any(|a| a.family() == AlgorithmFamily::Hmac);
     let sources = [
         t.b2c.is_some(),
         t.hmac_secret_env.is_some(),
@@ -893,13 +954,22 @@ fn resolve_tenant(
         if !b2c.metadata_url.contains(POLICY_PLACEHOLDER) {
             return Err(ConfigError::new(mkey, "must contain {policy}"));
         }
-        check_url(&mkey, &b2c.metadata_url.replace(POLICY_PLACEHOLDER, "p"), require_https)?;
+        check_url(
+            &mkey,
+            &b2c.metadata_url.replace(POLICY_PLACEHOLDER, "p"),
+            require_https,
+        )?;
         if b2c.policies.is_empty() {
-            return Err(ConfigError::new(format!("{key}.b2c.policies"), "must list at least one policy"));
+            return Err(ConfigError::new(
+                format!("{key}.b2c.policies"),
+                "must list at least one policy",
+            ));
         }
         let mut seen = HashSet::new();
         for (j, p) in b2c.policies.iter().enumerate() {
-            let ok = !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            let ok = !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
             if !ok {
                 return Err(ConfigError::new(
                     format!("{key}.b2c.policies[{j}]"),
@@ -913,10 +983,12 @@ fn resolve_tenant(
                 ));
             }
         }
-        let policy_claims = b2c
-            .policy_claims
-            .clone()
-            .unwrap_or_else(|| DEFAULT_POLICY_CLAIMS.iter().map(|s| s.to_string()).collect());
+        let policy_claims = b2c.policy_claims.clone().unwrap_or_else(|| {
+            DEFAULT_POLICY_CLAIMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
         if policy_claims.is_empty() {
             return Err(ConfigError::new(
                 format!("{key}.b2c.policy_claims"),
@@ -965,7 +1037,10 @@ fn resolve_tenant(
                 format!(
                     "the secret in {var} is {} bytes; at least {needed} are required for {:?}",
                     bytes.len(),
-                    algorithms.iter().filter(|a| a.family() == AlgorithmFamily::Hmac).collect::<Vec<_>>()
+                    algorithms
+                        .iter()
+                        .filter(|a| a.family() == AlgorithmFamily::Hmac)
+                        .collect::<Vec<_>>()
                 ),
             ));
         }
@@ -994,7 +1069,12 @@ fn resolve_tenant(
 
     let introspection = match t.introspection {
         None => None,
-        Some(i) => Some(resolve_introspection(&format!("{key}.introspection"), i, require_https, env)?),
+        Some(i) => Some(resolve_introspection(
+            &format!("{key}.introspection"),
+            i,
+            require_https,
+            env,
+        )?),
     };
 
     Ok(TenantSettings {
@@ -1046,7 +1126,10 @@ fn resolve_introspection(
         }
     };
     if i.client_id.is_empty() {
-        return Err(ConfigError::new(format!("{key}.client_id"), "must not be empty"));
+        return Err(ConfigError::new(
+            format!("{key}.client_id"),
+            "must not be empty",
+        ));
     }
     let secret = env(&i.client_secret_env).ok_or_else(|| {
         ConfigError::new(
@@ -1054,10 +1137,17 @@ fn resolve_introspection(
             format!("environment variable {} is not set", i.client_secret_env),
         )
     })?;
-    let cache_entries = i.cache_entries.unwrap_or(DEFAULT_INTROSPECTION_CACHE_ENTRIES);
-    let max_concurrency = i.max_concurrency.unwrap_or(DEFAULT_INTROSPECTION_MAX_CONCURRENCY);
+    let cache_entries = i
+        .cache_entries
+        .unwrap_or(DEFAULT_INTROSPECTION_CACHE_ENTRIES);
+    let max_concurrency = i
+        .max_concurrency
+        .unwrap_or(DEFAULT_INTROSPECTION_MAX_CONCURRENCY);
     if max_concurrency == 0 {
-        return Err(ConfigError::new(format!("{key}.max_concurrency"), "must be greater than 0"));
+        return Err(ConfigError::new(
+            format!("{key}.max_concurrency"),
+            "must be greater than 0",
+        ));
     }
     Ok(IntrospectionSettings {
         endpoint: i.endpoint,
@@ -1125,8 +1215,13 @@ mod tests {
         assert_eq!(s.server.max_token_bytes, 16384);
         let demo = &s.tenants[0];
         assert_eq!(demo.policy.clock_skew, Duration::from_secs(60));
-        assert_eq!(demo.refresh.refresh_interval, Duration::from_secs(12 * 3600));
-        assert!(matches!(&demo.keys, KeySource::Discovery { metadata_url } if metadata_url == "https://idp.example.com/.well-known/openid-configuration"));
+        assert_eq!(
+            demo.refresh.refresh_interval,
+            Duration::from_secs(12 * 3600)
+        );
+        assert!(
+            matches!(&demo.keys, KeySource::Discovery { metadata_url } if metadata_url == "https://idp.example.com/.well-known/openid-configuration")
+        );
         assert!(s.tenants[1].is_templated());
         assert!(matches!(s.tenants[2].keys, KeySource::B2c(_)));
         assert!(matches!(s.tenants[3].keys, KeySource::Hmac { .. }));
@@ -1141,7 +1236,8 @@ mod tests {
         let err = load("server:\n  listen: 127.0.0.1:1\n  lisen: x\n").unwrap_err();
         assert_eq!(err.key, "server.lisen");
         assert!(err.message.contains("lisen"), "{err}");
-        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    clock_skw: 5s\n").unwrap_err();
+        let err =
+            load("tenants:\n  - id: a\n    issuer: https://a\n    clock_skw: 5s\n").unwrap_err();
         assert_eq!(err.key, "tenants[0].clock_skw");
         assert!(err.message.contains("clock_skw"), "{err}");
     }
@@ -1155,15 +1251,20 @@ mod tests {
 
     #[test]
     fn bad_duration_is_named() {
-        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    clock_skew: 5 parsecs\n").unwrap_err();
+        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    clock_skew: 5 parsecs\n")
+            .unwrap_err();
         assert_eq!(err.key, "tenants[0].clock_skew");
-        let err = load("defaults:\n  fetch_timeout: soon\ntenants:\n  - id: a\n    issuer: https://a\n").unwrap_err();
+        let err =
+            load("defaults:\n  fetch_timeout: soon\ntenants:\n  - id: a\n    issuer: https://a\n")
+                .unwrap_err();
         assert_eq!(err.key, "defaults.fetch_timeout");
     }
 
     #[test]
     fn duplicate_tenant_id_is_named() {
-        let err = load("tenants:\n  - id: a\n    issuer: https://a\n  - id: a\n    issuer: https://b\n").unwrap_err();
+        let err =
+            load("tenants:\n  - id: a\n    issuer: https://a\n  - id: a\n    issuer: https://b\n")
+                .unwrap_err();
         assert_eq!(err.key, "tenants[1].id");
     }
 
@@ -1172,14 +1273,18 @@ mod tests {
         let err = load("tenants:\n  - id: a\n    issuer: http://a\n").unwrap_err();
         assert_eq!(err.key, "tenants[0].issuer");
         assert!(err.message.contains("require_https"));
-        load("tenants:\n  - id: a\n    issuer: http://a\n    require_https: false\n").expect("allowed");
-        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    metadata_url: http://a/m\n").unwrap_err();
+        load("tenants:\n  - id: a\n    issuer: http://a\n    require_https: false\n")
+            .expect("allowed");
+        let err =
+            load("tenants:\n  - id: a\n    issuer: https://a\n    metadata_url: http://a/m\n")
+                .unwrap_err();
         assert_eq!(err.key, "tenants[0].metadata_url");
     }
 
     #[test]
     fn hmac_algorithm_without_secret_is_an_error() {
-        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [HS256]\n").unwrap_err();
+        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [HS256]\n")
+            .unwrap_err();
         assert_eq!(err.key, "tenants[0].algorithms");
     }
 
@@ -1210,20 +1315,38 @@ mod tests {
 
     #[test]
     fn none_algorithm_is_rejected() {
-        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [none]\n").unwrap_err();
+        let err = load("tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [none]\n")
+            .unwrap_err();
         assert_eq!(err.key, "tenants[0].algorithms");
     }
 
     #[test]
     fn env_overrides_apply_and_unrelated_vars_are_ignored() {
         let overrides = vec![
-            ("INTROSPECTD_SERVER__LISTEN".to_string(), "127.0.0.1:6000".to_string()),
+            (
+                "INTROSPECTD_SERVER__LISTEN".to_string(),
+                "127.0.0.1:6000".to_string(),
+            ),
             ("INTROSPECTD_SERVER__ADMIN".to_string(), "false".to_string()),
-            ("INTROSPECTD_TENANTS__0__CLOCK_SKEW".to_string(), "5s".to_string()),
-            ("INTROSPECTD_DEFAULTS__ALGORITHMS".to_string(), "[ES256]".to_string()),
-            ("INTROSPECTD_SERVICE_HOST".to_string(), "10.0.0.1".to_string()),
+            (
+                "INTROSPECTD_TENANTS__0__CLOCK_SKEW".to_string(),
+                "5s".to_string(),
+            ),
+            (
+                "INTROSPECTD_DEFAULTS__ALGORITHMS".to_string(),
+                "[ES256]".to_string(),
+            ),
+            (
+                "INTROSPECTD_SERVICE_HOST".to_string(),
+                "10.0.0.1".to_string(),
+            ),
         ];
-        let s = load_str("tenants:\n  - id: a\n    issuer: https://a\n", &no_env, &overrides).expect("loads");
+        let s = load_str(
+            "tenants:\n  - id: a\n    issuer: https://a\n",
+            &no_env,
+            &overrides,
+        )
+        .expect("loads");
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:6000");
         assert!(!s.server.admin);
         assert_eq!(s.tenants[0].policy.clock_skew, Duration::from_secs(5));
@@ -1248,8 +1371,14 @@ mod tests {
 
     #[test]
     fn types_are_normalised() {
-        let s = load("tenants:\n  - id: a\n    issuer: https://a\n    types: [application/AT+JWT, JWT]\n").expect("loads");
-        assert_eq!(s.tenants[0].policy.types, Some(vec!["at+jwt".to_string(), "jwt".to_string()]));
+        let s = load(
+            "tenants:\n  - id: a\n    issuer: https://a\n    types: [application/AT+JWT, JWT]\n",
+        )
+        .expect("loads");
+        assert_eq!(
+            s.tenants[0].policy.types,
+            Some(vec!["at+jwt".to_string(), "jwt".to_string()])
+        );
     }
 
     #[test]

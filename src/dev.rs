@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::config::{
-    DEFAULT_CLOCK_SKEW, DEFAULT_CONCURRENCY_LIMIT, DEFAULT_FETCH_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_WATCHERS,
-    DEFAULT_REFRESH_INTERVAL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNKNOWN_KID_COOLDOWN, KeySource,
+    DEFAULT_CLOCK_SKEW, DEFAULT_CONCURRENCY_LIMIT, DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_WATCHERS, DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNKNOWN_KID_COOLDOWN, KeySource,
     RefreshSettings, ServerSettings, Settings, TenantSettings, ValidationPolicy,
 };
 
@@ -45,7 +46,9 @@ pub struct DevKey {
 
 impl std::fmt::Debug for DevKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("DevKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,7 +73,9 @@ impl DevKey {
     /// Loads the key at `path`, creating it (mode 0600) on first use.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read(path) {
-            Ok(bytes) => return Self::parse(&bytes).with_context(|| format!("reading {}", path.display())),
+            Ok(bytes) => {
+                return Self::parse(&bytes).with_context(|| format!("reading {}", path.display()));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -80,7 +85,10 @@ impl DevKey {
         let pkcs8 = doc.as_ref().to_vec();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
             .map_err(|_| anyhow::anyhow!("generated key does not parse"))?;
-        let kid = format!("dev-{}", &URL_SAFE_NO_PAD.encode(&pair.public_key().as_ref()[1..9]));
+        let kid = format!(
+            "dev-{}",
+            &URL_SAFE_NO_PAD.encode(&pair.public_key().as_ref()[1..9])
+        );
         let file = KeyFile {
             kid,
             alg: "ES256".into(),
@@ -95,7 +103,9 @@ impl DevKey {
             opts.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut f = opts
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
             f.write_all(&serde_json::to_vec_pretty(&file)?)?;
         }
         // If another process created the key meanwhile, keep theirs.
@@ -113,7 +123,9 @@ impl DevKey {
         if file.alg != "ES256" {
             bail!("dev key algorithm {} is not ES256", file.alg);
         }
-        let pkcs8 = URL_SAFE_NO_PAD.decode(&file.pkcs8).context("pkcs8 is not base64url")?;
+        let pkcs8 = URL_SAFE_NO_PAD
+            .decode(&file.pkcs8)
+            .context("pkcs8 is not base64url")?;
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
             .map_err(|_| anyhow::anyhow!("the dev key is not a P-256 PKCS#8 key"))?;
         let point = pair.public_key().as_ref();
@@ -133,8 +145,17 @@ impl DevKey {
     }
 
     /// Mints a token for the dev issuer.
-    pub fn mint(&self, sub: &str, audiences: &[String], scope: Option<&str>, ttl: Duration, extra: &Map<String, Value>) -> anyhow::Result<String> {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+    pub fn mint(
+        &self,
+        sub: &str,
+        audiences: &[String],
+        scope: Option<&str>,
+        ttl: Duration,
+        extra: &Map<String, Value>,
+    ) -> anyhow::Result<String> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs();
         let mut claims = Map::new();
         claims.insert("iss".into(), DEV_ISSUER.into());
         claims.insert("sub".into(), sub.into());
@@ -158,7 +179,8 @@ impl DevKey {
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
         crate::install_crypto();
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&self.pkcs8)).context("signing the token")
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&self.pkcs8))
+            .context("signing the token")
     }
 
     /// Settings that trust only the dev issuer, listening on `listen`.

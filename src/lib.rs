@@ -34,5 +34,7 @@ pub mod telemetry;
 /// Installs the process-wide crypto providers (jsonwebtoken and rustls on aws-lc-rs).
 /// Safe to call more than once.
 pub fn install_crypto() {
-    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(&jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER);
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
 }

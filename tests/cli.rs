@@ -21,38 +21,81 @@ fn check_config_exits_2_and_names_the_key() {
     let cases = [
         ("server:\n  lisen: x\n", "server.lisen"),
         ("tenants:\n  - id: a\n", "tenants[0]"),
-        ("tenants:\n  - id: a\n    issuer: https://a\n    clock_skew: soon\n", "tenants[0].clock_skew"),
-        ("tenants:\n  - id: a\n    issuer: https://a\n  - id: a\n    issuer: https://b\n", "tenants[1].id"),
-        ("tenants:\n  - id: a\n    issuer: http://a\n", "tenants[0].issuer"),
+        (
+            "tenants:\n  - id: a\n    issuer: https://a\n    clock_skew: soon\n",
+            "tenants[0].clock_skew",
+        ),
+        (
+            "tenants:\n  - id: a\n    issuer: https://a\n  - id: a\n    issuer: https://b\n",
+            "tenants[1].id",
+        ),
+        (
+            "tenants:\n  - id: a\n    issuer: http://a\n",
+            "tenants[0].issuer",
+        ),
     ];
     for (yaml, key) in cases {
         let path = write(&dir, "c.yaml", yaml);
         for sub in [vec!["check-config"], vec!["serve"]] {
-            let out = Command::new(BIN).args(&sub).arg("--config").arg(&path).output().expect("run");
+            let out = Command::new(BIN)
+                .args(&sub)
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .expect("run");
             assert_eq!(out.status.code(), Some(2), "{sub:?} {yaml}");
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains(&format!("`{key}`")), "{sub:?}: stderr does not name {key}: {err}");
+            assert!(
+                err.contains(&format!("`{key}`")),
+                "{sub:?}: stderr does not name {key}: {err}"
+            );
         }
     }
-    let ok = write(&dir, "ok.yaml", "tenants:\n  - id: a\n    issuer: https://a.example\n    audiences: [x]\n");
-    let out = Command::new(BIN).arg("check-config").arg("--config").arg(&ok).output().expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let ok = write(
+        &dir,
+        "ok.yaml",
+        "tenants:\n  - id: a\n    issuer: https://a.example\n    audiences: [x]\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&ok)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn example_config_passes_check_config() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config.example.yaml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/config.example.yaml"
+    );
     let out = Command::new(BIN)
         .args(["check-config", "--config", example])
         .env("FIRST_PARTY_JWT_SECRET", "0123456789abcdef0123456789abcdef")
         .env("INTROSPECTION_CLIENT_SECRET", "s3cret")
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 #[test]
@@ -72,9 +115,25 @@ fn dev_quick_start_then_sigterm_exits_0() {
         // `token` creates the key if `serve` has not yet; both end up with the same one.
         let mut out = None;
         for _ in 0..50 {
-            let o = Command::new(BIN).args(["token", "--sub", "alice", "--scope", "read write", "--dev-key-file"]).arg(&key).output().expect("token");
+            let o = Command::new(BIN)
+                .args([
+                    "token",
+                    "--sub",
+                    "alice",
+                    "--scope",
+                    "read write",
+                    "--dev-key-file",
+                ])
+                .arg(&key)
+                .output()
+                .expect("token");
             if o.status.success() {
-                out = Some(String::from_utf8(o.stdout).expect("utf8").trim().to_string());
+                out = Some(
+                    String::from_utf8(o.stdout)
+                        .expect("utf8")
+                        .trim()
+                        .to_string(),
+                );
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -83,32 +142,50 @@ fn dev_quick_start_then_sigterm_exits_0() {
     };
     let mut answer = None;
     for _ in 0..100 {
-        let o = Command::new(BIN).args(["validate", "--addr", &format!("http://{addr}"), &token]).output().expect("validate");
+        let o = Command::new(BIN)
+            .args(["validate", "--addr", &format!("http://{addr}"), &token])
+            .output()
+            .expect("validate");
         if o.status.success() {
             answer = Some(String::from_utf8(o.stdout).expect("utf8"));
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let answer: serde_json::Value = serde_json::from_str(&answer.expect("server answered")).expect("json");
+    let answer: serde_json::Value =
+        serde_json::from_str(&answer.expect("server answered")).expect("json");
     assert_eq!(answer["valid"], true, "{answer}");
     assert_eq!(answer["subject"], "alice");
     assert_eq!(answer["tenant"], "dev");
     assert_eq!(answer["scopes"], serde_json::json!(["read", "write"]));
 
-    let bad = Command::new(BIN).args(["validate", "--addr", &format!("http://{addr}"), "not-a-token"]).output().expect("validate");
+    let bad = Command::new(BIN)
+        .args([
+            "validate",
+            "--addr",
+            &format!("http://{addr}"),
+            "not-a-token",
+        ])
+        .output()
+        .expect("validate");
     let bad: serde_json::Value = serde_json::from_slice(&bad.stdout).expect("json");
     assert_eq!(bad["valid"], false);
     assert_eq!(bad["error"]["code"], "ERROR_CODE_MALFORMED");
 
     let started = Instant::now();
-    let status = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let code = loop {
         if let Some(s) = server.try_wait().expect("wait") {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "did not exit within 10 s of SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not exit within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut logs = String::new();

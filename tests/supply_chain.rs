@@ -7,12 +7,17 @@ fn versions_of(lock: &str, name: &str) -> Vec<(u64, u64, u64)> {
     for line in lock.lines() {
         if let Some(n) = line.strip_prefix("name = ") {
             current = Some(n.trim_matches('"'));
-        } else if let Some(v) = line.strip_prefix("version = ") {
-            if current == Some(name) {
-                let parts: Vec<u64> = v.trim_matches('"').split(['.', '-']).take(3).filter_map(|p| p.parse().ok()).collect();
-                if let [a, b, c] = parts[..] {
-                    out.push((a, b, c));
-                }
+        } else if let Some(v) = line.strip_prefix("version = ")
+            && current == Some(name)
+        {
+            let parts: Vec<u64> = v
+                .trim_matches('"')
+                .split(['.', '-'])
+                .take(3)
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if let [a, b, c] = parts[..] {
+                out.push((a, b, c));
             }
         }
     }
@@ -21,11 +26,15 @@ fn versions_of(lock: &str, name: &str) -> Vec<(u64, u64, u64)> {
 
 #[test]
 fn no_jsonwebtoken_before_10_3_0() {
-    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).expect("Cargo.lock is committed");
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"))
+        .expect("Cargo.lock is committed");
     let versions = versions_of(&lock, "jsonwebtoken");
     assert!(!versions.is_empty(), "jsonwebtoken not found in Cargo.lock");
     for v in versions {
-        assert!(v >= (10, 3, 0), "jsonwebtoken {v:?} is affected by GHSA-h395-gr6q-cpjc");
+        assert!(
+            v >= (10, 3, 0),
+            "jsonwebtoken {v:?} is affected by GHSA-h395-gr6q-cpjc"
+        );
     }
 }
 

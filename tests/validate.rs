@@ -52,14 +52,18 @@ async fn ec_and_pss_tokens_validate() {
     idp.serve_oidc(&[&rsa, &ec]);
     let mut h = start(settings(&oidc_tenant(&idp, ""))).await;
     for k in [&rsa, &ec] {
-        let r = h.validate_token(&k.token(&claims(&idp.issuer(), "api://demo"))).await;
+        let r = h
+            .validate_token(&k.token(&claims(&idp.issuer(), "api://demo")))
+            .await;
         assert!(r.valid, "{}: {:?}", k.alg, r.error);
     }
 }
 
 #[tokio::test]
 async fn every_cheap_rejection_has_its_code_and_causes_no_traffic() {
-    let (idp, key, mut h) = setup("    types: [JWT, at+jwt]\n    max_lifetime: 2h\n    required_claims: [exp, sub]\n").await;
+    let (idp, key, mut h) =
+        setup("    types: [JWT, at+jwt]\n    max_lifetime: 2h\n    required_claims: [exp, sub]\n")
+            .await;
     let iss = idp.issuer();
     let base = claims(&iss, "api://demo");
     let n = now();
@@ -72,26 +76,114 @@ async fn every_cheap_rejection_has_its_code_and_causes_no_traffic() {
     let cases: Vec<(&str, String, E)> = vec![
         ("garbage", "not.a.jwt".into(), E::Malformed),
         ("two segments", "abc.def".into(), E::Malformed),
-        ("iss not a string", key.token(&with(&|c| c["iss"] = json!(5))), E::Malformed),
-        ("aud a number", key.token(&with(&|c| c["aud"] = json!(5))), E::Malformed),
-        ("exp a string", key.token(&with(&|c| c["exp"] = json!("soon"))), E::Malformed),
-        ("no iss", key.token(&with(&|c| { c.as_object_mut().unwrap().remove("iss"); })), E::MissingClaim),
-        ("unknown issuer", key.token(&with(&|c| c["iss"] = json!("https://evil.example"))), E::UnknownIssuer),
-        ("trailing slash matters", key.token(&with(&|c| c["iss"] = json!(format!("{iss}/")))), E::UnknownIssuer),
-        ("alg none", key.token_with(json!({"alg": "none"}), &base), E::AlgorithmNotAllowed),
-        ("alg HS256 not allowed", key.token_with(json!({"alg": "HS256"}), &base), E::AlgorithmNotAllowed),
-        ("crit header", key.token_with(json!({"crit": ["exp"]}), &base), E::Malformed),
-        ("zip header", key.token_with(json!({"zip": "DEF"}), &base), E::Malformed),
-        ("wrong typ", key.token_with(json!({"typ": "id+jwt"}), &base), E::InvalidType),
-        ("expired", key.token(&with(&|c| c["exp"] = json!(n - 120))), E::Expired),
-        ("nbf future", key.token(&with(&|c| c["nbf"] = json!(n + 600))), E::NotYetValid),
-        ("iat future", key.token(&with(&|c| c["iat"] = json!(n + 600))), E::NotYetValid),
-        ("no exp", key.token(&with(&|c| { c.as_object_mut().unwrap().remove("exp"); })), E::MissingClaim),
-        ("no sub", key.token(&with(&|c| { c.as_object_mut().unwrap().remove("sub"); })), E::MissingClaim),
-        ("too long", key.token(&with(&|c| c["exp"] = json!(n + 3 * 3600))), E::LifetimeTooLong),
-        ("wrong audience", key.token(&with(&|c| c["aud"] = json!("api://other"))), E::InvalidAudience),
-        ("no audience", key.token(&with(&|c| { c.as_object_mut().unwrap().remove("aud"); })), E::InvalidAudience),
-        ("two audiences without azp", key.token(&with(&|c| c["aud"] = json!(["api://demo", "x"]))), E::InvalidAudience),
+        (
+            "iss not a string",
+            key.token(&with(&|c| c["iss"] = json!(5))),
+            E::Malformed,
+        ),
+        (
+            "aud a number",
+            key.token(&with(&|c| c["aud"] = json!(5))),
+            E::Malformed,
+        ),
+        (
+            "exp a string",
+            key.token(&with(&|c| c["exp"] = json!("soon"))),
+            E::Malformed,
+        ),
+        (
+            "no iss",
+            key.token(&with(&|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            })),
+            E::MissingClaim,
+        ),
+        (
+            "unknown issuer",
+            key.token(&with(&|c| c["iss"] = json!("https://evil.example"))),
+            E::UnknownIssuer,
+        ),
+        (
+            "trailing slash matters",
+            key.token(&with(&|c| c["iss"] = json!(format!("{iss}/")))),
+            E::UnknownIssuer,
+        ),
+        (
+            "alg none",
+            key.token_with(json!({"alg": "none"}), &base),
+            E::AlgorithmNotAllowed,
+        ),
+        (
+            "alg HS256 not allowed",
+            key.token_with(json!({"alg": "HS256"}), &base),
+            E::AlgorithmNotAllowed,
+        ),
+        (
+            "crit header",
+            key.token_with(json!({"crit": ["exp"]}), &base),
+            E::Malformed,
+        ),
+        (
+            "zip header",
+            key.token_with(json!({"zip": "DEF"}), &base),
+            E::Malformed,
+        ),
+        (
+            "wrong typ",
+            key.token_with(json!({"typ": "id+jwt"}), &base),
+            E::InvalidType,
+        ),
+        (
+            "expired",
+            key.token(&with(&|c| c["exp"] = json!(n - 120))),
+            E::Expired,
+        ),
+        (
+            "nbf future",
+            key.token(&with(&|c| c["nbf"] = json!(n + 600))),
+            E::NotYetValid,
+        ),
+        (
+            "iat future",
+            key.token(&with(&|c| c["iat"] = json!(n + 600))),
+            E::NotYetValid,
+        ),
+        (
+            "no exp",
+            key.token(&with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            })),
+            E::MissingClaim,
+        ),
+        (
+            "no sub",
+            key.token(&with(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            })),
+            E::MissingClaim,
+        ),
+        (
+            "too long",
+            key.token(&with(&|c| c["exp"] = json!(n + 3 * 3600))),
+            E::LifetimeTooLong,
+        ),
+        (
+            "wrong audience",
+            key.token(&with(&|c| c["aud"] = json!("api://other"))),
+            E::InvalidAudience,
+        ),
+        (
+            "no audience",
+            key.token(&with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            })),
+            E::InvalidAudience,
+        ),
+        (
+            "two audiences without azp",
+            key.token(&with(&|c| c["aud"] = json!(["api://demo", "x"]))),
+            E::InvalidAudience,
+        ),
     ];
     for (name, token, want) in cases {
         let r = h.validate_token(&token).await;
@@ -109,7 +201,11 @@ async fn every_cheap_rejection_has_its_code_and_causes_no_traffic() {
         })
         .await;
     assert_eq!(code(&scopes), E::InsufficientScope);
-    assert_eq!(idp.total(), before, "cheap rejections made network requests");
+    assert_eq!(
+        idp.total(),
+        before,
+        "cheap rejections made network requests"
+    );
 }
 
 #[tokio::test]
@@ -123,9 +219,17 @@ async fn request_audiences_override_the_tenant_and_none_at_all_rejects() {
     );
     let mut h = start(settings(&yaml)).await;
     let t = key.token(&claims(&idp.issuer(), "api://x"));
-    assert_eq!(code(&h.validate_token(&t).await), E::InvalidAudience, "no audience configured or requested");
+    assert_eq!(
+        code(&h.validate_token(&t).await),
+        E::InvalidAudience,
+        "no audience configured or requested"
+    );
     let ok = h
-        .validate(pb::ValidateRequest { token: t.clone(), audiences: vec!["api://y".into(), "api://x".into()], ..Default::default() })
+        .validate(pb::ValidateRequest {
+            token: t.clone(),
+            audiences: vec!["api://y".into(), "api://x".into()],
+            ..Default::default()
+        })
         .await;
     assert!(ok.valid, "{:?}", ok.error);
 }
@@ -134,15 +238,33 @@ async fn request_audiences_override_the_tenant_and_none_at_all_rejects() {
 async fn bad_requests_are_invalid_argument() {
     let (idp, key, mut h) = setup("").await;
     for token in ["", "Bearer ", "   "] {
-        let err = h.client.validate(pb::ValidateRequest { token: token.into(), ..Default::default() }).await.unwrap_err();
+        let err = h
+            .client
+            .validate(pb::ValidateRequest {
+                token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{token:?}");
     }
     let big = "a".repeat(16 * 1024 + 1);
-    let err = h.client.validate(pb::ValidateRequest { token: big, ..Default::default() }).await.unwrap_err();
+    let err = h
+        .client
+        .validate(pb::ValidateRequest {
+            token: big,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = h
         .client
-        .validate(pb::ValidateRequest { token: key.token(&claims(&idp.issuer(), "api://demo")), tenant: "nope".into(), ..Default::default() })
+        .validate(pb::ValidateRequest {
+            token: key.token(&claims(&idp.issuer(), "api://demo")),
+            tenant: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -153,7 +275,11 @@ async fn token_of_exactly_the_limit_is_accepted_for_parsing() {
     let (_idp, _key, mut h) = setup("").await;
     let token = "a".repeat(16 * 1024);
     let r = h.validate_token(&token).await;
-    assert_eq!(code(&r), E::Malformed, "parsed, not refused at the boundary");
+    assert_eq!(
+        code(&r),
+        E::Malformed,
+        "parsed, not refused at the boundary"
+    );
 }
 
 #[tokio::test]
@@ -162,10 +288,21 @@ async fn signature_and_key_binding_failures() {
     let good = key.token(&claims(&idp.issuer(), "api://demo"));
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
     let other = TestKey::rsa("k1", "RS256");
-    parts[2] = other.token(&claims(&idp.issuer(), "api://demo")).split('.').nth(2).expect("sig").to_string();
-    assert_eq!(code(&h.validate_token(&parts.join(".")).await), E::InvalidSignature);
+    parts[2] = other
+        .token(&claims(&idp.issuer(), "api://demo"))
+        .split('.')
+        .nth(2)
+        .expect("sig")
+        .to_string();
+    assert_eq!(
+        code(&h.validate_token(&parts.join(".")).await),
+        E::InvalidSignature
+    );
     // PS256 is allowed for the tenant, but k1 is bound to RS256.
-    let ps = key.token_with(json!({"alg": "PS256"}), &claims(&idp.issuer(), "api://demo"));
+    let ps = key.token_with(
+        json!({"alg": "PS256"}),
+        &claims(&idp.issuer(), "api://demo"),
+    );
     assert_eq!(code(&h.validate_token(&ps).await), E::AlgorithmNotAllowed);
 }
 
@@ -184,15 +321,31 @@ async fn rotation_new_kid_is_fetched_in_the_same_call_once() {
     let discovery_before = idp.count(DISCOVERY);
     let new = TestKey::rsa("k2", "RS256");
     idp.publish("/jwks", &[&old, &new]);
-    let r = h.validate_token(&new.token(&claims(&idp.issuer(), "api://demo"))).await;
-    assert!(r.valid, "a token signed with a freshly published key fails: {:?}", r.error);
+    let r = h
+        .validate_token(&new.token(&claims(&idp.issuer(), "api://demo")))
+        .await;
+    assert!(
+        r.valid,
+        "a token signed with a freshly published key fails: {:?}",
+        r.error
+    );
     assert_eq!(idp.count("/jwks"), jwks_before + 1, "one JWKS fetch");
-    assert_eq!(idp.count(DISCOVERY), discovery_before, "kid miss fetches the JWKS only");
-    assert!(h.validate_token(&old.token(&claims(&idp.issuer(), "api://demo"))).await.valid);
+    assert_eq!(
+        idp.count(DISCOVERY),
+        discovery_before,
+        "kid miss fetches the JWKS only"
+    );
+    assert!(
+        h.validate_token(&old.token(&claims(&idp.issuer(), "api://demo")))
+            .await
+            .valid
+    );
 
     // Another unknown kid inside the cooldown: no fetch, UNKNOWN_KEY.
     let stranger = TestKey::rsa("k3", "RS256");
-    let r = h.validate_token(&stranger.token(&claims(&idp.issuer(), "api://demo"))).await;
+    let r = h
+        .validate_token(&stranger.token(&claims(&idp.issuer(), "api://demo")))
+        .await;
     assert_eq!(code(&r), E::UnknownKey);
     assert_eq!(idp.count("/jwks"), jwks_before + 1, "cooldown holds");
 }
@@ -208,7 +361,13 @@ async fn concurrent_unknown_kids_share_one_fetch() {
     for _ in 0..40 {
         let mut c = h.client.clone();
         let t = new.token(&claims(&idp.issuer(), "api://demo"));
-        tasks.push(tokio::spawn(async move { c.validate(pb::ValidateRequest { token: t, ..Default::default() }).await }));
+        tasks.push(tokio::spawn(async move {
+            c.validate(pb::ValidateRequest {
+                token: t,
+                ..Default::default()
+            })
+            .await
+        }));
     }
     for t in tasks {
         let r = t.await.expect("join").expect("rpc").into_inner();
@@ -224,9 +383,20 @@ async fn outage_keeps_last_good_keys() {
         idp.set(Method::GET, path, Behaviour::Status(503));
     }
     let fetches = idp.count(DISCOVERY);
-    assert!(eventually(Duration::from_secs(5), || idp.count(DISCOVERY) >= fetches + 2).await, "refreshes go on");
-    let r = h.validate_token(&key.token(&claims(&idp.issuer(), "api://demo"))).await;
-    assert!(r.valid, "valid token failed during an outage: {:?}", r.error);
+    assert!(
+        eventually(Duration::from_secs(5), || idp.count(DISCOVERY)
+            >= fetches + 2)
+        .await,
+        "refreshes go on"
+    );
+    let r = h
+        .validate_token(&key.token(&claims(&idp.issuer(), "api://demo")))
+        .await;
+    assert!(
+        r.valid,
+        "valid token failed during an outage: {:?}",
+        r.error
+    );
     assert_eq!(h.health("introspect.v1.TokenService").await, SERVING);
 }
 
@@ -244,18 +414,33 @@ async fn malformed_oversized_and_slow_documents_keep_last_good_keys() {
         idp.set(Method::GET, "/jwks", b);
         let before = idp.count("/jwks");
         // An unknown kid forces a fetch of the broken document.
-        let r = h.validate_token(&stranger.token(&claims(&iss, "api://demo"))).await;
+        let r = h
+            .validate_token(&stranger.token(&claims(&iss, "api://demo")))
+            .await;
         assert_eq!(code(&r), E::UnknownKey);
         assert_eq!(idp.count("/jwks"), before + 1);
-        assert!(h.validate_token(&key.token(&claims(&iss, "api://demo"))).await.valid);
+        assert!(
+            h.validate_token(&key.token(&claims(&iss, "api://demo")))
+                .await
+                .valid
+        );
     }
     idp.publish("/jwks", &[&key]);
     idp.set_delay("/jwks", Some(Duration::from_secs(2)));
     let started = std::time::Instant::now();
-    let r = h.validate_token(&stranger.token(&claims(&iss, "api://demo"))).await;
+    let r = h
+        .validate_token(&stranger.token(&claims(&iss, "api://demo")))
+        .await;
     assert_eq!(code(&r), E::UnknownKey);
-    assert!(started.elapsed() < Duration::from_millis(1500), "caller waited past fetch_timeout");
-    assert!(h.validate_token(&key.token(&claims(&iss, "api://demo"))).await.valid);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "caller waited past fetch_timeout"
+    );
+    assert!(
+        h.validate_token(&key.token(&claims(&iss, "api://demo")))
+            .await
+            .valid
+    );
 }
 
 #[tokio::test]
@@ -263,7 +448,11 @@ async fn provider_down_at_start_then_recovers_without_restart() {
     let idp = FakeIdp::start().await;
     let key = TestKey::rsa("k1", "RS256");
     idp.set(Method::GET, DISCOVERY, Behaviour::Status(500));
-    let mut h = start(settings(&oidc_tenant(&idp, "    unknown_kid_cooldown: 60s\n"))).await;
+    let mut h = start(settings(&oidc_tenant(
+        &idp,
+        "    unknown_kid_cooldown: 60s\n",
+    )))
+    .await;
     h.wait_health("introspect.v1.TokenService", SERVING).await;
     let t = key.token(&claims(&idp.issuer(), "api://demo"));
     assert_eq!(code(&h.validate_token(&t).await), E::KeysUnavailable);
@@ -287,12 +476,22 @@ async fn cold_start_many_validations_make_one_discovery_and_one_jwks_fetch() {
     idp.serve_oidc(&[&key]);
     idp.set_delay(DISCOVERY, Some(Duration::from_millis(400)));
     let h = start(settings(&oidc_tenant(&idp, ""))).await;
-    assert_eq!(h.health("introspect.v1.TokenService").await, NOT_SERVING, "not ready before the first fetch");
+    assert_eq!(
+        h.health("introspect.v1.TokenService").await,
+        NOT_SERVING,
+        "not ready before the first fetch"
+    );
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let mut c = h.client.clone();
         let t = key.token(&claims(&idp.issuer(), "api://demo"));
-        tasks.push(tokio::spawn(async move { c.validate(pb::ValidateRequest { token: t, ..Default::default() }).await }));
+        tasks.push(tokio::spawn(async move {
+            c.validate(pb::ValidateRequest {
+                token: t,
+                ..Default::default()
+            })
+            .await
+        }));
     }
     for t in tasks {
         let r = t.await.expect("join").expect("rpc").into_inner();
@@ -308,11 +507,20 @@ async fn discovery_issuer_must_match_and_jwks_uri_must_be_https_when_required() 
     let idp = FakeIdp::start().await;
     let key = TestKey::rsa("k1", "RS256");
     idp.serve_oidc(&[&key]);
-    idp.set_json(DISCOVERY, idp.discovery("https://someone-else.example", "/jwks"));
+    idp.set_json(
+        DISCOVERY,
+        idp.discovery("https://someone-else.example", "/jwks"),
+    );
     let mut h = start(settings(&oidc_tenant(&idp, ""))).await;
     h.wait_health("introspect.v1.TokenService", SERVING).await;
-    assert_eq!(idp.count("/jwks"), 0, "keys of a mismatched issuer are never fetched");
-    let r = h.validate_token(&key.token(&claims(&idp.issuer(), "api://demo"))).await;
+    assert_eq!(
+        idp.count("/jwks"),
+        0,
+        "keys of a mismatched issuer are never fetched"
+    );
+    let r = h
+        .validate_token(&key.token(&claims(&idp.issuer(), "api://demo")))
+        .await;
     assert_eq!(code(&r), E::KeysUnavailable);
 }
 
@@ -320,7 +528,11 @@ async fn discovery_issuer_must_match_and_jwks_uri_must_be_https_when_required() 
 async fn periodic_refresh_runs_on_schedule() {
     let (idp, _key, _h) = setup("    refresh_interval: 1s\n").await;
     let before = idp.count(DISCOVERY);
-    assert!(eventually(Duration::from_secs(4), || idp.count(DISCOVERY) >= before + 2).await);
+    assert!(
+        eventually(Duration::from_secs(4), || idp.count(DISCOVERY)
+            >= before + 2)
+        .await
+    );
 }
 
 #[tokio::test]
@@ -328,34 +540,57 @@ async fn shutdown_turns_health_not_serving_and_finishes() {
     let (_idp, _key, h) = setup("").await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
     let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest { service: "introspect.v1.TokenService".into() })
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "introspect.v1.TokenService".into(),
+        })
         .await
         .expect("watch")
         .into_inner();
-    assert_eq!(watch.message().await.expect("msg").expect("some").status, SERVING);
+    assert_eq!(
+        watch.message().await.expect("msg").expect("some").status,
+        SERVING
+    );
     h.server.begin_shutdown();
-    let next = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("in time");
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("in time");
     if let Ok(Some(m)) = next {
         assert_eq!(m.status, NOT_SERVING);
     }
-    tokio::time::timeout(Duration::from_secs(10), h.server.join()).await.expect("stops within 10 s").expect("clean");
+    tokio::time::timeout(Duration::from_secs(10), h.server.join())
+        .await
+        .expect("stops within 10 s")
+        .expect("clean");
 }
 
 #[tokio::test]
 async fn reflection_lists_the_services() {
     use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse,
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let (_idp, _key, h) = setup("").await;
     let mut client = ServerReflectionClient::new(h.channel.clone());
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = client.server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection").into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
     let msg = stream.message().await.expect("msg").expect("some");
     let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"introspect.v1.TokenService".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"introspect.v1.TokenService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }

@@ -45,16 +45,20 @@ fn errata(file: &str) -> HashMap<u64, bool> {
 }
 
 fn key_set(group: &Value) -> KeySet {
-    let key = group.get("public").or_else(|| group.get("private")).cloned().unwrap_or(Value::Null);
+    let key = group
+        .get("public")
+        .or_else(|| group.get("private"))
+        .cloned()
+        .unwrap_or(Value::Null);
     // Private JWKs are given for HMAC groups; their public members are what a verifier
     // holds, so private members of asymmetric keys are stripped as a JWKS endpoint would.
     let strip = |k: &Value| -> Value {
         let mut k = k.clone();
-        if let Some(o) = k.as_object_mut() {
-            if o.get("kty").and_then(Value::as_str) != Some("oct") {
-                for m in ["d", "p", "q", "dp", "dq", "qi", "oth"] {
-                    o.remove(m);
-                }
+        if let Some(o) = k.as_object_mut()
+            && o.get("kty").and_then(Value::as_str) != Some("oct")
+        {
+            for m in ["d", "p", "q", "dp", "dq", "qi", "oth"] {
+                o.remove(m);
             }
         }
         k
@@ -67,7 +71,9 @@ fn key_set(group: &Value) -> KeySet {
         allow_symmetric: true,
         algorithms: &ALL,
     };
-    KeySet::from_jwks(&doc, &opts).map(|(set, _)| set).unwrap_or_default()
+    KeySet::from_jwks(&doc, &opts)
+        .map(|(set, _)| set)
+        .unwrap_or_default()
 }
 
 fn verdict(keys: &KeySet, token: &str) -> bool {
@@ -78,14 +84,23 @@ fn verdict(keys: &KeySet, token: &str) -> bool {
         return false;
     };
     matches!(
-        keys.verify(parsed.header.kid.as_deref(), alg, parsed.signing_input.as_bytes(), &parsed.signature),
+        keys.verify(
+            parsed.header.kid.as_deref(),
+            alg,
+            parsed.signing_input.as_bytes(),
+            &parsed.signature
+        ),
         KeyLookup::Verified(_)
     )
 }
 
 fn run(file: &str) -> (usize, Vec<String>) {
-    let path = format!("{}/tests/conformance/wycheproof/{file}", env!("CARGO_MANIFEST_DIR"));
-    let doc: Value = serde_json::from_slice(&std::fs::read(&path).expect("vectors present")).expect("json");
+    let path = format!(
+        "{}/tests/conformance/wycheproof/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("vectors present")).expect("json");
     let errata = errata(file);
     let mut failures = Vec::new();
     let mut count = 0;
@@ -104,10 +119,13 @@ fn run(file: &str) -> (usize, Vec<String>) {
                     _ => None,
                 },
             };
-            if let Some(want) = expected {
-                if got != want {
-                    failures.push(format!("{file} tc{id} ({}): expected {want}, got {got}", test["comment"]));
-                }
+            if let Some(want) = expected
+                && got != want
+            {
+                failures.push(format!(
+                    "{file} tc{id} ({}): expected {want}, got {got}",
+                    test["comment"]
+                ));
             }
         }
     }
@@ -118,12 +136,22 @@ fn run(file: &str) -> (usize, Vec<String>) {
 fn json_web_signature_vectors() {
     let (count, failures) = run("json_web_signature_test.json");
     assert_eq!(count, 401);
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn json_web_key_vectors() {
     let (count, failures) = run("json_web_key_test.json");
     assert_eq!(count, 26);
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -125,17 +125,17 @@ fn identity(k: &VerifyingKey) -> (Option<&str>, &str) {
 pub fn diff(origin: &Origin<'_>, old: &KeySet, new: &KeySet, at: SystemTime) -> Vec<KeyEvent> {
     let mut out = Vec::new();
     for k in new.iter() {
-        if !old.iter().any(|o| identity(o) == identity(k)) {
-            if let Some(info) = KeyInfo::of(k) {
-                out.push(origin.key_event(KeyEventKind::Added, info, at));
-            }
+        if !old.iter().any(|o| identity(o) == identity(k))
+            && let Some(info) = KeyInfo::of(k)
+        {
+            out.push(origin.key_event(KeyEventKind::Added, info, at));
         }
     }
     for k in old.iter() {
-        if !new.iter().any(|n| identity(n) == identity(k)) {
-            if let Some(info) = KeyInfo::of(k) {
-                out.push(origin.key_event(KeyEventKind::Removed, info, at));
-            }
+        if !new.iter().any(|n| identity(n) == identity(k))
+            && let Some(info) = KeyInfo::of(k)
+        {
+            out.push(origin.key_event(KeyEventKind::Removed, info, at));
         }
     }
     out
@@ -177,7 +177,10 @@ impl EventBus {
     }
 
     /// Subscribes and takes a snapshot (built by `snapshot`) atomically.
-    pub fn subscribe<F: FnOnce() -> Vec<KeyEvent>>(&self, snapshot: F) -> (broadcast::Receiver<Arc<KeyEvent>>, Vec<KeyEvent>) {
+    pub fn subscribe<F: FnOnce() -> Vec<KeyEvent>>(
+        &self,
+        snapshot: F,
+    ) -> (broadcast::Receiver<Arc<KeyEvent>>, Vec<KeyEvent>) {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
         (rx, snapshot())

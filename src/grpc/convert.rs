@@ -31,7 +31,10 @@ pub fn json_to_value(v: &Value) -> PValue {
 /// A JSON object as a protobuf `Struct`.
 pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
     Struct {
-        fields: map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
     }
 }
 
@@ -44,7 +47,9 @@ pub fn value_to_json(v: &PValue) -> Value {
             if n.fract() == 0.0 && n.abs() < 9.0e15 {
                 Value::from(*n as i64)
             } else {
-                serde_json::Number::from_f64(*n).map(Value::Number).unwrap_or(Value::Null)
+                serde_json::Number::from_f64(*n)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null)
             }
         }
         Some(Kind::StringValue(s)) => Value::String(s.clone()),
@@ -57,7 +62,9 @@ pub fn value_to_json(v: &PValue) -> Value {
 pub fn struct_to_json(s: &Struct) -> Map<String, Value> {
     let mut keys: Vec<&String> = s.fields.keys().collect();
     keys.sort();
-    keys.into_iter().map(|k| (k.clone(), value_to_json(&s.fields[k]))).collect()
+    keys.into_iter()
+        .map(|k| (k.clone(), value_to_json(&s.fields[k])))
+        .collect()
 }
 
 /// Seconds since the epoch (possibly fractional) as a `Timestamp`.
@@ -115,7 +122,11 @@ pub fn validated(v: &Validated) -> pb::ValidateResponse {
         expires_at: c.exp.map(timestamp),
         issued_at: c.iat.map(timestamp),
         not_before: c.nbf.map(timestamp),
-        key_id: v.kid.clone().or_else(|| v.key.kid.clone()).unwrap_or_default(),
+        key_id: v
+            .kid
+            .clone()
+            .or_else(|| v.key.kid.clone())
+            .unwrap_or_default(),
         algorithm: format!("{:?}", v.algorithm),
         claims: Some(json_to_struct(&c.all)),
     }
@@ -189,7 +200,10 @@ pub fn validate_response_json(r: &pb::ValidateResponse) -> Value {
         let code = pb::ErrorCode::try_from(e.code)
             .map(|c| c.as_str_name().to_string())
             .unwrap_or_else(|_| e.code.to_string());
-        m.insert("error".into(), serde_json::json!({"code": code, "message": e.message}));
+        m.insert(
+            "error".into(),
+            serde_json::json!({"code": code, "message": e.message}),
+        );
     }
     for (k, v) in [
         ("tenant", &r.tenant),
@@ -209,7 +223,11 @@ pub fn validate_response_json(r: &pb::ValidateResponse) -> Value {
     if !r.scopes.is_empty() {
         m.insert("scopes".into(), r.scopes.clone().into());
     }
-    for (k, v) in [("expires_at", &r.expires_at), ("issued_at", &r.issued_at), ("not_before", &r.not_before)] {
+    for (k, v) in [
+        ("expires_at", &r.expires_at),
+        ("issued_at", &r.issued_at),
+        ("not_before", &r.not_before),
+    ] {
         if v.is_some() {
             m.insert(k.into(), ts_json(v));
         }

@@ -13,7 +13,8 @@ pub mod pb {
     tonic::include_proto!("introspect.v1");
 
     /// The encoded file descriptor set, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/introspect_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/introspect_descriptor.bin"));
 }
 
 use tonic::Status;
@@ -109,8 +110,15 @@ mod tests {
         assert_eq!(parse_token("Bearer abc", 10), Ok("abc"));
         assert_eq!(parse_token("bEaReR abc", 10), Ok("abc"));
         assert_eq!(parse_token("abc", 3), Ok("abc"));
-        assert!(matches!(parse_token("abcd", 3), Err(BoundaryError::TokenTooLarge { size: 4, limit: 3 })));
-        assert_eq!(parse_token("Bearer abc", 3), Ok("abc"), "the limit counts after stripping");
+        assert!(matches!(
+            parse_token("abcd", 3),
+            Err(BoundaryError::TokenTooLarge { size: 4, limit: 3 })
+        ));
+        assert_eq!(
+            parse_token("Bearer abc", 3),
+            Ok("abc"),
+            "the limit counts after stripping"
+        );
         assert_eq!(parse_token("", 3), Err(BoundaryError::EmptyToken));
         assert_eq!(parse_token("Bearer ", 3), Err(BoundaryError::EmptyToken));
         assert_eq!(parse_token("   ", 3), Err(BoundaryError::EmptyToken));
@@ -118,12 +126,24 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(to_status(&BoundaryError::EmptyToken).code(), tonic::Code::InvalidArgument);
         assert_eq!(
-            to_status(&BoundaryError::Request(RequestError::UnknownTenant("x".into()))).code(),
+            to_status(&BoundaryError::EmptyToken).code(),
             tonic::Code::InvalidArgument
         );
-        assert_eq!(to_status(&BoundaryError::Exhausted("x".into())).code(), tonic::Code::ResourceExhausted);
-        assert_eq!(to_status(&BoundaryError::Unavailable("x".into())).code(), tonic::Code::Unavailable);
+        assert_eq!(
+            to_status(&BoundaryError::Request(RequestError::UnknownTenant(
+                "x".into()
+            )))
+            .code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            to_status(&BoundaryError::Exhausted("x".into())).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            to_status(&BoundaryError::Unavailable("x".into())).code(),
+            tonic::Code::Unavailable
+        );
     }
 }

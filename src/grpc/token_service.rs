@@ -37,7 +37,10 @@ impl TokenServiceImpl {
     }
 
     /// Validate without the tonic wrapping, for handler tests and Introspect.
-    pub async fn validate_message(&self, req: &pb::ValidateRequest) -> Result<pb::ValidateResponse, BoundaryError> {
+    pub async fn validate_message(
+        &self,
+        req: &pb::ValidateRequest,
+    ) -> Result<pb::ValidateResponse, BoundaryError> {
         let token = parse_token(&req.token, self.limits.max_token_bytes)?;
         let input = ValidateInput {
             token,
@@ -58,11 +61,15 @@ impl TokenServiceImpl {
 }
 
 /// The WatchKeys stream type.
-pub type KeyEventStream = Pin<Box<dyn Stream<Item = Result<pb::KeyEvent, Status>> + Send + 'static>>;
+pub type KeyEventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::KeyEvent, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
-    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(self.validate_message(&req).await?))
     }
@@ -76,7 +83,10 @@ impl TokenService for TokenServiceImpl {
 
     type WatchKeysStream = KeyEventStream;
 
-    async fn watch_keys(&self, _request: Request<pb::WatchKeysRequest>) -> Result<Response<Self::WatchKeysStream>, Status> {
+    async fn watch_keys(
+        &self,
+        _request: Request<pb::WatchKeysRequest>,
+    ) -> Result<Response<Self::WatchKeysStream>, Status> {
         Err(Status::unimplemented("WatchKeys is not implemented yet"))
     }
 }

@@ -65,7 +65,11 @@ impl Claims {
                 for item in items {
                     match item {
                         Value::String(s) => out.push(s.clone()),
-                        _ => return Err(malformed("claim `aud` is not a string or array of strings")),
+                        _ => {
+                            return Err(malformed(
+                                "claim `aud` is not a string or array of strings",
+                            ));
+                        }
                     }
                 }
                 out
@@ -118,12 +122,16 @@ pub fn check_type(typ: Option<&str>, accepted: Option<&[String]>) -> Result<(), 
         ));
     };
     let norm = crate::config::normalize_type(typ);
-    if accepted.iter().any(|a| *a == norm) {
+    if accepted.contains(&norm) {
         Ok(())
     } else {
         Err(Rejection::new(
             ErrorCode::InvalidType,
-            format!("typ {} is not accepted; accepted: {}", echo(typ), accepted.join(", ")),
+            format!(
+                "typ {} is not accepted; accepted: {}",
+                echo(typ),
+                accepted.join(", ")
+            ),
         ))
     }
 }
@@ -146,7 +154,10 @@ pub fn check_time(claims: &Claims, now: f64, policy: &TimePolicy<'_>) -> Result<
     let exp_required = policy.required_claims.iter().any(|c| c == "exp");
     match claims.exp {
         None if exp_required => {
-            return Err(Rejection::new(ErrorCode::MissingClaim, "claim `exp` is required"));
+            return Err(Rejection::new(
+                ErrorCode::MissingClaim,
+                "claim `exp` is required",
+            ));
         }
         Some(exp) if now >= exp + skew => {
             return Err(Rejection::new(
@@ -156,21 +167,21 @@ pub fn check_time(claims: &Claims, now: f64, policy: &TimePolicy<'_>) -> Result<
         }
         _ => {}
     }
-    if let Some(nbf) = claims.nbf {
-        if nbf > now + skew {
-            return Err(Rejection::new(
-                ErrorCode::NotYetValid,
-                format!("not valid for another {:.0}s (nbf)", nbf - now),
-            ));
-        }
+    if let Some(nbf) = claims.nbf
+        && nbf > now + skew
+    {
+        return Err(Rejection::new(
+            ErrorCode::NotYetValid,
+            format!("not valid for another {:.0}s (nbf)", nbf - now),
+        ));
     }
-    if let Some(iat) = claims.iat {
-        if iat > now + skew {
-            return Err(Rejection::new(
-                ErrorCode::NotYetValid,
-                format!("issued {:.0}s in the future (iat)", iat - now),
-            ));
-        }
+    if let Some(iat) = claims.iat
+        && iat > now + skew
+    {
+        return Err(Rejection::new(
+            ErrorCode::NotYetValid,
+            format!("issued {:.0}s in the future (iat)", iat - now),
+        ));
     }
     if let (Some(max), Some(exp)) = (policy.max_lifetime, claims.exp) {
         // Without `iat` the lifetime still left is what a holder can use, so that is
@@ -210,7 +221,10 @@ pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Reject
         ));
     }
     if claims.aud.is_empty() {
-        return Err(Rejection::new(ErrorCode::InvalidAudience, "token has no aud"));
+        return Err(Rejection::new(
+            ErrorCode::InvalidAudience,
+            "token has no aud",
+        ));
     }
     if !claims.aud.iter().any(|a| accepted.contains(a)) {
         return Err(Rejection::new(
@@ -263,8 +277,14 @@ pub fn check_nonce(claims: &Claims, expected: Option<&str>) -> Result<(), Reject
     };
     match claims.str("nonce") {
         Some(n) if constant_time_eq(n.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(Rejection::new(ErrorCode::InvalidNonce, "nonce does not match")),
-        None => Err(Rejection::new(ErrorCode::InvalidNonce, "token has no nonce")),
+        Some(_) => Err(Rejection::new(
+            ErrorCode::InvalidNonce,
+            "nonce does not match",
+        )),
+        None => Err(Rejection::new(
+            ErrorCode::InvalidNonce,
+            "token has no nonce",
+        )),
     }
 }
 
@@ -301,7 +321,11 @@ mod tests {
             r#"{"jti":{}}"#,
             r#"{"a":1,"a":2}"#,
         ] {
-            assert_eq!(Claims::parse(bad.as_bytes()).unwrap_err().code, ErrorCode::Malformed, "{bad}");
+            assert_eq!(
+                Claims::parse(bad.as_bytes()).unwrap_err().code,
+                ErrorCode::Malformed,
+                "{bad}"
+            );
         }
         let c = claims(r#"{"aud":"x","exp":1.5}"#);
         assert_eq!(c.aud, vec!["x"]);
@@ -314,17 +338,35 @@ mod tests {
         let now = 1_000_000.0;
         let p = policy(&req);
         assert!(check_time(&claims(r#"{"exp":1000030}"#), now, &p).is_ok());
-        assert!(check_time(&claims(r#"{"exp":999950}"#), now, &p).is_ok(), "within skew");
-        assert_eq!(check_time(&claims(r#"{"exp":999940}"#), now, &p).unwrap_err().code, ErrorCode::Expired);
-        assert_eq!(check_time(&claims("{}"), now, &p).unwrap_err().code, ErrorCode::MissingClaim);
-        assert!(check_time(&claims("{}"), now, &policy(&[])).is_ok(), "exp not required");
+        assert!(
+            check_time(&claims(r#"{"exp":999950}"#), now, &p).is_ok(),
+            "within skew"
+        );
         assert_eq!(
-            check_time(&claims(r#"{"exp":1000100,"nbf":1000061}"#), now, &p).unwrap_err().code,
+            check_time(&claims(r#"{"exp":999940}"#), now, &p)
+                .unwrap_err()
+                .code,
+            ErrorCode::Expired
+        );
+        assert_eq!(
+            check_time(&claims("{}"), now, &p).unwrap_err().code,
+            ErrorCode::MissingClaim
+        );
+        assert!(
+            check_time(&claims("{}"), now, &policy(&[])).is_ok(),
+            "exp not required"
+        );
+        assert_eq!(
+            check_time(&claims(r#"{"exp":1000100,"nbf":1000061}"#), now, &p)
+                .unwrap_err()
+                .code,
             ErrorCode::NotYetValid
         );
         assert!(check_time(&claims(r#"{"exp":1000100,"nbf":1000059}"#), now, &p).is_ok());
         assert_eq!(
-            check_time(&claims(r#"{"exp":1000100,"iat":1000100}"#), now, &p).unwrap_err().code,
+            check_time(&claims(r#"{"exp":1000100,"iat":1000100}"#), now, &p)
+                .unwrap_err()
+                .code,
             ErrorCode::NotYetValid
         );
     }
@@ -337,11 +379,15 @@ mod tests {
         let now = 1_000_000.0;
         assert!(check_time(&claims(r#"{"iat":1000000,"exp":1003600}"#), now, &p).is_ok());
         assert_eq!(
-            check_time(&claims(r#"{"iat":1000000,"exp":1003601}"#), now, &p).unwrap_err().code,
+            check_time(&claims(r#"{"iat":1000000,"exp":1003601}"#), now, &p)
+                .unwrap_err()
+                .code,
             ErrorCode::LifetimeTooLong
         );
         assert_eq!(
-            check_time(&claims(r#"{"exp":1999999}"#), now, &p).unwrap_err().code,
+            check_time(&claims(r#"{"exp":1999999}"#), now, &p)
+                .unwrap_err()
+                .code,
             ErrorCode::LifetimeTooLong
         );
     }
@@ -351,7 +397,9 @@ mod tests {
         let req = vec!["exp".to_string(), "sub".to_string()];
         let p = policy(&req);
         assert_eq!(
-            check_time(&claims(r#"{"exp":2000000}"#), 1.0, &p).unwrap_err().code,
+            check_time(&claims(r#"{"exp":2000000}"#), 1.0, &p)
+                .unwrap_err()
+                .code,
             ErrorCode::MissingClaim
         );
     }
@@ -361,10 +409,24 @@ mod tests {
         let acc = vec!["api".to_string()];
         assert!(check_audience(&claims(r#"{"aud":"api"}"#), &acc).is_ok());
         assert!(check_audience(&claims(r#"{"aud":["x","api"],"azp":"api"}"#), &acc).is_ok());
-        for bad in [r#"{"aud":"x"}"#, "{}", r#"{"aud":["x","api"]}"#, r#"{"aud":["x","api"],"azp":"x"}"#] {
-            assert_eq!(check_audience(&claims(bad), &acc).unwrap_err().code, ErrorCode::InvalidAudience, "{bad}");
+        for bad in [
+            r#"{"aud":"x"}"#,
+            "{}",
+            r#"{"aud":["x","api"]}"#,
+            r#"{"aud":["x","api"],"azp":"x"}"#,
+        ] {
+            assert_eq!(
+                check_audience(&claims(bad), &acc).unwrap_err().code,
+                ErrorCode::InvalidAudience,
+                "{bad}"
+            );
         }
-        assert_eq!(check_audience(&claims(r#"{"aud":"api"}"#), &[]).unwrap_err().code, ErrorCode::InvalidAudience);
+        assert_eq!(
+            check_audience(&claims(r#"{"aud":"api"}"#), &[])
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidAudience
+        );
     }
 
     #[test]
@@ -373,7 +435,9 @@ mod tests {
         assert!(check_scopes(&claims(r#"{"scp":"read write"}"#), &need).is_ok());
         assert!(check_scopes(&claims(r#"{"scope":["read","write"]}"#), &need).is_ok());
         assert_eq!(
-            check_scopes(&claims(r#"{"scope":"read"}"#), &need).unwrap_err().code,
+            check_scopes(&claims(r#"{"scope":"read"}"#), &need)
+                .unwrap_err()
+                .code,
             ErrorCode::InsufficientScope
         );
         assert!(check_scopes(&claims("{}"), &[]).is_ok());
@@ -383,8 +447,16 @@ mod tests {
     fn nonce_rules() {
         assert!(check_nonce(&claims(r#"{"nonce":"n1"}"#), Some("n1")).is_ok());
         assert!(check_nonce(&claims("{}"), None).is_ok());
-        assert_eq!(check_nonce(&claims(r#"{"nonce":"n2"}"#), Some("n1")).unwrap_err().code, ErrorCode::InvalidNonce);
-        assert_eq!(check_nonce(&claims("{}"), Some("n1")).unwrap_err().code, ErrorCode::InvalidNonce);
+        assert_eq!(
+            check_nonce(&claims(r#"{"nonce":"n2"}"#), Some("n1"))
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidNonce
+        );
+        assert_eq!(
+            check_nonce(&claims("{}"), Some("n1")).unwrap_err().code,
+            ErrorCode::InvalidNonce
+        );
     }
 
     #[test]
@@ -392,8 +464,14 @@ mod tests {
         let acc = vec!["at+jwt".to_string()];
         assert!(check_type(Some("at+JWT"), Some(&acc)).is_ok());
         assert!(check_type(Some("application/at+jwt"), Some(&acc)).is_ok());
-        assert_eq!(check_type(Some("JWT"), Some(&acc)).unwrap_err().code, ErrorCode::InvalidType);
-        assert_eq!(check_type(None, Some(&acc)).unwrap_err().code, ErrorCode::InvalidType);
+        assert_eq!(
+            check_type(Some("JWT"), Some(&acc)).unwrap_err().code,
+            ErrorCode::InvalidType
+        );
+        assert_eq!(
+            check_type(None, Some(&acc)).unwrap_err().code,
+            ErrorCode::InvalidType
+        );
         assert!(check_type(None, None).is_ok());
     }
 }

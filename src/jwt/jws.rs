@@ -87,7 +87,8 @@ pub fn b64url_decode(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
 /// Splits and decodes a compact JWS and parses its header.
 pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed("a compact JWS has exactly three segments"));
     };
@@ -97,7 +98,8 @@ pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
     let header_bytes = b64url_decode(h, "header")?;
     let payload = b64url_decode(p, "payload")?;
     let signature = b64url_decode(s, "signature")?;
-    let header_map = json::parse_object(&header_bytes).map_err(|e| malformed(format!("header: {e}")))?;
+    let header_map =
+        json::parse_object(&header_bytes).map_err(|e| malformed(format!("header: {e}")))?;
     let header = header_from(&header_map)?;
     Ok(CompactJws {
         signing_input: &token[..h.len() + 1 + p.len()],
@@ -145,7 +147,12 @@ mod tests {
 
     #[test]
     fn parses_three_segments() {
-        let t = format!("{}.{}.{}", enc(r#"{"alg":"RS256","kid":"k"}"#), enc("{}"), enc("sig"));
+        let t = format!(
+            "{}.{}.{}",
+            enc(r#"{"alg":"RS256","kid":"k"}"#),
+            enc("{}"),
+            enc("sig")
+        );
         let jws = parse(&t).expect("parses");
         assert_eq!(jws.header.alg, "RS256");
         assert_eq!(jws.header.kid.as_deref(), Some("k"));
@@ -178,7 +185,10 @@ mod tests {
         // "e30" is "{}"; "e31" decodes to the same bytes with non-zero trailing bits.
         let h = enc(r#"{"alg":"RS256"}"#);
         assert!(parse(&format!("{h}.e30.c2ln")).is_ok());
-        assert_eq!(parse(&format!("{h}.e31.c2ln")).unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(
+            parse(&format!("{h}.e31.c2ln")).unwrap_err().code,
+            ErrorCode::Malformed
+        );
     }
 
     #[test]
@@ -203,7 +213,13 @@ mod tests {
             typ: None,
             unsupported: Some("crit"),
         };
-        assert_eq!(h.check(&[Algorithm::RS256]).unwrap_err().code, ErrorCode::AlgorithmNotAllowed);
-        assert_eq!(h.check(&[Algorithm::HS256]).unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(
+            h.check(&[Algorithm::RS256]).unwrap_err().code,
+            ErrorCode::AlgorithmNotAllowed
+        );
+        assert_eq!(
+            h.check(&[Algorithm::HS256]).unwrap_err().code,
+            ErrorCode::Malformed
+        );
     }
 }

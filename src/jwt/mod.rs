@@ -3,8 +3,8 @@
 //! origin, the network or gRPC.
 
 pub mod claims;
-pub mod jws;
 pub mod json;
+pub mod jws;
 
 use std::fmt;
 

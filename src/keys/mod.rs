@@ -122,7 +122,10 @@ impl fmt::Debug for VerifyingKey {
 impl VerifyingKey {
     /// The algorithm shown for this key: its only one, or the first it is bound to.
     pub fn algorithm_name(&self) -> String {
-        self.algorithms.first().map(|a| format!("{a:?}")).unwrap_or_default()
+        self.algorithms
+            .first()
+            .map(|a| format!("{a:?}"))
+            .unwrap_or_default()
     }
 
     /// True when this key is bound to `alg`.
@@ -131,7 +134,12 @@ impl VerifyingKey {
     }
 
     /// Verifies `signature` over `message` with `alg`.
-    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+    pub fn verify(
+        &self,
+        alg: Algorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), VerifyError> {
         match &self.verifier {
             Verifier::Hmac(keys) => {
                 let (_, key) = keys
@@ -152,10 +160,18 @@ impl VerifyingKey {
     }
 
     /// Builds an HMAC key from raw secret bytes, bound to the HMAC algorithms in `algorithms`.
-    pub fn hmac(kid: Option<String>, secret: &[u8], algorithms: &[Algorithm]) -> Result<Self, String> {
+    pub fn hmac(
+        kid: Option<String>,
+        secret: &[u8],
+        algorithms: &[Algorithm],
+    ) -> Result<Self, String> {
         let mut bound = Vec::new();
         let mut keys = Vec::new();
-        for alg in algorithms.iter().copied().filter(|a| a.family() == AlgorithmFamily::Hmac) {
+        for alg in algorithms
+            .iter()
+            .copied()
+            .filter(|a| a.family() == AlgorithmFamily::Hmac)
+        {
             if secret.len() < min_hmac_key_bytes(alg) {
                 return Err(format!(
                     "{alg:?} needs a key of at least {} bytes, got {}",
@@ -200,10 +216,10 @@ impl VerifyingKey {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err("kid is not a string".into()),
         };
-        if let Some(u) = jwk.get("use") {
-            if u.as_str() != Some("sig") {
-                return Err("use is not `sig`".into());
-            }
+        if let Some(u) = jwk.get("use")
+            && u.as_str() != Some("sig")
+        {
+            return Err("use is not `sig`".into());
         }
         if let Some(ops) = jwk.get("key_ops") {
             let verifies = ops
@@ -253,7 +269,11 @@ fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
 
 /// Binds a key to one algorithm: its declared `alg` (which must fit the family and be
 /// allowed), or every allowed algorithm of its family.
-fn bind(declared: Option<Algorithm>, family: AlgorithmFamily, allowed: &[Algorithm]) -> Result<Vec<Algorithm>, String> {
+fn bind(
+    declared: Option<Algorithm>,
+    family: AlgorithmFamily,
+    allowed: &[Algorithm],
+) -> Result<Vec<Algorithm>, String> {
     match declared {
         Some(alg) if alg.family() != family => {
             Err(format!("alg {alg:?} does not fit the key type"))
@@ -261,7 +281,11 @@ fn bind(declared: Option<Algorithm>, family: AlgorithmFamily, allowed: &[Algorit
         Some(alg) if !allowed.contains(&alg) => Err(format!("alg {alg:?} is not allowed")),
         Some(alg) => Ok(vec![alg]),
         None => {
-            let algs: Vec<Algorithm> = allowed.iter().copied().filter(|a| a.family() == family).collect();
+            let algs: Vec<Algorithm> = allowed
+                .iter()
+                .copied()
+                .filter(|a| a.family() == family)
+                .collect();
             if algs.is_empty() {
                 Err("no allowed algorithm fits the key type".into())
             } else {
@@ -293,7 +317,10 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
             out.push(len as u8);
         } else {
             let bytes = len.to_be_bytes();
-            let skip = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+            let skip = bytes
+                .iter()
+                .position(|b| *b != 0)
+                .unwrap_or(bytes.len() - 1);
             out.push(0x80 | (bytes.len() - skip) as u8);
             out.extend_from_slice(&bytes[skip..]);
         }
@@ -330,7 +357,9 @@ fn rsa_key(
     let e = strip_leading_zeros(&e_raw);
     let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
     if bits < MIN_RSA_BITS {
-        return Err(format!("RSA modulus of {bits} bits is under {MIN_RSA_BITS}"));
+        return Err(format!(
+            "RSA modulus of {bits} bits is under {MIN_RSA_BITS}"
+        ));
     }
     if bits > MAX_RSA_BITS {
         return Err(format!("RSA modulus of {bits} bits is over {MAX_RSA_BITS}"));
@@ -378,15 +407,16 @@ fn ec_key(
     opts: &IngestOptions<'_>,
 ) -> Result<VerifyingKey, String> {
     let crv = jwk.get("crv").and_then(Value::as_str).ok_or("no crv")?;
-    let (alg, size, verify_alg): (Algorithm, usize, &'static sig::EcdsaVerificationAlgorithm) = match crv {
-        "P-256" => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
-        "P-384" => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
-        other => return Err(format!("curve `{other}` is not supported")),
-    };
-    if let Some(d) = declared {
-        if d != alg {
-            return Err(format!("alg {d:?} does not fit curve {crv}"));
-        }
+    let (alg, size, verify_alg): (Algorithm, usize, &'static sig::EcdsaVerificationAlgorithm) =
+        match crv {
+            "P-256" => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
+            "P-384" => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
+            other => return Err(format!("curve `{other}` is not supported")),
+        };
+    if let Some(d) = declared
+        && d != alg
+    {
+        return Err(format!("alg {d:?} does not fit curve {crv}"));
     }
     if !opts.algorithms.contains(&alg) {
         return Err(format!("alg {alg:?} is not allowed"));
@@ -437,7 +467,8 @@ fn okp_key(
     if x.len() != 32 {
         return Err("an Ed25519 key is 32 bytes".into());
     }
-    let parsed = sig::ParsedPublicKey::new(&sig::ED25519, &x).map_err(|_| "invalid Ed25519 key".to_string())?;
+    let parsed = sig::ParsedPublicKey::new(&sig::ED25519, &x)
+        .map_err(|_| "invalid Ed25519 key".to_string())?;
     let x_b64 = URL_SAFE_NO_PAD.encode(&x);
     let thumb = thumbprint(&json!({"crv": crv, "kty": "OKP", "x": x_b64}));
     let mut public = Map::new();
@@ -455,16 +486,21 @@ fn okp_key(
     })
 }
 
-fn insert_common(out: &mut Map<String, Value>, kid: &Option<String>, algs: &[Algorithm], jwk: &Map<String, Value>) {
+fn insert_common(
+    out: &mut Map<String, Value>,
+    kid: &Option<String>,
+    algs: &[Algorithm],
+    jwk: &Map<String, Value>,
+) {
     if let Some(k) = kid {
         out.insert("kid".into(), k.clone().into());
     }
     out.insert("use".into(), "sig".into());
     // The JWK's own alg when it had one; a key bound to several algorithms shows none.
-    if jwk.contains_key("alg") || algs.len() == 1 {
-        if let Some(a) = algs.first() {
-            out.insert("alg".into(), format!("{a:?}").into());
-        }
+    if (jwk.contains_key("alg") || algs.len() == 1)
+        && let Some(a) = algs.first()
+    {
+        out.insert("alg".into(), format!("{a:?}").into());
     }
 }
 
@@ -497,15 +533,19 @@ impl KeySet {
         let mut kept: Vec<(usize, VerifyingKey)> = Vec::new();
         let mut ambiguous: Vec<String> = Vec::new();
         for (index, key) in keys.into_iter().enumerate() {
-            if let Some(kid) = &key.kid {
-                if let Some((_, other)) = kept.iter().find(|(_, k)| k.kid.as_deref() == Some(kid)) {
-                    if other.thumbprint == key.thumbprint && other.algorithms == key.algorithms {
-                        skipped.push(SkippedKey { index, kid: Some(kid.clone()), reason: "exact duplicate".into() });
-                    } else if !ambiguous.contains(kid) {
-                        ambiguous.push(kid.clone());
-                    }
-                    continue;
+            if let Some(kid) = &key.kid
+                && let Some((_, other)) = kept.iter().find(|(_, k)| k.kid.as_deref() == Some(kid))
+            {
+                if other.thumbprint == key.thumbprint && other.algorithms == key.algorithms {
+                    skipped.push(SkippedKey {
+                        index,
+                        kid: Some(kid.clone()),
+                        reason: "exact duplicate".into(),
+                    });
+                } else if !ambiguous.contains(kid) {
+                    ambiguous.push(kid.clone());
                 }
+                continue;
             }
             kept.push((index, key));
         }
@@ -529,7 +569,10 @@ impl KeySet {
 
     /// Ingests a JWKS document key by key. A symmetric key in a set that also has
     /// public keys is dropped: such a mixed set is ambiguous.
-    pub fn from_jwks(doc: &Value, opts: &IngestOptions<'_>) -> Result<(Self, Vec<SkippedKey>), String> {
+    pub fn from_jwks(
+        doc: &Value,
+        opts: &IngestOptions<'_>,
+    ) -> Result<(Self, Vec<SkippedKey>), String> {
         let list = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -555,15 +598,27 @@ impl KeySet {
         for (index, item) in list.iter().enumerate() {
             let kid = item.get("kid").and_then(Value::as_str).map(str::to_owned);
             if index >= MAX_KEYS_PER_SET {
-                skipped.push(SkippedKey { index, kid, reason: format!("more than {MAX_KEYS_PER_SET} keys") });
+                skipped.push(SkippedKey {
+                    index,
+                    kid,
+                    reason: format!("more than {MAX_KEYS_PER_SET} keys"),
+                });
                 continue;
             }
             if kid.as_deref().is_some_and(|k| ambiguous.contains(&k)) {
-                skipped.push(SkippedKey { index, kid, reason: "kid is shared by different keys, so it is ambiguous".into() });
+                skipped.push(SkippedKey {
+                    index,
+                    kid,
+                    reason: "kid is shared by different keys, so it is ambiguous".into(),
+                });
                 continue;
             }
             let Some(obj) = item.as_object() else {
-                skipped.push(SkippedKey { index, kid, reason: "not a JSON object".into() });
+                skipped.push(SkippedKey {
+                    index,
+                    kid,
+                    reason: "not a JSON object".into(),
+                });
                 continue;
             };
             match VerifyingKey::from_jwk(obj, opts) {
@@ -632,14 +687,22 @@ pub enum KeyLookup {
 
 impl PartialEq for VerifyingKey {
     fn eq(&self, other: &Self) -> bool {
-        self.kid == other.kid && self.thumbprint == other.thumbprint && self.algorithms == other.algorithms
+        self.kid == other.kid
+            && self.thumbprint == other.thumbprint
+            && self.algorithms == other.algorithms
     }
 }
 impl Eq for VerifyingKey {}
 
 impl KeySet {
     /// Finds the key for a token and verifies its signature.
-    pub fn verify(&self, kid: Option<&str>, alg: Algorithm, message: &[u8], signature: &[u8]) -> KeyLookup {
+    pub fn verify(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> KeyLookup {
         match kid {
             Some(kid) => match self.get(kid) {
                 None => KeyLookup::NotFound,
@@ -688,7 +751,10 @@ mod tests {
     ];
 
     fn remote() -> IngestOptions<'static> {
-        IngestOptions { allow_symmetric: false, algorithms: &ALL }
+        IngestOptions {
+            allow_symmetric: false,
+            algorithms: &ALL,
+        }
     }
 
     fn ec_jwk() -> Value {
@@ -707,7 +773,8 @@ mod tests {
 
     #[test]
     fn ec_key_on_curve_is_ingested_and_off_curve_is_not() {
-        let k = VerifyingKey::from_jwk(ec_jwk().as_object().expect("obj"), &remote()).expect("valid");
+        let k =
+            VerifyingKey::from_jwk(ec_jwk().as_object().expect("obj"), &remote()).expect("valid");
         assert_eq!(k.algorithms, vec![Algorithm::ES256]);
         let mut bad = ec_jwk();
         bad["y"] = "UI8exy-C06a7DUnjIdENkxeFtHM4-l_41LqEw9nVgnw".into();
@@ -728,7 +795,8 @@ mod tests {
         let mut private = ec_jwk();
         private["d"] = "AAAA".into();
         private["kid"] = "priv".into();
-        let oct = json!({"kty":"oct","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","kid":"oct"});
+        let oct =
+            json!({"kty":"oct","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","kid":"oct"});
         let doc = json!({"keys":[ec_jwk(), enc, ops, private, oct, 7]});
         let (set, skipped) = KeySet::from_jwks(&doc, &remote()).expect("doc");
         assert_eq!(set.len(), 1);
@@ -739,24 +807,34 @@ mod tests {
     #[test]
     fn duplicate_kids_are_deterministic() {
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
-        let pair = sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("parse");
-        let point = aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+        let pkcs8 = sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("keygen");
+        let pair =
+            sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .expect("parse");
+        let point = aws_lc_rs::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec();
         let mut other = ec_jwk();
         other["x"] = URL_SAFE_NO_PAD.encode(&point[1..33]).into();
         other["y"] = URL_SAFE_NO_PAD.encode(&point[33..65]).into();
-        let (set, _) = KeySet::from_jwks(&json!({"keys":[ec_jwk(), ec_jwk()]}), &remote()).expect("doc");
+        let (set, _) =
+            KeySet::from_jwks(&json!({"keys":[ec_jwk(), ec_jwk()]}), &remote()).expect("doc");
         assert!(set.get("e1").is_some(), "an exact duplicate is kept once");
         assert_eq!(set.len(), 1);
-        let (set, skipped) = KeySet::from_jwks(&json!({"keys":[ec_jwk(), other]}), &remote()).expect("doc");
+        let (set, skipped) =
+            KeySet::from_jwks(&json!({"keys":[ec_jwk(), other]}), &remote()).expect("doc");
         assert!(set.get("e1").is_none(), "an ambiguous kid is dropped");
         assert!(!skipped.is_empty());
     }
 
     #[test]
     fn generated_rsa_key_is_not_flagged_as_roca() {
-        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("keygen");
-        let der = aws_lc_rs::signature::KeyPair::public_key(&kp).as_ref().to_vec();
+        let kp =
+            aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("keygen");
+        let der = aws_lc_rs::signature::KeyPair::public_key(&kp)
+            .as_ref()
+            .to_vec();
         assert!(der.len() > 256);
         // The modulus starts after the SEQUENCE and INTEGER headers; the full DER is
         // enough for the fingerprint test to see a non-ROCA value.

@@ -4,12 +4,13 @@
 //! modulo p; a random modulus almost never does for all of them (Nemec et al., CCS 2017).
 
 const PRIMES: [u32; 38] = [
-    3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89,
-    97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+    3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97,
+    101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
 ];
 
 fn mod_small(n: &[u8], p: u32) -> u32 {
-    n.iter().fold(0u32, |acc, b| (acc * 256 + u32::from(*b)) % p)
+    n.iter()
+        .fold(0u32, |acc, b| (acc * 256 + u32::from(*b)) % p)
 }
 
 fn in_subgroup_of_65537(r: u32, p: u32) -> bool {
@@ -30,7 +31,10 @@ fn in_subgroup_of_65537(r: u32, p: u32) -> bool {
 
 /// True when the big-endian modulus `n` has the ROCA fingerprint.
 pub fn is_vulnerable(n: &[u8]) -> bool {
-    !n.is_empty() && PRIMES.iter().all(|p| in_subgroup_of_65537(mod_small(n, *p), *p))
+    !n.is_empty()
+        && PRIMES
+            .iter()
+            .all(|p| in_subgroup_of_65537(mod_small(n, *p), *p))
 }
 
 #[cfg(test)]

@@ -42,12 +42,15 @@ pub struct HttpClient {
 
 /// Checks a URL against the https policy.
 pub fn check_url(url: &str, require_https: bool) -> Result<reqwest::Url, FetchError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| FetchError::Insecure(format!("not a URL ({e})")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| FetchError::Insecure(format!("not a URL ({e})")))?;
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if !require_https => Ok(parsed),
         "http" => Err(FetchError::Insecure(format!("{url} is not https"))),
-        other => Err(FetchError::Insecure(format!("scheme {other} is not http(s)"))),
+        other => Err(FetchError::Insecure(format!(
+            "scheme {other} is not http(s)"
+        ))),
     }
 }
 
@@ -82,9 +85,18 @@ impl HttpClient {
     }
 
     /// GETs a JSON object.
-    pub async fn get_json(&self, url: &str, timeout: Duration, require_https: bool) -> Result<Value, FetchError> {
+    pub async fn get_json(
+        &self,
+        url: &str,
+        timeout: Duration,
+        require_https: bool,
+    ) -> Result<Value, FetchError> {
         let url = check_url(url, require_https)?;
-        let req = self.client.get(url).header("accept", "application/json").timeout(timeout);
+        let req = self
+            .client
+            .get(url)
+            .header("accept", "application/json")
+            .timeout(timeout);
         let (_, body) = send_capped(req, timeout).await?;
         parse_json(&body)
     }
@@ -92,7 +104,8 @@ impl HttpClient {
 
 /// Parses a JSON body that must be an object.
 pub fn parse_json(body: &[u8]) -> Result<Value, FetchError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| FetchError::Invalid(format!("not JSON ({e})")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| FetchError::Invalid(format!("not JSON ({e})")))?;
     if !v.is_object() {
         return Err(FetchError::Invalid("not a JSON object".into()));
     }
@@ -119,7 +132,10 @@ fn classify(e: &reqwest::Error, timeout: Duration) -> FetchError {
 
 /// Sends a request and reads at most [`MAX_BODY_BYTES`] of a success body; returns the
 /// status and the body. Non-2xx statuses are errors, except those `accept_status` allows.
-pub async fn send_capped(req: reqwest::RequestBuilder, timeout: Duration) -> Result<(u16, Vec<u8>), FetchError> {
+pub async fn send_capped(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), FetchError> {
     send_capped_with(req, timeout, |_| false).await
 }
 
@@ -135,7 +151,10 @@ pub async fn send_capped_with(
         if !resp.status().is_success() && !accept_status(status) {
             return Err(FetchError::Status(status));
         }
-        if resp.content_length().is_some_and(|l| l > MAX_BODY_BYTES as u64) {
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_BODY_BYTES as u64)
+        {
             return Err(FetchError::TooLarge);
         }
         let mut body = Vec::new();

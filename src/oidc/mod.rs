@@ -82,7 +82,11 @@ async fn fetch_keys(
     let timeout = state.settings.fetch_timeout;
     let https = state.settings.require_https;
     let doc = match &state.source {
-        Source::Static => return Err(FetchError::Invalid("static key sets are not fetched".into())),
+        Source::Static => {
+            return Err(FetchError::Invalid(
+                "static key sets are not fetched".into(),
+            ));
+        }
         Source::JwksFile { path } => {
             let bytes = tokio::fs::read(path)
                 .await
@@ -97,7 +101,15 @@ async fn fetch_keys(
             let metadata = match (kind, known) {
                 (RefreshKind::KeysOnly, Some(m)) => m,
                 _ => {
-                    let m = fetch_metadata(http, metadata_url, &state.issuer, state.id.policy.as_deref(), timeout, https).await?;
+                    let m = fetch_metadata(
+                        http,
+                        metadata_url,
+                        &state.issuer,
+                        state.id.policy.as_deref(),
+                        timeout,
+                        https,
+                    )
+                    .await?;
                     state.set_metadata(m.clone());
                     Arc::new(m)
                 }
@@ -105,7 +117,8 @@ async fn fetch_keys(
             http.get_json(&metadata.jwks_uri, timeout, https).await?
         }
     };
-    let (set, skipped) = KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
+    let (set, skipped) =
+        KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
     Ok((set, Registry::describe_skipped(&skipped)))
 }
 
@@ -122,7 +135,13 @@ pub fn spawn_refreshers(
             continue;
         }
         let span = info_span!("refresher", key_set = %state.id, issuer = %state.issuer);
-        let fut = run_refresher(registry.clone(), http.clone(), state, cancel.clone(), observer.clone());
+        let fut = run_refresher(
+            registry.clone(),
+            http.clone(),
+            state,
+            cancel.clone(),
+            observer.clone(),
+        );
         set.spawn(fut.instrument(span));
     }
     set
@@ -145,7 +164,11 @@ pub async fn run_refresher(
     loop {
         // A request made while the previous fetch ran is served right away.
         let (generation, kind) = state.refresh.begin();
-        let kind = if state.metadata().is_none() { RefreshKind::Full } else { kind };
+        let kind = if state.metadata().is_none() {
+            RefreshKind::Full
+        } else {
+            kind
+        };
         let outcome = tokio::select! {
             _ = cancel.cancelled() => {
                 debug!("refresher stopped");
@@ -156,7 +179,14 @@ pub async fn run_refresher(
         let delay = match outcome {
             Ok((set, skipped)) => {
                 let unchanged_file = matches!(state.source, Source::JwksFile { .. }) && {
-                    let fp: Vec<u8> = set.iter().flat_map(|k| k.thumbprint.bytes().chain(k.kid.clone().unwrap_or_default().into_bytes())).collect();
+                    let fp: Vec<u8> = set
+                        .iter()
+                        .flat_map(|k| {
+                            k.thumbprint
+                                .bytes()
+                                .chain(k.kid.clone().unwrap_or_default().into_bytes())
+                        })
+                        .collect();
                     let same = file_fingerprint.as_ref() == Some(&fp);
                     file_fingerprint = Some(fp);
                     same
@@ -165,14 +195,23 @@ pub async fn run_refresher(
                 if !skipped.is_empty() {
                     warn!(skipped = %skipped, "keys skipped at ingestion");
                 }
-                if let Some(m) = state.metadata() {
-                    if m.issuer != state.issuer {
-                        registry.add_alias(&m.issuer, &state.id);
-                    }
+                if let Some(m) = state.metadata()
+                    && m.issuer != state.issuer
+                {
+                    registry.add_alias(&m.issuer, &state.id);
                 }
-                let events = if unchanged_file { Vec::new() } else { registry.install_keys(&state, set) };
+                let events = if unchanged_file {
+                    Vec::new()
+                } else {
+                    registry.install_keys(&state, set)
+                };
                 if !unchanged_file || state.status().last_failed {
-                    info!(keys = count, added_or_removed = events.len(), ?kind, "key refresh succeeded");
+                    info!(
+                        keys = count,
+                        added_or_removed = events.len(),
+                        ?kind,
+                        "key refresh succeeded"
+                    );
                 } else {
                     debug!(keys = count, "jwks file unchanged");
                 }
@@ -225,7 +264,7 @@ pub async fn run_refresher(
                 _ = state.refresh.requested() => {}
             }
         }
-}
+    }
 }
 
 #[cfg(test)]
@@ -238,7 +277,15 @@ mod tests {
         let tfp = "https://contoso.b2clogin.com/tfp/775527ff-9a37-4307-8b3d-cc311f58d925/B2C_1_signupsignin/v2.0/";
         assert!(is_b2c_tfp_issuer(tfp, configured, "b2c_1_SignUpSignIn"));
         assert!(!is_b2c_tfp_issuer(tfp, configured, "B2C_1_other"));
-        assert!(!is_b2c_tfp_issuer(&tfp.replace("contoso", "evil"), configured, "B2C_1_signupsignin"));
-        assert!(!is_b2c_tfp_issuer(configured, configured, "B2C_1_signupsignin"));
+        assert!(!is_b2c_tfp_issuer(
+            &tfp.replace("contoso", "evil"),
+            configured,
+            "B2C_1_signupsignin"
+        ));
+        assert!(!is_b2c_tfp_issuer(
+            configured,
+            configured,
+            "B2C_1_signupsignin"
+        ));
     }
 }

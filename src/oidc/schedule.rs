@@ -12,7 +12,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Delay until the next refresh. `jitter` is uniform in `[0, 1)`; successes land in
 /// `[0.9, 1.0) x interval` so that replicas started together spread out, failures in
 /// `[0.5, 1.0) x backoff` so that a recovering provider is not hit in lock-step.
-pub fn next_refresh(success: bool, consecutive_failures: u32, interval: Duration, jitter: f64) -> Duration {
+pub fn next_refresh(
+    success: bool,
+    consecutive_failures: u32,
+    interval: Duration,
+    jitter: f64,
+) -> Duration {
     let jitter = jitter.clamp(0.0, 1.0);
     if success {
         return interval.mul_f64(1.0 - 0.1 * jitter);
@@ -47,7 +52,10 @@ mod tests {
         assert_eq!(no_jitter(9), Duration::from_secs(256));
         assert_eq!(no_jitter(10), MAX_BACKOFF);
         assert_eq!(no_jitter(u32::MAX), MAX_BACKOFF);
-        assert_eq!(next_refresh(false, 10, Duration::from_secs(20), 0.0), Duration::from_secs(20));
+        assert_eq!(
+            next_refresh(false, 10, Duration::from_secs(20), 0.0),
+            Duration::from_secs(20)
+        );
         assert_eq!(next_refresh(false, 1, H12, 1.0), Duration::from_millis(500));
     }
 }

@@ -148,7 +148,10 @@ impl KeySetState {
 
     /// A copy of the fetch status.
     pub fn status(&self) -> FetchStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Updates the fetch status.
@@ -186,9 +189,16 @@ pub struct Tenant {
 
 impl Tenant {
     fn new(settings: TenantSettings) -> Self {
-        let template = settings.issuer.split_once(TENANT_ID_PLACEHOLDER).map(|(a, b)| (a.to_string(), b.to_string()));
+        let template = settings
+            .issuer
+            .split_once(TENANT_ID_PLACEHOLDER)
+            .map(|(a, b)| (a.to_string(), b.to_string()));
         let policies = match &settings.keys {
-            KeySource::B2c(b) => b.policies.iter().map(|p| (p.to_ascii_lowercase(), p.clone())).collect(),
+            KeySource::B2c(b) => b
+                .policies
+                .iter()
+                .map(|p| (p.to_ascii_lowercase(), p.clone()))
+                .collect(),
             _ => HashMap::new(),
         };
         let replay = settings
@@ -247,13 +257,21 @@ impl Tenant {
         let Some(claimed) = claimed else {
             return Err(Rejection::new(
                 ErrorCode::UnknownPolicy,
-                format!("token has none of the policy claims {}", b2c.policy_claims.join(", ")),
+                format!(
+                    "token has none of the policy claims {}",
+                    b2c.policy_claims.join(", ")
+                ),
             ));
         };
         self.policies
             .get(&claimed.to_ascii_lowercase())
             .cloned()
-            .ok_or_else(|| Rejection::new(ErrorCode::UnknownPolicy, format!("policy {} is not allowed", echo(claimed))))
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::UnknownPolicy,
+                    format!("policy {} is not allowed", echo(claimed)),
+                )
+            })
     }
 }
 
@@ -330,19 +348,32 @@ impl Registry {
             };
             match &ts.keys {
                 KeySource::Discovery { metadata_url } => {
-                    sets.push(make(None, Source::Discovery { metadata_url: metadata_url.clone() }, true));
+                    sets.push(make(
+                        None,
+                        Source::Discovery {
+                            metadata_url: metadata_url.clone(),
+                        },
+                        true,
+                    ));
                 }
                 KeySource::B2c(b2c) => {
                     for p in &b2c.policies {
-                        let url = b2c.metadata_url.replace(crate::config::POLICY_PLACEHOLDER, p);
-                        sets.push(make(Some(p.clone()), Source::Discovery { metadata_url: url }, true));
+                        let url = b2c
+                            .metadata_url
+                            .replace(crate::config::POLICY_PLACEHOLDER, p);
+                        sets.push(make(
+                            Some(p.clone()),
+                            Source::Discovery { metadata_url: url },
+                            true,
+                        ));
                     }
                 }
                 KeySource::JwksFile { path } => {
                     sets.push(make(None, Source::JwksFile { path: path.clone() }, true));
                 }
                 KeySource::Hmac { secret } => {
-                    let key = VerifyingKey::hmac(None, secret.expose(), &ts.policy.algorithms).map_err(err)?;
+                    let key = VerifyingKey::hmac(None, secret.expose(), &ts.policy.algorithms)
+                        .map_err(err)?;
                     let state = make(None, Source::Static, false);
                     let (set, _) = KeySet::from_keys(vec![key]);
                     state.keys.store(Arc::new(set));
@@ -354,7 +385,8 @@ impl Registry {
                 }
                 KeySource::Static { jwks } => {
                     let state = make(None, Source::Static, false);
-                    let (set, skipped) = KeySet::from_jwks(jwks, &state.ingest_options()).map_err(err)?;
+                    let (set, skipped) =
+                        KeySet::from_jwks(jwks, &state.ingest_options()).map_err(err)?;
                     if let Some(s) = skipped.first() {
                         return Err(err(format!("static key {} skipped: {}", s.index, s.reason)));
                     }
@@ -379,7 +411,9 @@ impl Registry {
             inner.by_id.insert(ts.id.clone(), tenant.clone());
             inner.tenants.push(tenant);
         }
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Every tenant, in configuration order.
@@ -399,7 +433,12 @@ impl Registry {
 
     /// Every key set, sorted by id.
     pub fn key_sets(&self) -> Vec<Arc<KeySetState>> {
-        let mut v: Vec<Arc<KeySetState>> = self.inner.key_sets.iter().map(|e| e.value().clone()).collect();
+        let mut v: Vec<Arc<KeySetState>> = self
+            .inner
+            .key_sets
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -413,18 +452,26 @@ impl Registry {
 
     /// Routes a token: the tenant named by the request (which must trust the `iss`), or
     /// the tenant whose issuer is the `iss` (exact, then `{tenantid}` templates).
-    pub fn route(&self, iss: &str, claims: &Claims, requested: Option<&str>) -> Result<Arc<Tenant>, ValidateError> {
+    pub fn route(
+        &self,
+        iss: &str,
+        claims: &Claims,
+        requested: Option<&str>,
+    ) -> Result<Arc<Tenant>, ValidateError> {
         if let Some(id) = requested {
-            let t = self
-                .inner
-                .by_id
-                .get(id)
-                .ok_or_else(|| ValidateError::Request(RequestError::UnknownTenant(id.to_string())))?;
-            return if t.trusts(iss, claims) || self.alias_of(iss).is_some_and(|a| a.tenant == t.id()) {
+            let t = self.inner.by_id.get(id).ok_or_else(|| {
+                ValidateError::Request(RequestError::UnknownTenant(id.to_string()))
+            })?;
+            return if t.trusts(iss, claims)
+                || self.alias_of(iss).is_some_and(|a| a.tenant == t.id())
+            {
                 Ok(t.clone())
             } else {
                 Err(ValidateError::rejected(
-                    Rejection::new(ErrorCode::UnknownIssuer, format!("tenant `{id}` does not trust iss {}", echo(iss))),
+                    Rejection::new(
+                        ErrorCode::UnknownIssuer,
+                        format!("tenant `{id}` does not trust iss {}", echo(iss)),
+                    ),
                     Some(t.id().to_string()),
                     None,
                 ))
@@ -433,10 +480,12 @@ impl Registry {
         if let Some(t) = self.inner.by_issuer.get(iss) {
             return Ok(t.clone());
         }
-        if let Some(t) = self.alias_of(iss).and_then(|a| self.inner.by_id.get(&a.tenant).cloned()) {
-            if !t.settings.explicit {
-                return Ok(t);
-            }
+        if let Some(t) = self
+            .alias_of(iss)
+            .and_then(|a| self.inner.by_id.get(&a.tenant).cloned())
+            && !t.settings.explicit
+        {
+            return Ok(t);
         }
         for t in &self.inner.templated {
             if t.trusts(iss, claims) {
@@ -444,7 +493,10 @@ impl Registry {
             }
         }
         Err(ValidateError::rejected(
-            Rejection::new(ErrorCode::UnknownIssuer, format!("no tenant trusts iss {}", echo(iss))),
+            Rejection::new(
+                ErrorCode::UnknownIssuer,
+                format!("no tenant trusts iss {}", echo(iss)),
+            ),
             None,
             None,
         ))
@@ -452,7 +504,13 @@ impl Registry {
 
     /// Records that a B2C policy's metadata declares `issuer` (the `/tfp/` form).
     pub fn add_alias(&self, issuer: &str, id: &KeySetId) {
-        if self.inner.aliases.get(issuer).map(|e| e.value() != id).unwrap_or(true) {
+        if self
+            .inner
+            .aliases
+            .get(issuer)
+            .map(|e| e.value() != id)
+            .unwrap_or(true)
+        {
             self.inner.aliases.insert(issuer.to_string(), id.clone());
         }
     }
@@ -480,7 +538,10 @@ impl Registry {
 
     /// Subscribes to key events of `tenants` (all when empty) and returns the snapshot of
     /// EXISTING events, atomically.
-    pub fn subscribe(&self, tenants: &[String]) -> (broadcast::Receiver<Arc<KeyEvent>>, Vec<KeyEvent>) {
+    pub fn subscribe(
+        &self,
+        tenants: &[String],
+    ) -> (broadcast::Receiver<Arc<KeyEvent>>, Vec<KeyEvent>) {
         self.inner.events.subscribe(|| self.snapshot(tenants))
     }
 
@@ -505,7 +566,14 @@ impl Registry {
     pub fn describe_skipped(skipped: &[SkippedKey]) -> String {
         skipped
             .iter()
-            .map(|s| format!("#{} ({}): {}", s.index, s.kid.as_deref().unwrap_or("no kid"), s.reason))
+            .map(|s| {
+                format!(
+                    "#{} ({}): {}",
+                    s.index,
+                    s.kid.as_deref().unwrap_or("no kid"),
+                    s.reason
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }

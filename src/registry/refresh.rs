@@ -88,10 +88,10 @@ impl RefreshControl {
             return Some(requested);
         }
         let now = Instant::now();
-        if let Some(t) = *last {
-            if now < t + cooldown {
-                return None;
-            }
+        if let Some(t) = *last
+            && now < t + cooldown
+        {
+            return None;
         }
         *last = Some(now);
         let generation = self.requested.fetch_add(1, Ordering::SeqCst) + 1;

@@ -87,19 +87,43 @@ mod tests {
     #[test]
     fn second_sighting_is_a_replay_until_expiry() {
         let c = ReplayCache::new(10);
-        assert_eq!(c.check_and_record_at("i", "j", 100.0, 10.0), ReplayOutcome::Fresh);
-        assert_eq!(c.check_and_record_at("i", "j", 100.0, 20.0), ReplayOutcome::Replayed);
-        assert_eq!(c.check_and_record_at("other", "j", 100.0, 20.0), ReplayOutcome::Fresh);
-        assert_eq!(c.check_and_record_at("i", "j", 200.0, 101.0), ReplayOutcome::Fresh);
+        assert_eq!(
+            c.check_and_record_at("i", "j", 100.0, 10.0),
+            ReplayOutcome::Fresh
+        );
+        assert_eq!(
+            c.check_and_record_at("i", "j", 100.0, 20.0),
+            ReplayOutcome::Replayed
+        );
+        assert_eq!(
+            c.check_and_record_at("other", "j", 100.0, 20.0),
+            ReplayOutcome::Fresh
+        );
+        assert_eq!(
+            c.check_and_record_at("i", "j", 200.0, 101.0),
+            ReplayOutcome::Fresh
+        );
     }
 
     #[test]
     fn bounded_and_expired_entries_leave() {
         let c = ReplayCache::new(2);
-        assert_eq!(c.check_and_record_at("i", "a", 50.0, 10.0), ReplayOutcome::Fresh);
-        assert_eq!(c.check_and_record_at("i", "b", 100.0, 10.0), ReplayOutcome::Fresh);
-        assert_eq!(c.check_and_record_at("i", "c", 100.0, 10.0), ReplayOutcome::Full);
-        assert_eq!(c.check_and_record_at("i", "c", 100.0, 60.0), ReplayOutcome::Fresh);
+        assert_eq!(
+            c.check_and_record_at("i", "a", 50.0, 10.0),
+            ReplayOutcome::Fresh
+        );
+        assert_eq!(
+            c.check_and_record_at("i", "b", 100.0, 10.0),
+            ReplayOutcome::Fresh
+        );
+        assert_eq!(
+            c.check_and_record_at("i", "c", 100.0, 10.0),
+            ReplayOutcome::Full
+        );
+        assert_eq!(
+            c.check_and_record_at("i", "c", 100.0, 60.0),
+            ReplayOutcome::Fresh
+        );
         assert_eq!(c.len(), 2);
     }
 }

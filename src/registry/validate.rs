@@ -110,16 +110,23 @@ impl Registry {
         let claims = Claims::parse(&jws.payload).map_err(reject)?;
         // 3. issuer
         let Some(iss) = claims.iss.clone() else {
-            return Err(reject(Rejection::new(ErrorCode::MissingClaim, "claim `iss` is required")));
+            return Err(reject(Rejection::new(
+                ErrorCode::MissingClaim,
+                "claim `iss` is required",
+            )));
         };
         let tenant = self.route(&iss, &claims, input.tenant)?;
         let tenant_id = tenant.id().to_string();
         let at_tenant = |r: Rejection| ValidateError::rejected(r, Some(tenant_id.clone()), None);
         let settings = &tenant.settings;
         // 4. header
-        let alg = jws.header.check(&settings.policy.algorithms).map_err(at_tenant)?;
+        let alg = jws
+            .header
+            .check(&settings.policy.algorithms)
+            .map_err(at_tenant)?;
         // 5. typ
-        claims::check_type(jws.header.typ.as_deref(), settings.policy.types.as_deref()).map_err(at_tenant)?;
+        claims::check_type(jws.header.typ.as_deref(), settings.policy.types.as_deref())
+            .map_err(at_tenant)?;
         // 6. time and required claims
         let time_policy = TimePolicy {
             clock_skew: settings.policy.clock_skew,
@@ -141,29 +148,35 @@ impl Registry {
             let p = tenant.policy_of(&claims).map_err(at_tenant)?;
             // An issuer in the `/tfp/{tenant}/{policy}/` form names its policy; the
             // token's claim must agree with it.
-            if let Some(alias) = self.alias_of(&iss) {
-                if alias.policy.as_deref() != Some(p.as_str()) {
-                    return Err(at_tenant(Rejection::new(
-                        ErrorCode::UnknownPolicy,
-                        "the token's policy claim differs from the policy in its issuer",
-                    )));
-                }
+            if let Some(alias) = self.alias_of(&iss)
+                && alias.policy.as_deref() != Some(p.as_str())
+            {
+                return Err(at_tenant(Rejection::new(
+                    ErrorCode::UnknownPolicy,
+                    "the token's policy claim differs from the policy in its issuer",
+                )));
             }
             Some(p)
         } else {
             None
         };
-        let at_policy = |r: Rejection| ValidateError::rejected(r, Some(tenant_id.clone()), policy.clone());
+        let at_policy =
+            |r: Rejection| ValidateError::rejected(r, Some(tenant_id.clone()), policy.clone());
         let id = KeySetId {
             tenant: tenant_id.clone(),
             policy: policy.clone(),
         };
         let state = self.key_set(&id).ok_or_else(|| {
-            at_policy(Rejection::new(ErrorCode::KeysUnavailable, "no key set is configured for this issuer"))
+            at_policy(Rejection::new(
+                ErrorCode::KeysUnavailable,
+                "no key set is configured for this issuer",
+            ))
         })?;
         // 9-10. key and signature
         let kid = jws.header.kid.clone();
-        let key = verify_with_refresh(&state, kid.as_deref(), alg, &jws).await.map_err(at_policy)?;
+        let key = verify_with_refresh(&state, kid.as_deref(), alg, &jws)
+            .await
+            .map_err(at_policy)?;
         // 11. replay
         if let Some(cache) = Registry::replay_of(&tenant) {
             let Some(jti) = claims.jti.as_deref() else {
@@ -172,11 +185,15 @@ impl Registry {
                     "claim `jti` is required for replay detection",
                 )));
             };
-            let expires = claims.exp.unwrap_or_else(now_secs) + settings.policy.clock_skew.as_secs_f64();
+            let expires =
+                claims.exp.unwrap_or_else(now_secs) + settings.policy.clock_skew.as_secs_f64();
             match cache.check_and_record(&iss, jti, expires) {
                 ReplayOutcome::Fresh => {}
                 ReplayOutcome::Replayed => {
-                    return Err(at_policy(Rejection::new(ErrorCode::Replayed, "jti was seen before")));
+                    return Err(at_policy(Rejection::new(
+                        ErrorCode::Replayed,
+                        "jti was seen before",
+                    )));
                 }
                 ReplayOutcome::Full => {
                     return Err(at_policy(Rejection::new(
@@ -200,7 +217,9 @@ impl Registry {
 fn lookup_rejection(lookup: KeyLookup, state: &KeySetState, kid: Option<&str>) -> Rejection {
     match lookup {
         KeyLookup::Verified(_) => Rejection::new(ErrorCode::InvalidSignature, "unreachable"),
-        KeyLookup::BadSignature => Rejection::new(ErrorCode::InvalidSignature, "signature does not verify"),
+        KeyLookup::BadSignature => {
+            Rejection::new(ErrorCode::InvalidSignature, "signature does not verify")
+        }
         KeyLookup::AlgorithmMismatch => Rejection::new(
             ErrorCode::AlgorithmNotAllowed,
             "the key named by kid is bound to another algorithm",
@@ -217,14 +236,23 @@ fn lookup_rejection(lookup: KeyLookup, state: &KeySetState, kid: Option<&str>) -
                     "the issuer's keys could not be fetched and none are known",
                 )
             } else if keys.is_empty() && !state.refresh.first_done() {
-                Rejection::new(ErrorCode::KeysUnavailable, "the issuer's keys are still being fetched")
+                Rejection::new(
+                    ErrorCode::KeysUnavailable,
+                    "the issuer's keys are still being fetched",
+                )
             } else {
                 match kid {
                     Some(k) => Rejection::new(
                         ErrorCode::UnknownKey,
-                        format!("no key with kid {}, even after a refresh", crate::jwt::echo(k)),
+                        format!(
+                            "no key with kid {}, even after a refresh",
+                            crate::jwt::echo(k)
+                        ),
                     ),
-                    None => Rejection::new(ErrorCode::UnknownKey, "token has no kid and no key of its algorithm"),
+                    None => Rejection::new(
+                        ErrorCode::UnknownKey,
+                        "token has no kid and no key of its algorithm",
+                    ),
                 }
             }
         }
@@ -246,7 +274,10 @@ async fn verify_with_refresh(
         KeyLookup::NotFound => match state.refresh.kid_miss(state.settings.unknown_kid_cooldown) {
             None => KeyLookup::NotFound,
             Some(generation) => {
-                state.refresh.wait(generation, Registry::kid_miss_wait(state)).await;
+                state
+                    .refresh
+                    .wait(generation, Registry::kid_miss_wait(state))
+                    .await;
                 state.keys().verify(kid, alg, message, &jws.signature)
             }
         },

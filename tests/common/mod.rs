@@ -67,26 +67,45 @@ pub struct FakeIdp {
     state: Arc<Mutex<IdpState>>,
 }
 
-async fn handle(State(state): State<Arc<Mutex<IdpState>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<Mutex<IdpState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
-    let seen = Seen { method: method.clone(), path: path.clone(), headers, body };
+    let seen = Seen {
+        method: method.clone(),
+        path: path.clone(),
+        headers,
+        body,
+    };
     let (behaviour, delay) = {
         let mut s = state.lock().expect("idp lock");
         *s.counts.entry(path.clone()).or_default() += 1;
         s.log.push(seen.clone());
-        (s.routes.get(&(method, path.clone())).cloned(), s.delays.get(&path).copied())
+        (
+            s.routes.get(&(method, path.clone())).cloned(),
+            s.delays.get(&path).copied(),
+        )
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     let (status, headers, body) = match behaviour {
         None => (404, vec![], b"not found".to_vec()),
-        Some(Behaviour::Json(v)) => (200, vec![("content-type".into(), "application/json".into())], v.to_string().into_bytes()),
+        Some(Behaviour::Json(v)) => (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            v.to_string().into_bytes(),
+        ),
         Some(Behaviour::Status(code)) => (code, vec![], b"fault".to_vec()),
         Some(Behaviour::Raw(code, body)) => (code, vec![], body),
         Some(Behaviour::Dynamic(f)) => f(&seen),
     };
-    let mut resp = Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    let mut resp = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     for (k, v) in headers {
         resp = resp.header(k, v);
     }
@@ -98,7 +117,9 @@ impl FakeIdp {
     pub async fn start() -> Self {
         let state = Arc::new(Mutex::new(IdpState::default()));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind idp");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -117,7 +138,11 @@ impl FakeIdp {
     }
 
     pub fn set(&self, method: Method, path: &str, b: Behaviour) {
-        self.state.lock().expect("lock").routes.insert((method, path.to_string()), b);
+        self.state
+            .lock()
+            .expect("lock")
+            .routes
+            .insert((method, path.to_string()), b);
     }
 
     pub fn set_json(&self, path: &str, v: Value) {
@@ -133,7 +158,13 @@ impl FakeIdp {
     }
 
     pub fn count(&self, path: &str) -> usize {
-        self.state.lock().expect("lock").counts.get(path).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .expect("lock")
+            .counts
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total(&self) -> usize {
@@ -141,13 +172,23 @@ impl FakeIdp {
     }
 
     pub fn requests(&self, path: &str) -> Vec<Seen> {
-        self.state.lock().expect("lock").log.iter().filter(|s| s.path == path).cloned().collect()
+        self.state
+            .lock()
+            .expect("lock")
+            .log
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
     }
 
     /// Serves a standard OIDC discovery document at `/.well-known/openid-configuration`
     /// pointing at `/jwks`, with `keys` published there.
     pub fn serve_oidc(&self, keys: &[&TestKey]) {
-        self.set_json("/.well-known/openid-configuration", self.discovery(&self.issuer(), "/jwks"));
+        self.set_json(
+            "/.well-known/openid-configuration",
+            self.discovery(&self.issuer(), "/jwks"),
+        );
         self.publish("/jwks", keys);
     }
 
@@ -221,20 +262,37 @@ impl TestKey {
         let kp = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa keygen");
         let ints = der_integers(kp.public_key().as_ref());
         let jwk = json!({"kty":"RSA","kid":kid,"alg":alg,"use":"sig","n":URL_SAFE_NO_PAD.encode(&ints[0]),"e":URL_SAFE_NO_PAD.encode(&ints[1])});
-        Self { kid: kid.into(), alg: alg.into(), jwk, signer: Signer::Rsa(kp) }
+        Self {
+            kid: kid.into(),
+            alg: alg.into(),
+            jwk,
+            signer: Signer::Rsa(kp),
+        }
     }
 
     pub fn ec(kid: &str) -> Self {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ec keygen");
-        let kp = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("ec parse");
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("ec keygen");
+        let kp = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .expect("ec parse");
         let p = kp.public_key().as_ref().to_vec();
         let jwk = json!({"kty":"EC","kid":kid,"alg":"ES256","use":"sig","crv":"P-256","x":URL_SAFE_NO_PAD.encode(&p[1..33]),"y":URL_SAFE_NO_PAD.encode(&p[33..65])});
-        Self { kid: kid.into(), alg: "ES256".into(), jwk, signer: Signer::Ec(kp) }
+        Self {
+            kid: kid.into(),
+            alg: "ES256".into(),
+            jwk,
+            signer: Signer::Ec(kp),
+        }
     }
 
     pub fn hmac(kid: &str, secret: &[u8]) -> Self {
-        Self { kid: kid.into(), alg: "HS256".into(), jwk: Value::Null, signer: Signer::Hmac(secret.to_vec()) }
+        Self {
+            kid: kid.into(),
+            alg: "HS256".into(),
+            jwk: Value::Null,
+            signer: Signer::Hmac(secret.to_vec()),
+        }
     }
 
     /// The same key material under another kid.
@@ -294,7 +352,10 @@ impl TestKey {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs() as i64
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 /// Standard claims: iss, sub, aud, iat, nbf, exp (+1h), jti.
@@ -305,7 +366,10 @@ pub fn claims(iss: &str, aud: &str) -> Value {
 
 /// Loads a YAML config (secrets from `env`), forces loopback port 0 and metrics off.
 pub fn settings_with_env(yaml: &str, env: &[(&str, &str)]) -> config::Settings {
-    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let lookup = move |name: &str| env.get(name).cloned();
     let mut s = config::load_str(yaml, &lookup, &[]).expect("test config loads");
     s.server.listen = "127.0.0.1:0".parse().expect("addr");
@@ -326,7 +390,8 @@ pub struct Harness {
 }
 
 pub async fn connect(addr: SocketAddr) -> Channel {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
     for _ in 0..100 {
         if let Ok(c) = endpoint.connect().await {
             return c;
@@ -337,28 +402,46 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 }
 
 pub async fn start(settings: config::Settings) -> Harness {
-    let server = introspectd::app::spawn(settings).await.expect("server starts");
+    let server = introspectd::app::spawn(settings)
+        .await
+        .expect("server starts");
     let channel = connect(server.addr).await;
-    Harness { client: TokenServiceClient::new(channel.clone()), server, channel }
+    Harness {
+        client: TokenServiceClient::new(channel.clone()),
+        server,
+        channel,
+    }
 }
 
 impl Harness {
     pub async fn validate(&mut self, req: pb::ValidateRequest) -> pb::ValidateResponse {
-        self.client.validate(req).await.expect("Validate RPC ok").into_inner()
+        self.client
+            .validate(req)
+            .await
+            .expect("Validate RPC ok")
+            .into_inner()
     }
 
     pub async fn validate_token(&mut self, token: &str) -> pb::ValidateResponse {
-        self.validate(pb::ValidateRequest { token: token.into(), ..Default::default() }).await
+        self.validate(pb::ValidateRequest {
+            token: token.into(),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Polls health for `service` until it reports `want` (bounded).
     pub async fn wait_health(&self, service: &str, want: i32) {
         let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
         for _ in 0..200 {
-            if let Ok(r) = h.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await {
-                if r.into_inner().status == want {
-                    return;
-                }
+            if let Ok(r) = h
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                && r.into_inner().status == want
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -367,10 +450,12 @@ impl Harness {
 
     pub async fn health(&self, service: &str) -> i32 {
         let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-        h.check(tonic_health::pb::HealthCheckRequest { service: service.into() })
-            .await
-            .map(|r| r.into_inner().status)
-            .unwrap_or(-1)
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
     }
 }
 
