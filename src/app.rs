@@ -18,6 +18,7 @@ use crate::{
         TokenServiceImpl,
         pb::{self, token_service_server::TokenServiceServer},
     },
+    introspect::Introspection,
     oidc::{self, HttpClient},
     registry::Registry,
 };
@@ -100,8 +101,16 @@ pub async fn run(
         max_token_bytes: server.max_token_bytes,
         max_watchers: server.max_watchers,
     };
-    let token_service = TokenServiceServer::new(TokenServiceImpl::new(registry.clone(), limits))
-        .max_decoding_message_size(server.max_message_bytes);
+    // One introspector per tenant with `introspection`, built once and shared by calls.
+    let introspection =
+        Introspection::new(&registry).context("building the introspection client")?;
+    for i in introspection.introspectors() {
+        info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
+    }
+    let token_service = TokenServiceServer::new(
+        TokenServiceImpl::new(registry.clone(), limits).with_introspector(introspection),
+    )
+    .max_decoding_message_size(server.max_message_bytes);
 
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(server.keepalive_interval))

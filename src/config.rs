@@ -1076,6 +1076,9 @@ fn resolve_tenant(
             env,
         )?),
     };
+    if let Some(i) = &introspection {
+        check_introspection_endpoints(&format!("{key}.introspection"), i, &keys)?;
+    }
 
     Ok(TenantSettings {
         id: t.id,
@@ -1165,6 +1168,26 @@ fn resolve_introspection(
         cache_entries,
         max_concurrency,
     })
+}
+
+/// Without discovery metadata (HMAC, `jwks_file`), nothing can name the endpoints, so the
+/// configuration has to.
+fn check_introspection_endpoints(
+    key: &str,
+    i: &IntrospectionSettings,
+    keys: &KeySource,
+) -> Result<(), ConfigError> {
+    if matches!(keys, KeySource::Discovery { .. } | KeySource::B2c(_)) {
+        return Ok(());
+    }
+    let why = "is required when the tenant's keys do not come from discovery metadata";
+    if i.endpoint.is_none() {
+        return Err(ConfigError::new(format!("{key}.endpoint"), why));
+    }
+    if i.auth == IntrospectionAuth::Bearer && i.token_endpoint.is_none() {
+        return Err(ConfigError::new(format!("{key}.token_endpoint"), why));
+    }
+    Ok(())
 }
 
 /// Several tenants may share an issuer only when a request's `tenant` tells them apart:
@@ -1379,6 +1402,25 @@ mod tests {
             s.tenants[0].policy.types,
             Some(vec!["at+jwt".to_string(), "jwt".to_string()])
         );
+    }
+
+    #[test]
+    fn introspection_without_metadata_needs_its_endpoints() {
+        let env = |_: &str| Some("0123456789abcdef0123456789abcdef".to_string());
+        let base = "tenants:\n  - id: a\n    issuer: https://a\n    algorithms: [HS256]\n    hmac_secret_env: S\n    introspection:\n      client_id: c\n      client_secret_env: C\n";
+        let err = load_str(base, &env, &[]).unwrap_err();
+        assert_eq!(err.key, "tenants[0].introspection.endpoint");
+        let bearer = format!("{base}      endpoint: https://a/introspect\n      auth: bearer\n");
+        let err = load_str(&bearer, &env, &[]).unwrap_err();
+        assert_eq!(err.key, "tenants[0].introspection.token_endpoint");
+        load_str(
+            &format!("{bearer}      token_endpoint: https://a/token\n"),
+            &env,
+            &[],
+        )
+        .expect("both named");
+        let discovery = "tenants:\n  - id: a\n    issuer: https://a\n    introspection:\n      client_id: c\n      client_secret_env: C\n      auth: bearer\n";
+        load_str(discovery, &env, &[]).expect("metadata may name both");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`keys`]: JWK ingestion and hygiene, verifying keys, `KeySet` snapshots.
 //! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline.
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
+//! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
+//!   opaque tokens, the client-credentials token cache and the answer cache.
 //! - [`events`]: key-rotation events and their bus.
 //! - [`grpc`]: the TokenService adapter and the one error-to-Status mapping.
 //! - [`app`]: wiring: registry, refreshers, services, serve, shutdown.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod dev;
 pub mod events;
 pub mod grpc;
+pub mod introspect;
 pub mod jwt;
 pub mod keys;
 pub mod oidc;

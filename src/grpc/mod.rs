@@ -3,6 +3,7 @@
 //! mapping from errors to `tonic::Status`.
 
 pub mod convert;
+pub mod introspect;
 mod token_service;
 
 pub use token_service::{KeyEventStream, Limits, TokenServiceImpl};

@@ -12,7 +12,10 @@ use super::{
     pb::{self, token_service_server::TokenService},
     split_validate_error,
 };
-use crate::registry::{Registry, ValidateInput};
+use crate::{
+    introspect::Introspection,
+    registry::{Registry, ValidateInput},
+};
 
 /// Limits applied at the boundary.
 #[derive(Debug, Clone, Copy)]
@@ -28,12 +31,38 @@ pub struct Limits {
 pub struct TokenServiceImpl {
     registry: Registry,
     limits: Limits,
+    introspection: Option<Introspection>,
 }
 
 impl TokenServiceImpl {
     /// A handler over `registry`.
     pub fn new(registry: Registry, limits: Limits) -> Self {
-        Self { registry, limits }
+        Self {
+            registry,
+            limits,
+            introspection: None,
+        }
+    }
+
+    /// Answers Introspect with `introspection` (its introspectors serve opaque tokens).
+    /// Without it, Introspect answers JWTs only.
+    pub fn with_introspector(mut self, introspection: Introspection) -> Self {
+        self.introspection = Some(introspection);
+        self
+    }
+
+    /// Introspect without the tonic wrapping, for handler tests.
+    pub async fn introspect_message(
+        &self,
+        req: &pb::IntrospectRequest,
+    ) -> Result<pb::IntrospectResponse, BoundaryError> {
+        match &self.introspection {
+            Some(i) => super::introspect::introspect_message(i, &self.limits, req).await,
+            None => {
+                let local = Introspection::local_only(self.registry.clone());
+                super::introspect::introspect_message(&local, &self.limits, req).await
+            }
+        }
     }
 
     /// Validate without the tonic wrapping, for handler tests and Introspect.
@@ -76,9 +105,10 @@ impl TokenService for TokenServiceImpl {
 
     async fn introspect(
         &self,
-        _request: Request<pb::IntrospectRequest>,
+        request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        Err(Status::unimplemented("Introspect is not implemented yet"))
+        let req = request.into_inner();
+        Ok(Response::new(self.introspect_message(&req).await?))
     }
 
     type WatchKeysStream = KeyEventStream;

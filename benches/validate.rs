@@ -1,0 +1,190 @@
+//! `cargo bench --bench validate`: the in-process Validate pipeline per algorithm, and
+//! signature verification with a key parsed once (as the service does) against
+//! `jsonwebtoken::decode`, which parses the key on every call. Prints the median time
+//! per operation over timed batches, and the ratio. Run on an idle machine; quote
+//! medians and ratios from one run.
+
+use std::{hint::black_box, time::Instant};
+
+use aws_lc_rs::{
+    rand::SystemRandom,
+    rsa::{KeyPair as RsaKeyPair, KeySize},
+    signature::{self as sig, EcdsaKeyPair, KeyPair as _},
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use introspectd::{
+    config::{self, KeySource},
+    registry::{Registry, ValidateInput},
+};
+use serde_json::{Value, json};
+
+const BATCHES: usize = 15;
+
+/// Median nanoseconds per call of `f`, over `BATCHES` batches of `per_batch` calls.
+fn median_ns(per_batch: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..per_batch {
+        f();
+    }
+    let mut samples: Vec<f64> = (0..BATCHES)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..per_batch {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / per_batch as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[BATCHES / 2]
+}
+
+fn der_integers(der: &[u8]) -> Vec<Vec<u8>> {
+    fn len(b: &[u8], i: &mut usize) -> usize {
+        let first = b[*i] as usize;
+        *i += 1;
+        if first < 0x80 {
+            return first;
+        }
+        let mut l = 0;
+        for _ in 0..(first & 0x7f) {
+            l = (l << 8) | b[*i] as usize;
+            *i += 1;
+        }
+        l
+    }
+    let mut i = 1;
+    let _ = len(der, &mut i);
+    let mut out = Vec::new();
+    while i < der.len() {
+        i += 1;
+        let l = len(der, &mut i);
+        let mut v = der[i..i + l].to_vec();
+        while v.len() > 1 && v[0] == 0 {
+            v.remove(0);
+        }
+        out.push(v);
+        i += l;
+    }
+    out
+}
+
+fn token(header: Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let s = URL_SAFE_NO_PAD.encode(sign(input.as_bytes()));
+    format!("{input}.{s}")
+}
+
+fn main() {
+    introspectd::install_crypto();
+    let rng = SystemRandom::new();
+    let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa");
+    let ints = der_integers(rsa.public_key().as_ref());
+    let (n, e) = (
+        URL_SAFE_NO_PAD.encode(&ints[0]),
+        URL_SAFE_NO_PAD.encode(&ints[1]),
+    );
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ec");
+    let ec = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+        .expect("ec");
+    let p = ec.public_key().as_ref().to_vec();
+    let jwks = json!({"keys": [
+        {"kty": "RSA", "kid": "rs", "alg": "RS256", "n": n, "e": e},
+        {"kty": "RSA", "kid": "ps", "alg": "PS256", "n": n, "e": e},
+        {"kty": "EC", "kid": "es", "alg": "ES256", "crv": "P-256",
+         "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])},
+    ]});
+    let yaml =
+        "tenants:\n  - id: bench\n    issuer: \"https://bench.example\"\n    audiences: [api]\n";
+    let mut settings = config::load_str(yaml, &|_| None, &[]).expect("config");
+    settings.tenants[0].keys = KeySource::Static { jwks };
+    let registry = Registry::new(&settings).expect("registry");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = json!({"iss": "https://bench.example", "sub": "u", "aud": "api", "iat": now, "exp": now + 3600, "scope": "read"});
+    let rs = token(json!({"alg": "RS256", "kid": "rs"}), &claims, |m| {
+        let mut out = vec![0; rsa.public_modulus_len()];
+        rsa.sign(&sig::RSA_PKCS1_SHA256, &rng, m, &mut out)
+            .expect("sign");
+        out
+    });
+    let ps = token(json!({"alg": "PS256", "kid": "ps"}), &claims, |m| {
+        let mut out = vec![0; rsa.public_modulus_len()];
+        rsa.sign(&sig::RSA_PSS_SHA256, &rng, m, &mut out)
+            .expect("sign");
+        out
+    });
+    let es = token(json!({"alg": "ES256", "kid": "es"}), &claims, |m| {
+        ec.sign(&rng, m).expect("sign").as_ref().to_vec()
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("{:<44} {:>12}", "benchmark", "median/op");
+    for (name, t) in [
+        ("validate RS256 (full pipeline)", &rs),
+        ("validate PS256 (full pipeline)", &ps),
+        ("validate ES256 (full pipeline)", &es),
+    ] {
+        let input = ValidateInput {
+            token: t,
+            ..Default::default()
+        };
+        let ns = median_ns(2000, || {
+            let r = rt.block_on(registry.validate(&input));
+            assert!(r.is_ok(), "{r:?}");
+            black_box(r.ok());
+        });
+        println!("{name:<44} {:>9.1} µs", ns / 1000.0);
+    }
+    let input = ValidateInput {
+        token: "x.y",
+        ..Default::default()
+    };
+    let ns = median_ns(20000, || {
+        black_box(rt.block_on(registry.validate(&input)).is_err());
+    });
+    println!(
+        "{:<44} {:>9.1} µs",
+        "reject malformed (no crypto)",
+        ns / 1000.0
+    );
+
+    // Parsed once vs jsonwebtoken::decode building its verifier from the components.
+    let ours = median_ns(2000, || {
+        black_box(
+            rt.block_on(registry.validate(&ValidateInput {
+                token: &rs,
+                ..Default::default()
+            }))
+            .is_ok(),
+        );
+    });
+    let key = jsonwebtoken::DecodingKey::from_rsa_components(&n, &e).expect("key");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&["api"]);
+    v.set_issuer(&["https://bench.example"]);
+    let theirs = median_ns(2000, || {
+        let r = jsonwebtoken::decode::<Value>(&rs, &key, &v);
+        assert!(r.is_ok(), "{r:?}");
+        black_box(r.ok());
+    });
+    println!(
+        "{:<44} {:>9.1} µs",
+        "jsonwebtoken::decode RS256 (key per call)",
+        theirs / 1000.0
+    );
+    println!(
+        "ratio jsonwebtoken::decode / validate RS256: {:.2}x",
+        theirs / ours
+    );
+}
