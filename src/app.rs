@@ -1,7 +1,8 @@
 //! Wiring only: builds the registry, starts the refreshers, mounts the gRPC services
-//! (TokenService, health, reflection), serves on a listener it is given (so tests bind
-//! port 0), and shuts down in order: health NOT_SERVING, streams and refreshers
-//! cancelled, in-flight calls drained within the grace period.
+//! (TokenService, health, reflection, and AdminService when `server.admin`), serves on
+//! a listener it is given (so tests bind port 0), and shuts down in order: health
+//! NOT_SERVING, streams and refreshers cancelled, in-flight calls drained within the
+//! grace period.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -15,8 +16,11 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     config::Settings,
     grpc::{
-        TokenServiceImpl,
-        pb::{self, token_service_server::TokenServiceServer},
+        AdminServiceImpl, TokenServiceImpl,
+        pb::{
+            self, admin_service_server::AdminServiceServer,
+            token_service_server::TokenServiceServer,
+        },
     },
     introspect::Introspection,
     oidc::{self, HttpClient},
@@ -108,9 +112,16 @@ pub async fn run(
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
     let token_service = TokenServiceServer::new(
-        TokenServiceImpl::new(registry.clone(), limits).with_introspector(introspection),
+        TokenServiceImpl::new(registry.clone(), limits)
+            .with_introspector(introspection)
+            .with_shutdown(cancel.clone()),
     )
     .max_decoding_message_size(server.max_message_bytes);
+    // Not in health: the operator view does not decide whether the pod takes traffic.
+    let admin_service = server.admin.then(|| {
+        AdminServiceServer::new(AdminServiceImpl::new(registry.clone()))
+            .max_decoding_message_size(server.max_message_bytes)
+    });
 
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(server.keepalive_interval))
@@ -146,6 +157,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(token_service)
+        .add_optional_service(admin_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 
     let grace = server.shutdown_grace;

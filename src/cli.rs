@@ -1,5 +1,8 @@
-//! The command line: `serve`, `check-config`, and the developer tools `token` and
-//! `validate`. Parsing here, work in the library; `main` only dispatches.
+//! The command line: `serve`, `check-config`, the developer tools `token` and
+//! `validate`, and the operator tools `watch` and `issuers` (in [`operator`]). Parsing
+//! here, work in the library; `main` only dispatches.
+
+pub mod operator;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -43,6 +46,10 @@ pub enum Command {
     Token(TokenArgs),
     /// Call Validate on a running server and print the answer as JSON.
     Validate(ValidateArgs),
+    /// Stream key events (WatchKeys) from a running server as JSON lines.
+    Watch(operator::WatchArgs),
+    /// Show every issuer's keys and fetch state (AdminService.ListIssuers) as a table.
+    Issuers(operator::IssuersArgs),
 }
 
 /// `serve` options.
@@ -125,6 +132,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         Command::Token(args) => report(token(args)),
         Command::Validate(args) => report(validate(args).await),
+        Command::Watch(args) => report(operator::watch(args).await),
+        Command::Issuers(args) => report(operator::issuers(args).await),
     }
 }
 

@@ -12,10 +12,12 @@
 //! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
 //!   opaque tokens, the client-credentials token cache and the answer cache.
 //! - [`events`]: key-rotation events and their bus.
-//! - [`grpc`]: the TokenService adapter and the one error-to-Status mapping.
+//! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
+//!   AdminService, and the one error-to-Status mapping.
 //! - [`app`]: wiring: registry, refreshers, services, serve, shutdown.
 //! - [`dev`]: the `--dev` issuer and its signing key.
-//! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`).
+//! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`, `watch`,
+//!   `issuers`).
 //! - [`telemetry`]: the tracing subscriber.
 
 #![forbid(unsafe_code)]

@@ -186,3 +186,129 @@ impl EventBus {
         (rx, snapshot())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::{
+        rand::SystemRandom,
+        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+    };
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    use jsonwebtoken::Algorithm;
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+    use crate::keys::IngestOptions;
+
+    const PUBLIC_MEMBERS: [&str; 9] = ["kty", "kid", "use", "alg", "crv", "x", "y", "n", "e"];
+
+    fn ec_jwk(kid: &str) -> Map<String, Value> {
+        let rng = SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .expect("parse");
+        let p = kp.public_key().as_ref();
+        let v = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
+            "x5t": "bm90LWEtY2VydA", "ext": true, "custom": "z"});
+        v.as_object().expect("object").clone()
+    }
+
+    fn opts(symmetric: bool) -> IngestOptions<'static> {
+        IngestOptions {
+            allow_symmetric: symmetric,
+            algorithms: &[Algorithm::ES256, Algorithm::HS256],
+        }
+    }
+
+    #[test]
+    fn key_info_carries_only_public_members() {
+        let jwk = ec_jwk("k1");
+        let key = VerifyingKey::from_jwk(&jwk, &opts(false)).expect("ingest");
+        let info = KeyInfo::of(&key).expect("public keys are described");
+        let streamed: Map<String, Value> = serde_json::from_str(&info.jwk).expect("json");
+        for member in streamed.keys() {
+            assert!(
+                PUBLIC_MEMBERS.contains(&member.as_str()),
+                "`{member}` streamed"
+            );
+        }
+        assert_eq!(streamed["x"], jwk["x"]);
+        assert_eq!(
+            (
+                info.kid.as_str(),
+                info.algorithm.as_str(),
+                info.key_type.as_str()
+            ),
+            ("k1", "ES256", "EC")
+        );
+        assert_eq!(info.thumbprint, key.thumbprint);
+        // A JWK holding a private member never becomes a key in the first place.
+        let mut private = jwk.clone();
+        private.insert("d".into(), "AAAA".into());
+        assert!(VerifyingKey::from_jwk(&private, &opts(false)).is_err());
+    }
+
+    #[test]
+    fn symmetric_keys_are_never_described_nor_diffed() {
+        let hmac =
+            VerifyingKey::hmac(Some("h".into()), &[1u8; 32], &[Algorithm::HS256]).expect("hmac");
+        assert!(KeyInfo::of(&hmac).is_none());
+        let oct = json!({"kty": "oct", "kid": "o", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode([2u8; 32])});
+        let oct =
+            VerifyingKey::from_jwk(oct.as_object().expect("object"), &opts(true)).expect("oct");
+        assert!(KeyInfo::of(&oct).is_none());
+        let public = VerifyingKey::from_jwk(&ec_jwk("p"), &opts(false)).expect("ec");
+        let (with, _) = KeySet::from_keys(vec![hmac, public]);
+        let origin = Origin {
+            tenant: "t",
+            policy: None,
+            issuer: "https://i",
+        };
+        let added = diff(&origin, &KeySet::empty(), &with, SystemTime::now());
+        let kids: Vec<&str> = added
+            .iter()
+            .filter_map(|e| e.key.as_ref())
+            .map(|k| k.kid.as_str())
+            .collect();
+        assert_eq!(kids, vec!["p"]);
+        let removed = diff(&origin, &with, &KeySet::empty(), SystemTime::now());
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].kind, KeyEventKind::Removed);
+    }
+
+    #[test]
+    fn added_come_before_removed() {
+        let origin = Origin {
+            tenant: "t",
+            policy: Some("B2C_1_x"),
+            issuer: "https://i",
+        };
+        let (old, _) = KeySet::from_keys(vec![
+            VerifyingKey::from_jwk(&ec_jwk("a"), &opts(false)).expect("a"),
+        ]);
+        let (new, _) = KeySet::from_keys(vec![
+            VerifyingKey::from_jwk(&ec_jwk("b"), &opts(false)).expect("b"),
+        ]);
+        let events = diff(&origin, &old, &new, SystemTime::now());
+        let seq: Vec<(KeyEventKind, &str)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.kind,
+                    e.key.as_ref().map(|k| k.kid.as_str()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seq,
+            vec![(KeyEventKind::Added, "b"), (KeyEventKind::Removed, "a")]
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.policy.as_deref() == Some("B2C_1_x"))
+        );
+    }
+}

@@ -1,16 +1,17 @@
 //! Conversions from core values to protobuf messages (`to_proto`), and of protobuf
 //! messages to JSON for the command-line tools.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prost_types::{ListValue, Struct, Timestamp, Value as PValue, value::Kind};
 use serde_json::{Map, Value};
 
 use super::pb;
 use crate::{
-    events::{KeyEvent, KeyEventKind},
+    events::{KeyEvent, KeyEventKind, KeyInfo},
     jwt::ErrorCode,
-    registry::{ValidateError, Validated},
+    keys::{KeyType, VerifyingKey},
+    registry::{KeySetState, Source, ValidateError, Validated},
 };
 
 /// A JSON value as a protobuf `Value`.
@@ -238,6 +239,102 @@ pub fn validate_response_json(r: &pb::ValidateResponse) -> Value {
     Value::Object(m)
 }
 
+/// A key as operators see it; a symmetric key shows no thumbprint (it would be a hash
+/// of the secret).
+pub fn key_summary(k: &VerifyingKey) -> pb::KeySummary {
+    pb::KeySummary {
+        key_id: k.kid.clone().unwrap_or_default(),
+        algorithm: k.algorithm_name(),
+        key_type: k.kty.as_str().to_string(),
+        thumbprint: if k.kty == KeyType::Oct {
+            String::new()
+        } else {
+            k.thumbprint.clone()
+        },
+    }
+}
+
+/// A streamed key's description as a [`pb::KeySummary`].
+pub fn key_info_summary(k: &KeyInfo) -> pb::KeySummary {
+    pb::KeySummary {
+        key_id: k.kid.clone(),
+        algorithm: k.algorithm.clone(),
+        key_type: k.key_type.clone(),
+        thumbprint: k.thumbprint.clone(),
+    }
+}
+
+/// One key set's state for `ListIssuers`.
+pub fn issuer_status(s: &KeySetState) -> pb::IssuerStatus {
+    let status = s.status();
+    let (source, metadata_url) = match &s.source {
+        Source::Discovery { metadata_url } => ("discovery", metadata_url.clone()),
+        Source::JwksFile { path } => ("jwks_file", path.display().to_string()),
+        Source::Static => ("static", String::new()),
+    };
+    let (last_error, last_error_at) = match &status.last_error {
+        Some((message, at)) => (message.clone(), Some(system_time(*at))),
+        None => (String::new(), None),
+    };
+    pb::IssuerStatus {
+        tenant: s.id.tenant.clone(),
+        policy: s.id.policy.clone().unwrap_or_default(),
+        issuer: s.issuer.clone(),
+        metadata_url,
+        jwks_uri: s.metadata().map(|m| m.jwks_uri.clone()).unwrap_or_default(),
+        source: source.to_string(),
+        keys: s.keys().iter().map(|k| key_summary(k)).collect(),
+        last_success: status.last_success.map(system_time),
+        last_error,
+        last_error_at,
+        last_failed: status.last_failed,
+        next_refresh: status.next_refresh.map(system_time),
+        fetches_ok: status.successes,
+        fetches_failed: status.failures,
+    }
+}
+
+/// A `Timestamp` as a `SystemTime` (`None` before the epoch or out of range).
+pub fn timestamp_to_system_time(t: &Timestamp) -> Option<SystemTime> {
+    let secs = u64::try_from(t.seconds).ok()?;
+    let nanos = u32::try_from(t.nanos).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// A `Timestamp` in RFC 3339 (UTC, millisecond precision), or JSON null.
+pub fn timestamp_json(t: &Option<Timestamp>) -> Value {
+    match t.as_ref().and_then(timestamp_to_system_time) {
+        Some(st) => Value::String(humantime::format_rfc3339_millis(st).to_string()),
+        None => Value::Null,
+    }
+}
+
+/// A streamed key event as one JSON object, for `introspectd watch`: `type` is the enum
+/// value's name, `jwk` the parsed public JWK (null when the event has none).
+pub fn key_event_json(e: &pb::KeyEvent) -> Value {
+    let kind = pb::KeyEventType::try_from(e.r#type)
+        .map(|k| k.as_str_name().to_string())
+        .unwrap_or_else(|_| e.r#type.to_string());
+    let jwk = if e.jwk.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&e.jwk).unwrap_or_else(|_| Value::String(e.jwk.clone()))
+    };
+    serde_json::json!({
+        "type": kind,
+        "tenant": e.tenant,
+        "policy": e.policy,
+        "issuer": e.issuer,
+        "key_id": e.key_id,
+        "algorithm": e.algorithm,
+        "key_type": e.key_type,
+        "thumbprint": e.thumbprint,
+        "jwk": jwk,
+        "observed_at": timestamp_json(&e.observed_at),
+        "message": e.message,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +344,50 @@ mod tests {
         let v = serde_json::json!({"a": 1, "b": [true, null, "x"], "c": {"d": 1.5}});
         let s = json_to_struct(v.as_object().expect("obj"));
         assert_eq!(Value::Object(struct_to_json(&s)), v);
+    }
+
+    #[test]
+    fn key_events_as_json_lines() {
+        let e = pb::KeyEvent {
+            r#type: pb::KeyEventType::Added as i32,
+            tenant: "demo".into(),
+            key_id: "k1".into(),
+            jwk: r#"{"kty":"EC","crv":"P-256","x":"AA","y":"BB"}"#.into(),
+            observed_at: Some(Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 250_000_000,
+            }),
+            ..Default::default()
+        };
+        let v = key_event_json(&e);
+        assert_eq!(v["type"], "KEY_EVENT_TYPE_ADDED");
+        assert_eq!(v["jwk"]["kty"], "EC", "the jwk is parsed, not a string");
+        assert_eq!(v["observed_at"], "2023-11-14T22:13:20.250Z");
+        assert_eq!(v["policy"], "");
+        let synced = key_event_json(&pb::KeyEvent {
+            r#type: pb::KeyEventType::Synced as i32,
+            ..Default::default()
+        });
+        assert_eq!(synced["jwk"], Value::Null);
+        assert_eq!(synced["observed_at"], Value::Null);
+        let line = serde_json::to_string(&v).expect("json");
+        assert!(!line.contains('\n'), "one event per line");
+    }
+
+    #[test]
+    fn symmetric_keys_show_no_thumbprint() {
+        let k = VerifyingKey::hmac(
+            Some("h".into()),
+            &[7u8; 32],
+            &[jsonwebtoken::Algorithm::HS256],
+        )
+        .expect("hmac");
+        let s = key_summary(&k);
+        assert_eq!(
+            (s.key_id.as_str(), s.algorithm.as_str(), s.key_type.as_str()),
+            ("h", "HS256", "oct")
+        );
+        assert!(s.thumbprint.is_empty());
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! The gRPC adapter: generated code fenced in [`pb`], the `TokenService` implementation,
+//! The gRPC adapter: generated code fenced in [`pb`], the `TokenService` implementation
+//! (its `WatchKeys` stream in [`watch`]), the operator `AdminService` in [`admin`],
 //! parsing of requests at the boundary, conversion of core values `to_proto`, and the ONE
 //! mapping from errors to `tonic::Status`.
 
+pub mod admin;
 pub mod convert;
 pub mod introspect;
 mod token_service;
+pub mod watch;
 
+pub use admin::AdminServiceImpl;
 pub use token_service::{KeyEventStream, Limits, TokenServiceImpl};
 
 /// Generated protobuf and gRPC code for `introspect.v1`.
@@ -48,6 +52,10 @@ pub enum BoundaryError {
     /// An upstream could not answer.
     #[error("{0}")]
     Unavailable(String),
+    /// The request is well-formed but the target does not support it (e.g. refreshing
+    /// keys that are never fetched).
+    #[error("{0}")]
+    Precondition(String),
 }
 
 /// The one mapping from errors to gRPC statuses. Messages are terse and token-free;
@@ -60,6 +68,7 @@ pub fn to_status(err: &BoundaryError) -> Status {
         | BoundaryError::Request(_) => Status::invalid_argument(err.to_string()),
         BoundaryError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
         BoundaryError::Unavailable(_) => Status::unavailable(err.to_string()),
+        BoundaryError::Precondition(_) => Status::failed_precondition(err.to_string()),
     }
 }
 
@@ -145,6 +154,10 @@ mod tests {
         assert_eq!(
             to_status(&BoundaryError::Unavailable("x".into())).code(),
             tonic::Code::Unavailable
+        );
+        assert_eq!(
+            to_status(&BoundaryError::Precondition("x".into())).code(),
+            tonic::Code::FailedPrecondition
         );
     }
 }

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
@@ -11,6 +12,7 @@ use super::{
     BoundaryError, convert, non_empty, parse_token,
     pb::{self, token_service_server::TokenService},
     split_validate_error,
+    watch::{self, Watchers},
 };
 use crate::{
     introspect::Introspection,
@@ -32,6 +34,10 @@ pub struct TokenServiceImpl {
     registry: Registry,
     limits: Limits,
     introspection: Option<Introspection>,
+    /// Open WatchKeys streams, capped at `limits.max_watchers`.
+    watchers: Watchers,
+    /// Ends every WatchKeys stream (with OK) when cancelled.
+    shutdown: Option<CancellationToken>,
 }
 
 impl TokenServiceImpl {
@@ -41,6 +47,8 @@ impl TokenServiceImpl {
             registry,
             limits,
             introspection: None,
+            watchers: Watchers::new(limits.max_watchers),
+            shutdown: None,
         }
     }
 
@@ -49,6 +57,17 @@ impl TokenServiceImpl {
     pub fn with_introspector(mut self, introspection: Introspection) -> Self {
         self.introspection = Some(introspection);
         self
+    }
+
+    /// Ends every WatchKeys stream cleanly when `token` is cancelled (the app's shutdown).
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// The WatchKeys subscriber count.
+    pub fn watchers(&self) -> &Watchers {
+        &self.watchers
     }
 
     /// Introspect without the tonic wrapping, for handler tests.
@@ -115,8 +134,10 @@ impl TokenService for TokenServiceImpl {
 
     async fn watch_keys(
         &self,
-        _request: Request<pb::WatchKeysRequest>,
+        request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
-        Err(Status::unimplemented("WatchKeys is not implemented yet"))
+        let req = request.into_inner();
+        let stream = watch::open(&self.registry, &self.watchers, self.shutdown.clone(), &req)?;
+        Ok(Response::new(stream))
     }
 }

@@ -1,0 +1,294 @@
+//! `introspect.v1.AdminService`, the operator view: every key set's keys and fetch
+//! history (`ListIssuers`), and a forced refresh of one key set that reports what changed
+//! (`RefreshIssuer`). It reads the registry and drives refreshes through the same
+//! single-flight [`crate::registry::RefreshControl`] as Validate, so an operator can
+//! never cause more than one fetch in flight per key set.
+
+use std::{sync::Arc, time::SystemTime};
+
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::{
+    BoundaryError, convert,
+    pb::{self, admin_service_server::AdminService},
+};
+use crate::{
+    events::{self, Origin},
+    jwt::echo,
+    registry::{KeySetState, Registry, RequestError},
+};
+
+/// The AdminService handler (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct AdminServiceImpl {
+    registry: Registry,
+}
+
+impl AdminServiceImpl {
+    /// A handler over `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    /// ListIssuers without the tonic wrapping.
+    pub fn list_issuers_message(
+        &self,
+        req: &pb::ListIssuersRequest,
+    ) -> Result<pb::ListIssuersResponse, BoundaryError> {
+        for t in &req.tenants {
+            if self.registry.tenant(t).is_none() {
+                return Err(RequestError::UnknownTenant(t.clone()).into());
+            }
+        }
+        let issuers = self
+            .registry
+            .key_sets()
+            .iter()
+            .filter(|s| req.tenants.is_empty() || req.tenants.contains(&s.id.tenant))
+            .map(|s| convert::issuer_status(s))
+            .collect();
+        Ok(pb::ListIssuersResponse { issuers })
+    }
+
+    /// The key set a RefreshIssuer request names: a tenant, plus its policy for B2C
+    /// (compared case-insensitively, as B2C does).
+    pub fn find(&self, tenant: &str, policy: &str) -> Result<Arc<KeySetState>, BoundaryError> {
+        if tenant.is_empty() {
+            return Err(BoundaryError::Invalid("tenant is required".into()));
+        }
+        if self.registry.tenant(tenant).is_none() {
+            return Err(RequestError::UnknownTenant(tenant.to_string()).into());
+        }
+        let sets: Vec<Arc<KeySetState>> = self
+            .registry
+            .key_sets()
+            .into_iter()
+            .filter(|s| s.id.tenant == tenant)
+            .collect();
+        let policies: Vec<&str> = sets.iter().filter_map(|s| s.id.policy.as_deref()).collect();
+        match (policies.is_empty(), policy.is_empty()) {
+            (true, true) => sets
+                .first()
+                .cloned()
+                .ok_or_else(|| BoundaryError::Invalid(format!("tenant `{tenant}` has no key set"))),
+            (true, false) => Err(BoundaryError::Invalid(format!(
+                "tenant `{tenant}` is not a B2C tenant; policy {} does not apply",
+                echo(policy)
+            ))),
+            (false, true) => Err(BoundaryError::Invalid(format!(
+                "tenant `{tenant}` is a B2C tenant: name one of its policies ({})",
+                policies.join(", ")
+            ))),
+            (false, false) => sets
+                .iter()
+                .find(|s| {
+                    s.id.policy
+                        .as_deref()
+                        .is_some_and(|p| p.eq_ignore_ascii_case(policy))
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    BoundaryError::Invalid(format!(
+                        "tenant `{tenant}` has no policy {}",
+                        echo(policy)
+                    ))
+                }),
+        }
+    }
+
+    /// RefreshIssuer without the tonic wrapping: forces a full refresh (joining one in
+    /// flight), waits at most the tenant's `fetch_timeout`, and reports the difference
+    /// between the keys before and after, by the same rule as WatchKeys' ADDED/REMOVED.
+    pub async fn refresh_issuer_message(
+        &self,
+        req: &pb::RefreshIssuerRequest,
+    ) -> Result<pb::RefreshIssuerResponse, BoundaryError> {
+        let state = self.find(&req.tenant, &req.policy)?;
+        let before = state.keys();
+        let generation = state.refresh.force().ok_or_else(|| {
+            BoundaryError::Precondition(format!(
+                "the keys of `{}` come from the configuration and are never fetched",
+                state.id
+            ))
+        })?;
+        info!(key_set = %state.id, generation, "operator forced a key refresh");
+        let timeout = state.settings.fetch_timeout;
+        let finished = state.refresh.wait(generation, timeout).await;
+        let after = state.keys();
+        let origin = Origin {
+            tenant: &state.id.tenant,
+            policy: state.id.policy.as_deref(),
+            issuer: &state.issuer,
+        };
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for e in events::diff(&origin, &before, &after, SystemTime::now()) {
+            let Some(k) = e.key.as_ref() else { continue };
+            match e.kind {
+                events::KeyEventKind::Added => added.push(convert::key_info_summary(k)),
+                _ => removed.push(convert::key_info_summary(k)),
+            }
+        }
+        let status = state.status();
+        let (refreshed, error) = if !finished {
+            (
+                false,
+                format!(
+                    "the refresh did not finish within {}; it continues in the background",
+                    humantime::format_duration(timeout)
+                ),
+            )
+        } else if status.last_failed {
+            let message = status.last_error.map(|(m, _)| m).unwrap_or_default();
+            (false, message)
+        } else {
+            (true, String::new())
+        };
+        Ok(pb::RefreshIssuerResponse {
+            refreshed,
+            added,
+            removed,
+            error,
+            issuer: Some(convert::issuer_status(&state)),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServiceImpl {
+    async fn list_issuers(
+        &self,
+        request: Request<pb::ListIssuersRequest>,
+    ) -> Result<Response<pb::ListIssuersResponse>, Status> {
+        Ok(Response::new(
+            self.list_issuers_message(&request.into_inner())?,
+        ))
+    }
+
+    async fn refresh_issuer(
+        &self,
+        request: Request<pb::RefreshIssuerRequest>,
+    ) -> Result<Response<pb::RefreshIssuerResponse>, Status> {
+        Ok(Response::new(
+            self.refresh_issuer_message(&request.into_inner()).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn admin() -> AdminServiceImpl {
+        let yaml = "tenants:\n  - id: file\n    issuer: https://f.example\n    audiences: [x]\n    jwks_file: /nonexistent/f.json\n  - id: b2c\n    issuer: https://b.example/\n    audiences: [x]\n    b2c:\n      metadata_url: https://b.example/{policy}/.well-known/openid-configuration\n      policies: [B2C_1_signin, B2C_1_reset]\n  - id: first-party\n    issuer: https://fp.example\n    audiences: [x]\n    algorithms: [HS256]\n    hmac_secret_env: SECRET\n";
+        let env = |name: &str| (name == "SECRET").then(|| "s".repeat(32));
+        let settings = config::load_str(yaml, &env, &[]).expect("config");
+        AdminServiceImpl::new(Registry::new(&settings).expect("registry"))
+    }
+
+    #[test]
+    fn list_issuers_covers_every_key_set_and_filters_by_tenant() {
+        let a = admin();
+        let all = a
+            .list_issuers_message(&pb::ListIssuersRequest::default())
+            .expect("list");
+        let ids: Vec<(String, String, String)> = all
+            .issuers
+            .iter()
+            .map(|i| (i.tenant.clone(), i.policy.clone(), i.source.clone()))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("b2c".into(), "B2C_1_reset".into(), "discovery".into()),
+                ("b2c".into(), "B2C_1_signin".into(), "discovery".into()),
+                ("file".into(), String::new(), "jwks_file".into()),
+                ("first-party".into(), String::new(), "static".into()),
+            ]
+        );
+        assert_eq!(
+            all.issuers[1].metadata_url,
+            "https://b.example/B2C_1_signin/.well-known/openid-configuration"
+        );
+        let fp = &all.issuers[3];
+        assert_eq!(fp.keys.len(), 1);
+        assert_eq!(fp.keys[0].key_type, "oct");
+        assert!(
+            fp.keys[0].thumbprint.is_empty(),
+            "no hash of a secret is shown"
+        );
+        assert!(fp.last_success.is_some());
+        let one = a
+            .list_issuers_message(&pb::ListIssuersRequest {
+                tenants: vec!["file".into()],
+            })
+            .expect("list");
+        assert_eq!(one.issuers.len(), 1);
+        let err = a
+            .list_issuers_message(&pb::ListIssuersRequest {
+                tenants: vec!["nope".into()],
+            })
+            .expect_err("unknown tenant");
+        assert_eq!(
+            super::super::to_status(&err).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn refresh_targets_are_checked() {
+        let a = admin();
+        let code = |t: &str, p: &str| {
+            a.find(t, p)
+                .map(|s| s.id.to_string())
+                .map_err(|e| super::super::to_status(&e).code())
+        };
+        assert_eq!(code("b2c", "b2c_1_SIGNIN"), Ok("b2c/B2C_1_signin".into()));
+        assert_eq!(code("file", ""), Ok("file".into()));
+        assert_eq!(code("", ""), Err(tonic::Code::InvalidArgument));
+        assert_eq!(code("nope", ""), Err(tonic::Code::InvalidArgument));
+        assert_eq!(code("b2c", ""), Err(tonic::Code::InvalidArgument));
+        assert_eq!(
+            code("b2c", "B2C_1_other"),
+            Err(tonic::Code::InvalidArgument)
+        );
+        assert_eq!(
+            code("file", "B2C_1_signin"),
+            Err(tonic::Code::InvalidArgument)
+        );
+    }
+
+    #[tokio::test]
+    async fn static_keys_cannot_be_refreshed() {
+        let a = admin();
+        let err = a
+            .refresh_issuer_message(&pb::RefreshIssuerRequest {
+                tenant: "first-party".into(),
+                policy: String::new(),
+            })
+            .await
+            .expect_err("static");
+        assert_eq!(
+            super::super::to_status(&err).code(),
+            tonic::Code::FailedPrecondition
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_nobody_serves_times_out_with_an_error_not_a_hang() {
+        // No refresher runs in this test, so the forced refresh never completes.
+        let a = admin();
+        let r = a
+            .refresh_issuer_message(&pb::RefreshIssuerRequest {
+                tenant: "file".into(),
+                policy: String::new(),
+            })
+            .await
+            .expect("answer");
+        assert!(!r.refreshed);
+        assert!(r.error.contains("did not finish within"), "{}", r.error);
+        assert!(r.added.is_empty() && r.removed.is_empty());
+    }
+}
