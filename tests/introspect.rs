@@ -927,3 +927,21 @@ async fn secrets_and_tokens_never_reach_the_logs() {
         );
     }
 }
+
+#[tokio::test]
+async fn introspecting_a_jwt_does_not_use_it_up_under_replay_detection() {
+    let idp = FakeIdp::start().await;
+    let key = TestKey::ec("k1");
+    idp.serve_oidc(&[&key]);
+    let mut h = serve(&oidc_tenant(&idp, "    replay_detection: true\n")).await;
+    let t = key.token(&claims(&idp.issuer(), "api://demo"));
+    active(&h, &t).await;
+    active(&h, &t).await;
+    assert!(
+        h.validate_token(&t).await.valid,
+        "introspection recorded the jti"
+    );
+    assert_eq!(code(&h.validate_token(&t).await), pb::ErrorCode::Replayed);
+    let after = introspect(&h, req(&t)).await.expect("Introspect ok");
+    assert!(!after.active, "a replayed token is not active");
+}

@@ -12,20 +12,7 @@ use introspectd::{
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-const ALL: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+const ALL: [Algorithm; 12] = introspectd::keys::SUPPORTED_ALGORITHMS;
 
 /// Cases whose label is wrong, per the README's errata: (tcId, verdict a correct verifier gives).
 fn errata(file: &str) -> HashMap<u64, bool> {

@@ -96,6 +96,7 @@ impl TokenServiceImpl {
             audiences: &req.audiences,
             required_scopes: &req.required_scopes,
             nonce: non_empty(&req.nonce),
+            peek_replay: false,
         };
         match self.registry.validate(&input).await {
             Ok(v) => Ok(convert::validated(&v)),

@@ -491,6 +491,7 @@ impl Introspection {
         let validate = ValidateInput {
             token: input.token,
             tenant: input.tenant,
+            peek_replay: true,
             ..ValidateInput::default()
         };
         match self.registry.validate(&validate).await {

@@ -46,6 +46,15 @@ impl ReplayCache {
         self.check_and_record_at(iss, jti, expires, now_secs())
     }
 
+    /// Whether `(iss, jti)` was seen and has not expired, without recording it.
+    pub fn peek(&self, iss: &str, jti: &str) -> ReplayOutcome {
+        let now = now_secs();
+        match self.seen.get(&(iss.to_string(), jti.to_string())) {
+            Some(exp) if *exp > now => ReplayOutcome::Replayed,
+            _ => ReplayOutcome::Fresh,
+        }
+    }
+
     fn check_and_record_at(&self, iss: &str, jti: &str, expires: f64, now: f64) -> ReplayOutcome {
         if self.seen.len() >= self.capacity {
             self.seen.retain(|_, exp| *exp > now);
@@ -103,6 +112,16 @@ mod tests {
             c.check_and_record_at("i", "j", 200.0, 101.0),
             ReplayOutcome::Fresh
         );
+    }
+
+    #[test]
+    fn peek_does_not_record() {
+        let c = ReplayCache::new(10);
+        assert_eq!(c.peek("i", "j"), ReplayOutcome::Fresh);
+        assert_eq!(c.peek("i", "j"), ReplayOutcome::Fresh);
+        assert!(c.is_empty());
+        c.check_and_record("i", "j", f64::MAX);
+        assert_eq!(c.peek("i", "j"), ReplayOutcome::Replayed);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct ValidateInput<'a> {
     pub required_scopes: &'a [String],
     /// Expected `nonce`.
     pub nonce: Option<&'a str>,
+    /// Check replay detection without recording the token (Introspect asks about a
+    /// token; it does not use it).
+    pub peek_replay: bool,
 }
 
 /// An accepted token.
@@ -187,7 +190,12 @@ impl Registry {
             };
             let expires =
                 claims.exp.unwrap_or_else(now_secs) + settings.policy.clock_skew.as_secs_f64();
-            match cache.check_and_record(&iss, jti, expires) {
+            let outcome = if input.peek_replay {
+                cache.peek(&iss, jti)
+            } else {
+                cache.check_and_record(&iss, jti, expires)
+            };
+            match outcome {
                 ReplayOutcome::Fresh => {}
                 ReplayOutcome::Replayed => {
                     return Err(at_policy(Rejection::new(
