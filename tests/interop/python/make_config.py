@@ -113,7 +113,8 @@ env = {
         "oidc": {"id": OIDC, "cache_ttl_seconds": 1, "clock_skew_seconds": 1},
         "rotating": {"id": ROTATING, "refresh_interval_seconds": 2},
         "b2c": {"id": B2C, "policies": POLICIES},
-        "down": {"id": DOWN, "issuer": down_issuer, "audience": "api://down", "fetch_timeout_seconds": 3},
+        "down": {"id": DOWN, "issuer": down_issuer, "audience": "api://down", "fetch_timeout_seconds": 3,
+                 "unknown_kid_cooldown_seconds": 1},
     },
 }
 

@@ -509,6 +509,9 @@ def down_refresh_failed():
             raise AssertionError(f"WatchKeys sent no SYNCED within 10 s: {events}")
         if errors:
             raise AssertionError(f"WatchKeys failed: {errors[0]}")
+        # The previous check's Validate started a kid-miss fetch; one more is allowed only
+        # once unknown_kid_cooldown has passed.
+        time.sleep(DOWN["unknown_kid_cooldown_seconds"] + 0.3)
         validate(token)  # needs keys: a fetch, which fails
         wait_until(lambda: failed, DOWN["fetch_timeout_seconds"] + 3)
     finally:
