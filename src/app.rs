@@ -48,35 +48,68 @@ pub struct AppState {
 }
 
 /// Serves until `shutdown` resolves, then shuts down gracefully. Binds
-/// `server.metrics_listen` itself (when set).
+/// `server.metrics_listen` and `server.health_listen` itself (when set).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics_listener = bind_metrics(&settings).await?;
-    run_with_metrics_listener(settings, listener, metrics_listener, shutdown).await
+    let listeners = Listeners {
+        grpc: listener,
+        metrics: bind_optional(settings.server.metrics_listen, "server.metrics_listen").await?,
+        health: bind_optional(settings.server.health_listen, "server.health_listen").await?,
+    };
+    run_with_listeners(settings, listeners, shutdown).await
 }
 
-async fn bind_metrics(settings: &Settings) -> anyhow::Result<Option<TcpListener>> {
-    match settings.server.metrics_listen {
+async fn bind_optional(addr: Option<SocketAddr>, key: &str) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
         None => Ok(None),
-        Some(addr) => {
-            Ok(Some(TcpListener::bind(addr).await.with_context(|| {
-                format!("binding server.metrics_listen {addr}")
-            })?))
-        }
+        Some(addr) => Ok(Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {key} {addr}"))?,
+        )),
     }
 }
 
-/// Like [`run`], with the metrics listener bound by the caller (`None`: no metrics
-/// endpoint, whatever `server.metrics_listen` says).
-pub async fn run_with_metrics_listener(
+/// The sockets a server serves on, bound before it starts (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: every service (`server.listen`).
+    pub grpc: TcpListener,
+    /// Prometheus `/metrics` (`server.metrics_listen`).
+    pub metrics: Option<TcpListener>,
+    /// Plaintext grpc.health.v1 only (`server.health_listen`), for kubelet gRPC probes
+    /// when the main listener uses TLS.
+    pub health: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listener the settings ask for.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let server = &settings.server;
+        Ok(Self {
+            grpc: TcpListener::bind(server.listen)
+                .await
+                .with_context(|| format!("binding server.listen {}", server.listen))?,
+            metrics: bind_optional(server.metrics_listen, "server.metrics_listen").await?,
+            health: bind_optional(server.health_listen, "server.health_listen").await?,
+        })
+    }
+}
+
+/// Like [`run`], with every listener bound by the caller.
+pub async fn run_with_listeners(
     settings: Settings,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+        health: health_listener,
+    } = listeners;
     crate::install_crypto();
     // A bad certificate or key is a configuration error (exit 2), found before anything starts.
     let tls = match &settings.server.tls {
@@ -182,6 +215,29 @@ pub async fn run_with_metrics_listener(
     let token_service =
         TokenServiceServer::new(token_impl).max_decoding_message_size(server.max_message_bytes);
     let health_service = health_service.max_decoding_message_size(server.max_message_bytes);
+    if let Some(l) = health_listener {
+        // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
+        // the reporter, so it answers exactly what the main listener answers.
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        info!(%addr, "serving plaintext grpc.health.v1 for probes");
+        let svc = health_service.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(
+            async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(l),
+                        cancel.cancelled_owned(),
+                    )
+                    .await;
+                if let Err(e) = r {
+                    warn!(error = %e, "health listener failed");
+                }
+            }
+            .instrument(info_span!("health_listener")),
+        );
+    }
     // Not in health: the operator view does not decide whether the pod takes traffic.
     let admin_service = server.admin.then(|| {
         AdminServiceServer::new(AdminServiceImpl::new(registry.clone()))
@@ -285,6 +341,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The bound metrics address, when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound plaintext health address, when `server.health_listen` is set.
+    pub health_addr: Option<SocketAddr>,
     stop: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -307,27 +365,25 @@ impl RunningServer {
     }
 }
 
-/// Binds `settings.server.listen` and `server.metrics_listen` (port 0 picks a free port)
-/// and serves in the background.
+/// Binds every listener of `settings` (port 0 picks a free port) and serves in the
+/// background.
 pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
-    let listener = TcpListener::bind(settings.server.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.server.listen))?;
-    let addr = listener.local_addr()?;
-    let metrics_listener = bind_metrics(&settings).await?;
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let listeners = Listeners::bind(&settings).await?;
+    let addr = listeners.grpc.local_addr()?;
+    let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let health_addr = listeners.health.as_ref().and_then(|l| l.local_addr().ok());
     let stop = CancellationToken::new();
     let signal = {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     };
     let handle = tokio::spawn(
-        run_with_metrics_listener(settings, listener, metrics_listener, signal)
-            .instrument(info_span!("server", %addr)),
+        run_with_listeners(settings, listeners, signal).instrument(info_span!("server", %addr)),
     );
     Ok(RunningServer {
         addr,
         metrics_addr,
+        health_addr,
         stop,
         handle,
     })

@@ -146,6 +146,9 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Prometheus listen address; `None` turns metrics off.
     pub metrics_listen: Option<SocketAddr>,
+    /// A plaintext listener serving only grpc.health.v1 (for kubelet gRPC probes when
+    /// `tls` is on); `None`: none.
+    pub health_listen: Option<SocketAddr>,
     /// Larger tokens are INVALID_ARGUMENT, never parsed.
     pub max_token_bytes: usize,
     /// Cap on concurrent `WatchKeys` streams.
@@ -346,6 +349,7 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     metrics_listen: Option<String>,
+    health_listen: Option<String>,
     max_token_bytes: Option<usize>,
     max_watchers: Option<usize>,
     admin: Option<bool>,
@@ -724,6 +728,11 @@ fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {
         Some(v) if v.trim().is_empty() => None,
         Some(v) => Some(socket_addr("server.metrics_listen", v)?),
     };
+    let health_listen = match s.health_listen.as_deref() {
+        None => None,
+        Some(v) if v.trim().is_empty() => None,
+        Some(v) => Some(socket_addr("server.health_listen", v)?),
+    };
     let max_token_bytes = s.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if max_token_bytes == 0 {
         return Err(ConfigError::new(
@@ -744,6 +753,7 @@ fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {
     Ok(ServerSettings {
         listen,
         metrics_listen,
+        health_listen,
         max_token_bytes,
         max_watchers: s.max_watchers.unwrap_or(DEFAULT_MAX_WATCHERS),
         admin: s.admin.unwrap_or(true),

@@ -189,6 +189,7 @@ impl DevKey {
             server: ServerSettings {
                 listen,
                 metrics_listen: None,
+                health_listen: None,
                 max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
                 max_watchers: DEFAULT_MAX_WATCHERS,
                 admin: true,

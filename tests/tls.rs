@@ -395,3 +395,42 @@ async fn bad_certificate_at_start_up_is_a_config_error() {
         "no key material in the message: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn plaintext_health_listener_answers_probes_and_nothing_else() {
+    let pki = Pki::new();
+    let leaf = pki.ca.leaf("server");
+    pki.install(&leaf);
+    let mut s = server_settings(pki.settings(true));
+    s.server.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let server = introspectd::app::spawn(s).await.expect("starts");
+    let health = server.health_addr.expect("health listener bound");
+    let plain = common::connect(health).await;
+    // The same answers as the main listener, with no client certificate.
+    for service in ["", "introspect.v1.TokenService"] {
+        let mut ok = false;
+        for _ in 0..100 {
+            let r = HealthClient::new(plain.clone())
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await;
+            if r.map(|r| r.into_inner().status).ok() == Some(SERVING) {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "health of `{service}` on the plaintext listener");
+    }
+    // Only health: TokenService is not reachable there.
+    let err = introspectd::grpc::pb::token_service_client::TokenServiceClient::new(plain.clone())
+        .validate(introspectd::grpc::pb::ValidateRequest {
+            token: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("TokenService must not be served in plaintext");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    server.shutdown().await.expect("clean shutdown");
+}

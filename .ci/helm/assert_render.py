@@ -117,8 +117,12 @@ def all_features(objs):
     for key in ("cert_file", "key_file", "client_ca_file"):
         path = tls.get(key, "")
         check(any(path.startswith(m + "/") for m in mounts), f"server.tls.{key} {path!r} is not under a mount")
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        check("tcpSocket" in c[probe], f"{probe} must fall back to tcpSocket with TLS")
+    health_port = int(config["server"]["health_listen"].rsplit(":", 1)[1])
+    for probe, service in (("livenessProbe", ""), ("readinessProbe", "introspect.v1.TokenService"),
+                           ("startupProbe", "")):
+        check(c[probe].get("grpc") == {"port": health_port, "service": service},
+              f"with TLS, {probe} must be a gRPC probe on the plaintext health port: {c[probe]}")
+    check(any(p.get("containerPort") == health_port for p in c["ports"]), "the health port is declared")
     env = {e["name"]: e for e in c.get("env", [])}
     for t in config["tenants"]:
         for name in (t.get("hmac_secret_env"), (t.get("introspection") or {}).get("client_secret_env")):

@@ -105,7 +105,7 @@ Guards: secrets must not be written into the ConfigMap.
 {{- define "introspectd.config" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- $server := deepCopy (get $config "server" | default dict) }}
-{{- range $key := list "listen" "metrics_listen" "tls" }}
+{{- range $key := list "listen" "metrics_listen" "health_listen" "tls" }}
 {{- if hasKey $server $key }}
 {{- fail (printf "config.server.%s is managed by the chart: set containerPorts/bindAddress/metrics.enabled/tls.* instead" $key) }}
 {{- end }}
@@ -122,6 +122,7 @@ Guards: secrets must not be written into the ConfigMap.
 {{- $_ := set $tls "client_ca_file" (printf "%s/%s" .Values.tls.clientCA.mountPath .Values.tls.clientCA.key) }}
 {{- end }}
 {{- $_ := set $server "tls" $tls }}
+{{- $_ := set $server "health_listen" (printf "%s:%d" .Values.bindAddress (int .Values.containerPorts.health)) }}
 {{- end }}
 {{- $_ := set $config "server" $server }}
 {{- range $i, $tenant := (get $config "tenants" | default list) }}
@@ -140,13 +141,14 @@ Guards: secrets must not be written into the ConfigMap.
 {{- end }}
 
 {{/*
-One probe handler: native gRPC without TLS (the kubelet's gRPC probe speaks
-plaintext only), a TCP connect with TLS.
+One probe handler: native gRPC on the gRPC port without TLS; with TLS on the
+plaintext health-only port (the kubelet's gRPC probe speaks plaintext only).
 */}}
 {{- define "introspectd.probeHandler" -}}
 {{- if .root.Values.tls.enabled }}
-tcpSocket:
-  port: grpc
+grpc:
+  port: {{ .root.Values.containerPorts.health }}
+  service: {{ .service | quote }}
 {{- else }}
 grpc:
   port: {{ .root.Values.containerPorts.grpc }}
