@@ -398,22 +398,16 @@ fn rsa_key(
             .map_err(|e| format!("RSA key rejected: {e}"))?;
         parsed.push((*alg, key));
     }
-    let n_b64 = URL_SAFE_NO_PAD.encode(n);
-    let e_b64 = URL_SAFE_NO_PAD.encode(e);
-    let thumb = thumbprint(&json!({"e": e_b64, "kty": "RSA", "n": n_b64}));
-    let mut public = Map::new();
-    public.insert("kty".into(), "RSA".into());
-    insert_common(&mut public, &kid, &algs, jwk);
-    public.insert("n".into(), n_b64.into());
-    public.insert("e".into(), e_b64.into());
-    Ok(VerifyingKey {
+    let members =
+        json!({"e": URL_SAFE_NO_PAD.encode(e), "kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n)});
+    Ok(finish(
         kid,
-        kty: KeyType::Rsa,
-        algorithms: algs,
-        thumbprint: thumb,
-        public_jwk: Some(public),
-        verifier: Verifier::Public(parsed),
-    })
+        KeyType::Rsa,
+        algs,
+        members,
+        jwk,
+        Verifier::Public(parsed),
+    ))
 }
 
 fn ec_key(
@@ -449,23 +443,15 @@ fn ec_key(
     // Parsing validates that the point is on the curve.
     let parsed = sig::ParsedPublicKey::new(verify_alg, &point)
         .map_err(|_| format!("the point is not on curve {crv}"))?;
-    let x_b64 = URL_SAFE_NO_PAD.encode(&x);
-    let y_b64 = URL_SAFE_NO_PAD.encode(&y);
-    let thumb = thumbprint(&json!({"crv": crv, "kty": "EC", "x": x_b64, "y": y_b64}));
-    let mut public = Map::new();
-    public.insert("kty".into(), "EC".into());
-    insert_common(&mut public, &kid, &[alg], jwk);
-    public.insert("crv".into(), crv.into());
-    public.insert("x".into(), x_b64.into());
-    public.insert("y".into(), y_b64.into());
-    Ok(VerifyingKey {
+    let members = json!({"crv": crv, "kty": "EC", "x": URL_SAFE_NO_PAD.encode(&x), "y": URL_SAFE_NO_PAD.encode(&y)});
+    Ok(finish(
         kid,
-        kty: KeyType::Ec,
-        algorithms: vec![alg],
-        thumbprint: thumb,
-        public_jwk: Some(public),
-        verifier: Verifier::Public(vec![(alg, parsed)]),
-    })
+        KeyType::Ec,
+        vec![alg],
+        members,
+        jwk,
+        Verifier::Public(vec![(alg, parsed)]),
+    ))
 }
 
 fn okp_key(
@@ -485,21 +471,40 @@ fn okp_key(
     }
     let parsed = sig::ParsedPublicKey::new(&sig::ED25519, &x)
         .map_err(|_| "invalid Ed25519 key".to_string())?;
-    let x_b64 = URL_SAFE_NO_PAD.encode(&x);
-    let thumb = thumbprint(&json!({"crv": crv, "kty": "OKP", "x": x_b64}));
+    let members = json!({"crv": crv, "kty": "OKP", "x": URL_SAFE_NO_PAD.encode(&x)});
+    let verifier = Verifier::Public(vec![(Algorithm::EdDSA, parsed)]);
+    Ok(finish(kid, KeyType::Okp, algs, members, jwk, verifier))
+}
+
+/// Completes a public key: the RFC 7638 thumbprint of its required `members` (given in
+/// lexicographic order), and its public JWK (`members` plus `kid`, `use`, `alg`).
+fn finish(
+    kid: Option<String>,
+    kty: KeyType,
+    algorithms: Vec<Algorithm>,
+    members: Value,
+    jwk: &Map<String, Value>,
+    verifier: Verifier,
+) -> VerifyingKey {
+    let thumbprint = thumbprint(&members);
     let mut public = Map::new();
-    public.insert("kty".into(), "OKP".into());
-    insert_common(&mut public, &kid, &algs, jwk);
-    public.insert("crv".into(), crv.into());
-    public.insert("x".into(), x_b64.into());
-    Ok(VerifyingKey {
+    public.insert("kty".into(), kty.as_str().into());
+    insert_common(&mut public, &kid, &algorithms, jwk);
+    if let Value::Object(m) = members {
+        for (k, v) in m {
+            if k != "kty" {
+                public.insert(k, v);
+            }
+        }
+    }
+    VerifyingKey {
         kid,
-        kty: KeyType::Okp,
-        algorithms: algs,
-        thumbprint: thumb,
+        kty,
+        algorithms,
+        thumbprint,
         public_jwk: Some(public),
-        verifier: Verifier::Public(vec![(Algorithm::EdDSA, parsed)]),
-    })
+        verifier,
+    }
 }
 
 fn insert_common(
