@@ -33,19 +33,7 @@ async fn scrape(h: &Harness) -> String {
     resp.text().await.expect("body")
 }
 
-/// The value of the sample whose line starts with `series` (name and labels, exact).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn must(text: &str, series: &str) -> f64 {
-    sample(text, series).unwrap_or_else(|| panic!("no sample `{series}` in\n{text}"))
-}
+use common::{metric as must, metric_sample as sample};
 
 fn method(kind: &str, service: &str, m: &str) -> String {
     format!(r#"grpc_type="{kind}",grpc_service="{service}",grpc_method="{m}""#)

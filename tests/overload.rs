@@ -30,21 +30,10 @@ async fn setup(
 }
 
 async fn scrape(h: &Harness) -> String {
-    let addr = h.server.metrics_addr.expect("metrics");
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text")
+    scrape_metrics(h.server.metrics_addr.expect("metrics")).await
 }
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{series}` in\n{text}"))
-}
+use common::metric as sample;
 
 const VALIDATE: &str =
     r#"grpc_type="unary",grpc_service="introspect.v1.TokenService",grpc_method="Validate""#;

@@ -174,21 +174,7 @@ async fn served_certificate(addr: SocketAddr, ca_pem: &str) -> CertificateDer<'s
         .into_owned()
 }
 
-async fn scrape(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text")
-}
-
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{series}` in\n{text}"))
-}
+use common::{metric as sample, scrape_metrics as scrape};
 
 #[tokio::test]
 async fn tls_serves_grpc_and_a_plaintext_client_is_refused() {

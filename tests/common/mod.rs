@@ -486,3 +486,24 @@ pub fn oidc_tenant(idp: &FakeIdp, extra: &str) -> String {
         idp.issuer()
     )
 }
+
+/// The Prometheus text of a server's `/metrics`.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status(), 200, "metrics endpoint");
+    resp.text().await.expect("metrics body")
+}
+
+/// The value of the sample whose line starts with `series` (name and labels, exact).
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Like [`metric_sample`], panicking with the whole text when the series is absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    metric_sample(text, series).unwrap_or_else(|| panic!("no sample `{series}` in\n{text}"))
+}
