@@ -38,36 +38,6 @@ fn median_ns(per_batch: usize, mut f: impl FnMut()) -> f64 {
     samples[BATCHES / 2]
 }
 
-fn der_integers(der: &[u8]) -> Vec<Vec<u8>> {
-    fn len(b: &[u8], i: &mut usize) -> usize {
-        let first = b[*i] as usize;
-        *i += 1;
-        if first < 0x80 {
-            return first;
-        }
-        let mut l = 0;
-        for _ in 0..(first & 0x7f) {
-            l = (l << 8) | b[*i] as usize;
-            *i += 1;
-        }
-        l
-    }
-    let mut i = 1;
-    let _ = len(der, &mut i);
-    let mut out = Vec::new();
-    while i < der.len() {
-        i += 1;
-        let l = len(der, &mut i);
-        let mut v = der[i..i + l].to_vec();
-        while v.len() > 1 && v[0] == 0 {
-            v.remove(0);
-        }
-        out.push(v);
-        i += l;
-    }
-    out
-}
-
 fn token(header: Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
     let input = format!(
         "{}.{}",
@@ -82,10 +52,10 @@ fn main() {
     introspectd::install_crypto();
     let rng = SystemRandom::new();
     let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa");
-    let ints = der_integers(rsa.public_key().as_ref());
+    let public = rsa.public_key();
     let (n, e) = (
-        URL_SAFE_NO_PAD.encode(&ints[0]),
-        URL_SAFE_NO_PAD.encode(&ints[1]),
+        URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+        URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
     );
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ec");

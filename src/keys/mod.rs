@@ -840,13 +840,10 @@ mod tests {
     fn generated_rsa_key_is_not_flagged_as_roca() {
         let kp =
             aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("keygen");
-        let der = aws_lc_rs::signature::KeyPair::public_key(&kp)
-            .as_ref()
-            .to_vec();
-        assert!(der.len() > 256);
-        // The modulus starts after the SEQUENCE and INTEGER headers; the full DER is
-        // enough for the fingerprint test to see a non-ROCA value.
-        assert!(!roca::is_vulnerable(&der[9..9 + 256]));
+        let public = aws_lc_rs::signature::KeyPair::public_key(&kp);
+        let n = public.modulus().big_endian_without_leading_zero();
+        assert_eq!(n.len(), 256);
+        assert!(!roca::is_vulnerable(n));
     }
 
     #[test]

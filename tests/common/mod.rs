@@ -224,44 +224,13 @@ pub struct TestKey {
     signer: Signer,
 }
 
-fn der_integers(der: &[u8]) -> Vec<Vec<u8>> {
-    // SEQUENCE { INTEGER, INTEGER } with short or long lengths.
-    fn len(b: &[u8], i: &mut usize) -> usize {
-        let first = b[*i] as usize;
-        *i += 1;
-        if first < 0x80 {
-            return first;
-        }
-        let n = first & 0x7f;
-        let mut l = 0;
-        for _ in 0..n {
-            l = (l << 8) | b[*i] as usize;
-            *i += 1;
-        }
-        l
-    }
-    let mut i = 1;
-    let _ = len(der, &mut i);
-    let mut out = Vec::new();
-    while i < der.len() {
-        assert_eq!(der[i], 0x02, "INTEGER");
-        i += 1;
-        let l = len(der, &mut i);
-        let mut v = der[i..i + l].to_vec();
-        while v.len() > 1 && v[0] == 0 {
-            v.remove(0);
-        }
-        out.push(v);
-        i += l;
-    }
-    out
-}
-
 impl TestKey {
     pub fn rsa(kid: &str, alg: &str) -> Self {
         let kp = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa keygen");
-        let ints = der_integers(kp.public_key().as_ref());
-        let jwk = json!({"kty":"RSA","kid":kid,"alg":alg,"use":"sig","n":URL_SAFE_NO_PAD.encode(&ints[0]),"e":URL_SAFE_NO_PAD.encode(&ints[1])});
+        let public = kp.public_key();
+        let n = public.modulus().big_endian_without_leading_zero();
+        let e = public.exponent().big_endian_without_leading_zero();
+        let jwk = json!({"kty":"RSA","kid":kid,"alg":alg,"use":"sig","n":URL_SAFE_NO_PAD.encode(n),"e":URL_SAFE_NO_PAD.encode(e)});
         Self {
             kid: kid.into(),
             alg: alg.into(),
