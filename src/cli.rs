@@ -266,7 +266,7 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
             tenant: args.tenant.unwrap_or_default(),
             audiences: args.audiences,
             required_scopes: args.scopes,
-            nonce: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("Validate failed: {:?}: {}", s.code(), s.message()))?

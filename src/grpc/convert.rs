@@ -105,6 +105,9 @@ pub fn error_code(code: ErrorCode) -> pb::ErrorCode {
         ErrorCode::LifetimeTooLong => pb::ErrorCode::LifetimeTooLong,
         ErrorCode::Replayed => pb::ErrorCode::Replayed,
         ErrorCode::KeysUnavailable => pb::ErrorCode::KeysUnavailable,
+        ErrorCode::InvalidDpopProof => pb::ErrorCode::InvalidDpopProof,
+        ErrorCode::UseDpopNonce => pb::ErrorCode::UseDpopNonce,
+        ErrorCode::BindingMismatch => pb::ErrorCode::BindingMismatch,
     }
 }
 
@@ -130,6 +133,7 @@ pub fn validated(v: &Validated) -> pb::ValidateResponse {
             .unwrap_or_default(),
         algorithm: format!("{:?}", v.algorithm),
         claims: Some(json_to_struct(&c.all)),
+        ..Default::default()
     }
 }
 

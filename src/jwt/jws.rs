@@ -84,8 +84,23 @@ pub fn b64url_decode(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
         .map_err(|_| malformed(format!("{what} is not canonical base64url")))
 }
 
-/// Splits and decodes a compact JWS and parses its header.
-pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
+/// A compact JWS split and decoded, its header as a strict JSON object: the framing
+/// shared by access tokens and DPoP proofs.
+#[derive(Debug, Clone)]
+pub struct RawJws<'a> {
+    /// `BASE64URL(header) || '.' || BASE64URL(payload)`, the bytes that are signed.
+    pub signing_input: &'a str,
+    /// Every header member.
+    pub header: Map<String, Value>,
+    /// Decoded payload bytes.
+    pub payload: Vec<u8>,
+    /// Decoded signature bytes.
+    pub signature: Vec<u8>,
+}
+
+/// Splits a compact JWS into three canonical base64url segments and parses its header
+/// as a JSON object without duplicate members.
+pub fn split(token: &str) -> Result<RawJws<'_>, Rejection> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -98,10 +113,9 @@ pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
     let header_bytes = b64url_decode(h, "header")?;
     let payload = b64url_decode(p, "payload")?;
     let signature = b64url_decode(s, "signature")?;
-    let header_map =
+    let header =
         json::parse_object(&header_bytes).map_err(|e| malformed(format!("header: {e}")))?;
-    let header = header_from(&header_map)?;
-    Ok(CompactJws {
+    Ok(RawJws {
         signing_input: &token[..h.len() + 1 + p.len()],
         header,
         payload,
@@ -109,7 +123,20 @@ pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
     })
 }
 
-fn header_from(map: &Map<String, Value>) -> Result<Header, Rejection> {
+/// Splits and decodes a compact JWS and parses its header.
+pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
+    let raw = split(token)?;
+    let header = header_from(&raw.header)?;
+    Ok(CompactJws {
+        signing_input: raw.signing_input,
+        header,
+        payload: raw.payload,
+        signature: raw.signature,
+    })
+}
+
+/// Reads the members of [`Header`] from a parsed header.
+pub fn header_from(map: &Map<String, Value>) -> Result<Header, Rejection> {
     let alg = match map.get("alg") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(malformed("header alg is not a string")),

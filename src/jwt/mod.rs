@@ -1,8 +1,11 @@
 //! Token parsing and claim checks: compact JWS framing, strict JSON, registered claim
-//! types, and the time, audience, scope, type and nonce rules. Knows nothing of keys'
-//! origin, the network or gRPC.
+//! types, the time, audience, scope, type and nonce rules, the sender-constraint (DPoP
+//! and certificate binding) rules, and the `WWW-Authenticate` challenge. Knows nothing
+//! of keys' origin, the network or gRPC.
 
+pub mod challenge;
 pub mod claims;
+pub mod dpop;
 pub mod json;
 pub mod jws;
 
@@ -43,11 +46,17 @@ pub enum ErrorCode {
     Replayed,
     /// The issuer's keys could not be fetched and none are known.
     KeysUnavailable,
+    /// A DPoP proof is missing, duplicated, or breaks a rule of RFC 9449 4.3.
+    InvalidDpopProof,
+    /// The tenant requires a DPoP nonce and the proof's is absent, stale or forged.
+    UseDpopNonce,
+    /// The token's binding (`cnf`) was not proven: wrong scheme, key or certificate.
+    BindingMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for metrics and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Malformed,
         ErrorCode::AlgorithmNotAllowed,
         ErrorCode::UnknownIssuer,
@@ -64,6 +73,9 @@ impl ErrorCode {
         ErrorCode::LifetimeTooLong,
         ErrorCode::Replayed,
         ErrorCode::KeysUnavailable,
+        ErrorCode::InvalidDpopProof,
+        ErrorCode::UseDpopNonce,
+        ErrorCode::BindingMismatch,
     ];
 
     /// Stable lower-case name, used as a metrics label.
@@ -85,6 +97,9 @@ impl ErrorCode {
             ErrorCode::LifetimeTooLong => "lifetime_too_long",
             ErrorCode::Replayed => "replayed",
             ErrorCode::KeysUnavailable => "keys_unavailable",
+            ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
+            ErrorCode::UseDpopNonce => "use_dpop_nonce",
+            ErrorCode::BindingMismatch => "binding_mismatch",
         }
     }
 }

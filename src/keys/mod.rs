@@ -50,6 +50,14 @@ pub fn min_hmac_key_bytes(alg: Algorithm) -> usize {
 /// JWK members that only a private or symmetric key has.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
+/// The first private (or symmetric) member a JWK carries, if any.
+pub fn private_member(jwk: &Map<String, Value>) -> Option<&'static str> {
+    PRIVATE_MEMBERS
+        .iter()
+        .copied()
+        .find(|m| jwk.contains_key(*m))
+}
+
 /// Where a key set comes from, which decides what it may contain.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestOptions<'a> {
@@ -261,7 +269,7 @@ impl VerifyingKey {
             let algs = bind(declared, AlgorithmFamily::Hmac, opts.algorithms)?;
             return Self::hmac(kid, &k, &algs);
         }
-        if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
+        if let Some(m) = private_member(jwk) {
             return Err(format!("has the private member `{m}`"));
         }
         match kty {

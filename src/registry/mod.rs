@@ -6,6 +6,7 @@
 
 mod refresh;
 mod replay;
+pub mod sender;
 mod validate;
 
 use std::{
