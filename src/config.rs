@@ -9,6 +9,14 @@
 //! cross-field rule checked. Each failure is a [`ConfigError`] whose `key` is the dotted
 //! path an operator would edit (`tenants[2].clock_skew`).
 
+mod sender_constraint;
+
+use sender_constraint::RawSenderConstraint;
+pub use sender_constraint::{
+    DEFAULT_DPOP_ALGORITHMS, DEFAULT_DPOP_MAX_AGE, DEFAULT_DPOP_NONCE_WINDOW, DEFAULT_SENDER_MODE,
+    DpopNonceSettings, SenderConstraintSettings,
+};
+
 use std::{
     collections::{HashMap, HashSet},
     fmt,
@@ -316,6 +324,8 @@ pub struct TenantSettings {
     pub keys: KeySource,
     /// RFC 7662 introspection of opaque tokens.
     pub introspection: Option<IntrospectionSettings>,
+    /// `sender_constraint`: DPoP and certificate binding.
+    pub sender_constraint: SenderConstraintSettings,
 }
 
 impl TenantSettings {
@@ -387,6 +397,7 @@ struct RawPolicy {
     types: Option<Vec<String>>,
     max_lifetime: Option<String>,
     replay_detection: Option<bool>,
+    sender_constraint: Option<RawSenderConstraint>,
 }
 
 // serde's `flatten` cannot be combined with `deny_unknown_fields`, so the policy keys a
@@ -415,6 +426,7 @@ struct RawTenant {
     types: Option<Vec<String>>,
     max_lifetime: Option<String>,
     replay_detection: Option<bool>,
+    sender_constraint: Option<RawSenderConstraint>,
 }
 
 impl RawTenant {
@@ -430,6 +442,7 @@ impl RawTenant {
             types: self.types.clone(),
             max_lifetime: self.max_lifetime.clone(),
             replay_detection: self.replay_detection,
+            sender_constraint: self.sender_constraint.clone(),
         }
     }
 }
@@ -930,6 +943,13 @@ fn resolve_tenant(
         ));
     }
 
+    let sender_constraint = sender_constraint::resolve(
+        key,
+        own.sender_constraint.as_ref(),
+        defaults.sender_constraint.as_ref(),
+        env,
+    )?;
+
     let templated = t.issuer.contains(TENANT_ID_PLACEHOLDER);
     let has_hmac_alg = algorithms
         .iter()
@@ -1148,6 +1168,7 @@ fn resolve_tenant(
         },
         keys,
         introspection,
+        sender_constraint,
     })
 }
 

@@ -227,6 +227,7 @@ impl DevKey {
                     jwks: json!({"keys": [self.public_jwk.clone()]}),
                 },
                 introspection: None,
+                sender_constraint: Default::default(),
             }],
         }
     }

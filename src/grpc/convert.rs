@@ -9,9 +9,13 @@ use serde_json::{Map, Value};
 use super::pb;
 use crate::{
     events::{KeyEvent, KeyEventKind, KeyInfo},
-    jwt::ErrorCode,
+    jwt::{
+        ErrorCode,
+        challenge::Challenge,
+        dpop::{Binding, BindingKind},
+    },
     keys::{KeyType, VerifyingKey},
-    registry::{KeySetState, Source, ValidateError, Validated},
+    registry::{DpopHint, KeySetState, Source, ValidateError, Validated},
 };
 
 /// A JSON value as a protobuf `Value`.
@@ -111,6 +115,37 @@ pub fn error_code(code: ErrorCode) -> pb::ErrorCode {
     }
 }
 
+/// A proven binding as a protobuf `Binding`.
+pub fn binding(b: &Binding) -> pb::Binding {
+    let kind = match b.kind {
+        BindingKind::None => pb::BindingKind::None,
+        BindingKind::Dpop => pb::BindingKind::Dpop,
+        BindingKind::Mtls => pb::BindingKind::Mtls,
+    };
+    pb::Binding {
+        kind: kind as i32,
+        jkt: b.jkt.clone().unwrap_or_default(),
+        x5t_s256: b.x5t_s256.clone().unwrap_or_default(),
+    }
+}
+
+/// The `WWW-Authenticate` challenge of a rejection (RFC 6750, or RFC 9449 7.1 when the
+/// client is to use DPoP); `None` for the service's own unavailability.
+pub fn challenge(
+    code: ErrorCode,
+    dpop: Option<&DpopHint>,
+    required_scopes: &[String],
+) -> Option<String> {
+    let c = Challenge::for_rejection(code, required_scopes)?;
+    Some(match dpop {
+        Some(hint) => {
+            let algs: Vec<&str> = hint.algorithms.iter().map(String::as_str).collect();
+            c.with_dpop(&algs).header_value()
+        }
+        None => c.header_value(),
+    })
+}
+
 /// An accepted token as a ValidateResponse.
 pub fn validated(v: &Validated) -> pb::ValidateResponse {
     let c = &v.claims;
@@ -133,17 +168,21 @@ pub fn validated(v: &Validated) -> pb::ValidateResponse {
             .unwrap_or_default(),
         algorithm: format!("{:?}", v.algorithm),
         claims: Some(json_to_struct(&c.all)),
-        ..Default::default()
+        binding: Some(binding(&v.binding)),
+        dpop_nonce: v.dpop_nonce.clone().unwrap_or_default(),
+        www_authenticate: String::new(),
     }
 }
 
-/// A rejected token as a ValidateResponse (nothing from the token but the tenant).
-pub fn rejected(err: &ValidateError) -> pb::ValidateResponse {
+/// A rejected token as a ValidateResponse (nothing from the token but the tenant), with
+/// its challenge (`required_scopes` name the scopes an `insufficient_scope` one lists).
+pub fn rejected(err: &ValidateError, required_scopes: &[String]) -> pb::ValidateResponse {
     match err {
         ValidateError::Rejected {
             rejection,
             tenant,
             policy,
+            dpop,
         } => pb::ValidateResponse {
             valid: false,
             error: Some(pb::ValidationError {
@@ -152,6 +191,12 @@ pub fn rejected(err: &ValidateError) -> pb::ValidateResponse {
             }),
             tenant: tenant.clone().unwrap_or_default(),
             policy: policy.clone().unwrap_or_default(),
+            www_authenticate: challenge(rejection.code, dpop.as_ref(), required_scopes)
+                .unwrap_or_default(),
+            dpop_nonce: dpop
+                .as_ref()
+                .and_then(|d| d.nonce.clone())
+                .unwrap_or_default(),
             ..Default::default()
         },
         ValidateError::Request(r) => pb::ValidateResponse {

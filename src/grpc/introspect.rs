@@ -4,9 +4,10 @@
 
 use tracing::debug;
 
-use super::{BoundaryError, Limits, convert, non_empty, parse_token, pb};
+use super::{BoundaryError, Limits, convert, non_empty, parse_credentials, parse_presentation, pb};
 use crate::{
     introspect::{Answer, IntrospectError, IntrospectInput, Introspection},
+    jwt::dpop::RawPresentation,
     registry::RequestError,
 };
 
@@ -55,11 +56,21 @@ pub async fn introspect_message(
     limits: &Limits,
     req: &pb::IntrospectRequest,
 ) -> Result<pb::IntrospectResponse, BoundaryError> {
-    let token = parse_token(&req.token, limits.max_token_bytes)?;
+    let (token, token_scheme) = parse_credentials(&req.token, limits.max_token_bytes)?;
+    let presentation = parse_presentation(&RawPresentation {
+        scheme: &req.authorization_scheme,
+        token_scheme,
+        proofs: &req.dpop_proofs,
+        method: &req.http_method,
+        uri: &req.http_uri,
+        certificate_der: &req.client_certificate,
+        certificate_sha256: &req.client_certificate_sha256,
+    })?;
     let input = IntrospectInput {
         token,
         token_type_hint: non_empty(&req.token_type_hint),
         tenant: non_empty(&req.tenant),
+        presentation: Some(&presentation),
     };
     match introspection.introspect(&input).await {
         Ok(answer) => Ok(to_proto(&answer)),

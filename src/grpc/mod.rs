@@ -25,7 +25,10 @@ pub mod pb {
 
 use tonic::Status;
 
-use crate::registry::{RequestError, ValidateError};
+use crate::{
+    jwt::dpop::{Presentation, PresentationError, RawPresentation, Scheme},
+    registry::{RequestError, ValidateError},
+};
 
 /// A request rejected at the boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +50,9 @@ pub enum BoundaryError {
     /// A core request error.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// The sender-constraint fields are unusable.
+    #[error(transparent)]
+    Presentation(#[from] PresentationError),
     /// Too many concurrent calls of a kind.
     #[error("{0}")]
     Exhausted(String),
@@ -66,7 +72,8 @@ pub fn to_status(err: &BoundaryError) -> Status {
         BoundaryError::EmptyToken
         | BoundaryError::TokenTooLarge { .. }
         | BoundaryError::Invalid(_)
-        | BoundaryError::Request(_) => Status::invalid_argument(err.to_string()),
+        | BoundaryError::Request(_)
+        | BoundaryError::Presentation(_) => Status::invalid_argument(err.to_string()),
         BoundaryError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
         BoundaryError::Unavailable(_) => Status::unavailable(err.to_string()),
         BoundaryError::Precondition(_) => Status::failed_precondition(err.to_string()),
@@ -82,10 +89,19 @@ impl From<BoundaryError> for Status {
 /// Strips a `Bearer ` prefix (scheme name case-insensitive) and applies the size limit:
 /// exactly `limit` bytes is accepted.
 pub fn parse_token(raw: &str, limit: usize) -> Result<&str, BoundaryError> {
+    parse_credentials(raw, limit).map(|(token, _)| token)
+}
+
+/// Strips a `Bearer ` or `DPoP ` prefix (scheme names case-insensitive), says which, and
+/// applies the size limit to what is left: exactly `limit` bytes is accepted.
+pub fn parse_credentials(raw: &str, limit: usize) -> Result<(&str, Option<Scheme>), BoundaryError> {
     let start = raw.trim_start();
-    let token = match start.get(..7) {
-        Some(p) if p.eq_ignore_ascii_case("bearer ") => start[7..].trim(),
-        _ => start.trim_end(),
+    let (token, scheme) = match (start.get(..7), start.get(..5)) {
+        (Some(p), _) if p.eq_ignore_ascii_case("bearer ") => {
+            (start[7..].trim(), Some(Scheme::Bearer))
+        }
+        (_, Some(p)) if p.eq_ignore_ascii_case("dpop ") => (start[5..].trim(), Some(Scheme::Dpop)),
+        _ => (start.trim_end(), None),
     };
     if token.is_empty() {
         return Err(BoundaryError::EmptyToken);
@@ -96,7 +112,13 @@ pub fn parse_token(raw: &str, limit: usize) -> Result<&str, BoundaryError> {
             limit,
         });
     }
-    Ok(token)
+    Ok((token, scheme))
+}
+
+/// Parses the sender-constraint fields of a request (scheme, proofs, method, URI,
+/// certificate) once, for the core.
+pub fn parse_presentation(raw: &RawPresentation<'_>) -> Result<Presentation, BoundaryError> {
+    Ok(raw.parse()?)
 }
 
 /// Splits a Validate outcome into a gRPC error (bad request) or an answer.
@@ -133,6 +155,31 @@ mod tests {
         assert_eq!(parse_token("", 3), Err(BoundaryError::EmptyToken));
         assert_eq!(parse_token("Bearer ", 3), Err(BoundaryError::EmptyToken));
         assert_eq!(parse_token("   ", 3), Err(BoundaryError::EmptyToken));
+    }
+
+    #[test]
+    fn dpop_prefix() {
+        assert_eq!(
+            parse_credentials("DPoP abc", 3),
+            Ok(("abc", Some(Scheme::Dpop)))
+        );
+        assert_eq!(
+            parse_credentials("dpop  abc ", 3),
+            Ok(("abc", Some(Scheme::Dpop)))
+        );
+        assert_eq!(
+            parse_credentials("Bearer abc", 3),
+            Ok(("abc", Some(Scheme::Bearer)))
+        );
+        assert_eq!(parse_credentials("abc", 3), Ok(("abc", None)));
+        assert_eq!(
+            parse_credentials("DPoP ", 3),
+            Err(BoundaryError::EmptyToken)
+        );
+        assert_eq!(
+            to_status(&BoundaryError::Presentation(PresentationError::MissingUri)).code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]

@@ -9,13 +9,14 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use super::{
-    BoundaryError, convert, non_empty, parse_token,
+    BoundaryError, convert, non_empty, parse_credentials, parse_presentation,
     pb::{self, token_service_server::TokenService},
     split_validate_error,
     watch::{self, Watchers},
 };
 use crate::{
     introspect::Introspection,
+    jwt::dpop::RawPresentation,
     metrics::Metrics,
     registry::{Registry, ValidateError, ValidateInput},
 };
@@ -98,7 +99,16 @@ impl TokenServiceImpl {
         &self,
         req: &pb::ValidateRequest,
     ) -> Result<pb::ValidateResponse, BoundaryError> {
-        let token = parse_token(&req.token, self.limits.max_token_bytes)?;
+        let (token, token_scheme) = parse_credentials(&req.token, self.limits.max_token_bytes)?;
+        let presentation = parse_presentation(&RawPresentation {
+            scheme: &req.authorization_scheme,
+            token_scheme,
+            proofs: &req.dpop_proofs,
+            method: &req.http_method,
+            uri: &req.http_uri,
+            certificate_der: &req.client_certificate,
+            certificate_sha256: &req.client_certificate_sha256,
+        })?;
         let input = ValidateInput {
             token,
             tenant: non_empty(&req.tenant),
@@ -106,6 +116,7 @@ impl TokenServiceImpl {
             required_scopes: &req.required_scopes,
             nonce: non_empty(&req.nonce),
             peek_replay: false,
+            presentation: Some(&presentation),
         };
         let outcome = self.registry.validate(&input).await;
         if let Some(m) = &self.metrics {
@@ -122,7 +133,7 @@ impl TokenServiceImpl {
             Err(e) => {
                 let e = split_validate_error(e)?;
                 debug!(error = %e, "token rejected");
-                Ok(convert::rejected(&e))
+                Ok(convert::rejected(&e, &req.required_scopes))
             }
         }
     }

@@ -34,7 +34,7 @@ use self::{
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
-    jwt::jws,
+    jwt::{dpop::Presentation, jws},
     oidc::FetchError,
     registry::{Metadata, Registry, RequestError, ValidateError, ValidateInput},
 };
@@ -98,6 +98,9 @@ pub struct IntrospectInput<'a> {
     pub token_type_hint: Option<&'a str>,
     /// The tenant that answers.
     pub tenant: Option<&'a str>,
+    /// What the resource server received beside the token; `None` is a plain `Bearer`
+    /// call.
+    pub presentation: Option<&'a Presentation>,
 }
 
 /// Whether a token goes to a provider's introspection endpoint rather than to local
@@ -482,9 +485,41 @@ impl Introspection {
                 Some(i) => i,
                 None => self.select(input.tenant)?,
             };
-            return introspector.introspect(input.token, hint).await;
+            let answer = introspector.introspect(input.token, hint).await?;
+            return Ok(self.bound(introspector.tenant(), answer, input));
         }
         self.local(input).await
+    }
+
+    /// An upstream answer after the sender-constraint check of its tenant: the binding
+    /// comes from the answer's `cnf`, and a binding not proven makes it inactive.
+    fn bound(&self, tenant: &str, answer: Answer, input: &IntrospectInput<'_>) -> Answer {
+        if !answer.active {
+            return answer;
+        }
+        let Some(state) = self.registry.tenant(tenant) else {
+            return Answer::inactive();
+        };
+        let sender = state.sender();
+        let presentation = input.presentation.cloned().unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let outcome = sender
+            .decide(&answer.claims, input.token, &presentation, now)
+            .map_err(|r| r.error)
+            .and_then(|accepted| match &accepted.proof_use {
+                Some(proof) => sender.record(proof),
+                None => Ok(()),
+            });
+        match outcome {
+            Ok(()) => answer,
+            Err(e) => {
+                debug!(tenant, error = %e, "introspected token's binding not proven");
+                Answer::inactive()
+            }
+        }
     }
 
     async fn local(&self, input: &IntrospectInput<'_>) -> Result<Answer, IntrospectError> {
@@ -492,6 +527,7 @@ impl Introspection {
             token: input.token,
             tenant: input.tenant,
             peek_replay: true,
+            presentation: input.presentation,
             ..ValidateInput::default()
         };
         match self.registry.validate(&validate).await {

@@ -1,7 +1,7 @@
 //! Token parsing and claim checks: compact JWS framing, strict JSON, registered claim
-//! types, the time, audience, scope, type and nonce rules, the sender-constraint (DPoP
-//! and certificate binding) rules, and the `WWW-Authenticate` challenge. Knows nothing
-//! of keys' origin, the network or gRPC.
+//! types, and the time, audience, scope, type and nonce rules; the sender-constraint
+//! (DPoP and certificate binding) rules; and the `WWW-Authenticate` challenge a
+//! rejection maps to. Knows nothing of keys' origin, the network or gRPC.
 
 pub mod challenge;
 pub mod claims;

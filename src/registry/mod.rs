@@ -23,7 +23,8 @@ use tokio::sync::broadcast;
 
 pub use refresh::{RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
-pub use validate::{RequestError, ValidateError, ValidateInput, Validated};
+pub use sender::SenderState;
+pub use validate::{DpopHint, RequestError, ValidateError, ValidateInput, Validated};
 
 use crate::{
     config::{
@@ -186,6 +187,7 @@ pub struct Tenant {
     /// Lower-case policy name -> configured name.
     policies: HashMap<String, String>,
     replay: Option<ReplayCache>,
+    sender: SenderState,
 }
 
 impl Tenant {
@@ -207,11 +209,17 @@ impl Tenant {
             .replay_detection
             .then(|| ReplayCache::new(DEFAULT_REPLAY_CACHE_ENTRIES));
         Self {
+            sender: SenderState::new(&settings),
             settings,
             template,
             policies,
             replay,
         }
+    }
+
+    /// The tenant's sender-constraint state (DPoP and certificate binding).
+    pub fn sender(&self) -> &SenderState {
+        &self.sender
     }
 
     /// Tenant id.

@@ -1,7 +1,8 @@
 //! The Validate pipeline, in the order BEHAVIOUR.md fixes: structure, issuer, header,
 //! type, time, audience/scope/nonce, B2C policy (none of which touches the network), then
 //! the key (with at most one refresh on a kid miss, bounded by `fetch_timeout`), the
-//! signature, and replay.
+//! signature, the sender constraint (DPoP proof or certificate against `cnf`), and
+//! replay.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -9,6 +10,8 @@ use jsonwebtoken::Algorithm;
 
 use super::{KeySetId, KeySetState, Registry, Tenant, replay::ReplayOutcome};
 use crate::{
+    config::DEFAULT_DPOP_ALGORITHMS,
+    jwt::dpop::{Binding, Presentation, Refused, Scheme},
     jwt::{
         ErrorCode, Rejection,
         claims::{self, Claims, TimePolicy},
@@ -40,7 +43,18 @@ pub enum ValidateError {
         tenant: Option<String>,
         /// The B2C policy, once known.
         policy: Option<String>,
+        /// Set when the client is to be challenged with the `DPoP` scheme.
+        dpop: Option<DpopHint>,
     },
+}
+
+/// What a DPoP client is told beside a refusal (RFC 9449 7.1 and 9).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DpopHint {
+    /// The proof algorithms accepted, for the challenge's `algs`.
+    pub algorithms: Vec<String>,
+    /// A fresh nonce for the `DPoP-Nonce` header, when the tenant requires nonces.
+    pub nonce: Option<String>,
 }
 
 impl ValidateError {
@@ -50,6 +64,7 @@ impl ValidateError {
             rejection,
             tenant,
             policy,
+            dpop: None,
         }
     }
 
@@ -78,6 +93,9 @@ pub struct ValidateInput<'a> {
     /// Check replay detection without recording the token (Introspect asks about a
     /// token; it does not use it).
     pub peek_replay: bool,
+    /// What the resource server received beside the token (scheme, DPoP proofs, method
+    /// and URI, client certificate); `None` is a plain `Bearer` call.
+    pub presentation: Option<&'a Presentation>,
 }
 
 /// An accepted token.
@@ -95,6 +113,10 @@ pub struct Validated {
     pub algorithm: Algorithm,
     /// `kid` from the header.
     pub kid: Option<String>,
+    /// The sender constraint that was proven.
+    pub binding: Binding,
+    /// A fresh nonce for the `DPoP-Nonce` header (nonce-requiring tenants, DPoP calls).
+    pub dpop_nonce: Option<String>,
 }
 
 fn now_secs() -> f64 {
@@ -104,9 +126,53 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The presentation of a call that named none: `Bearer`, nothing else.
+static BEARER: std::sync::LazyLock<Presentation> = std::sync::LazyLock::new(Presentation::default);
+
 impl Registry {
-    /// Validates a token end to end.
+    /// Validates a token end to end, its sender constraint included; a refusal of a
+    /// `DPoP` call carries the tenant's DPoP challenge data.
     pub async fn validate(&self, input: &ValidateInput<'_>) -> Result<Validated, ValidateError> {
+        let now = now_secs();
+        let presentation = input.presentation.unwrap_or(&BEARER);
+        match self.validate_token(input, presentation, now).await {
+            Err(ValidateError::Rejected {
+                rejection,
+                tenant,
+                policy,
+                dpop: None,
+            }) if presentation.scheme == Scheme::Dpop => {
+                let state = tenant.as_deref().and_then(|t| self.tenant(t));
+                let dpop = Some(match state {
+                    Some(t) => DpopHint {
+                        algorithms: t.sender().algorithm_names().to_vec(),
+                        nonce: t.sender().mint_nonce(now),
+                    },
+                    None => DpopHint {
+                        algorithms: DEFAULT_DPOP_ALGORITHMS
+                            .iter()
+                            .map(|a| format!("{a:?}"))
+                            .collect(),
+                        nonce: None,
+                    },
+                });
+                Err(ValidateError::Rejected {
+                    rejection,
+                    tenant,
+                    policy,
+                    dpop,
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn validate_token(
+        &self,
+        input: &ValidateInput<'_>,
+        presentation: &Presentation,
+        now: f64,
+    ) -> Result<Validated, ValidateError> {
         let reject = |r: Rejection| ValidateError::rejected(r, None, None);
         // 2. structure
         let jws = jws::parse(input.token).map_err(reject)?;
@@ -136,7 +202,7 @@ impl Registry {
             max_lifetime: settings.policy.max_lifetime,
             required_claims: &settings.policy.required_claims,
         };
-        claims::check_time(&claims, now_secs(), &time_policy).map_err(at_tenant)?;
+        claims::check_time(&claims, now, &time_policy).map_err(at_tenant)?;
         // 7. audience, scopes, nonce
         let audiences = if input.audiences.is_empty() {
             &settings.audiences[..]
@@ -180,6 +246,29 @@ impl Registry {
         let key = verify_with_refresh(&state, kid.as_deref(), alg, &jws)
             .await
             .map_err(at_policy)?;
+        // 10b. sender constraint: the cnf binding, proven on every call
+        let sender = tenant.sender();
+        let refused = |r: Refused| ValidateError::Rejected {
+            rejection: r.error.rejection(),
+            tenant: Some(tenant_id.clone()),
+            policy: policy.clone(),
+            dpop: r.dpop_challenge.then(|| DpopHint {
+                algorithms: sender.algorithm_names().to_vec(),
+                nonce: r.nonce,
+            }),
+        };
+        let accepted = sender
+            .decide(&claims.all, input.token, presentation, now)
+            .map_err(refused)?;
+        if let Some(proof) = &accepted.proof_use {
+            sender.record(proof).map_err(|error| {
+                refused(Refused {
+                    error,
+                    dpop_challenge: true,
+                    nonce: accepted.nonce.clone(),
+                })
+            })?;
+        }
         // 11. replay
         if let Some(cache) = Registry::replay_of(&tenant) {
             let Some(jti) = claims.jti.as_deref() else {
@@ -218,6 +307,8 @@ impl Registry {
             key,
             algorithm: alg,
             kid,
+            binding: accepted.binding,
+            dpop_nonce: accepted.nonce,
         })
     }
 }
