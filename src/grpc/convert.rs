@@ -191,7 +191,7 @@ pub fn rejected(err: &ValidateError, required_scopes: &[String]) -> pb::Validate
             }),
             tenant: tenant.clone().unwrap_or_default(),
             policy: policy.clone().unwrap_or_default(),
-            www_authenticate: challenge(rejection.code, dpop.as_ref(), required_scopes)
+            www_authenticate: challenge(rejection.code, dpop.as_deref(), required_scopes)
                 .unwrap_or_default(),
             dpop_nonce: dpop
                 .as_ref()

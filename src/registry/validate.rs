@@ -44,7 +44,7 @@ pub enum ValidateError {
         /// The B2C policy, once known.
         policy: Option<String>,
         /// Set when the client is to be challenged with the `DPoP` scheme.
-        dpop: Option<DpopHint>,
+        dpop: Option<Box<DpopHint>>,
     },
 }
 
@@ -143,7 +143,7 @@ impl Registry {
                 dpop: None,
             }) if presentation.scheme == Scheme::Dpop => {
                 let state = tenant.as_deref().and_then(|t| self.tenant(t));
-                let dpop = Some(match state {
+                let dpop = Some(Box::new(match state {
                     Some(t) => DpopHint {
                         algorithms: t.sender().algorithm_names().to_vec(),
                         nonce: t.sender().mint_nonce(now),
@@ -155,7 +155,7 @@ impl Registry {
                             .collect(),
                         nonce: None,
                     },
-                });
+                }));
                 Err(ValidateError::Rejected {
                     rejection,
                     tenant,
@@ -252,9 +252,11 @@ impl Registry {
             rejection: r.error.rejection(),
             tenant: Some(tenant_id.clone()),
             policy: policy.clone(),
-            dpop: r.dpop_challenge.then(|| DpopHint {
-                algorithms: sender.algorithm_names().to_vec(),
-                nonce: r.nonce,
+            dpop: r.dpop_challenge.then(|| {
+                Box::new(DpopHint {
+                    algorithms: sender.algorithm_names().to_vec(),
+                    nonce: r.nonce,
+                })
             }),
         };
         let accepted = sender
