@@ -4,6 +4,8 @@
 //! server on port 0.
 #![allow(dead_code)]
 
+pub mod dpop;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
