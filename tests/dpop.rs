@@ -290,7 +290,7 @@ async fn hostile_proofs_are_refused_with_their_code_and_challenge() {
         (
             "ath in hex",
             vec![with(
-                json!({"ath": hex(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes()).as_ref()[..]) }),
+                json!({"ath": hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes()).as_ref()) }),
             )],
         ),
     ];
