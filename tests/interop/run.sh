@@ -154,7 +154,15 @@ fi
 
 # --- providers ---------------------------------------------------------------------------
 
-node "$HERE/providers/idp.mjs" "$RUN/idp.json" >"$LOGS/idp.log" 2>&1 &
+# Test certificates for the mutual-TLS checks (a CA, oidc-provider's TLS listener,
+# two client certificates), fresh every run.
+if ! "$PY" "$HERE/python/make_certs.py" "$RUN/certs" >"$LOGS/certs.log" 2>&1; then
+  tail -n 10 "$LOGS/certs.log" | sed 's/^/#   /'
+  fail "certs: python/make_certs.py"
+  finish
+fi
+
+node "$HERE/providers/idp.mjs" "$RUN/idp.json" "$RUN/certs" >"$LOGS/idp.log" 2>&1 &
 IDP_PID=$!
 PIDS+=("$IDP_PID")
 node "$HERE/providers/b2c.mjs" "$RUN/b2c.json" >"$LOGS/b2c.log" 2>&1 &
@@ -231,6 +239,8 @@ ENV_JSON="$RUN/env.json"
 run_checks python 420 "$PY" "$HERE/python/suite.py" "$ENV_JSON"
 run_checks node 180 node "$HERE/node/suite.mjs" "$ENV_JSON"
 run_checks grpcurl 180 "$PY" "$HERE/python/grpcurl_suite.py" "$ENV_JSON"
+run_checks node-dpop 120 node "$HERE/node/sender.mjs" "$ENV_JSON"
+run_checks python-mtls 120 "$PY" "$HERE/python/sender_suite.py" "$ENV_JSON"
 
 # --- the service itself ----------------------------------------------------------------
 

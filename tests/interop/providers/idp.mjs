@@ -5,7 +5,10 @@
 //   main      client credentials with resource indicators: RFC 9068 at+jwt access
 //             tokens signed RS256 or ES256 (one resource each), short-lived JWTs,
 //             JWTs for a resource introspectd does not accept, opaque tokens for a
-//             second resource, RFC 7662 introspection and RFC 7009 revocation.
+//             second resource, RFC 7662 introspection and RFC 7009 revocation;
+//             DPoP-bound tokens (RFC 9449) for the client interop-dpop and
+//             certificate-bound tokens (RFC 8705) for interop-mtls, whose token
+//             requests go to a TLS listener that asks for a client certificate.
 //   rotating  the same, RS256 only, whose signing keys the suite rotates while a
 //             client validates continuously.
 //
@@ -19,19 +22,24 @@
 //   POST /__admin/rotate?step=retire   old key removed
 //   GET  /__admin/stats                requests seen, by path
 //
-// Usage: node idp.mjs READY_FILE
+// Usage: node idp.mjs READY_FILE [CERTS_DIR]
 // Writes {"main": {"port", "issuer", ...}, "rotating": {...}} to READY_FILE
 // once both issuers listen.
 
-import { writeFileSync, renameSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 
 import * as jose from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 const readyFile = process.argv[2];
+// Optional: the folder of make_certs.py's certificates; with it, the main issuer also
+// listens with TLS (client certificates requested) for certificate-bound tokens.
+const certsDir = process.argv[3];
 if (!readyFile) {
-  console.error('usage: node idp.mjs READY_FILE');
+  console.error('usage: node idp.mjs READY_FILE [CERTS_DIR]');
   process.exit(2);
 }
 
@@ -40,6 +48,10 @@ export const CLIENTS = {
   // The secret holds characters that RFC 6749 2.3.1 requires to be
   // form-urlencoded inside HTTP Basic: a client that skips that step fails here.
   introspectd: { id: 'introspectd', secret: 'intro spect/d+sec:ret&=%' },
+  // Sender-constrained clients: every token of the first is DPoP-bound (RFC 9449),
+  // every token of the second bound to its TLS client certificate (RFC 8705).
+  dpop: { id: 'interop-dpop', secret: 'dpop-secret-81c2e7' },
+  mtls: { id: 'interop-mtls', secret: 'mtls-secret-5a09d4' },
 };
 
 async function signingKey(alg, kid) {
@@ -70,7 +82,16 @@ function resourceServers(name) {
       accessTokenFormat: 'opaque',
       accessTokenTTL: 600,
     },
+    // Resources of the sender-constrained clients (their tokens carry cnf).
+    'https://dpop.api.test': jwt('ES256'),
+    'https://mtls.api.test': jwt('RS256'),
   };
+}
+
+// The TLS client certificate of the request, when it came over the TLS listener.
+function peerCertificate(ctx) {
+  const peer = ctx.socket?.getPeerCertificate?.();
+  return peer?.raw ? new X509Certificate(peer.raw) : undefined;
 }
 
 function buildProvider(issuer, name, keys) {
@@ -93,6 +114,24 @@ function buildProvider(issuer, name, keys) {
         response_types: [],
         token_endpoint_auth_method: 'client_secret_basic',
       },
+      {
+        client_id: CLIENTS.dpop.id,
+        client_secret: CLIENTS.dpop.secret,
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+        scope: 'api:read api:write',
+        dpop_bound_access_tokens: true,
+      },
+      {
+        client_id: CLIENTS.mtls.id,
+        client_secret: CLIENTS.mtls.secret,
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+        scope: 'api:read api:write',
+        tls_client_certificate_bound_access_tokens: true,
+      },
     ],
     jwks: { keys },
     scopes: ['api:read', 'api:write'],
@@ -101,6 +140,10 @@ function buildProvider(issuer, name, keys) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      // RFC 9449: a token request with a DPoP proof gets a token bound to its key.
+      dPoP: { enabled: true },
+      // RFC 8705 section 3: tokens bound to the TLS client certificate.
+      mTLS: { enabled: true, certificateBoundAccessTokens: true, getCertificate: peerCertificate },
       // introspectd (a resource server) may introspect every token; a client only its own.
       introspection: {
         enabled: true,
@@ -147,6 +190,18 @@ async function startIssuer(name, initialKeys) {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
   callback = buildProvider(issuer, name, keys).callback();
+  // The same provider behind TLS, asking for (not requiring, nor verifying: RFC 8705
+  // binding works with self-signed certificates) a client certificate.
+  let tls;
+  if (certsDir && name === 'main') {
+    tls = createTlsServer({
+      key: readFileSync(`${certsDir}/server.key`),
+      cert: readFileSync(`${certsDir}/server.pem`),
+      requestCert: true,
+      rejectUnauthorized: false,
+    }, (req, res) => callback(req, res));
+    await new Promise((resolve) => tls.listen(0, '127.0.0.1', resolve));
+  }
 
   async function admin(req, res, path) {
     const url = new URL(req.url, issuer);
@@ -177,10 +232,12 @@ async function startIssuer(name, initialKeys) {
 
   return {
     server,
+    tls,
     info: {
       port,
       issuer,
       token_endpoint: `${issuer}/token`,
+      mtls_token_endpoint: tls ? `https://127.0.0.1:${tls.address().port}/token` : undefined,
       introspection_endpoint: `${issuer}/token/introspection`,
       revocation_endpoint: `${issuer}/token/revocation`,
       jwks_uri: `${issuer}/jwks`,
@@ -209,6 +266,7 @@ console.error(`idp ready: main ${main.info.issuer}, rotating ${rotating.info.iss
 
 function stop() {
   main.server.close();
+  main.tls?.close();
   rotating.server.close();
   process.exit(0);
 }

@@ -56,8 +56,15 @@ tenants:
   # and opaque tokens introspected at the provider.
   - id: {OIDC}
     issuer: {q(idp["issuer"])}
-    audiences: {flow(["https://rs256.api.test", "https://es256.api.test", "https://short.api.test"])}
+    audiences: {flow(["https://rs256.api.test", "https://es256.api.test", "https://short.api.test",
+                      "https://dpop.api.test", "https://mtls.api.test"])}
     types: [at+jwt]
+    # DPoP-bound (interop-dpop) and certificate-bound (interop-mtls) tokens must prove
+    # their binding; plain bearer tokens still pass.
+    sender_constraint:
+      mode: optional
+      dpop_algorithms: [ES256, PS256, EdDSA]
+      dpop_max_age: 60s
     introspection:
       endpoint: {q(idp["introspection_endpoint"])}
       client_id: {q(idp["clients"]["introspectd"]["id"])}
@@ -104,6 +111,7 @@ env = {
     "python_gen_dir": gen_dir,
     "health_proto_dir": health_proto_dir,
     "grpcurl": grpcurl,
+    "certs": f"{run_dir}/certs",
     "node_modules": f"{repo_root}/tests/interop/node_modules",
     "introspection_secret_env": SECRET_ENV,
     "idp": idp,
