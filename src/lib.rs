@@ -5,9 +5,12 @@
 //!
 //! # Layout
 //! - [`config`]: typed configuration, defaults, environment overrides, validation errors.
-//! - [`jwt`]: compact JWS framing, strict JSON, claim checks (no keys, no network).
+//! - [`jwt`]: compact JWS framing, strict JSON, claim checks, the sender-constraint rules
+//!   ([`jwt::dpop`]: DPoP proofs, `htu` normalisation, nonces, the `cnf` binding
+//!   decision) and the `WWW-Authenticate` challenge (no keys, no network).
 //! - [`keys`]: JWK ingestion and hygiene, verifying keys, `KeySet` snapshots.
-//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline.
+//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline, each
+//!   tenant's sender-constraint state (proof key checks, nonce key, proof replay store).
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
 //! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
 //!   opaque tokens, the client-credentials token cache and the answer cache.

@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 use super::{KeySetId, KeySetState, Registry, Tenant, replay::ReplayOutcome};
 use crate::{
     config::DEFAULT_DPOP_ALGORITHMS,
-    jwt::dpop::{Binding, Presentation, Refused, Scheme},
+    jwt::dpop::{Accepted, Binding, Presentation, Refused, Scheme},
     jwt::{
         ErrorCode, Rejection,
         claims::{self, Claims, TimePolicy},
@@ -247,61 +247,10 @@ impl Registry {
             .await
             .map_err(at_policy)?;
         // 10b. sender constraint: the cnf binding, proven on every call
-        let sender = tenant.sender();
-        let refused = |r: Refused| ValidateError::Rejected {
-            rejection: r.error.rejection(),
-            tenant: Some(tenant_id.clone()),
-            policy: policy.clone(),
-            dpop: r.dpop_challenge.then(|| {
-                Box::new(DpopHint {
-                    algorithms: sender.algorithm_names().to_vec(),
-                    nonce: r.nonce,
-                })
-            }),
-        };
-        let accepted = sender
-            .decide(&claims.all, input.token, presentation, now)
-            .map_err(refused)?;
-        if let Some(proof) = &accepted.proof_use {
-            sender.record(proof).map_err(|error| {
-                refused(Refused {
-                    error,
-                    dpop_challenge: true,
-                    nonce: accepted.nonce.clone(),
-                })
-            })?;
-        }
+        let accepted = sender_step(&tenant, &claims, input.token, presentation, now)
+            .map_err(|r| sender_refusal(r, &tenant, policy.clone()))?;
         // 11. replay
-        if let Some(cache) = Registry::replay_of(&tenant) {
-            let Some(jti) = claims.jti.as_deref() else {
-                return Err(at_policy(Rejection::new(
-                    ErrorCode::MissingClaim,
-                    "claim `jti` is required for replay detection",
-                )));
-            };
-            let expires =
-                claims.exp.unwrap_or_else(now_secs) + settings.policy.clock_skew.as_secs_f64();
-            let outcome = if input.peek_replay {
-                cache.peek(&iss, jti)
-            } else {
-                cache.check_and_record(&iss, jti, expires)
-            };
-            match outcome {
-                ReplayOutcome::Fresh => {}
-                ReplayOutcome::Replayed => {
-                    return Err(at_policy(Rejection::new(
-                        ErrorCode::Replayed,
-                        "jti was seen before",
-                    )));
-                }
-                ReplayOutcome::Full => {
-                    return Err(at_policy(Rejection::new(
-                        ErrorCode::Replayed,
-                        "replay cache is full; refusing tokens it cannot remember",
-                    )));
-                }
-            }
-        }
+        replay_step(&tenant, &iss, &claims, input.peek_replay).map_err(at_policy)?;
         Ok(Validated {
             tenant,
             policy,
@@ -312,6 +261,71 @@ impl Registry {
             binding: accepted.binding,
             dpop_nonce: accepted.nonce,
         })
+    }
+}
+
+/// Step 10b: the binding decision, and the proof's `jti` recorded when it holds.
+fn sender_step(
+    tenant: &Tenant,
+    claims: &Claims,
+    token: &str,
+    presentation: &Presentation,
+    now: f64,
+) -> Result<Accepted, Refused> {
+    let sender = tenant.sender();
+    let accepted = sender.decide(&claims.all, token, presentation, now)?;
+    if let Some(proof) = &accepted.proof_use {
+        sender.record(proof).map_err(|error| Refused {
+            error,
+            dpop_challenge: true,
+            nonce: accepted.nonce.clone(),
+        })?;
+    }
+    Ok(accepted)
+}
+
+/// A refused binding as a rejection, with the tenant's DPoP challenge data when the
+/// client is to use DPoP.
+fn sender_refusal(r: Refused, tenant: &Tenant, policy: Option<String>) -> ValidateError {
+    ValidateError::Rejected {
+        rejection: r.error.rejection(),
+        tenant: Some(tenant.id().to_string()),
+        policy,
+        dpop: r.dpop_challenge.then(|| {
+            Box::new(DpopHint {
+                algorithms: tenant.sender().algorithm_names().to_vec(),
+                nonce: r.nonce,
+            })
+        }),
+    }
+}
+
+/// Step 11: with `replay_detection`, `(iss, jti)` must not have been seen; recorded
+/// unless `peek`.
+fn replay_step(tenant: &Tenant, iss: &str, claims: &Claims, peek: bool) -> Result<(), Rejection> {
+    let Some(cache) = Registry::replay_of(tenant) else {
+        return Ok(());
+    };
+    let Some(jti) = claims.jti.as_deref() else {
+        return Err(Rejection::new(
+            ErrorCode::MissingClaim,
+            "claim `jti` is required for replay detection",
+        ));
+    };
+    let skew = tenant.settings.policy.clock_skew.as_secs_f64();
+    let expires = claims.exp.unwrap_or_else(now_secs) + skew;
+    let outcome = if peek {
+        cache.peek(iss, jti)
+    } else {
+        cache.check_and_record(iss, jti, expires)
+    };
+    match outcome {
+        ReplayOutcome::Fresh => Ok(()),
+        ReplayOutcome::Replayed => Err(Rejection::new(ErrorCode::Replayed, "jti was seen before")),
+        ReplayOutcome::Full => Err(Rejection::new(
+            ErrorCode::Replayed,
+            "replay cache is full; refusing tokens it cannot remember",
+        )),
     }
 }
 

@@ -88,10 +88,10 @@ fn is_dpop_typ(typ: &str) -> bool {
     lower.strip_prefix("application/").unwrap_or(&lower) == DPOP_TYP
 }
 
-fn check_header(
-    header: &Map<String, Value>,
+fn check_header<'h>(
+    header: &'h Map<String, Value>,
     algorithms: &[Algorithm],
-) -> Result<(Algorithm, Map<String, Value>), BindingError> {
+) -> Result<(Algorithm, &'h Map<String, Value>), BindingError> {
     let parsed = jws::header_from(header).map_err(|r| malformed(r.message))?;
     match parsed.typ.as_deref() {
         Some(t) if is_dpop_typ(t) => {}
@@ -105,7 +105,7 @@ fn check_header(
         return Err(BindingError::ProofHeader(p));
     }
     match header.get("jwk") {
-        Some(Value::Object(jwk)) => Ok((alg, jwk.clone())),
+        Some(Value::Object(jwk)) => Ok((alg, jwk)),
         Some(_) => Err(malformed("jwk is not a JSON object")),
         None => Err(BindingError::MissingJwk),
     }
@@ -185,7 +185,7 @@ pub fn check(
     let raw = jws::split(proof.trim()).map_err(|r| malformed(r.message))?;
     let (alg, jwk) = check_header(&raw.header, rules.algorithms)?;
     let jkt = keys
-        .verify(&jwk, alg, raw.signing_input.as_bytes(), &raw.signature)
+        .verify(jwk, alg, raw.signing_input.as_bytes(), &raw.signature)
         .map_err(|f| match f {
             KeyFault::Private(m) => BindingError::PrivateJwk(m),
             KeyFault::Unusable(why) => BindingError::UnusableJwk(why),

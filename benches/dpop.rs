@@ -1,0 +1,234 @@
+//! `cargo bench --bench dpop`: what a DPoP-bound call costs over the same call with a
+//! Bearer token, in-process (the Validate pipeline, proof checks and replay store
+//! included), beside the floor measured in the same run: one ES256 verification with
+//! the key parsed per call (a proof carries its key, so that is the least it costs).
+//! The budget (issue 17): extra cost ≤ one ES256 verification + 15 µs. Prints medians
+//! over timed batches; quote them from one run.
+
+use std::{hint::black_box, time::Instant};
+
+use aws_lc_rs::{
+    digest,
+    rand::SystemRandom,
+    signature::{self as sig, EcdsaKeyPair, KeyPair as _},
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use introspectd::{
+    config::{self, KeySource},
+    jwt::dpop::RawPresentation,
+    registry::{Registry, ValidateInput},
+};
+use serde_json::{Value, json};
+
+const BATCHES: usize = 15;
+const PER_BATCH: usize = 400;
+const URI: &str = "https://api.example.com/v1/items";
+
+/// Median nanoseconds per call of each `f(i)`, over `BATCHES` batches of `PER_BATCH`
+/// calls (one warm-up batch first), the modes' batches interleaved so that a noisy
+/// neighbour slows them alike; `i` counts a mode's calls, so each may use fresh inputs.
+fn medians(modes: &mut [&mut dyn FnMut(usize)]) -> Vec<f64> {
+    let mut next = vec![0usize; modes.len()];
+    let mut samples = vec![Vec::with_capacity(BATCHES); modes.len()];
+    for batch in 0..=BATCHES {
+        for (m, f) in modes.iter_mut().enumerate() {
+            let start = Instant::now();
+            for _ in 0..PER_BATCH {
+                f(next[m]);
+                next[m] += 1;
+            }
+            if batch > 0 {
+                samples[m].push(start.elapsed().as_nanos() as f64 / PER_BATCH as f64);
+            }
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[BATCHES / 2]
+        })
+        .collect()
+}
+
+fn jws(header: Value, claims: &Value, key: &EcdsaKeyPair) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let s = key
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .expect("sign");
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(s.as_ref()))
+}
+
+fn ec_key() -> (EcdsaKeyPair, Value) {
+    let rng = SystemRandom::new();
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ec");
+    let kp = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+        .expect("ec");
+    let p = kp.public_key().as_ref().to_vec();
+    let jwk = json!({"crv": "P-256", "kty": "EC",
+        "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])});
+    (kp, jwk)
+}
+
+fn b64_sha256(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, b).as_ref())
+}
+
+/// Everything the three measured calls need, made before timing starts.
+struct Bench {
+    registry: Registry,
+    rt: tokio::runtime::Runtime,
+    bearer: String,
+    bound: String,
+    proofs: Vec<Vec<String>>,
+    point: Vec<u8>,
+    message: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl Bench {
+    /// Validate of an ES256 token sent as a Bearer token.
+    #[inline(never)]
+    fn bearer_call(&self) {
+        let input = ValidateInput {
+            token: &self.bearer,
+            ..Default::default()
+        };
+        let r = self.rt.block_on(self.registry.validate(&input));
+        assert!(r.is_ok(), "{r:?}");
+        black_box(r.ok());
+    }
+
+    /// The same call with a DPoP-bound token and its `i`-th (fresh) proof, the request's
+    /// fields parsed as the gRPC boundary parses them.
+    #[inline(never)]
+    fn dpop_call(&self, i: usize) {
+        let presentation = RawPresentation {
+            scheme: "DPoP",
+            proofs: &self.proofs[i],
+            method: "GET",
+            uri: URI,
+            ..Default::default()
+        }
+        .parse()
+        .expect("presentation");
+        let input = ValidateInput {
+            token: &self.bound,
+            presentation: Some(&presentation),
+            ..Default::default()
+        };
+        let r = self.rt.block_on(self.registry.validate(&input));
+        assert!(r.is_ok(), "{r:?}");
+        black_box(r.ok());
+    }
+
+    /// The floor: one ES256 verification with the key parsed for the call.
+    #[inline(never)]
+    fn floor_call(&self) {
+        let key = sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &self.point);
+        black_box(key.verify(&self.message, &self.signature).is_ok());
+    }
+}
+
+fn main() {
+    introspectd::install_crypto();
+    let (issuer, issuer_jwk) = ec_key();
+    let mut jwk = issuer_jwk.clone();
+    jwk["kid"] = json!("es");
+    let yaml =
+        "tenants:\n  - id: bench\n    issuer: \"https://bench.example\"\n    audiences: [api]\n";
+    let mut settings = config::load_str(yaml, &|_| None, &[]).expect("config");
+    settings.tenants[0].keys = KeySource::Static {
+        jwks: json!({"keys": [jwk]}),
+    };
+    let registry = Registry::new(&settings).expect("registry");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let (client, client_jwk) = ec_key();
+    // RFC 7638: the required members in lexicographic order (as `json!` keeps them).
+    let jkt = b64_sha256(client_jwk.to_string().as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = json!({"iss": "https://bench.example", "sub": "u", "aud": "api", "iat": now, "exp": now + 3600});
+    let bearer = jws(json!({"alg": "ES256", "kid": "es"}), &claims, &issuer);
+    let mut bound_claims = claims.clone();
+    bound_claims["cnf"] = json!({"jkt": jkt});
+    let bound = jws(json!({"alg": "ES256", "kid": "es"}), &bound_claims, &issuer);
+    let proofs: Vec<Vec<String>> = (0..PER_BATCH * (BATCHES + 1))
+        .map(|i| {
+            let c = json!({"jti": format!("bench-{i}"), "htm": "GET", "htu": URI, "iat": now,
+                "ath": b64_sha256(bound.as_bytes())});
+            vec![jws(
+                json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client_jwk}),
+                &c,
+                &client,
+            )]
+        })
+        .collect();
+
+    let point = client.public_key().as_ref().to_vec();
+    let message = b"an ES256 signing input of a typical DPoP proof's length, about 300 bytes";
+    let signature = client
+        .sign(&SystemRandom::new(), message)
+        .expect("sign")
+        .as_ref()
+        .to_vec();
+    let bench = Bench {
+        registry,
+        rt,
+        bearer,
+        bound,
+        proofs,
+        point,
+        message: message.to_vec(),
+        signature,
+    };
+    // Untimed calls for an instruction count (valgrind --tool=callgrind
+    // --toggle-collect='dpop::Bench::*'); see the README.
+    if let Some(n) = std::env::var("DPOP_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for i in 0..n.min(bench.proofs.len()) {
+            bench.bearer_call();
+            bench.dpop_call(i);
+            bench.floor_call();
+        }
+        println!("ran {n} calls of each mode");
+        return;
+    }
+    let m = medians(&mut [
+        &mut |_| bench.bearer_call(),
+        &mut |i| bench.dpop_call(i),
+        &mut |_| bench.floor_call(),
+    ]);
+    let (bearer_ns, dpop_ns, floor_ns) = (m[0], m[1], m[2]);
+
+    println!("{:<60} {:>12}", "benchmark", "median/op");
+    for (name, ns) in [
+        ("validate ES256, Bearer", bearer_ns),
+        ("validate ES256, DPoP-bound with an ES256 proof", dpop_ns),
+        (
+            "floor: one ES256 verification, key parsed per call",
+            floor_ns,
+        ),
+    ] {
+        println!("{name:<60} {:>9.1} µs", ns / 1000.0);
+    }
+    let extra = dpop_ns - bearer_ns;
+    println!(
+        "DPoP extra over Bearer: {:.1} µs = one ES256 verification + {:.1} µs (budget: + 15 µs)",
+        extra / 1000.0,
+        (extra - floor_ns) / 1000.0
+    );
+}
