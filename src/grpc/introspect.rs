@@ -4,10 +4,9 @@
 
 use tracing::debug;
 
-use super::{BoundaryError, Limits, convert, non_empty, parse_credentials, parse_presentation, pb};
+use super::{BoundaryError, Limits, convert, non_empty, parse_credentials, pb, presentation};
 use crate::{
     introspect::{Answer, IntrospectError, IntrospectInput, Introspection},
-    jwt::dpop::RawPresentation,
     registry::RequestError,
 };
 
@@ -57,15 +56,7 @@ pub async fn introspect_message(
     req: &pb::IntrospectRequest,
 ) -> Result<pb::IntrospectResponse, BoundaryError> {
     let (token, token_scheme) = parse_credentials(&req.token, limits.max_token_bytes)?;
-    let presentation = parse_presentation(&RawPresentation {
-        scheme: &req.authorization_scheme,
-        token_scheme,
-        proofs: &req.dpop_proofs,
-        method: &req.http_method,
-        uri: &req.http_uri,
-        certificate_der: &req.client_certificate,
-        certificate_sha256: &req.client_certificate_sha256,
-    })?;
+    let presentation = presentation::of_introspect(req, token_scheme)?;
     let input = IntrospectInput {
         token,
         token_type_hint: non_empty(&req.token_type_hint),

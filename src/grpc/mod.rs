@@ -1,12 +1,13 @@
 //! The gRPC adapter: generated code fenced in [`pb`], the `TokenService` implementation
 //! (its `WatchKeys` stream in [`watch`]), the operator `AdminService` in [`admin`],
-//! parsing of requests at the boundary, conversion of core values `to_proto`, and the ONE
+//! parsing of requests at the boundary (sender-constraint fields in [`presentation`]), conversion of core values `to_proto`, and the ONE
 //! mapping from errors to `tonic::Status`.
 
 pub mod admin;
 pub mod convert;
 pub mod introspect;
 pub mod layers;
+pub mod presentation;
 mod token_service;
 pub mod watch;
 
@@ -26,7 +27,7 @@ pub mod pb {
 use tonic::Status;
 
 use crate::{
-    jwt::dpop::{Presentation, PresentationError, RawPresentation, Scheme},
+    jwt::dpop::{PresentationError, Scheme},
     registry::{RequestError, ValidateError},
 };
 
@@ -113,12 +114,6 @@ pub fn parse_credentials(raw: &str, limit: usize) -> Result<(&str, Option<Scheme
         });
     }
     Ok((token, scheme))
-}
-
-/// Parses the sender-constraint fields of a request (scheme, proofs, method, URI,
-/// certificate) once, for the core.
-pub fn parse_presentation(raw: &RawPresentation<'_>) -> Result<Presentation, BoundaryError> {
-    Ok(raw.parse()?)
 }
 
 /// Splits a Validate outcome into a gRPC error (bad request) or an answer.

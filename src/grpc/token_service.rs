@@ -9,14 +9,13 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use super::{
-    BoundaryError, convert, non_empty, parse_credentials, parse_presentation,
+    BoundaryError, convert, non_empty, parse_credentials,
     pb::{self, token_service_server::TokenService},
-    split_validate_error,
+    presentation, split_validate_error,
     watch::{self, Watchers},
 };
 use crate::{
     introspect::Introspection,
-    jwt::dpop::RawPresentation,
     metrics::Metrics,
     registry::{Registry, ValidateError, ValidateInput},
 };
@@ -100,15 +99,7 @@ impl TokenServiceImpl {
         req: &pb::ValidateRequest,
     ) -> Result<pb::ValidateResponse, BoundaryError> {
         let (token, token_scheme) = parse_credentials(&req.token, self.limits.max_token_bytes)?;
-        let presentation = parse_presentation(&RawPresentation {
-            scheme: &req.authorization_scheme,
-            token_scheme,
-            proofs: &req.dpop_proofs,
-            method: &req.http_method,
-            uri: &req.http_uri,
-            certificate_der: &req.client_certificate,
-            certificate_sha256: &req.client_certificate_sha256,
-        })?;
+        let presentation = presentation::of_validate(req, token_scheme)?;
         let input = ValidateInput {
             token,
             tenant: non_empty(&req.tenant),
