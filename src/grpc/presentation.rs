@@ -10,21 +10,28 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 use super::{BoundaryError, pb};
 use crate::jwt::dpop::{Presentation, RawPresentation, Scheme};
 
+/// The same six fields of `ValidateRequest` and `IntrospectRequest`, as the core reads
+/// them.
+macro_rules! raw_presentation {
+    ($req:expr, $token_scheme:expr) => {
+        RawPresentation {
+            scheme: &$req.authorization_scheme,
+            token_scheme: $token_scheme,
+            proofs: &$req.dpop_proofs,
+            method: &$req.http_method,
+            uri: &$req.http_uri,
+            certificate_der: &$req.client_certificate,
+            certificate_sha256: &$req.client_certificate_sha256,
+        }
+    };
+}
+
 /// The presentation of a Validate call (`token_scheme`: the token's own prefix).
 pub fn of_validate(
     req: &pb::ValidateRequest,
     token_scheme: Option<Scheme>,
 ) -> Result<Presentation, BoundaryError> {
-    Ok(RawPresentation {
-        scheme: &req.authorization_scheme,
-        token_scheme,
-        proofs: &req.dpop_proofs,
-        method: &req.http_method,
-        uri: &req.http_uri,
-        certificate_der: &req.client_certificate,
-        certificate_sha256: &req.client_certificate_sha256,
-    }
-    .parse()?)
+    Ok(raw_presentation!(req, token_scheme).parse()?)
 }
 
 /// The presentation of an Introspect call.
@@ -32,16 +39,7 @@ pub fn of_introspect(
     req: &pb::IntrospectRequest,
     token_scheme: Option<Scheme>,
 ) -> Result<Presentation, BoundaryError> {
-    Ok(RawPresentation {
-        scheme: &req.authorization_scheme,
-        token_scheme,
-        proofs: &req.dpop_proofs,
-        method: &req.http_method,
-        uri: &req.http_uri,
-        certificate_der: &req.client_certificate,
-        certificate_sha256: &req.client_certificate_sha256,
-    }
-    .parse()?)
+    Ok(raw_presentation!(req, token_scheme).parse()?)
 }
 
 /// The proofs in a `DPoP` header value as a proxy hands it over: repeated headers joined
