@@ -235,7 +235,11 @@ fn main() {
         ("validate ES256, DPoP-bound with an ES256 proof", m[1]),
         ("floor: one ES256 verification (key parsed)", m[2]),
     ] {
-        println!("{name:<52} {:>9.1} µs {:>9.1} µs", wall / 1000.0, cpu / 1000.0);
+        println!(
+            "{name:<52} {:>9.1} µs {:>9.1} µs",
+            wall / 1000.0,
+            cpu / 1000.0
+        );
     }
     for (what, bearer, dpop, floor) in [
         ("wall", m[0].0, m[1].0, m[2].0),
