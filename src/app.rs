@@ -187,13 +187,13 @@ pub async fn run_with_listeners(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building reflection v1")?
-        .max_decoding_message_size(server.max_message_bytes);
+        .max_decoding_message_size(server.decoding_limit());
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building reflection v1alpha")?
-        .max_decoding_message_size(server.max_message_bytes);
+        .max_decoding_message_size(server.decoding_limit());
 
     let limits = crate::grpc::Limits {
         max_token_bytes: server.max_token_bytes,
@@ -213,8 +213,8 @@ pub async fn run_with_listeners(
     let watchers = token_impl.watchers().clone();
     metrics.observe_watchers(move || watchers.active());
     let token_service =
-        TokenServiceServer::new(token_impl).max_decoding_message_size(server.max_message_bytes);
-    let health_service = health_service.max_decoding_message_size(server.max_message_bytes);
+        TokenServiceServer::new(token_impl).max_decoding_message_size(server.decoding_limit());
+    let health_service = health_service.max_decoding_message_size(server.decoding_limit());
     if let Some(l) = health_listener {
         // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
         // the reporter, so it answers exactly what the main listener answers.
@@ -241,7 +241,7 @@ pub async fn run_with_listeners(
     // Not in health: the operator view does not decide whether the pod takes traffic.
     let admin_service = server.admin.then(|| {
         AdminServiceServer::new(AdminServiceImpl::new(registry.clone()))
-            .max_decoding_message_size(server.max_message_bytes)
+            .max_decoding_message_size(server.decoding_limit())
     });
 
     // tonic's `timeout` answers CANCELLED ("Timeout expired") and also honours a shorter

@@ -162,7 +162,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listen = args.listen.unwrap_or(DEV_LISTEN_ADDR);
+        let listen = args.listen.unwrap_or(dev::DEV_LISTEN);
         tracing::info!(key_file = %path.display(), issuer = dev::DEV_ISSUER, audience = dev::DEV_AUDIENCE,
             "development mode: mint tokens with `introspectd token`");
         key.settings(listen)
@@ -205,11 +205,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
         },
     }
 }
-
-const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::LOCALHOST,
-    50051,
-));
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not
 /// when the future is first polled, so a SIGTERM during start-up is not fatal. Must be

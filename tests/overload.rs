@@ -160,7 +160,7 @@ async fn a_call_past_the_request_timeout_is_cancelled() {
 async fn oversized_messages_are_refused_before_decoding() {
     let (_idp, _key, h) = setup("", |s| {
         s.server.max_token_bytes = 1024;
-        s.server.max_message_bytes = 2048;
+        s.server.max_message_bytes = Some(2048);
     })
     .await;
     let mut client = h.client.clone();

@@ -109,6 +109,20 @@ impl Claims {
     }
 }
 
+/// Lower-cases a `typ` value and removes an `application/` prefix (RFC 7515 4.1.9).
+pub fn normalize_type(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
+}
+
+/// True for a GUID in its 36-character form (an Entra ID `tid`).
+pub fn is_guid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
+}
+
 /// The `typ` rule: absent list accepts anything; otherwise the header's `typ` must be one
 /// of them, compared case-insensitively with an optional `application/` prefix.
 pub fn check_type(typ: Option<&str>, accepted: Option<&[String]>) -> Result<(), Rejection> {
@@ -121,7 +135,7 @@ pub fn check_type(typ: Option<&str>, accepted: Option<&[String]>) -> Result<(), 
             format!("typ is missing; accepted: {}", accepted.join(", ")),
         ));
     };
-    let norm = crate::config::normalize_type(typ);
+    let norm = normalize_type(typ);
     if accepted.contains(&norm) {
         Ok(())
     } else {

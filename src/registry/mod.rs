@@ -30,7 +30,11 @@ use crate::{
         TenantSettings,
     },
     events::{self, EventBus, KeyEvent, KeyEventKind, KeyInfo, Origin},
-    jwt::{ErrorCode, Rejection, claims::Claims, echo},
+    jwt::{
+        ErrorCode, Rejection,
+        claims::{Claims, is_guid},
+        echo,
+    },
     keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
 };
 
@@ -231,8 +235,7 @@ impl Tenant {
                 let Some(tid) = claims.str("tid") else {
                     return false;
                 };
-                let guid = tid.len() == 36 && uuid::Uuid::try_parse(tid).is_ok();
-                if !guid {
+                if !is_guid(tid) {
                     return false;
                 }
                 let allowed = match &self.settings.allowed_tenant_ids {
