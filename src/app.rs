@@ -26,9 +26,10 @@ use crate::{
     },
     introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
-    oidc::{self, HttpClient},
+    oidc,
     registry::Registry,
     transport::{self, ConnectionLimits, Incoming, TlsConfig},
+    upstream::{HttpClient, Redirects},
 };
 
 /// Name of the TokenService in grpc.health.v1.
@@ -117,7 +118,7 @@ pub async fn run_with_listeners(
         None => None,
     };
     let registry = Registry::new(&settings).context("building the tenant registry")?;
-    let http = HttpClient::new().context("building the HTTP client")?;
+    let http = HttpClient::new(Redirects::NoDowngrade).context("building the HTTP client")?;
     let cancel = CancellationToken::new();
     let state = AppState {
         registry: registry.clone(),

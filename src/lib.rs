@@ -11,6 +11,9 @@
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
 //! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
 //!   opaque tokens, the client-credentials token cache and the answer cache.
+//! - [`upstream`]: the one upstream HTTP module (the only one that knows reqwest):
+//!   clients with rustls, timeouts, the body cap and a redirect policy each, used by
+//!   `oidc` and `introspect`.
 //! - [`events`]: key-rotation events and their bus.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
 //!   AdminService, and the one error-to-Status mapping.
@@ -39,6 +42,7 @@ pub mod oidc;
 pub mod registry;
 pub mod telemetry;
 pub mod transport;
+pub mod upstream;
 
 /// Installs the process-wide crypto providers (jsonwebtoken and rustls on aws-lc-rs).
 /// Safe to call more than once.

@@ -3,7 +3,7 @@
 //! cached client-credentials token of `bearer` mode and the answer cache), tenant
 //! selection, bounded upstream work, and the classification of upstream faults.
 //!
-//! Knows reqwest (through `oidc::http`), never tonic: `grpc` turns an
+//! Calls upstream through [`crate::upstream`], never tonic: `grpc` turns an
 //! [`IntrospectError`] into a status and an [`Answer`] into a response.
 
 pub mod answer;
@@ -29,14 +29,14 @@ pub use client::Failure;
 pub use token::{ClientCredentials, renew_at, renewal_margin};
 
 use self::{
-    client::{ClientAuth, Endpoint, UpstreamHttp},
+    client::{ClientAuth, Endpoint},
     token::ClientCredentialsConfig,
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
     jwt::jws,
-    oidc::FetchError,
     registry::{Metadata, Registry, RequestError, ValidateError, ValidateInput},
+    upstream::{FetchError, HttpClient},
 };
 
 /// The `token_type_hint` that marks a token as not locally verifiable (RFC 7662 2.1).
@@ -146,7 +146,7 @@ pub struct Introspector {
     settings: IntrospectionSettings,
     timeout: Duration,
     require_https: bool,
-    http: UpstreamHttp,
+    http: HttpClient,
     endpoint: Endpoint,
     tokens: Option<ClientCredentials>,
     cache: AnswerCache,
@@ -179,7 +179,7 @@ fn token_endpoint(m: &Metadata) -> Option<&str> {
 impl Introspector {
     /// The client of `tenant`, when it has `introspection`; metadata comes from its
     /// first key set (for B2C, the first policy's).
-    pub fn new(tenant: &TenantSettings, registry: &Registry, http: &UpstreamHttp) -> Option<Self> {
+    pub fn new(tenant: &TenantSettings, registry: &Registry, http: &HttpClient) -> Option<Self> {
         let settings = tenant.introspection.clone()?;
         let key_set = registry
             .key_sets()
@@ -337,7 +337,7 @@ impl Introspector {
 
     async fn post(
         &self,
-        url: &reqwest::Url,
+        url: &url::Url,
         pairs: &[(&str, &[u8])],
         auth: ClientAuth<'_>,
     ) -> Result<(u16, Vec<u8>), Failure> {
@@ -403,7 +403,7 @@ impl Introspection {
     /// Builds one introspector per tenant with `introspection`, in configuration order,
     /// sharing one HTTP client.
     pub fn new(registry: &Registry) -> Result<Self, FetchError> {
-        let http = UpstreamHttp::new()?;
+        let http = client::http_client()?;
         let http = &http;
         let introspectors = registry
             .tenants()

@@ -2,7 +2,6 @@
 //! issuer check, JWKS fetching with limits, the pure refresh schedule, and the refresher
 //! loop that keeps the last good keys when a fetch fails.
 
-pub mod http;
 mod schedule;
 
 use std::{
@@ -15,12 +14,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use http::{FetchError, HttpClient};
 pub use schedule::{MAX_BACKOFF, MIN_BACKOFF, next_refresh};
 
 use crate::{
     keys::KeySet,
     registry::{KeySetState, Metadata, RefreshKind, Registry, Source},
+    upstream::{self, FetchError, HttpClient},
 };
 
 /// How often a `jwks_file` is checked for changes (at most; `refresh_interval` if shorter).
@@ -63,7 +62,7 @@ pub async fn fetch_metadata(
         )));
     }
     let jwks_uri = field("jwks_uri").ok_or_else(|| FetchError::Invalid("no jwks_uri".into()))?;
-    http::check_url(&jwks_uri, require_https)?;
+    upstream::check_url(&jwks_uri, require_https)?;
     Ok(Metadata {
         issuer,
         jwks_uri,
@@ -91,10 +90,10 @@ async fn fetch_keys(
             let bytes = tokio::fs::read(path)
                 .await
                 .map_err(|e| FetchError::Connect(format!("cannot read {}: {e}", path.display())))?;
-            if bytes.len() > http::MAX_BODY_BYTES {
+            if bytes.len() > upstream::MAX_BODY_BYTES {
                 return Err(FetchError::TooLarge);
             }
-            http::parse_json(&bytes)?
+            upstream::parse_json(&bytes)?
         }
         Source::Discovery { metadata_url } => {
             let known = state.metadata();
