@@ -11,7 +11,7 @@ use crate::{
     events::{KeyEvent, KeyEventKind, KeyInfo},
     jwt::ErrorCode,
     keys::{KeyType, VerifyingKey},
-    registry::{KeySetState, Source, ValidateError, Validated},
+    registry::{KeySetState, RefreshReport, Source, ValidateError, Validated},
 };
 
 /// A JSON value as a protobuf `Value`.
@@ -261,6 +261,18 @@ pub fn key_info_summary(k: &KeyInfo) -> pb::KeySummary {
         algorithm: k.algorithm.clone(),
         key_type: k.key_type.clone(),
         thumbprint: k.thumbprint.clone(),
+    }
+}
+
+/// A forced refresh's report as a RefreshIssuer answer.
+pub fn refresh_report(r: &RefreshReport) -> pb::RefreshIssuerResponse {
+    let error = r.outcome.error();
+    pb::RefreshIssuerResponse {
+        refreshed: error.is_none(),
+        added: r.added.iter().map(key_info_summary).collect(),
+        removed: r.removed.iter().map(key_info_summary).collect(),
+        error: error.unwrap_or_default(),
+        issuer: Some(issuer_status(&r.key_set)),
     }
 }
 

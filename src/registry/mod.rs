@@ -4,6 +4,7 @@
 //! held in a `DashMap`. A claim is only ever a lookup key into configuration here: no
 //! claim creates an entry or names a URL.
 
+mod operator;
 mod refresh;
 mod replay;
 mod validate;
@@ -20,9 +21,10 @@ use dashmap::DashMap;
 use jsonwebtoken::Algorithm;
 use tokio::sync::broadcast;
 
+pub use operator::{RefreshError, RefreshOutcome, RefreshReport};
 pub use refresh::{RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
-pub use validate::{RequestError, ValidateError, ValidateInput, Validated};
+pub use validate::{ValidateError, ValidateInput, Validated};
 
 use crate::{
     config::{
@@ -37,6 +39,44 @@ use crate::{
     },
     keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
 };
+
+/// A request problem (gRPC INVALID_ARGUMENT), as opposed to a rejected token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request named a tenant that is not configured.
+    #[error("tenant `{0}` is not configured")]
+    UnknownTenant(String),
+    /// The request named a key set that does not exist.
+    #[error("no key set `{0}`")]
+    UnknownKeySet(String),
+    /// The tenant has no key set (cannot happen for a configured tenant).
+    #[error("tenant `{0}` has no key set")]
+    NoKeySet(String),
+    /// A policy was named for a tenant that is not B2C.
+    #[error("tenant `{tenant}` is not a B2C tenant; policy {} does not apply", echo(.policy))]
+    NotB2c {
+        /// Tenant id.
+        tenant: String,
+        /// The policy named.
+        policy: String,
+    },
+    /// A B2C tenant was named without one of its policies.
+    #[error("tenant `{tenant}` is a B2C tenant: name one of its policies ({policies})")]
+    PolicyRequired {
+        /// Tenant id.
+        tenant: String,
+        /// Its policies, comma-separated.
+        policies: String,
+    },
+    /// A B2C tenant was named with a policy it does not have.
+    #[error("tenant `{tenant}` has no policy {}", echo(.policy))]
+    UnknownPolicy {
+        /// Tenant id.
+        tenant: String,
+        /// The policy named.
+        policy: String,
+    },
+}
 
 /// Identifies one key set: a tenant, and for B2C one of its policies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use jsonwebtoken::Algorithm;
 
-use super::{KeySetId, KeySetState, Registry, Tenant, replay::ReplayOutcome};
+use super::{KeySetId, KeySetState, Registry, RequestError, Tenant, replay::ReplayOutcome};
 use crate::{
     jwt::{
         ErrorCode, Rejection,
@@ -16,14 +16,6 @@ use crate::{
     },
     keys::{KeyLookup, VerifyingKey},
 };
-
-/// A request problem (gRPC INVALID_ARGUMENT), as opposed to a rejected token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// The request named a tenant that is not configured.
-    #[error("tenant `{0}` is not configured")]
-    UnknownTenant(String),
-}
 
 /// Why Validate did not accept a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
