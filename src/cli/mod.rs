@@ -2,6 +2,7 @@
 //! `validate`, and the operator tools `watch` and `issuers` (in [`operator`]). Parsing
 //! here, work in the library; `main` only dispatches.
 
+pub mod json;
 pub mod operator;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -13,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::{
     config::{self, ConfigError},
     dev::{self, DevKey},
-    grpc::{convert, pb},
+    grpc::pb,
     telemetry::{self, LogFormat},
 };
 
@@ -268,7 +269,7 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         .into_inner();
     println!(
         "{}",
-        serde_json::to_string_pretty(&convert::validate_response_json(&resp))?
+        serde_json::to_string_pretty(&json::validate_response_json(&resp))?
     );
     Ok(())
 }
