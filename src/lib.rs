@@ -45,7 +45,9 @@ pub mod transport;
 pub mod upstream;
 
 /// Installs the process-wide crypto providers (jsonwebtoken and rustls on aws-lc-rs).
-/// Safe to call more than once.
+/// Safe to call more than once. Serving calls it ([`app::run_with_listeners`]); code
+/// that signs or verifies without a server (the `token` command, tests) gets the same
+/// providers from the crates' features, which name aws-lc-rs alone.
 pub fn install_crypto() {
     let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
         &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,

@@ -8,6 +8,5 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    introspectd::install_crypto();
     introspectd::cli::run(introspectd::cli::Cli::parse()).await
 }

@@ -17,7 +17,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tokio::{sync::Semaphore, time::Instant};
@@ -34,7 +34,7 @@ use self::{
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
-    jwt::jws,
+    jwt::{claims::now_secs, jws},
     registry::{Metadata, Registry, RequestError, ValidateError, ValidateInput},
     upstream::{FetchError, HttpClient},
 };
@@ -265,10 +265,7 @@ impl Introspector {
         };
         match self.call(token, hint).await {
             Ok(answer) => {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
+                let now = now_secs();
                 let ttl = answer_ttl(
                     &answer,
                     now,

@@ -2,7 +2,7 @@
 //! checks of BEHAVIOUR.md steps 5-7 (type, time, required claims, audience and `azp`,
 //! scopes, nonce), each a pure function of the claims, a policy and the current time.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
@@ -159,6 +159,14 @@ pub struct TimePolicy<'a> {
     pub max_lifetime: Option<Duration>,
     /// Claims that must be present.
     pub required_claims: &'a [String],
+}
+
+/// Now, in seconds since the epoch (fractional), the unit of `exp`, `nbf` and `iat`.
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// `exp` (when required), `nbf`, `iat`, the lifetime bound, then the other required

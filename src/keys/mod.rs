@@ -59,6 +59,130 @@ pub struct IngestOptions<'a> {
     pub algorithms: &'a [Algorithm],
 }
 
+/// Why a key, or a whole document, was not ingested: one case per hygiene rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// An HMAC secret shorter than the algorithm's hash output.
+    #[error("{alg:?} needs a key of at least {min} bytes, got {got}")]
+    HmacTooShort {
+        /// The algorithm.
+        alg: Algorithm,
+        /// Its minimum, in bytes.
+        min: usize,
+        /// The secret's length.
+        got: usize,
+    },
+    /// The allow-list has no HMAC algorithm for a symmetric key.
+    #[error("no HMAC algorithm is allowed for this key")]
+    NoHmacAlgorithm,
+    /// A required member (`kty`, `crv`) is absent.
+    #[error("no {0}")]
+    Missing(&'static str),
+    /// A key material member is absent or not a string.
+    #[error("no `{0}`")]
+    MissingMember(&'static str),
+    /// A key material member is not base64url.
+    #[error("`{0}` is not base64url")]
+    NotBase64url(&'static str),
+    /// A `kty` this service does not verify with.
+    #[error("kty `{0}` is not supported")]
+    UnsupportedKeyType(String),
+    /// `kid` of the wrong JSON type.
+    #[error("kid is not a string")]
+    KidNotString,
+    /// `use` other than `sig`.
+    #[error("use is not `sig`")]
+    NotForSignatures,
+    /// `key_ops` without `verify`.
+    #[error("key_ops does not include `verify`")]
+    NotForVerifying,
+    /// An `alg` outside the supported set.
+    #[error("alg `{0}` is not a supported signature algorithm")]
+    UnsupportedAlgorithm(String),
+    /// `alg` of the wrong JSON type.
+    #[error("alg is not a string")]
+    AlgorithmNotString,
+    /// An `oct` key in a fetched set.
+    #[error("symmetric (oct) keys are never taken from a fetched key set")]
+    SymmetricFetched,
+    /// A private or symmetric member in a public key.
+    #[error("has the private member `{0}`")]
+    PrivateMember(&'static str),
+    /// The declared `alg` is of another family than the key.
+    #[error("alg {0:?} does not fit the key type")]
+    AlgorithmMismatch(Algorithm),
+    /// The declared (or only possible) `alg` is not in the tenant's allow-list.
+    #[error("alg {0:?} is not allowed")]
+    AlgorithmNotAllowed(Algorithm),
+    /// No allowed algorithm is of the key's family.
+    #[error("no allowed algorithm fits the key type")]
+    NoAllowedAlgorithm,
+    /// An RSA modulus under [`MIN_RSA_BITS`].
+    #[error("RSA modulus of {0} bits is under {MIN_RSA_BITS}")]
+    RsaTooSmall(usize),
+    /// An RSA modulus over [`MAX_RSA_BITS`].
+    #[error("RSA modulus of {0} bits is over {MAX_RSA_BITS}")]
+    RsaTooLarge(usize),
+    /// An even RSA modulus.
+    #[error("RSA modulus is even")]
+    RsaEvenModulus,
+    /// An RSA exponent that is even, under 3 or over 64 bits.
+    #[error("RSA public exponent must be odd and at least 3")]
+    RsaBadExponent,
+    /// An RSA modulus from a ROCA-vulnerable generator.
+    #[error("RSA modulus has the ROCA fingerprint (CVE-2017-15361)")]
+    RsaRoca,
+    /// aws-lc refused the RSA key.
+    #[error("RSA key rejected: {0}")]
+    RsaRejected(String),
+    /// A curve this service does not verify with.
+    #[error("curve `{0}` is not supported")]
+    UnsupportedCurve(String),
+    /// The declared `alg` is not the curve's.
+    #[error("alg {alg:?} does not fit curve {crv}")]
+    CurveMismatch {
+        /// The declared algorithm.
+        alg: Algorithm,
+        /// The curve.
+        crv: String,
+    },
+    /// EC coordinates of the wrong length.
+    #[error("coordinates of a {crv} key are {size} bytes each")]
+    CoordinateLength {
+        /// The curve.
+        crv: String,
+        /// The length they must have.
+        size: usize,
+    },
+    /// An EC point off its curve.
+    #[error("the point is not on curve {0}")]
+    NotOnCurve(String),
+    /// An Ed25519 key of the wrong length.
+    #[error("an Ed25519 key is 32 bytes")]
+    Ed25519Length,
+    /// aws-lc refused the Ed25519 key.
+    #[error("invalid Ed25519 key")]
+    Ed25519Invalid,
+    /// The document has no `keys` array.
+    #[error("the document has no `keys` array")]
+    NoKeysArray,
+    /// An entry of `keys` that is not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// The same key twice.
+    #[error("exact duplicate")]
+    Duplicate,
+    /// A `kid` held by different keys.
+    #[error("kid is shared by different keys, so it is ambiguous")]
+    AmbiguousKid,
+    /// Past [`MAX_KEYS_PER_SET`].
+    #[error("more than {MAX_KEYS_PER_SET} keys")]
+    TooManyKeys,
+    /// An `oct` key beside public keys.
+    #[error("symmetric key in a set with public keys")]
+    SymmetricBesidePublic,
+}
+
 /// Why a key of a document was not ingested.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedKey {
@@ -67,7 +191,7 @@ pub struct SkippedKey {
     /// Its `kid`, when it had a readable one.
     pub kid: Option<String>,
     /// Why.
-    pub reason: String,
+    pub reason: KeyError,
 }
 
 /// Key type, as in the JWK `kty`.
@@ -180,7 +304,7 @@ impl VerifyingKey {
         kid: Option<String>,
         secret: &[u8],
         algorithms: &[Algorithm],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyError> {
         let mut bound = Vec::new();
         let mut keys = Vec::new();
         for alg in algorithms
@@ -189,11 +313,11 @@ impl VerifyingKey {
             .filter(|a| a.family() == AlgorithmFamily::Hmac)
         {
             if secret.len() < min_hmac_key_bytes(alg) {
-                return Err(format!(
-                    "{alg:?} needs a key of at least {} bytes, got {}",
-                    min_hmac_key_bytes(alg),
-                    secret.len()
-                ));
+                return Err(KeyError::HmacTooShort {
+                    alg,
+                    min: min_hmac_key_bytes(alg),
+                    got: secret.len(),
+                });
             }
             let h = match alg {
                 Algorithm::HS256 => hmac::HMAC_SHA256,
@@ -204,7 +328,7 @@ impl VerifyingKey {
             keys.push((alg, hmac::Key::new(h, secret)));
         }
         if bound.is_empty() {
-            return Err("no HMAC algorithm is allowed for this key".into());
+            return Err(KeyError::NoHmacAlgorithm);
         }
         let thumbprint = thumbprint(&json!({"k": URL_SAFE_NO_PAD.encode(secret), "kty": "oct"}));
         Ok(Self {
@@ -218,69 +342,78 @@ impl VerifyingKey {
     }
 
     /// Ingests one JWK, applying every hygiene rule.
-    pub fn from_jwk(jwk: &Map<String, Value>, opts: &IngestOptions<'_>) -> Result<Self, String> {
+    pub fn from_jwk(jwk: &Map<String, Value>, opts: &IngestOptions<'_>) -> Result<Self, KeyError> {
         let kty = match jwk.get("kty").and_then(Value::as_str) {
             Some("RSA") => KeyType::Rsa,
             Some("EC") => KeyType::Ec,
             Some("OKP") => KeyType::Okp,
             Some("oct") => KeyType::Oct,
-            Some(other) => return Err(format!("kty `{other}` is not supported")),
-            None => return Err("no kty".into()),
+            Some(other) => return Err(KeyError::UnsupportedKeyType(other.to_string())),
+            None => return Err(KeyError::Missing("kty")),
         };
         let kid = match jwk.get("kid") {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err("kid is not a string".into()),
+            Some(_) => return Err(KeyError::KidNotString),
         };
         if let Some(u) = jwk.get("use")
             && u.as_str() != Some("sig")
         {
-            return Err("use is not `sig`".into());
+            return Err(KeyError::NotForSignatures);
         }
         if let Some(ops) = jwk.get("key_ops") {
             let verifies = ops
                 .as_array()
                 .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
             if !verifies {
-                return Err("key_ops does not include `verify`".into());
+                return Err(KeyError::NotForVerifying);
             }
         }
         let declared = match jwk.get("alg") {
             None => None,
             Some(Value::String(s)) => Some(
                 s.parse::<Algorithm>()
-                    .map_err(|_| format!("alg `{s}` is not a supported signature algorithm"))?,
+                    .map_err(|_| KeyError::UnsupportedAlgorithm(s.clone()))?,
             ),
-            Some(_) => return Err("alg is not a string".into()),
+            Some(_) => return Err(KeyError::AlgorithmNotString),
         };
-        if kty == KeyType::Oct {
-            if !opts.allow_symmetric {
-                return Err("symmetric (oct) keys are never taken from a fetched key set".into());
-            }
-            let k = b64_member(jwk, "k")?;
-            let algs = bind(declared, AlgorithmFamily::Hmac, opts.algorithms)?;
-            return Self::hmac(kid, &k, &algs);
-        }
-        if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
-            return Err(format!("has the private member `{m}`"));
+        if kty != KeyType::Oct
+            && let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m))
+        {
+            return Err(KeyError::PrivateMember(m));
         }
         match kty {
+            KeyType::Oct => oct_key(jwk, kid, declared, opts),
             KeyType::Rsa => rsa_key(jwk, kid, declared, opts),
             KeyType::Ec => ec_key(jwk, kid, declared, opts),
             KeyType::Okp => okp_key(jwk, kid, declared, opts),
-            KeyType::Oct => Err("unreachable".into()),
         }
     }
 }
 
-fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
+/// A symmetric key: only from a set the operator configured, never a fetched one.
+fn oct_key(
+    jwk: &Map<String, Value>,
+    kid: Option<String>,
+    declared: Option<Algorithm>,
+    opts: &IngestOptions<'_>,
+) -> Result<VerifyingKey, KeyError> {
+    if !opts.allow_symmetric {
+        return Err(KeyError::SymmetricFetched);
+    }
+    let k = b64_member(jwk, "k")?;
+    let algs = bind(declared, AlgorithmFamily::Hmac, opts.algorithms)?;
+    VerifyingKey::hmac(kid, &k, &algs)
+}
+
+fn b64_member(jwk: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, KeyError> {
     let s = jwk
         .get(name)
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("no `{name}`"))?;
+        .ok_or(KeyError::MissingMember(name))?;
     URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| format!("`{name}` is not base64url"))
+        .map_err(|_| KeyError::NotBase64url(name))
 }
 
 /// Binds a key to one algorithm: its declared `alg` (which must fit the family and be
@@ -289,12 +422,10 @@ fn bind(
     declared: Option<Algorithm>,
     family: AlgorithmFamily,
     allowed: &[Algorithm],
-) -> Result<Vec<Algorithm>, String> {
+) -> Result<Vec<Algorithm>, KeyError> {
     match declared {
-        Some(alg) if alg.family() != family => {
-            Err(format!("alg {alg:?} does not fit the key type"))
-        }
-        Some(alg) if !allowed.contains(&alg) => Err(format!("alg {alg:?} is not allowed")),
+        Some(alg) if alg.family() != family => Err(KeyError::AlgorithmMismatch(alg)),
+        Some(alg) if !allowed.contains(&alg) => Err(KeyError::AlgorithmNotAllowed(alg)),
         Some(alg) => Ok(vec![alg]),
         None => {
             let algs: Vec<Algorithm> = allowed
@@ -303,7 +434,7 @@ fn bind(
                 .filter(|a| a.family() == family)
                 .collect();
             if algs.is_empty() {
-                Err("no allowed algorithm fits the key type".into())
+                Err(KeyError::NoAllowedAlgorithm)
             } else {
                 Ok(algs)
             }
@@ -366,36 +497,34 @@ fn rsa_key(
     kid: Option<String>,
     declared: Option<Algorithm>,
     opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, String> {
+) -> Result<VerifyingKey, KeyError> {
     let n_raw = b64_member(jwk, "n")?;
     let e_raw = b64_member(jwk, "e")?;
     let n = strip_leading_zeros(&n_raw);
     let e = strip_leading_zeros(&e_raw);
     let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
     if bits < MIN_RSA_BITS {
-        return Err(format!(
-            "RSA modulus of {bits} bits is under {MIN_RSA_BITS}"
-        ));
+        return Err(KeyError::RsaTooSmall(bits));
     }
     if bits > MAX_RSA_BITS {
-        return Err(format!("RSA modulus of {bits} bits is over {MAX_RSA_BITS}"));
+        return Err(KeyError::RsaTooLarge(bits));
     }
     if n.last().is_some_and(|b| b & 1 == 0) {
-        return Err("RSA modulus is even".into());
+        return Err(KeyError::RsaEvenModulus);
     }
     let e_small = e.len() == 1 && e[0] < 3;
     if e.is_empty() || e_small || e.last().is_some_and(|b| b & 1 == 0) || e.len() > 8 {
-        return Err("RSA public exponent must be odd and at least 3".into());
+        return Err(KeyError::RsaBadExponent);
     }
     if roca::is_vulnerable(n) {
-        return Err("RSA modulus has the ROCA fingerprint (CVE-2017-15361)".into());
+        return Err(KeyError::RsaRoca);
     }
     let algs = bind(declared, AlgorithmFamily::Rsa, opts.algorithms)?;
     let der = rsa_public_key_der(n, e);
     let mut parsed = Vec::with_capacity(algs.len());
     for alg in &algs {
         let key = sig::ParsedPublicKey::new(rsa_params(*alg), &der)
-            .map_err(|e| format!("RSA key rejected: {e}"))?;
+            .map_err(|e| KeyError::RsaRejected(e.to_string()))?;
         parsed.push((*alg, key));
     }
     let members =
@@ -415,26 +544,35 @@ fn ec_key(
     kid: Option<String>,
     declared: Option<Algorithm>,
     opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, String> {
-    let crv = jwk.get("crv").and_then(Value::as_str).ok_or("no crv")?;
+) -> Result<VerifyingKey, KeyError> {
+    let crv = jwk
+        .get("crv")
+        .and_then(Value::as_str)
+        .ok_or(KeyError::Missing("crv"))?;
     let (alg, size, verify_alg): (Algorithm, usize, &'static sig::EcdsaVerificationAlgorithm) =
         match crv {
             "P-256" => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
             "P-384" => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
-            other => return Err(format!("curve `{other}` is not supported")),
+            other => return Err(KeyError::UnsupportedCurve(other.to_string())),
         };
     if let Some(d) = declared
         && d != alg
     {
-        return Err(format!("alg {d:?} does not fit curve {crv}"));
+        return Err(KeyError::CurveMismatch {
+            alg: d,
+            crv: crv.to_string(),
+        });
     }
     if !opts.algorithms.contains(&alg) {
-        return Err(format!("alg {alg:?} is not allowed"));
+        return Err(KeyError::AlgorithmNotAllowed(alg));
     }
     let x = b64_member(jwk, "x")?;
     let y = b64_member(jwk, "y")?;
     if x.len() != size || y.len() != size {
-        return Err(format!("coordinates of a {crv} key are {size} bytes each"));
+        return Err(KeyError::CoordinateLength {
+            crv: crv.to_string(),
+            size,
+        });
     }
     let mut point = Vec::with_capacity(1 + 2 * size);
     point.push(0x04);
@@ -442,7 +580,7 @@ fn ec_key(
     point.extend_from_slice(&y);
     // Parsing validates that the point is on the curve.
     let parsed = sig::ParsedPublicKey::new(verify_alg, &point)
-        .map_err(|_| format!("the point is not on curve {crv}"))?;
+        .map_err(|_| KeyError::NotOnCurve(crv.to_string()))?;
     let members = json!({"crv": crv, "kty": "EC", "x": URL_SAFE_NO_PAD.encode(&x), "y": URL_SAFE_NO_PAD.encode(&y)});
     Ok(finish(
         kid,
@@ -459,18 +597,21 @@ fn okp_key(
     kid: Option<String>,
     declared: Option<Algorithm>,
     opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, String> {
-    let crv = jwk.get("crv").and_then(Value::as_str).ok_or("no crv")?;
+) -> Result<VerifyingKey, KeyError> {
+    let crv = jwk
+        .get("crv")
+        .and_then(Value::as_str)
+        .ok_or(KeyError::Missing("crv"))?;
     if crv != "Ed25519" {
-        return Err(format!("curve `{crv}` is not supported"));
+        return Err(KeyError::UnsupportedCurve(crv.to_string()));
     }
     let algs = bind(declared, AlgorithmFamily::Ed, opts.algorithms)?;
     let x = b64_member(jwk, "x")?;
     if x.len() != 32 {
-        return Err("an Ed25519 key is 32 bytes".into());
+        return Err(KeyError::Ed25519Length);
     }
-    let parsed = sig::ParsedPublicKey::new(&sig::ED25519, &x)
-        .map_err(|_| "invalid Ed25519 key".to_string())?;
+    let parsed =
+        sig::ParsedPublicKey::new(&sig::ED25519, &x).map_err(|_| KeyError::Ed25519Invalid)?;
     let members = json!({"crv": crv, "kty": "OKP", "x": URL_SAFE_NO_PAD.encode(&x)});
     let verifier = Verifier::Public(vec![(Algorithm::EdDSA, parsed)]);
     Ok(finish(kid, KeyType::Okp, algs, members, jwk, verifier))
@@ -561,7 +702,7 @@ impl KeySet {
                     skipped.push(SkippedKey {
                         index,
                         kid: Some(kid.clone()),
-                        reason: "exact duplicate".into(),
+                        reason: KeyError::Duplicate,
                     });
                 } else if !ambiguous.contains(kid) {
                     ambiguous.push(kid.clone());
@@ -577,7 +718,7 @@ impl KeySet {
                     skipped.push(SkippedKey {
                         index,
                         kid: Some(kid.clone()),
-                        reason: "kid is shared by different keys, so it is ambiguous".into(),
+                        reason: KeyError::AmbiguousKid,
                     });
                     continue;
                 }
@@ -593,11 +734,11 @@ impl KeySet {
     pub fn from_jwks(
         doc: &Value,
         opts: &IngestOptions<'_>,
-    ) -> Result<(Self, Vec<SkippedKey>), String> {
+    ) -> Result<(Self, Vec<SkippedKey>), KeyError> {
         let list = doc
             .get("keys")
             .and_then(Value::as_array)
-            .ok_or("the document has no `keys` array")?;
+            .ok_or(KeyError::NoKeysArray)?;
         // A kid named by two different entries is ambiguous even when one of them is
         // unusable: which key the publisher meant cannot be known.
         let mut entries_by_kid: HashMap<&str, Vec<&Value>> = HashMap::new();
@@ -622,7 +763,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid,
-                    reason: format!("more than {MAX_KEYS_PER_SET} keys"),
+                    reason: KeyError::TooManyKeys,
                 });
                 continue;
             }
@@ -630,7 +771,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid,
-                    reason: "kid is shared by different keys, so it is ambiguous".into(),
+                    reason: KeyError::AmbiguousKid,
                 });
                 continue;
             }
@@ -638,7 +779,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid,
-                    reason: "not a JSON object".into(),
+                    reason: KeyError::NotAnObject,
                 });
                 continue;
             };
@@ -654,7 +795,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid: k.kid.clone(),
-                    reason: "symmetric key in a set with public keys".into(),
+                    reason: KeyError::SymmetricBesidePublic,
                 });
             } else {
                 accepted.push(k);

@@ -116,8 +116,8 @@ async fn fetch_keys(
             http.get_json(&metadata.jwks_uri, timeout, https).await?
         }
     };
-    let (set, skipped) =
-        KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
+    let (set, skipped) = KeySet::from_jwks(&doc, &state.ingest_options())
+        .map_err(|e| FetchError::Invalid(e.to_string()))?;
     Ok((set, Registry::describe_skipped(&skipped)))
 }
 

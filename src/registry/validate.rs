@@ -3,7 +3,7 @@
 //! the key (with at most one refresh on a kid miss, bounded by `fetch_timeout`), the
 //! signature, and replay.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
 
@@ -11,7 +11,7 @@ use super::{KeySetId, KeySetState, Registry, RequestError, Tenant, replay::Repla
 use crate::{
     jwt::{
         ErrorCode, Rejection,
-        claims::{self, Claims, TimePolicy},
+        claims::{self, Claims, TimePolicy, now_secs},
         jws,
     },
     keys::{KeyLookup, VerifyingKey},
@@ -87,13 +87,6 @@ pub struct Validated {
     pub algorithm: Algorithm,
     /// `kid` from the header.
     pub kid: Option<String>,
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Registry {
