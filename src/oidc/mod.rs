@@ -10,8 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use schedule::{MAX_BACKOFF, MIN_BACKOFF, next_refresh};
@@ -121,14 +120,15 @@ async fn fetch_keys(
     Ok((set, Registry::describe_skipped(&skipped)))
 }
 
-/// Starts one refresher per refreshable key set; they stop when `cancel` fires.
+/// Starts one refresher per refreshable key set on `tasks`; they stop when `cancel`
+/// fires.
 pub fn spawn_refreshers(
     registry: &Registry,
     http: &HttpClient,
+    tasks: &TaskTracker,
     cancel: &CancellationToken,
     observer: Option<FetchObserver>,
-) -> JoinSet<()> {
-    let mut set = JoinSet::new();
+) {
     for state in registry.key_sets() {
         if !state.refresh.is_refreshable() {
             continue;
@@ -141,9 +141,8 @@ pub fn spawn_refreshers(
             cancel.clone(),
             observer.clone(),
         );
-        set.spawn(fut.instrument(span));
+        tasks.spawn(fut.instrument(span));
     }
-    set
 }
 
 /// The refresher loop of one key set: fetch at start-up, then on schedule, on request
