@@ -25,9 +25,6 @@
 //! - [`metrics`]: Prometheus families, bounded labels, the `/metrics` endpoint.
 //! - [`transport`]: the gRPC listener's accept loop, TLS with hot reload, connection age.
 
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-
 pub mod app;
 pub mod cli;
 pub mod config;

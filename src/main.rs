@@ -1,7 +1,5 @@
 //! The `introspectd` binary: parses the command line and hands over to the library.
 
-#![forbid(unsafe_code)]
-
 use std::process::ExitCode;
 
 use clap::Parser as _;

@@ -1,6 +1,9 @@
 //! Metrics end to end: real calls against the real server, then the exposition scraped
 //! over HTTP from `server.metrics_listen`.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! request timeout, message size limits, HTTP/2 keepalive, and max connection age with
 //! its grace period.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;

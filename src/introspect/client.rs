@@ -193,6 +193,25 @@ pub enum ClientAuth<'a> {
     Bearer(&'a str),
 }
 
+impl fmt::Debug for ClientAuth<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret redacts itself; the bearer token is a credential too.
+        match self {
+            Self::Basic { client_id, secret } => f
+                .debug_struct("Basic")
+                .field("client_id", client_id)
+                .field("secret", secret)
+                .finish(),
+            Self::Post { client_id, secret } => f
+                .debug_struct("Post")
+                .field("client_id", client_id)
+                .field("secret", secret)
+                .finish(),
+            Self::Bearer(_) => f.write_str("Bearer([redacted])"),
+        }
+    }
+}
+
 /// Builds a form body from pairs (values as bytes, so a secret is never copied into an
 /// intermediate `String` other than the body itself).
 pub fn form_body(pairs: &[(&str, &[u8])]) -> String {

@@ -108,7 +108,8 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// What a [`ClientCredentials`] needs.
+/// What a [`ClientCredentials`] needs (`Debug` shows no secret: [`Secret`] redacts).
+#[derive(Debug)]
 pub struct ClientCredentialsConfig {
     /// Tenant id, for logs.
     pub tenant: String,
