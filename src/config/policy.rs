@@ -21,18 +21,8 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
 /// Default timeout of one metadata, JWKS or introspection request.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default algorithm allow-list (asymmetric only).
-pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+/// Default algorithm allow-list: every asymmetric algorithm, no HMAC.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = crate::keys::ASYMMETRIC_ALGORITHMS;
 /// Default required claims.
 pub const DEFAULT_REQUIRED_CLAIMS: [&str; 1] = ["exp"];
 /// Cap on replay-detection entries per tenant (`replay_detection: true`).
@@ -178,6 +168,21 @@ impl Layers<'_> {
         }
     }
 
+    /// A duration that must be at least `min`; an error names the key that set it.
+    fn at_least(
+        &self,
+        (field, get): (&str, fn(&PolicyFile) -> &Option<Duration>),
+        default: Duration,
+        (min, message): (Duration, &str),
+    ) -> Result<Duration, ConfigError> {
+        let (key, value) = self.pick(field, get);
+        let value = value.unwrap_or(default);
+        if value < min {
+            return Err(ConfigError::new(key, message));
+        }
+        Ok(value)
+    }
+
     fn value<T: Clone>(&self, get: impl Fn(&PolicyFile) -> &Option<T>) -> Option<T> {
         get(self.own).clone().or_else(|| get(self.defaults).clone())
     }
@@ -228,22 +233,20 @@ pub(super) fn resolve(
 
 fn refresh(layers: &Layers<'_>) -> Result<RefreshSettings, ConfigError> {
     let builtin = RefreshSettings::default();
-    let (key, refresh_interval) = layers.pick("refresh_interval", |p| &p.refresh_interval);
-    let refresh_interval = refresh_interval.unwrap_or(builtin.refresh_interval);
-    if refresh_interval < MIN_REFRESH_INTERVAL {
-        return Err(ConfigError::new(key, "must be at least 1s"));
-    }
-    let (key, fetch_timeout) = layers.pick("fetch_timeout", |p| &p.fetch_timeout);
-    let fetch_timeout = fetch_timeout.unwrap_or(builtin.fetch_timeout);
-    if fetch_timeout.is_zero() {
-        return Err(ConfigError::new(key, "must be greater than 0"));
-    }
     Ok(RefreshSettings {
-        refresh_interval,
+        refresh_interval: layers.at_least(
+            ("refresh_interval", |p| &p.refresh_interval),
+            builtin.refresh_interval,
+            (MIN_REFRESH_INTERVAL, "must be at least 1s"),
+        )?,
         unknown_kid_cooldown: layers
             .value(|p| &p.unknown_kid_cooldown)
             .unwrap_or(builtin.unknown_kid_cooldown),
-        fetch_timeout,
+        fetch_timeout: layers.at_least(
+            ("fetch_timeout", |p| &p.fetch_timeout),
+            builtin.fetch_timeout,
+            (Duration::from_nanos(1), "must be greater than 0"),
+        )?,
         require_https: layers
             .value(|p| &p.require_https)
             .unwrap_or(builtin.require_https),

@@ -3,7 +3,13 @@
 //! verifier bound to its algorithms; RFC 7638 thumbprints; and [`KeySet`], the immutable
 //! snapshot that validation reads lock-free through an `Arc`.
 
+mod error;
+mod jwk;
 mod roca;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use error::KeyError;
 
 use std::{collections::HashMap, fmt, sync::Arc};
 
@@ -13,11 +19,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_json::{Map, Value, json};
 
-/// Every signature algorithm this service can verify (jsonwebtoken's closed set).
-pub const SUPPORTED_ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
+/// The HMAC algorithms (first-party keys configured by the operator).
+pub const HMAC_ALGORITHMS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+/// The asymmetric signature algorithms this service can verify.
+pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
@@ -28,6 +33,21 @@ pub const SUPPORTED_ALGORITHMS: [Algorithm; 12] = [
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
+/// Every signature algorithm this service can verify (jsonwebtoken's closed set): the
+/// HMAC ones, then the asymmetric ones.
+pub const SUPPORTED_ALGORITHMS: [Algorithm; 12] = {
+    let mut all = [Algorithm::HS256; 12];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = if i < HMAC_ALGORITHMS.len() {
+            HMAC_ALGORITHMS[i]
+        } else {
+            ASYMMETRIC_ALGORITHMS[i - HMAC_ALGORITHMS.len()]
+        };
+        i += 1;
+    }
+    all
+};
 
 /// Smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -47,9 +67,6 @@ pub fn min_hmac_key_bytes(alg: Algorithm) -> usize {
     }
 }
 
-/// JWK members that only a private or symmetric key has.
-const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
-
 /// Where a key set comes from, which decides what it may contain.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestOptions<'a> {
@@ -57,130 +74,6 @@ pub struct IngestOptions<'a> {
     pub allow_symmetric: bool,
     /// The tenant's algorithm allow-list; a key is bound to algorithms in it.
     pub algorithms: &'a [Algorithm],
-}
-
-/// Why a key, or a whole document, was not ingested: one case per hygiene rule.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    /// An HMAC secret shorter than the algorithm's hash output.
-    #[error("{alg:?} needs a key of at least {min} bytes, got {got}")]
-    HmacTooShort {
-        /// The algorithm.
-        alg: Algorithm,
-        /// Its minimum, in bytes.
-        min: usize,
-        /// The secret's length.
-        got: usize,
-    },
-    /// The allow-list has no HMAC algorithm for a symmetric key.
-    #[error("no HMAC algorithm is allowed for this key")]
-    NoHmacAlgorithm,
-    /// A required member (`kty`, `crv`) is absent.
-    #[error("no {0}")]
-    Missing(&'static str),
-    /// A key material member is absent or not a string.
-    #[error("no `{0}`")]
-    MissingMember(&'static str),
-    /// A key material member is not base64url.
-    #[error("`{0}` is not base64url")]
-    NotBase64url(&'static str),
-    /// A `kty` this service does not verify with.
-    #[error("kty `{0}` is not supported")]
-    UnsupportedKeyType(String),
-    /// `kid` of the wrong JSON type.
-    #[error("kid is not a string")]
-    KidNotString,
-    /// `use` other than `sig`.
-    #[error("use is not `sig`")]
-    NotForSignatures,
-    /// `key_ops` without `verify`.
-    #[error("key_ops does not include `verify`")]
-    NotForVerifying,
-    /// An `alg` outside the supported set.
-    #[error("alg `{0}` is not a supported signature algorithm")]
-    UnsupportedAlgorithm(String),
-    /// `alg` of the wrong JSON type.
-    #[error("alg is not a string")]
-    AlgorithmNotString,
-    /// An `oct` key in a fetched set.
-    #[error("symmetric (oct) keys are never taken from a fetched key set")]
-    SymmetricFetched,
-    /// A private or symmetric member in a public key.
-    #[error("has the private member `{0}`")]
-    PrivateMember(&'static str),
-    /// The declared `alg` is of another family than the key.
-    #[error("alg {0:?} does not fit the key type")]
-    AlgorithmMismatch(Algorithm),
-    /// The declared (or only possible) `alg` is not in the tenant's allow-list.
-    #[error("alg {0:?} is not allowed")]
-    AlgorithmNotAllowed(Algorithm),
-    /// No allowed algorithm is of the key's family.
-    #[error("no allowed algorithm fits the key type")]
-    NoAllowedAlgorithm,
-    /// An RSA modulus under [`MIN_RSA_BITS`].
-    #[error("RSA modulus of {0} bits is under {MIN_RSA_BITS}")]
-    RsaTooSmall(usize),
-    /// An RSA modulus over [`MAX_RSA_BITS`].
-    #[error("RSA modulus of {0} bits is over {MAX_RSA_BITS}")]
-    RsaTooLarge(usize),
-    /// An even RSA modulus.
-    #[error("RSA modulus is even")]
-    RsaEvenModulus,
-    /// An RSA exponent that is even, under 3 or over 64 bits.
-    #[error("RSA public exponent must be odd and at least 3")]
-    RsaBadExponent,
-    /// An RSA modulus from a ROCA-vulnerable generator.
-    #[error("RSA modulus has the ROCA fingerprint (CVE-2017-15361)")]
-    RsaRoca,
-    /// aws-lc refused the RSA key.
-    #[error("RSA key rejected: {0}")]
-    RsaRejected(String),
-    /// A curve this service does not verify with.
-    #[error("curve `{0}` is not supported")]
-    UnsupportedCurve(String),
-    /// The declared `alg` is not the curve's.
-    #[error("alg {alg:?} does not fit curve {crv}")]
-    CurveMismatch {
-        /// The declared algorithm.
-        alg: Algorithm,
-        /// The curve.
-        crv: String,
-    },
-    /// EC coordinates of the wrong length.
-    #[error("coordinates of a {crv} key are {size} bytes each")]
-    CoordinateLength {
-        /// The curve.
-        crv: String,
-        /// The length they must have.
-        size: usize,
-    },
-    /// An EC point off its curve.
-    #[error("the point is not on curve {0}")]
-    NotOnCurve(String),
-    /// An Ed25519 key of the wrong length.
-    #[error("an Ed25519 key is 32 bytes")]
-    Ed25519Length,
-    /// aws-lc refused the Ed25519 key.
-    #[error("invalid Ed25519 key")]
-    Ed25519Invalid,
-    /// The document has no `keys` array.
-    #[error("the document has no `keys` array")]
-    NoKeysArray,
-    /// An entry of `keys` that is not an object.
-    #[error("not a JSON object")]
-    NotAnObject,
-    /// The same key twice.
-    #[error("exact duplicate")]
-    Duplicate,
-    /// A `kid` held by different keys.
-    #[error("kid is shared by different keys, so it is ambiguous")]
-    AmbiguousKid,
-    /// Past [`MAX_KEYS_PER_SET`].
-    #[error("more than {MAX_KEYS_PER_SET} keys")]
-    TooManyKeys,
-    /// An `oct` key beside public keys.
-    #[error("symmetric key in a set with public keys")]
-    SymmetricBesidePublic,
 }
 
 /// Why a key of a document was not ingested.
@@ -339,330 +232,6 @@ impl VerifyingKey {
             public_jwk: None,
             verifier: Verifier::Hmac(keys),
         })
-    }
-
-    /// Ingests one JWK, applying every hygiene rule.
-    pub fn from_jwk(jwk: &Map<String, Value>, opts: &IngestOptions<'_>) -> Result<Self, KeyError> {
-        let kty = match jwk.get("kty").and_then(Value::as_str) {
-            Some("RSA") => KeyType::Rsa,
-            Some("EC") => KeyType::Ec,
-            Some("OKP") => KeyType::Okp,
-            Some("oct") => KeyType::Oct,
-            Some(other) => return Err(KeyError::UnsupportedKeyType(other.to_string())),
-            None => return Err(KeyError::Missing("kty")),
-        };
-        let kid = match jwk.get("kid") {
-            None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(KeyError::KidNotString),
-        };
-        if let Some(u) = jwk.get("use")
-            && u.as_str() != Some("sig")
-        {
-            return Err(KeyError::NotForSignatures);
-        }
-        if let Some(ops) = jwk.get("key_ops") {
-            let verifies = ops
-                .as_array()
-                .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
-            if !verifies {
-                return Err(KeyError::NotForVerifying);
-            }
-        }
-        let declared = match jwk.get("alg") {
-            None => None,
-            Some(Value::String(s)) => Some(
-                s.parse::<Algorithm>()
-                    .map_err(|_| KeyError::UnsupportedAlgorithm(s.clone()))?,
-            ),
-            Some(_) => return Err(KeyError::AlgorithmNotString),
-        };
-        if kty != KeyType::Oct
-            && let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m))
-        {
-            return Err(KeyError::PrivateMember(m));
-        }
-        match kty {
-            KeyType::Oct => oct_key(jwk, kid, declared, opts),
-            KeyType::Rsa => rsa_key(jwk, kid, declared, opts),
-            KeyType::Ec => ec_key(jwk, kid, declared, opts),
-            KeyType::Okp => okp_key(jwk, kid, declared, opts),
-        }
-    }
-}
-
-/// A symmetric key: only from a set the operator configured, never a fetched one.
-fn oct_key(
-    jwk: &Map<String, Value>,
-    kid: Option<String>,
-    declared: Option<Algorithm>,
-    opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, KeyError> {
-    if !opts.allow_symmetric {
-        return Err(KeyError::SymmetricFetched);
-    }
-    let k = b64_member(jwk, "k")?;
-    let algs = bind(declared, AlgorithmFamily::Hmac, opts.algorithms)?;
-    VerifyingKey::hmac(kid, &k, &algs)
-}
-
-fn b64_member(jwk: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, KeyError> {
-    let s = jwk
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or(KeyError::MissingMember(name))?;
-    URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| KeyError::NotBase64url(name))
-}
-
-/// Binds a key to one algorithm: its declared `alg` (which must fit the family and be
-/// allowed), or every allowed algorithm of its family.
-fn bind(
-    declared: Option<Algorithm>,
-    family: AlgorithmFamily,
-    allowed: &[Algorithm],
-) -> Result<Vec<Algorithm>, KeyError> {
-    match declared {
-        Some(alg) if alg.family() != family => Err(KeyError::AlgorithmMismatch(alg)),
-        Some(alg) if !allowed.contains(&alg) => Err(KeyError::AlgorithmNotAllowed(alg)),
-        Some(alg) => Ok(vec![alg]),
-        None => {
-            let algs: Vec<Algorithm> = allowed
-                .iter()
-                .copied()
-                .filter(|a| a.family() == family)
-                .collect();
-            if algs.is_empty() {
-                Err(KeyError::NoAllowedAlgorithm)
-            } else {
-                Ok(algs)
-            }
-        }
-    }
-}
-
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    &b[i..]
-}
-
-/// DER of a PKCS#1 `RSAPublicKey` (RFC 8017 A.1.1).
-fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    fn integer(out: &mut Vec<u8>, v: &[u8]) {
-        let mut body = Vec::with_capacity(v.len() + 1);
-        if v.first().is_some_and(|b| b & 0x80 != 0) {
-            body.push(0);
-        }
-        body.extend_from_slice(v);
-        out.push(0x02);
-        length(out, body.len());
-        out.extend_from_slice(&body);
-    }
-    fn length(out: &mut Vec<u8>, len: usize) {
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes = len.to_be_bytes();
-            let skip = bytes
-                .iter()
-                .position(|b| *b != 0)
-                .unwrap_or(bytes.len() - 1);
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
-        }
-    }
-    let mut body = Vec::new();
-    integer(&mut body, n);
-    integer(&mut body, e);
-    let mut out = vec![0x30];
-    length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
-}
-
-fn rsa_params(alg: Algorithm) -> &'static sig::RsaParameters {
-    match alg {
-        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-        _ => &sig::RSA_PSS_2048_8192_SHA512,
-    }
-}
-
-fn rsa_key(
-    jwk: &Map<String, Value>,
-    kid: Option<String>,
-    declared: Option<Algorithm>,
-    opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, KeyError> {
-    let n_raw = b64_member(jwk, "n")?;
-    let e_raw = b64_member(jwk, "e")?;
-    let n = strip_leading_zeros(&n_raw);
-    let e = strip_leading_zeros(&e_raw);
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
-    if bits < MIN_RSA_BITS {
-        return Err(KeyError::RsaTooSmall(bits));
-    }
-    if bits > MAX_RSA_BITS {
-        return Err(KeyError::RsaTooLarge(bits));
-    }
-    if n.last().is_some_and(|b| b & 1 == 0) {
-        return Err(KeyError::RsaEvenModulus);
-    }
-    let e_small = e.len() == 1 && e[0] < 3;
-    if e.is_empty() || e_small || e.last().is_some_and(|b| b & 1 == 0) || e.len() > 8 {
-        return Err(KeyError::RsaBadExponent);
-    }
-    if roca::is_vulnerable(n) {
-        return Err(KeyError::RsaRoca);
-    }
-    let algs = bind(declared, AlgorithmFamily::Rsa, opts.algorithms)?;
-    let der = rsa_public_key_der(n, e);
-    let mut parsed = Vec::with_capacity(algs.len());
-    for alg in &algs {
-        let key = sig::ParsedPublicKey::new(rsa_params(*alg), &der)
-            .map_err(|e| KeyError::RsaRejected(e.to_string()))?;
-        parsed.push((*alg, key));
-    }
-    let members =
-        json!({"e": URL_SAFE_NO_PAD.encode(e), "kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n)});
-    Ok(finish(
-        kid,
-        KeyType::Rsa,
-        algs,
-        members,
-        jwk,
-        Verifier::Public(parsed),
-    ))
-}
-
-fn ec_key(
-    jwk: &Map<String, Value>,
-    kid: Option<String>,
-    declared: Option<Algorithm>,
-    opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, KeyError> {
-    let crv = jwk
-        .get("crv")
-        .and_then(Value::as_str)
-        .ok_or(KeyError::Missing("crv"))?;
-    let (alg, size, verify_alg): (Algorithm, usize, &'static sig::EcdsaVerificationAlgorithm) =
-        match crv {
-            "P-256" => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
-            "P-384" => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
-            other => return Err(KeyError::UnsupportedCurve(other.to_string())),
-        };
-    if let Some(d) = declared
-        && d != alg
-    {
-        return Err(KeyError::CurveMismatch {
-            alg: d,
-            crv: crv.to_string(),
-        });
-    }
-    if !opts.algorithms.contains(&alg) {
-        return Err(KeyError::AlgorithmNotAllowed(alg));
-    }
-    let x = b64_member(jwk, "x")?;
-    let y = b64_member(jwk, "y")?;
-    if x.len() != size || y.len() != size {
-        return Err(KeyError::CoordinateLength {
-            crv: crv.to_string(),
-            size,
-        });
-    }
-    let mut point = Vec::with_capacity(1 + 2 * size);
-    point.push(0x04);
-    point.extend_from_slice(&x);
-    point.extend_from_slice(&y);
-    // Parsing validates that the point is on the curve.
-    let parsed = sig::ParsedPublicKey::new(verify_alg, &point)
-        .map_err(|_| KeyError::NotOnCurve(crv.to_string()))?;
-    let members = json!({"crv": crv, "kty": "EC", "x": URL_SAFE_NO_PAD.encode(&x), "y": URL_SAFE_NO_PAD.encode(&y)});
-    Ok(finish(
-        kid,
-        KeyType::Ec,
-        vec![alg],
-        members,
-        jwk,
-        Verifier::Public(vec![(alg, parsed)]),
-    ))
-}
-
-fn okp_key(
-    jwk: &Map<String, Value>,
-    kid: Option<String>,
-    declared: Option<Algorithm>,
-    opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, KeyError> {
-    let crv = jwk
-        .get("crv")
-        .and_then(Value::as_str)
-        .ok_or(KeyError::Missing("crv"))?;
-    if crv != "Ed25519" {
-        return Err(KeyError::UnsupportedCurve(crv.to_string()));
-    }
-    let algs = bind(declared, AlgorithmFamily::Ed, opts.algorithms)?;
-    let x = b64_member(jwk, "x")?;
-    if x.len() != 32 {
-        return Err(KeyError::Ed25519Length);
-    }
-    let parsed =
-        sig::ParsedPublicKey::new(&sig::ED25519, &x).map_err(|_| KeyError::Ed25519Invalid)?;
-    let members = json!({"crv": crv, "kty": "OKP", "x": URL_SAFE_NO_PAD.encode(&x)});
-    let verifier = Verifier::Public(vec![(Algorithm::EdDSA, parsed)]);
-    Ok(finish(kid, KeyType::Okp, algs, members, jwk, verifier))
-}
-
-/// Completes a public key: the RFC 7638 thumbprint of its required `members` (given in
-/// lexicographic order), and its public JWK (`members` plus `kid`, `use`, `alg`).
-fn finish(
-    kid: Option<String>,
-    kty: KeyType,
-    algorithms: Vec<Algorithm>,
-    members: Value,
-    jwk: &Map<String, Value>,
-    verifier: Verifier,
-) -> VerifyingKey {
-    let thumbprint = thumbprint(&members);
-    let mut public = Map::new();
-    public.insert("kty".into(), kty.as_str().into());
-    insert_common(&mut public, &kid, &algorithms, jwk);
-    if let Value::Object(m) = members {
-        for (k, v) in m {
-            if k != "kty" {
-                public.insert(k, v);
-            }
-        }
-    }
-    VerifyingKey {
-        kid,
-        kty,
-        algorithms,
-        thumbprint,
-        public_jwk: Some(public),
-        verifier,
-    }
-}
-
-fn insert_common(
-    out: &mut Map<String, Value>,
-    kid: &Option<String>,
-    algs: &[Algorithm],
-    jwk: &Map<String, Value>,
-) {
-    if let Some(k) = kid {
-        out.insert("kid".into(), k.clone().into());
-    }
-    out.insert("use".into(), "sig".into());
-    // The JWK's own alg when it had one; a key bound to several algorithms shows none.
-    if (jwk.contains_key("alg") || algs.len() == 1)
-        && let Some(a) = algs.first()
-    {
-        out.insert("alg".into(), format!("{a:?}").into());
     }
 }
 
@@ -895,9 +464,28 @@ impl KeySet {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{jwk::rsa_public_key_der, *};
 
     const ALL: [Algorithm; 12] = SUPPORTED_ALGORITHMS;
+
+    #[test]
+    fn supported_is_hmac_then_asymmetric_each_once() {
+        assert_eq!(ALL[..3], HMAC_ALGORITHMS);
+        assert_eq!(ALL[3..], ASYMMETRIC_ALGORITHMS);
+        assert!(
+            HMAC_ALGORITHMS
+                .iter()
+                .all(|a| a.family() == AlgorithmFamily::Hmac)
+        );
+        assert!(
+            ASYMMETRIC_ALGORITHMS
+                .iter()
+                .all(|a| a.family() != AlgorithmFamily::Hmac)
+        );
+        for (i, a) in ALL.iter().enumerate() {
+            assert!(!ALL[i + 1..].contains(a), "{a:?} twice");
+        }
+    }
 
     fn remote() -> IngestOptions<'static> {
         IngestOptions {
