@@ -2,10 +2,10 @@
 //! of contents. It loads TLS and builds the registry (a bad file or key is a
 //! configuration error before anything starts), starts the background work (key
 //! refreshers, readiness, the TLS reloader), mounts the gRPC services on one router
-//! ([`services`], with the metrics and overload layers), starts the side listeners
-//! (`/metrics`, plaintext health) through [`spawn_side_listener`], serves on a listener
+//! (`services`, with the metrics and overload layers), starts the side listeners
+//! (`/metrics`, plaintext health) through `spawn_side_listener`, serves on a listener
 //! it is given (so tests bind port 0), and shuts down in one sequence
-//! ([`serve_until_shutdown`]): health NOT_SERVING, every background task and stream
+//! (`serve_until_shutdown`): health NOT_SERVING, every background task and stream
 //! cancelled, in-flight calls and tracked tasks drained within `server.shutdown_grace`.
 //!
 //! Every task is spawned on the one [`TaskTracker`] with its span, and stops when the

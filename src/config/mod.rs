@@ -7,17 +7,17 @@
 //! [`serde_path_to_error`], so a type error or an unknown key is reported at its dotted
 //! path. Sections whose keys map one to one onto settings ([`ServerSettings`]) are
 //! deserialized directly, their defaults in one `Default`; tenants are then resolved one
-//! decision at a time ([`tenant`]): `defaults:` merged in, secrets read from the
+//! decision at a time (`tenant`): `defaults:` merged in, secrets read from the
 //! environment, and every rule between keys checked. Each failure is a [`ConfigError`]
 //! whose `key` is the path an operator would edit (`tenants[2].clock_skew`).
 //!
 //! One file per section. To add a top-level section, give it a file with its settings
 //! type (`#[serde(default, deny_unknown_fields)]`, a `Default` built from its `DEFAULT_*`
-//! constants, and a `validate`), and one field in [`File`] and in [`Settings`];
-//! environment overrides reach it without more (their roots are [`File`]'s keys). A key
+//! constants, and a `validate`), and one field in `File` and in [`Settings`];
+//! environment overrides reach it without more (their roots are `File`'s keys). A key
 //! of an existing section is one field of its type; a tenant key is one field of
-//! [`tenant::TenantFile`] and of [`TenantSettings`], a policy key (also allowed under
-//! `defaults:`) one field of the `with_policy_keys!` list in [`policy`].
+//! `tenant::TenantFile` and of [`TenantSettings`], a policy key (also allowed under
+//! `defaults:`) one field of the `with_policy_keys!` list in `policy`.
 
 mod de;
 mod env;
