@@ -121,6 +121,8 @@ pub async fn run_with_listeners(
     let metrics = Arc::new(Metrics::new(&registry, &methods));
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
+    // Whatever way this function returns, what it started stops.
+    let _stop_on_return = cancel.clone().drop_guard();
 
     let http = HttpClient::new(Redirects::NoDowngrade).context("building the HTTP client")?;
     oidc::spawn_refreshers(

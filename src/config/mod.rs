@@ -2,7 +2,7 @@
 //! environment overrides, defaults as named constants, and validation errors that name
 //! the offending key.
 //!
-//! Loading reads the file into a YAML document, applies the overrides ([`env`]), drops
+//! Loading reads the file into a YAML document, applies the overrides (`env`), drops
 //! `null` values (they mean "not set"), and deserializes it with
 //! [`serde_path_to_error`], so a type error or an unknown key is reported at its dotted
 //! path. Sections whose keys map one to one onto settings ([`ServerSettings`]) are
@@ -11,13 +11,21 @@
 //! environment, and every rule between keys checked. Each failure is a [`ConfigError`]
 //! whose `key` is the path an operator would edit (`tenants[2].clock_skew`).
 //!
-//! One file per section. To add a top-level section, give it a file with its settings
-//! type (`#[serde(default, deny_unknown_fields)]`, a `Default` built from its `DEFAULT_*`
-//! constants, and a `validate`), and one field in `File` and in [`Settings`];
-//! environment overrides reach it without more (their roots are `File`'s keys). A key
-//! of an existing section is one field of its type; a tenant key is one field of
-//! `tenant::TenantFile` and of [`TenantSettings`], a policy key (also allowed under
-//! `defaults:`) one field of the `with_policy_keys!` list in `policy`.
+//! One file per section. To add a top-level section (`ext_authz:`, `shared_state:`),
+//! give it a file with its settings type (`#[derive(Deserialize)]` with
+//! `#[serde(default, deny_unknown_fields)]`, a `Default` built from its `DEFAULT_*`
+//! constants, durations through `de::duration`, and a `validated(self)` for rules
+//! between keys), then one field in `File`, one in [`Settings`] and one line in
+//! `File::resolve`; environment overrides reach it without more (their roots are
+//! `File`'s keys). A key of an existing section is one field of its type. A per-tenant
+//! section or key (`sender_constraint:`) is one field of `tenant::TenantFile`, one of
+//! [`TenantSettings`] (with its default in `TenantSettings::new`) and one line in
+//! `tenant::resolve`; a policy key (also allowed under `defaults:`) is one field of the
+//! `with_policy_keys!` list in `policy`.
+//!
+//! A `null` value means "not set" everywhere (`de::drop_nulls`), so a new key gets that
+//! for free; a new key without a default joins `de::KEYS_WITHOUT_DEFAULT` so that its
+//! `null` is reported at the key itself.
 
 mod de;
 mod env;
@@ -121,9 +129,8 @@ struct File {
 
 impl File {
     fn resolve(self, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
-        self.server.validate()?;
         Ok(Settings {
-            server: self.server,
+            server: self.server.validated()?,
             tenants: tenant::resolve_all(self.tenants, &self.defaults, env)?,
         })
     }

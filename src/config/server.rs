@@ -124,8 +124,8 @@ impl ServerSettings {
         })
     }
 
-    /// The rules between keys that their types cannot express.
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the rules between keys that their types cannot express.
+    pub(super) fn validated(self) -> Result<Self, ConfigError> {
         if self.max_token_bytes == 0 {
             return Err(ConfigError::new(
                 "server.max_token_bytes",
@@ -141,7 +141,7 @@ impl ServerSettings {
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
-        Ok(())
+        Ok(self)
     }
 }
 

@@ -246,3 +246,21 @@ fn secrets_are_redacted_in_debug() {
     let s = Secret::new(b"hunter2hunter2".to_vec());
     assert!(!format!("{s:?}").contains("hunter2"));
 }
+
+#[test]
+fn a_null_value_takes_its_default_but_a_null_required_key_is_named() {
+    let s = load(
+        "server:\n  metrics_listen: ~\n  request_timeout:\ntenants:\n  - id: a\n    issuer: https://a\n    clock_skew: ~\n",
+    )
+    .expect("loads");
+    assert_eq!(s.server.metrics_listen, Some(DEFAULT_METRICS_LISTEN));
+    assert_eq!(s.server.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    assert_eq!(s.tenants[0].policy.clock_skew, DEFAULT_CLOCK_SKEW);
+    let err = load("tenants:\n  - id: a\n    issuer:\n").unwrap_err();
+    assert_eq!(err.key, "tenants[0].issuer");
+}
+
+#[test]
+fn environment_overrides_reach_every_top_level_section() {
+    assert_eq!(de::keys_of::<File>(), ["server", "defaults", "tenants"]);
+}
