@@ -2,13 +2,16 @@
 //! document per B2C policy, an HMAC secret from the environment, or a JWKS file; the
 //! rules that choose exactly one, and the checks on each.
 
-use std::{collections::HashSet, path::PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
-use super::{ConfigError, EnvLookup, Secret, TENANT_ID_PLACEHOLDER, check_url, tenant::TenantFile};
+use super::{ConfigError, EnvLookup, Secret, TENANT_ID_PLACEHOLDER, check_url};
 
 /// Placeholder for the B2C policy in a metadata address.
 pub const POLICY_PLACEHOLDER: &str = "{policy}";
@@ -69,6 +72,17 @@ fn default_policy_claims() -> Vec<String> {
     DEFAULT_POLICY_CLAIMS.map(String::from).to_vec()
 }
 
+/// A tenant's keys that decide where its verification keys come from, as written.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written<'a> {
+    pub(super) issuer: &'a str,
+    pub(super) metadata_url: Option<&'a str>,
+    pub(super) b2c: Option<&'a B2cSettings>,
+    pub(super) hmac_secret_env: Option<&'a str>,
+    pub(super) hmac_secret_encoding: Option<&'a str>,
+    pub(super) jwks_file: Option<&'a Path>,
+}
+
 fn has_hmac(algorithms: &[Algorithm]) -> bool {
     algorithms
         .iter()
@@ -78,7 +92,7 @@ fn has_hmac(algorithms: &[Algorithm]) -> bool {
 /// The rules between the key-source keys, checked before any of them is read.
 pub(super) fn check_choice(
     key: &str,
-    t: &TenantFile,
+    t: Written<'_>,
     algorithms: &[Algorithm],
     algorithms_key: &str,
 ) -> Result<(), ConfigError> {
@@ -126,25 +140,27 @@ pub(super) fn check_choice(
 /// The key source a tenant names (after [`check_choice`]).
 pub(super) fn resolve(
     key: &str,
-    t: &TenantFile,
+    t: Written<'_>,
     algorithms: &[Algorithm],
     algorithms_key: &str,
     require_https: bool,
     env: EnvLookup<'_>,
 ) -> Result<KeySource, ConfigError> {
-    if let Some(b2c) = &t.b2c {
+    if let Some(b2c) = t.b2c {
         check_b2c(&format!("{key}.b2c"), b2c, require_https)?;
         return Ok(KeySource::B2c(b2c.clone()));
     }
-    if let Some(var) = &t.hmac_secret_env {
+    if let Some(var) = t.hmac_secret_env {
         let secret = hmac_secret(key, t, var, algorithms, algorithms_key, env)?;
         return Ok(KeySource::Hmac { secret });
     }
-    if let Some(path) = &t.jwks_file {
-        return Ok(KeySource::JwksFile { path: path.clone() });
+    if let Some(path) = t.jwks_file {
+        return Ok(KeySource::JwksFile {
+            path: path.to_path_buf(),
+        });
     }
-    let (mkey, url) = match &t.metadata_url {
-        Some(u) => (format!("{key}.metadata_url"), u.clone()),
+    let (mkey, url) = match t.metadata_url {
+        Some(u) => (format!("{key}.metadata_url"), u.to_string()),
         None => (
             format!("{key}.issuer"),
             format!(
@@ -204,7 +220,7 @@ fn check_b2c(key: &str, b2c: &B2cSettings, require_https: bool) -> Result<(), Co
 /// long as the strongest HMAC algorithm allowed needs.
 fn hmac_secret(
     key: &str,
-    t: &TenantFile,
+    t: Written<'_>,
     var: &str,
     algorithms: &[Algorithm],
     algorithms_key: &str,
@@ -219,7 +235,7 @@ fn hmac_secret(
     }
     let value = env(var)
         .ok_or_else(|| ConfigError::new(&skey, format!("environment variable {var} is not set")))?;
-    let bytes = match t.hmac_secret_encoding.as_deref() {
+    let bytes = match t.hmac_secret_encoding {
         None | Some("raw") => value.into_bytes(),
         Some("base64") => base64::engine::general_purpose::STANDARD
             .decode(value.trim())

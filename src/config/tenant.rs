@@ -87,6 +87,19 @@ with_policy_keys! {
     }
 }
 
+impl TenantFile {
+    fn key_source(&self) -> key_source::Written<'_> {
+        key_source::Written {
+            issuer: &self.issuer,
+            metadata_url: self.metadata_url.as_deref(),
+            b2c: self.b2c.as_ref(),
+            hmac_secret_env: self.hmac_secret_env.as_deref(),
+            hmac_secret_encoding: self.hmac_secret_encoding.as_deref(),
+            jwks_file: self.jwks_file.as_deref(),
+        }
+    }
+}
+
 /// Resolves every tenant, in file order, and checks the rules between them.
 pub(super) fn resolve_all(
     files: Vec<TenantFile>,
@@ -121,11 +134,12 @@ fn resolve(
         refresh,
         algorithms_key,
     } = policy::resolve(key, &PolicyFile::from(&t), defaults)?;
-    key_source::check_choice(key, &t, &policy.algorithms, &algorithms_key)?;
+    let written = t.key_source();
+    key_source::check_choice(key, written, &policy.algorithms, &algorithms_key)?;
     let allowed_tenant_ids = allowed_tenant_ids(key, &t)?;
     let keys = key_source::resolve(
         key,
-        &t,
+        written,
         &policy.algorithms,
         &algorithms_key,
         refresh.require_https,
