@@ -5,6 +5,9 @@
 //! The budget (issue 17): extra cost ≤ one ES256 verification + 15 µs. Prints medians
 //! over timed batches; quote them from one run.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::{hint::black_box, time::Instant};
 
 use aws_lc_rs::{

@@ -3,6 +3,9 @@
 //! that shares no code with the service. Each hostile case is refused with its code and
 //! a fitting challenge; positive controls show the same setup accepts the honest call.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};

@@ -1,12 +1,14 @@
-//! The `sender_constraint:` section of a tenant (or of `defaults:`, which every tenant
-//! inherits key by key): DPoP and certificate binding (SENDER_CONSTRAINED.md).
+//! `sender_constraint:` of a tenant, or of `defaults:` (every tenant inherits it key by
+//! key): DPoP and certificate binding (SENDER_CONSTRAINED.md). Type errors are reported
+//! by serde at the key's path; the rules between keys name the key that was written,
+//! the tenant's or `defaults:`'s.
 
 use std::{fmt, time::Duration};
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de::Error as _};
 
-use super::{ConfigError, Secret};
+use super::{ConfigError, EnvLookup, Secret, de};
 use crate::jwt::dpop::Mode;
 
 /// Default `sender_constraint.mode`.
@@ -21,19 +23,40 @@ pub const MAX_DPOP_MAX_AGE: Duration = Duration::from_secs(600);
 /// Default `sender_constraint.dpop_nonce_window`: a nonce is valid for this window and
 /// the next, so between one and two of them.
 pub const DEFAULT_DPOP_NONCE_WINDOW: Duration = Duration::from_secs(60);
+/// Longest `dpop_nonce_window` accepted.
+pub const MAX_DPOP_NONCE_WINDOW: Duration = Duration::from_secs(3600);
 /// Shortest nonce secret accepted, in bytes.
 pub const MIN_DPOP_NONCE_SECRET_BYTES: usize = 32;
 
-/// The section as written.
+/// The section as written (each key optional, so a tenant's wins over `defaults:`'s key
+/// by key).
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSenderConstraint {
-    mode: Option<String>,
+#[serde(deny_unknown_fields, expecting = "a mapping of sender_constraint keys")]
+pub(super) struct SenderConstraintFile {
+    #[serde(default, deserialize_with = "some_mode")]
+    mode: Option<Mode>,
+    #[serde(default)]
     dpop_algorithms: Option<Vec<String>>,
-    dpop_max_age: Option<String>,
+    #[serde(default, deserialize_with = "de::some_duration")]
+    dpop_max_age: Option<Duration>,
+    #[serde(default)]
     dpop_nonce: Option<bool>,
+    #[serde(default)]
     dpop_nonce_secret_env: Option<String>,
-    dpop_nonce_window: Option<String>,
+    #[serde(default, deserialize_with = "de::some_duration")]
+    dpop_nonce_window: Option<Duration>,
+}
+
+fn some_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "off" => Ok(Some(Mode::Off)),
+        "optional" => Ok(Some(Mode::Optional)),
+        "required" => Ok(Some(Mode::Required)),
+        other => Err(D::Error::custom(format!(
+            "`{other}` is not one of off, optional, required"
+        ))),
+    }
 }
 
 /// Server-issued DPoP nonces.
@@ -78,44 +101,58 @@ impl Default for SenderConstraintSettings {
     }
 }
 
-/// Picks the tenant's value of a key, else the default's, naming the key written.
-fn pick<'a, T>(
-    key: &str,
-    field: &str,
-    own: Option<&'a RawSenderConstraint>,
-    defaults: Option<&'a RawSenderConstraint>,
-    get: impl Fn(&'a RawSenderConstraint) -> Option<&'a T>,
-) -> (String, Option<&'a T>) {
-    if let Some(v) = own.and_then(&get) {
-        return (format!("{key}.sender_constraint.{field}"), Some(v));
+/// The two layers a tenant sees: its own section and `defaults:`'s.
+struct Layers<'a> {
+    /// `tenants[i]`.
+    tenant_key: &'a str,
+    own: Option<&'a SenderConstraintFile>,
+    defaults: Option<&'a SenderConstraintFile>,
+}
+
+impl<'a> Layers<'a> {
+    /// The value that applies and the key that set it: the tenant's, else `defaults:`'s
+    /// (an unset key is named on the tenant).
+    fn pick<T>(
+        &self,
+        field: &str,
+        get: impl Fn(&'a SenderConstraintFile) -> Option<&'a T>,
+    ) -> (String, Option<&'a T>) {
+        if let Some(v) = self.own.and_then(&get) {
+            return (
+                format!("{}.sender_constraint.{field}", self.tenant_key),
+                Some(v),
+            );
+        }
+        match self.defaults.and_then(&get) {
+            Some(v) => (format!("defaults.sender_constraint.{field}"), Some(v)),
+            None => (
+                format!("{}.sender_constraint.{field}", self.tenant_key),
+                None,
+            ),
+        }
     }
-    match defaults.and_then(&get) {
-        Some(v) => (format!("defaults.sender_constraint.{field}"), Some(v)),
-        None => (format!("{key}.sender_constraint.{field}"), None),
+
+    /// A duration between `min` and `max`, or `default` when unset.
+    fn bounded(
+        &self,
+        field: &str,
+        get: impl Fn(&'a SenderConstraintFile) -> Option<&'a Duration>,
+        default: Duration,
+        (min, max, message): (Duration, Duration, &str),
+    ) -> Result<Duration, ConfigError> {
+        let (key, value) = self.pick(field, get);
+        let value = value.copied().unwrap_or(default);
+        if value < min || value > max {
+            return Err(ConfigError::new(key, message));
+        }
+        Ok(value)
     }
 }
 
-fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| ConfigError::new(key, format!("`{s}` is not a duration like \"30s\": {e}")))
-}
-
-fn parse_mode(key: &str, s: &str) -> Result<Mode, ConfigError> {
-    match s.trim() {
-        "off" => Ok(Mode::Off),
-        "optional" => Ok(Mode::Optional),
-        "required" => Ok(Mode::Required),
-        other => Err(ConfigError::new(
-            key,
-            format!("`{other}` is not one of off, optional, required"),
-        )),
-    }
-}
-
-fn parse_algorithms(key: &str, names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
+fn algorithms(key: &str, names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
     let mut out = Vec::new();
     for n in names {
-        let alg = super::parse_algorithm(n.trim()).ok_or_else(|| {
+        let alg = n.trim().parse::<Algorithm>().map_err(|_| {
             ConfigError::new(
                 key,
                 format!("`{n}` is not a supported algorithm (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)"),
@@ -137,75 +174,94 @@ fn parse_algorithms(key: &str, names: &[String]) -> Result<Vec<Algorithm>, Confi
     Ok(out)
 }
 
-/// Resolves the section of tenant `key` (e.g. `tenants[0]`) over `defaults:`'s.
-pub fn resolve(
-    key: &str,
-    own: Option<&RawSenderConstraint>,
-    defaults: Option<&RawSenderConstraint>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<SenderConstraintSettings, ConfigError> {
-    let mut out = SenderConstraintSettings::default();
-    if let (k, Some(m)) = pick(key, "mode", own, defaults, |r| r.mode.as_ref()) {
-        out.mode = parse_mode(&k, m)?;
+/// `dpop_nonce: true`: the secret, read from the variable `dpop_nonce_secret_env` names.
+fn nonce(
+    layers: &Layers<'_>,
+    window: Duration,
+    env: EnvLookup<'_>,
+) -> Result<Option<DpopNonceSettings>, ConfigError> {
+    let (nonce_key, on) = layers.pick("dpop_nonce", |r| r.dpop_nonce.as_ref());
+    if !on.copied().unwrap_or(false) {
+        return Ok(None);
     }
-    if let (k, Some(names)) = pick(key, "dpop_algorithms", own, defaults, |r| {
-        r.dpop_algorithms.as_ref()
-    }) {
-        out.dpop_algorithms = parse_algorithms(&k, names)?;
-    }
-    if let (k, Some(v)) = pick(key, "dpop_max_age", own, defaults, |r| {
-        r.dpop_max_age.as_ref()
-    }) {
-        out.dpop_max_age = parse_duration(&k, v)?;
-        if out.dpop_max_age < Duration::from_secs(1) || out.dpop_max_age > MAX_DPOP_MAX_AGE {
-            return Err(ConfigError::new(k, "must be between 1s and 10m"));
-        }
-    }
-    let (nonce_key, nonce) = pick(key, "dpop_nonce", own, defaults, |r| r.dpop_nonce.as_ref());
-    let (wk, window) = pick(key, "dpop_nonce_window", own, defaults, |r| {
-        r.dpop_nonce_window.as_ref()
+    let (key, var) = layers.pick("dpop_nonce_secret_env", |r| {
+        r.dpop_nonce_secret_env.as_ref()
     });
-    let window = match window {
-        None => DEFAULT_DPOP_NONCE_WINDOW,
-        Some(v) => parse_duration(&wk, v)?,
+    let Some(var) = var else {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "is required with {nonce_key}: true (nonces are HMACs under a secret every replica shares)"
+            ),
+        ));
     };
-    if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
-        return Err(ConfigError::new(wk, "must be between 1s and 1h"));
+    let value = env(var)
+        .ok_or_else(|| ConfigError::new(&key, format!("environment variable {var} is not set")))?;
+    if value.len() < MIN_DPOP_NONCE_SECRET_BYTES {
+        return Err(ConfigError::new(
+            key,
+            format!("{var} must hold at least {MIN_DPOP_NONCE_SECRET_BYTES} bytes"),
+        ));
     }
-    if nonce.copied().unwrap_or(false) {
-        let (sk, var) = pick(key, "dpop_nonce_secret_env", own, defaults, |r| {
-            r.dpop_nonce_secret_env.as_ref()
-        });
-        let Some(var) = var else {
-            return Err(ConfigError::new(
-                sk,
-                format!(
-                    "is required with {nonce_key}: true (nonces are HMACs under a secret every replica shares)"
-                ),
-            ));
-        };
-        let value = env(var).ok_or_else(|| {
-            ConfigError::new(&sk, format!("environment variable {var} is not set"))
-        })?;
-        if value.len() < MIN_DPOP_NONCE_SECRET_BYTES {
-            return Err(ConfigError::new(
-                sk,
-                format!("{var} must hold at least {MIN_DPOP_NONCE_SECRET_BYTES} bytes"),
-            ));
-        }
-        out.dpop_nonce = Some(DpopNonceSettings {
-            secret: Secret::new(value.into_bytes()),
-            window,
-        });
-    }
-    Ok(out)
+    Ok(Some(DpopNonceSettings {
+        secret: Secret::new(value.into_bytes()),
+        window,
+    }))
+}
+
+/// Resolves the section of tenant `tenant_key` (e.g. `tenants[0]`) over `defaults:`'s.
+pub(super) fn resolve(
+    tenant_key: &str,
+    own: Option<&SenderConstraintFile>,
+    defaults: Option<&SenderConstraintFile>,
+    env: EnvLookup<'_>,
+) -> Result<SenderConstraintSettings, ConfigError> {
+    let layers = Layers {
+        tenant_key,
+        own,
+        defaults,
+    };
+    let dpop_algorithms = match layers.pick("dpop_algorithms", |r| r.dpop_algorithms.as_ref()) {
+        (key, Some(names)) => algorithms(&key, names)?,
+        (_, None) => DEFAULT_DPOP_ALGORITHMS.to_vec(),
+    };
+    let dpop_max_age = layers.bounded(
+        "dpop_max_age",
+        |r| r.dpop_max_age.as_ref(),
+        DEFAULT_DPOP_MAX_AGE,
+        (
+            Duration::from_secs(1),
+            MAX_DPOP_MAX_AGE,
+            "must be between 1s and 10m",
+        ),
+    )?;
+    let window = layers.bounded(
+        "dpop_nonce_window",
+        |r| r.dpop_nonce_window.as_ref(),
+        DEFAULT_DPOP_NONCE_WINDOW,
+        (
+            Duration::from_secs(1),
+            MAX_DPOP_NONCE_WINDOW,
+            "must be between 1s and 1h",
+        ),
+    )?;
+    Ok(SenderConstraintSettings {
+        mode: layers
+            .pick("mode", |r| r.mode.as_ref())
+            .1
+            .copied()
+            .unwrap_or(DEFAULT_SENDER_MODE),
+        dpop_algorithms,
+        dpop_max_age,
+        dpop_nonce: nonce(&layers, window, env)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn raw(yaml: &str) -> RawSenderConstraint {
+    fn raw(yaml: &str) -> SenderConstraintFile {
         serde_yaml_ng::from_str(yaml).expect("yaml")
     }
 
@@ -217,9 +273,19 @@ mod tests {
         }
     }
 
+    /// Loads a whole file with `own` as the tenant's section and `defaults` as
+    /// `defaults:`'s, so type errors go through serde's paths as in production.
     fn err(own: &str, defaults: Option<&str>) -> ConfigError {
-        let d = defaults.map(raw);
-        resolve("tenants[0]", Some(&raw(own)), d.as_ref(), &env).expect_err("invalid")
+        let indent = |text: &str, by: &str| -> String {
+            text.lines().map(|l| format!("{by}{l}\n")).collect()
+        };
+        let mut yaml = String::new();
+        if let Some(d) = defaults {
+            yaml += &format!("defaults:\n  sender_constraint:\n{}", indent(d, "    "));
+        }
+        yaml += "tenants:\n  - id: a\n    issuer: https://a.example\n    sender_constraint:\n";
+        yaml += &indent(own, "      ");
+        super::super::load_str(&yaml, &env, &[]).expect_err("invalid")
     }
 
     #[test]
@@ -264,11 +330,30 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_reach_the_section() {
+        let yaml = "tenants:\n  - id: a\n    issuer: https://a.example\n";
+        let overrides = [
+            (
+                "INTROSPECTD_TENANTS__0__SENDER_CONSTRAINT__MODE".to_string(),
+                "required".to_string(),
+            ),
+            (
+                "INTROSPECTD_DEFAULTS__SENDER_CONSTRAINT__DPOP_MAX_AGE".to_string(),
+                "20s".to_string(),
+            ),
+        ];
+        let s = super::super::load_str(yaml, &env, &overrides).expect("loads");
+        let sc = &s.tenants[0].sender_constraint;
+        assert_eq!(sc.mode, Mode::Required);
+        assert_eq!(sc.dpop_max_age, Duration::from_secs(20));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         for (own, defaults, key) in [
             ("mode: strict\n", None, "tenants[0].sender_constraint.mode"),
             (
-                "{}",
+                "{}\n",
                 Some("mode: strict\n"),
                 "defaults.sender_constraint.mode",
             ),
@@ -322,9 +407,23 @@ mod tests {
                 None,
                 "tenants[0].sender_constraint.dpop_nonce_window",
             ),
+            (
+                "dpop_nonce_window: 2h\n",
+                None,
+                "tenants[0].sender_constraint.dpop_nonce_window",
+            ),
+            (
+                "dpop_noncе: true\n",
+                None,
+                "tenants[0].sender_constraint.dpop_noncе",
+            ),
+            (
+                "dpop_nonce: yes please\n",
+                None,
+                "tenants[0].sender_constraint.dpop_nonce",
+            ),
         ] {
             assert_eq!(err(own, defaults).key, key, "{own}");
         }
-        assert!(serde_yaml_ng::from_str::<RawSenderConstraint>("dpop_noncе: true\n").is_err());
     }
 }

@@ -28,7 +28,7 @@ use tonic::Status;
 
 use crate::{
     jwt::dpop::{PresentationError, Scheme},
-    registry::{RequestError, ValidateError},
+    registry::{RefreshError, RequestError, ValidateError},
 };
 
 /// A request rejected at the boundary.
@@ -78,6 +78,15 @@ pub fn to_status(err: &BoundaryError) -> Status {
         BoundaryError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
         BoundaryError::Unavailable(_) => Status::unavailable(err.to_string()),
         BoundaryError::Precondition(_) => Status::failed_precondition(err.to_string()),
+    }
+}
+
+impl From<RefreshError> for BoundaryError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Request(r) => Self::Request(r),
+            RefreshError::NotFetched(_) => Self::Precondition(e.to_string()),
+        }
     }
 }
 

@@ -44,7 +44,8 @@ impl ProofKeys for EmbeddedKeys {
             allow_symmetric: false,
             algorithms: &[alg],
         };
-        let key = VerifyingKey::from_jwk(jwk, &opts).map_err(|why| {
+        let key = VerifyingKey::from_jwk(jwk, &opts).map_err(|e| {
+            let why = e.to_string();
             if why.chars().count() <= MAX_REASON_CHARS && !why.chars().any(char::is_control) {
                 KeyFault::Unusable(why)
             } else {

@@ -4,29 +4,21 @@
 //! signature, the sender constraint (DPoP proof or certificate against `cnf`), and
 //! replay.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
 
-use super::{KeySetId, KeySetState, Registry, Tenant, replay::ReplayOutcome};
+use super::{KeySetId, KeySetState, Registry, RequestError, Tenant, replay::ReplayOutcome};
 use crate::{
     config::DEFAULT_DPOP_ALGORITHMS,
     jwt::dpop::{Accepted, Binding, Presentation, Refused, Scheme},
     jwt::{
         ErrorCode, Rejection,
-        claims::{self, Claims, TimePolicy},
+        claims::{self, Claims, TimePolicy, now_secs},
         jws,
     },
     keys::{KeyLookup, VerifyingKey},
 };
-
-/// A request problem (gRPC INVALID_ARGUMENT), as opposed to a rejected token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// The request named a tenant that is not configured.
-    #[error("tenant `{0}` is not configured")]
-    UnknownTenant(String),
-}
 
 /// Why Validate did not accept a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,13 +109,6 @@ pub struct Validated {
     pub binding: Binding,
     /// A fresh nonce for the `DPoP-Nonce` header (nonce-requiring tenants, DPoP calls).
     pub dpop_nonce: Option<String>,
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// The presentation of a call that named none: `Bearer`, nothing else.
