@@ -1,8 +1,8 @@
 //! Prometheus metrics: every family introspectd exposes (the gRPC server families named
 //! and labelled exactly as go-grpc-prometheus does, validations, key fetches, key-set
 //! freshness computed at scrape time, the introspection cache, watchers, connections,
-//! TLS), the rule that label values only ever come from configuration or closed sets,
-//! and the `/metrics` + `/healthz` HTTP endpoint.
+//! TLS, Envoy ext_authz checks in `checks`), the rule that label values only ever come
+//! from configuration or closed sets, and the `/metrics` + `/healthz` HTTP endpoint.
 //!
 //! Everything a hot path touches is created up front (per method, per tenant), so
 //! recording is an atomic add on a handle that already exists; no request can create a
@@ -31,6 +31,8 @@ use prometheus_client::{
 use prost::Message as _;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
+
+mod checks;
 
 use crate::{
     introspect::Introspection,
@@ -234,6 +236,7 @@ pub struct Metrics {
     unknown_method: Arc<MethodMetrics>,
     tenants: HashMap<String, Arc<str>>,
     validations: Family<ValidationLabels, Counter>,
+    checks: Family<checks::CheckLabels, Counter>,
     key_fetches: Family<KeyFetchLabels, Counter>,
     introspection: Arc<OnceLock<Introspection>>,
     watchers: Gauge,
@@ -342,6 +345,8 @@ impl Metrics {
             }
         }
 
+        let checks = checks::register(&mut prom);
+
         let key_fetches = Family::<KeyFetchLabels, Counter>::default();
         prom.register(
             "introspectd_key_fetches",
@@ -410,6 +415,7 @@ impl Metrics {
             unknown_method,
             tenants,
             validations,
+            checks,
             key_fetches,
             introspection,
             watchers,

@@ -1,10 +1,12 @@
 //! The gRPC adapter: generated code fenced in [`pb`], the `TokenService` implementation
 //! (its `WatchKeys` stream in [`watch`]), the operator `AdminService` in [`admin`],
+//! Envoy's external authorization service in [`ext_authz`],
 //! parsing of requests at the boundary, conversion of core values `to_proto`, and the ONE
 //! mapping from errors to `tonic::Status`.
 
 pub mod admin;
 pub mod convert;
+pub mod ext_authz;
 pub mod introspect;
 pub mod layers;
 mod token_service;
