@@ -1,5 +1,6 @@
 //! Wiring only: builds the registry, starts the refreshers, mounts the gRPC services
-//! (TokenService, health, reflection, and AdminService when `server.admin`), serves on
+//! (TokenService, health, reflection, Envoy's Authorization when `ext_authz.enabled`,
+//! and AdminService when `server.admin`), serves on
 //! a listener it is given (so tests bind port 0), and shuts down in order: health
 //! NOT_SERVING, streams and refreshers cancelled, in-flight calls drained within the
 //! grace period. Also wires metrics (the `/metrics` listener, the gRPC layers), TLS,
@@ -18,6 +19,10 @@ use crate::{
     config::Settings,
     grpc::{
         AdminServiceImpl, TokenServiceImpl,
+        ext_authz::{
+            self, ExtAuthzService,
+            pb::envoy::service::auth::v3::authorization_server::AuthorizationServer,
+        },
         layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{
             self, admin_service_server::AdminServiceServer,
@@ -130,6 +135,7 @@ pub async fn run_with_listeners(
     let methods = Arc::new(
         GrpcMethods::from_descriptor_sets(&[
             pb::FILE_DESCRIPTOR_SET,
+            ext_authz::pb::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -159,9 +165,19 @@ pub async fn run_with_listeners(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    reporter
-        .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    // The Authorization service decides with the same keys, so it turns SERVING with
+    // TokenService.
+    let ext_authz_on = state.settings.ext_authz.enabled;
+    let gated: &'static [&'static str] = if ext_authz_on {
+        &[TOKEN_SERVICE_NAME, ext_authz::SERVICE_NAME]
+    } else {
+        &[TOKEN_SERVICE_NAME]
+    };
+    for name in gated {
+        reporter
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
     {
         let reporter = reporter.clone();
         let registry = registry.clone();
@@ -171,7 +187,9 @@ pub async fn run_with_listeners(
                 tokio::select! {
                     _ = registry.wait_first_fetches() => {
                         if !cancel.is_cancelled() {
-                            reporter.set_service_status(TOKEN_SERVICE_NAME, ServingStatus::Serving).await;
+                            for name in gated {
+                                reporter.set_service_status(*name, ServingStatus::Serving).await;
+                            }
                             info!("every tenant's first key fetch has finished; serving");
                         }
                     }
@@ -184,12 +202,14 @@ pub async fn run_with_listeners(
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(ext_authz::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building reflection v1")?
         .max_decoding_message_size(server.max_message_bytes);
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(ext_authz::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building reflection v1alpha")?
@@ -206,6 +226,16 @@ pub async fn run_with_listeners(
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
     metrics.observe_introspection(introspection.clone());
+    let ext_authz_service = ext_authz_on.then(|| {
+        let svc = ExtAuthzService::new(
+            registry.clone(),
+            introspection.clone(),
+            state.settings.ext_authz.clone(),
+            server.max_token_bytes,
+        )
+        .with_metrics(metrics.clone());
+        AuthorizationServer::new(svc).max_decoding_message_size(server.max_message_bytes)
+    });
     let token_impl = TokenServiceImpl::new(registry.clone(), limits)
         .with_introspector(introspection)
         .with_shutdown(cancel.clone())
@@ -286,9 +316,11 @@ pub async fn run_with_listeners(
         async move {
             shutdown.await;
             info!("shutdown begins: health NOT_SERVING, draining calls");
-            reporter
-                .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            for name in gated {
+                reporter
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
             reporter
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
@@ -300,6 +332,7 @@ pub async fn run_with_listeners(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(token_service)
+        .add_optional_service(ext_authz_service)
         .add_optional_service(admin_service);
     let serve = async move {
         match incoming {

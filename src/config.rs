@@ -18,6 +18,12 @@ use std::{
     time::Duration,
 };
 
+mod ext_authz;
+
+pub use ext_authz::{
+    DEFAULT_CLAIMS_HEADER, DEFAULT_HEADERS, DEFAULT_TOKEN_HEADER, ExtAuthzSettings, HeaderMapping,
+};
+
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
@@ -137,6 +143,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Every trusted tenant, in file order.
     pub tenants: Vec<TenantSettings>,
+    /// Envoy external authorization (`ext_authz:`).
+    pub ext_authz: ExtAuthzSettings,
 }
 
 /// `server:` settings.
@@ -342,6 +350,7 @@ struct RawConfig {
     defaults: RawPolicy,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    ext_authz: Option<ext_authz::RawExtAuthz>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -517,7 +526,7 @@ fn display_path(path: &str) -> String {
 /// Top-level keys an environment override may start with. Anything else under the
 /// prefix (Kubernetes injects `INTROSPECTD_SERVICE_HOST` for a Service of that name) is
 /// not configuration and is ignored.
-const OVERRIDABLE_ROOTS: [&str; 3] = ["server", "defaults", "tenants"];
+const OVERRIDABLE_ROOTS: [&str; 4] = ["server", "defaults", "tenants", "ext_authz"];
 
 fn apply_override(doc: &mut Yaml, name: &str, value: &str) -> Result<(), ConfigError> {
     let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
@@ -712,7 +721,12 @@ fn resolve(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         tenants.push(resolve_tenant(&key, t, &raw.defaults, env)?);
     }
     check_shared_issuers(&tenants)?;
-    Ok(Settings { server, tenants })
+    let ext_authz = ext_authz::resolve(raw.ext_authz, &|t| ids.contains(t))?;
+    Ok(Settings {
+        server,
+        tenants,
+        ext_authz,
+    })
 }
 
 fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {

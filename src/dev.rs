@@ -228,6 +228,7 @@ impl DevKey {
                 },
                 introspection: None,
             }],
+            ext_authz: Default::default(),
         }
     }
 }

@@ -8,7 +8,6 @@
 
 pub mod request;
 pub mod response;
-pub mod settings;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,7 +15,6 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error, warn};
 
 pub use response::{Decision, Denial, Identity};
-pub use settings::{ExtAuthzSettings, HeaderMapping};
 
 use self::{
     pb::envoy::service::auth::v3::{
@@ -27,6 +25,7 @@ use self::{
     response::Removals,
 };
 use crate::{
+    config::ExtAuthzSettings,
     introspect::{
         Answer, FAULT_LOG_PERIOD, FaultLog, IntrospectError, IntrospectInput, Introspection,
     },

@@ -5,10 +5,9 @@
 
 use std::{borrow::Cow, collections::HashMap};
 
-use super::{
-    ExtAuthzSettings,
-    pb::envoy::service::auth::v3::{CheckRequest, attribute_context::HttpRequest},
-};
+use crate::config::ExtAuthzSettings;
+
+use super::pb::envoy::service::auth::v3::{CheckRequest, attribute_context::HttpRequest};
 
 /// Most audiences or scopes a route may list.
 pub const MAX_ROUTE_LIST: usize = 64;

@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 use tonic::Code;
 
 use super::{
-    ExtAuthzSettings,
     pb::{
         envoy::{
             config::core::v3::{
@@ -26,6 +25,7 @@ use super::{
     request::TokenError,
 };
 use crate::{
+    config::ExtAuthzSettings,
     grpc::convert::json_to_value,
     introspect::{Answer, answer},
     jwt::{

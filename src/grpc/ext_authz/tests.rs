@@ -21,7 +21,7 @@ use super::{
     *,
 };
 use crate::{
-    config,
+    config::{self, ExtAuthzSettings, HeaderMapping},
     metrics::{GrpcMethods, Metrics},
 };
 
