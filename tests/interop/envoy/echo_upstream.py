@@ -1,8 +1,8 @@
 """The upstream behind Envoy in the interop suite: answers every request with 200 and
 a JSON body listing the request headers it received, in order, repeats included.
 
-Usage: python echo_upstream.py READY_FILE
-Writes {"port": N} to READY_FILE once it listens on 127.0.0.1 (a free port).
+Usage: python echo_upstream.py READY_FILE [PORT]
+Writes {"port": N} to READY_FILE once it listens on 127.0.0.1 (PORT, else a free one).
 """
 
 import json
@@ -35,7 +35,7 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0), Echo)
 server.daemon_threads = True
 ready = sys.argv[1]
 with open(ready + ".tmp", "w", encoding="utf-8") as f:
