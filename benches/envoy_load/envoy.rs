@@ -24,15 +24,18 @@ pub enum Setup {
     JwtAuthnCached,
     /// `envoy.filters.http.ext_authz` asking introspectd.
     ExtAuthz,
+    /// The same, sending only the token header (`allowed_headers`).
+    ExtAuthzTokenOnly,
 }
 
 impl Setup {
     /// Every setup, in the table's order.
-    pub const ALL: [Setup; 4] = [
+    pub const ALL: [Setup; 5] = [
         Setup::None,
         Setup::JwtAuthn,
         Setup::JwtAuthnCached,
         Setup::ExtAuthz,
+        Setup::ExtAuthzTokenOnly,
     ];
 
     /// Its label.
@@ -42,13 +45,14 @@ impl Setup {
             Setup::JwtAuthn => "jwt_authn",
             Setup::JwtAuthnCached => "jwt_authn (JWT cache)",
             Setup::ExtAuthz => "ext_authz introspectd",
+            Setup::ExtAuthzTokenOnly => "ext_authz, token only",
         }
     }
 }
 
 /// Envoy's listener ports.
 pub struct Ports {
-    ports: [u16; 4],
+    ports: [u16; Setup::ALL.len()],
 }
 
 impl Ports {
@@ -129,6 +133,17 @@ fn cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
     c
 }
 
+fn ext_authz(allowed_headers: Option<Value>) -> Value {
+    let mut config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "introspectd"}, "timeout": "6s"},
+        "transport_api_version": "V3", "failure_mode_allow": false});
+    if let Some(a) = allowed_headers {
+        config["allowed_headers"] = a;
+    }
+    json!({"name": "envoy.filters.http.ext_authz", "typed_config": config})
+}
+
 fn filter(setup: Setup, jwks: &Value, tokens: usize) -> Option<Value> {
     let jwt_authn = |cache: Option<usize>| {
         let mut provider = json!({
@@ -148,12 +163,10 @@ fn filter(setup: Setup, jwks: &Value, tokens: usize) -> Option<Value> {
         Setup::None => None,
         Setup::JwtAuthn => Some(jwt_authn(None)),
         Setup::JwtAuthnCached => Some(jwt_authn(Some(tokens))),
-        Setup::ExtAuthz => Some(
-            json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "introspectd"}, "timeout": "6s"},
-            "transport_api_version": "V3", "failure_mode_allow": false}}),
-        ),
+        Setup::ExtAuthz => Some(ext_authz(None)),
+        Setup::ExtAuthzTokenOnly => Some(ext_authz(Some(
+            json!({"patterns": [{"exact": "authorization"}]}),
+        ))),
     }
 }
 
@@ -185,7 +198,7 @@ pub async fn start_envoy(
     tokens: usize,
 ) -> anyhow::Result<(Proc, Ports)> {
     let admin = procs::free_port()?;
-    let mut ports = [0u16; 4];
+    let mut ports = [0u16; Setup::ALL.len()];
     for p in &mut ports {
         *p = procs::free_port()?;
     }
