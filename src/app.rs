@@ -39,6 +39,36 @@ use crate::{
 /// Name of the TokenService in grpc.health.v1.
 pub const TOKEN_SERVICE_NAME: &str = "introspect.v1.TokenService";
 
+/// The services whose health waits for every tenant's first key fetch: TokenService,
+/// and the Authorization service (it decides with the same keys) when it is on.
+fn gated_services(settings: &Settings) -> &'static [&'static str] {
+    if settings.ext_authz.enabled {
+        &[TOKEN_SERVICE_NAME, ext_authz::SERVICE_NAME]
+    } else {
+        &[TOKEN_SERVICE_NAME]
+    }
+}
+
+/// Envoy's Authorization service over the same registry and introspectors, when
+/// `ext_authz.enabled`.
+fn ext_authz_server(
+    state: &AppState,
+    introspection: &Introspection,
+    metrics: &Arc<Metrics>,
+) -> Option<AuthorizationServer<ExtAuthzService>> {
+    let settings = &state.settings;
+    settings.ext_authz.enabled.then(|| {
+        let svc = ExtAuthzService::new(
+            state.registry.clone(),
+            introspection.clone(),
+            settings.ext_authz.clone(),
+            settings.server.max_token_bytes,
+        )
+        .with_metrics(metrics.clone());
+        AuthorizationServer::new(svc).max_decoding_message_size(settings.server.max_message_bytes)
+    })
+}
+
 /// The shared parts of a running service.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -165,14 +195,7 @@ pub async fn run_with_listeners(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    // The Authorization service decides with the same keys, so it turns SERVING with
-    // TokenService.
-    let ext_authz_on = state.settings.ext_authz.enabled;
-    let gated: &'static [&'static str] = if ext_authz_on {
-        &[TOKEN_SERVICE_NAME, ext_authz::SERVICE_NAME]
-    } else {
-        &[TOKEN_SERVICE_NAME]
-    };
+    let gated = gated_services(&state.settings);
     for name in gated {
         reporter
             .set_service_status(*name, ServingStatus::NotServing)
@@ -226,16 +249,7 @@ pub async fn run_with_listeners(
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
     metrics.observe_introspection(introspection.clone());
-    let ext_authz_service = ext_authz_on.then(|| {
-        let svc = ExtAuthzService::new(
-            registry.clone(),
-            introspection.clone(),
-            state.settings.ext_authz.clone(),
-            server.max_token_bytes,
-        )
-        .with_metrics(metrics.clone());
-        AuthorizationServer::new(svc).max_decoding_message_size(server.max_message_bytes)
-    });
+    let ext_authz_service = ext_authz_server(&state, &introspection, &metrics);
     let token_impl = TokenServiceImpl::new(registry.clone(), limits)
         .with_introspector(introspection)
         .with_shutdown(cancel.clone())

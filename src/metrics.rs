@@ -38,7 +38,7 @@ use crate::{
     introspect::Introspection,
     jwt::ErrorCode,
     oidc::FetchObserver,
-    registry::{KeySetId, Registry},
+    registry::{KeySetId, Registry, ValidateError, Validated},
 };
 
 /// `grpc_code` label values, indexed by the numeric gRPC status code. Spelled as Go's
@@ -464,6 +464,18 @@ impl Metrics {
                 result: validation_result(error),
             })
             .inc();
+    }
+
+    /// Counts one Validate outcome by its tenant and result; a bad request (no token was
+    /// judged) is not a validation.
+    pub fn record_validate_outcome(&self, outcome: &Result<Validated, ValidateError>) {
+        match outcome {
+            Ok(v) => self.record_validation(Some(v.tenant.id()), None),
+            Err(e @ ValidateError::Rejected { tenant, .. }) => {
+                self.record_validation(tenant.as_deref(), e.code())
+            }
+            Err(ValidateError::Request(_)) => {}
+        }
     }
 
     /// Counts one metadata/JWKS fetch of a key set.

@@ -114,6 +114,24 @@ pub fn non_empty(s: &str) -> Option<&str> {
     if s.is_empty() { None } else { Some(s) }
 }
 
+/// Helpers shared by the handler tests of this module's services.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The HMAC secret of the handler tests' first-party tenant.
+    pub const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// `claims` signed HS256 with [`SECRET`].
+    pub fn hs256(claims: &serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+            &key,
+        )
+        .expect("sign")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

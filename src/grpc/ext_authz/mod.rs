@@ -223,13 +223,7 @@ impl ExtAuthzService {
         };
         let outcome = self.registry.validate(&input).await;
         if let Some(m) = &self.metrics {
-            match &outcome {
-                Ok(v) => m.record_validation(Some(v.tenant.id()), None),
-                Err(e @ ValidateError::Rejected { tenant, .. }) => {
-                    m.record_validation(tenant.as_deref(), e.code())
-                }
-                Err(ValidateError::Request(_)) => {}
-            }
+            m.record_validate_outcome(&outcome);
         }
         match outcome {
             Ok(v) => Ok(Identity::from_validated(v)),

@@ -22,21 +22,11 @@ use super::{
 };
 use crate::{
     config::{self, ExtAuthzSettings, HeaderMapping},
+    grpc::testing::{SECRET, hs256},
     metrics::{GrpcMethods, Metrics},
 };
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const ISS: &str = "https://fp.example";
-
-fn hs256(claims: &Value) -> String {
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &key,
-    )
-    .expect("sign")
-}
 
 fn now() -> i64 {
     std::time::SystemTime::now()

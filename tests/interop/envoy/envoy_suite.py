@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
 from interop import (  # noqa: E402
-    Fields, Report, access_token, b2c_mint, b64url_decode, http, jwt_parts, load_env, revoke, tamper,
+    Fields, Report, access_token, b2c_mint, b64url_decode, jwt_parts, load_env, revoke, rotate_keys, tamper,
 )
 
 env = load_env(sys.argv[1])
@@ -289,10 +289,7 @@ def rotation_traffic(stop):
 
 
 def rotate(step):
-    status, body = http("POST", f"http://127.0.0.1:{ROT['port']}/__admin/rotate?step={step}")
-    if status != 200:
-        raise AssertionError(f"provider rotate {step}: {status} {body}")
-    return body["kids"]
+    return rotate_keys(ROT, step)
 
 
 def key_rotation():
