@@ -226,7 +226,7 @@ impl ExtAuthzService {
             m.record_validate_outcome(&outcome);
         }
         match outcome {
-            Ok(v) => Ok(Identity::from_validated(v)),
+            Ok(v) => Ok(Identity::from_validated(v, token)),
             Err(ValidateError::Rejected {
                 rejection, tenant, ..
             }) => {

@@ -36,31 +36,41 @@ use crate::{
 };
 
 /// Who the token says the caller is: the answer (Introspect's field mapping, `tenant`
-/// set) and the claims the claims header carries (the verified JWT payload, or the
-/// provider's RFC 7662 answer for an opaque token).
+/// set), the claims that names not in the answer are looked up in, and the claims
+/// header's value.
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// The answer fields.
     pub answer: Answer,
-    /// Every claim.
+    /// Every claim: the verified JWT payload, or the provider's RFC 7662 answer.
     pub claims: Map<String, Value>,
+    /// The claims as base64url JSON: a JWT's payload segment exactly as the issuer signed
+    /// it, or the serialized answer of an opaque token.
+    pub claims_b64: String,
 }
 
 impl Identity {
-    /// The identity of a token Validate accepted: Introspect's field mapping of its
-    /// claims, and the verified payload as the claims.
-    pub fn from_validated(v: Validated) -> Self {
+    /// The identity of a token Validate accepted (`token` is the compact JWS it
+    /// accepted): Introspect's field mapping of its claims, and its payload.
+    pub fn from_validated(v: Validated, token: &str) -> Self {
         let answer = answer::from_claims(&v.claims, v.tenant.id(), None);
+        let claims_b64 = token.split('.').nth(1).unwrap_or_default().to_string();
         Self {
             answer,
             claims: v.claims.all,
+            claims_b64,
         }
     }
 
     /// The identity of an active introspection answer: its claims are the answer itself.
     pub fn from_answer(answer: Answer) -> Self {
         let claims = answer_json(&answer);
-        Self { answer, claims }
+        let claims_b64 = URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string());
+        Self {
+            answer,
+            claims,
+            claims_b64,
+        }
     }
 
     /// The header value of an answer field or claim; `None` when the token has none (or
@@ -191,10 +201,7 @@ pub fn allowed(id: &Identity, settings: &ExtAuthzSettings, removals: Removals) -
         }
     }
     if let Some(name) = &settings.claims_header {
-        match serde_json::to_vec(&id.claims) {
-            Ok(json) => headers.push(header(name, URL_SAFE_NO_PAD.encode(json))),
-            Err(_) => remove.push(name.clone()),
-        }
+        headers.push(header(name, id.claims_b64.clone()));
     }
     CheckResponse {
         status: Some(status(Code::Ok, "")),
