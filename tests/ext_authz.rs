@@ -1,6 +1,9 @@
 //! Envoy's Authorization service over real gRPC: the server on port 0, a fake identity
 //! provider over real HTTP (JWKS, RFC 7662 introspection), the generated Envoy client.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::{collections::HashMap, sync::Arc};

@@ -15,7 +15,7 @@ use crate::{
 
 /// What sits in Envoy's filter chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Setup {
+pub(crate) enum Setup {
     /// No authentication: the cost of the proxy itself.
     None,
     /// `envoy.filters.http.jwt_authn`, as configured by default (no JWT cache).
@@ -30,7 +30,7 @@ pub enum Setup {
 
 impl Setup {
     /// Every setup, in the table's order.
-    pub const ALL: [Setup; 5] = [
+    pub(crate) const ALL: [Setup; 5] = [
         Setup::None,
         Setup::JwtAuthn,
         Setup::JwtAuthnCached,
@@ -39,7 +39,7 @@ impl Setup {
     ];
 
     /// Its label.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Setup::None => "no auth",
             Setup::JwtAuthn => "jwt_authn",
@@ -51,19 +51,19 @@ impl Setup {
 }
 
 /// Envoy's listener ports.
-pub struct Ports {
+pub(crate) struct Ports {
     ports: [u16; Setup::ALL.len()],
 }
 
 impl Ports {
     /// The listener of `setup`.
-    pub fn port(&self, setup: Setup) -> u16 {
+    pub(crate) fn port(&self, setup: Setup) -> u16 {
         self.ports[setup as usize]
     }
 }
 
 /// The upstream: answers every request `200 ok`.
-pub async fn spawn_upstream() -> anyhow::Result<SocketAddr> {
+pub(crate) async fn spawn_upstream() -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = axum::Router::new().fallback(|| async { "ok" });
@@ -75,7 +75,10 @@ pub async fn spawn_upstream() -> anyhow::Result<SocketAddr> {
 
 /// Starts the release introspectd with one tenant whose keys are `jwks`; returns it and
 /// its gRPC address once the Authorization service is SERVING.
-pub async fn start_introspectd(work: &Path, jwks: &Value) -> anyhow::Result<(Proc, SocketAddr)> {
+pub(crate) async fn start_introspectd(
+    work: &Path,
+    jwks: &Value,
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let jwks_file = work.join("jwks.json");
     std::fs::write(&jwks_file, jwks.to_string())?;
     let addr = procs::free_addr()?;
@@ -189,7 +192,7 @@ fn listener(setup: Setup, port: u16, jwks: &Value, tokens: usize) -> Value {
 }
 
 /// Starts Envoy (one worker) with a listener per setup; returns it once `/ready`.
-pub async fn start_envoy(
+pub(crate) async fn start_envoy(
     bin: &Path,
     work: &Path,
     jwks: &Value,

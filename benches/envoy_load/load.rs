@@ -12,20 +12,20 @@ use std::{
 
 /// One measured phase.
 #[derive(Debug, Default)]
-pub struct Phase {
+pub(crate) struct Phase {
     /// Requests answered 200.
-    pub ok: u64,
+    pub(crate) ok: u64,
     /// Requests answered otherwise, or failed.
-    pub failures: u64,
+    pub(crate) failures: u64,
     /// Wall time of the phase.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// Latencies of the 200s, microseconds, sorted.
-    pub latencies_us: Vec<u32>,
+    pub(crate) latencies_us: Vec<u32>,
 }
 
 impl Phase {
     /// The latency at quantile `q` (0..=1), microseconds.
-    pub fn quantile_us(&self, q: f64) -> f64 {
+    pub(crate) fn quantile_us(&self, q: f64) -> f64 {
         let n = self.latencies_us.len();
         if n == 0 {
             return f64::NAN;
@@ -35,14 +35,14 @@ impl Phase {
     }
 
     /// Requests per second.
-    pub fn per_sec(&self) -> f64 {
+    pub(crate) fn per_sec(&self) -> f64 {
         (self.ok + self.failures) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
 /// Runs `in_flight` callers against `url` for `duration` (or, with `once`, until every
 /// token was sent once), cycling through `tokens`.
-pub async fn run(
+pub(crate) async fn run(
     client: &reqwest::Client,
     url: &str,
     tokens: Arc<Vec<String>>,

@@ -17,9 +17,9 @@ use anyhow::{Context as _, bail};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A child process, killed when dropped.
-pub struct Proc {
+pub(crate) struct Proc {
     /// What it is.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     child: Child,
 }
 
@@ -45,7 +45,7 @@ fn clock_ticks_per_sec() -> f64 {
 
 impl Proc {
     /// Starts `program` with `args`, its output into `log`.
-    pub fn spawn(
+    pub(crate) fn spawn(
         name: &'static str,
         program: &Path,
         args: &[&str],
@@ -63,7 +63,7 @@ impl Proc {
     }
 
     /// User plus system CPU seconds since the process started.
-    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
+    pub(crate) fn cpu_secs(&self) -> anyhow::Result<f64> {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         // The command name may hold spaces; fields are counted after its `)`.
         let rest = stat.rsplit_once(')').context("no ) in /proc stat")?.1;
@@ -79,7 +79,7 @@ impl Proc {
     }
 
     /// Fails if the process has exited.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited: {status}", self.name);
         }
@@ -87,7 +87,7 @@ impl Proc {
     }
 
     /// Polls `ready` until it holds, failing if the process exits or time runs out.
-    pub async fn wait_ready<F, Fut>(&mut self, mut ready: F) -> anyhow::Result<()>
+    pub(crate) async fn wait_ready<F, Fut>(&mut self, mut ready: F) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -106,17 +106,17 @@ impl Proc {
 
 /// A free loopback port (bound and released; another process could take it first, which
 /// makes the start fail loudly rather than measure the wrong thing).
-pub fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A loopback address on a free port.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
 
 /// Envoy: `ENVOY_BIN`, else the one the interop suite installed.
-pub fn envoy_binary(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn envoy_binary(root: &Path) -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         return Ok(PathBuf::from(p));
     }

@@ -11,13 +11,13 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 /// The issuer of every token.
-pub const ISSUER: &str = "https://bench.introspectd.test";
+pub(crate) const ISSUER: &str = "https://bench.introspectd.test";
 /// The audience of every token.
-pub const AUDIENCE: &str = "https://api.bench.test";
+pub(crate) const AUDIENCE: &str = "https://api.bench.test";
 
 /// A signature algorithm under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alg {
+pub(crate) enum Alg {
     /// RSASSA-PKCS1-v1_5 with SHA-256, RSA 2048.
     Rs256,
     /// ECDSA P-256 with SHA-256.
@@ -26,7 +26,7 @@ pub enum Alg {
 
 impl Alg {
     /// The JOSE name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Alg::Rs256 => "RS256",
             Alg::Es256 => "ES256",
@@ -35,7 +35,7 @@ impl Alg {
 }
 
 /// The run's keys.
-pub struct Keys {
+pub(crate) struct Keys {
     rsa: RsaKeyPair,
     ec: EcdsaKeyPair,
     rng: SystemRandom,
@@ -43,7 +43,7 @@ pub struct Keys {
 
 impl Keys {
     /// Fresh keys.
-    pub fn generate() -> anyhow::Result<Self> {
+    pub(crate) fn generate() -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
         let rsa = RsaKeyPair::generate(KeySize::Rsa2048)?;
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)?;
@@ -52,7 +52,7 @@ impl Keys {
     }
 
     /// The public JWKS.
-    pub fn jwks(&self) -> Value {
+    pub(crate) fn jwks(&self) -> Value {
         let public = self.rsa.public_key();
         let p = self.ec.public_key().as_ref();
         json!({"keys": [
@@ -65,7 +65,7 @@ impl Keys {
     }
 
     /// `count` distinct valid tokens (each its own `sub` and `jti`), valid for an hour.
-    pub fn tokens(&self, alg: Alg, count: usize) -> anyhow::Result<Vec<String>> {
+    pub(crate) fn tokens(&self, alg: Alg, count: usize) -> anyhow::Result<Vec<String>> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();

@@ -81,8 +81,12 @@ impl ExtAuthzSettings {
 
 /// `ext_authz:` as written.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawExtAuthz {
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping of ext_authz keys"
+)]
+pub(super) struct ExtAuthzFile {
     enabled: Option<bool>,
     tenant: Option<String>,
     audiences: Option<Vec<String>>,
@@ -114,10 +118,9 @@ fn header_name(key: &str, value: &str) -> Result<String, ConfigError> {
 
 /// Resolves the section; `is_tenant` says whether a tenant id is configured.
 pub(super) fn resolve(
-    raw: Option<RawExtAuthz>,
+    raw: ExtAuthzFile,
     is_tenant: &dyn Fn(&str) -> bool,
 ) -> Result<ExtAuthzSettings, ConfigError> {
-    let raw = raw.unwrap_or_default();
     let defaults = ExtAuthzSettings::default();
     let tenant = raw.tenant.filter(|t| !t.trim().is_empty());
     if let Some(t) = &tenant
@@ -205,13 +208,13 @@ mod tests {
     use super::*;
 
     fn load(yaml: &str) -> Result<ExtAuthzSettings, ConfigError> {
-        let raw: RawExtAuthz = serde_yaml_ng::from_str(yaml).expect("yaml");
-        resolve(Some(raw), &|t| t == "main")
+        let raw: ExtAuthzFile = serde_yaml_ng::from_str(yaml).expect("yaml");
+        resolve(raw, &|t| t == "main")
     }
 
     #[test]
     fn defaults_are_the_contract() {
-        let s = resolve(None, &|_| false).expect("defaults");
+        let s = resolve(ExtAuthzFile::default(), &|_| false).expect("defaults");
         assert_eq!(s, ExtAuthzSettings::default());
         assert!(s.enabled && !s.strip_token && s.tenant.is_none() && s.audiences.is_empty());
         assert_eq!(s.token_header, "authorization");
@@ -264,7 +267,7 @@ mod tests {
             key("{claims_header: x-auth-subject}"),
             "ext_authz.claims_header"
         );
-        let unknown: Result<RawExtAuthz, _> = serde_yaml_ng::from_str("{nope: 1}");
+        let unknown: Result<ExtAuthzFile, _> = serde_yaml_ng::from_str("{nope: 1}");
         assert!(unknown.is_err(), "unknown keys are refused");
     }
 }

@@ -27,7 +27,7 @@ pub mod pb {
 
 use tonic::Status;
 
-use crate::registry::{RequestError, ValidateError};
+use crate::registry::{RefreshError, RequestError, ValidateError};
 
 /// A request rejected at the boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +75,15 @@ pub fn to_status(err: &BoundaryError) -> Status {
     }
 }
 
+impl From<RefreshError> for BoundaryError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Request(r) => Self::Request(r),
+            RefreshError::NotFetched(_) => Self::Precondition(e.to_string()),
+        }
+    }
+}
+
 impl From<BoundaryError> for Status {
     fn from(e: BoundaryError) -> Self {
         to_status(&e)
@@ -118,10 +127,10 @@ pub fn non_empty(s: &str) -> Option<&str> {
 #[cfg(test)]
 pub(crate) mod testing {
     /// The HMAC secret of the handler tests' first-party tenant.
-    pub const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     /// `claims` signed HS256 with [`SECRET`].
-    pub fn hs256(claims: &serde_json::Value) -> String {
+    pub(crate) fn hs256(claims: &serde_json::Value) -> String {
         let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
