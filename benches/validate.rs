@@ -18,11 +18,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use introspectd::{
     config::{self, ExtAuthzSettings, KeySource},
     grpc::ext_authz::{
-        ExtAuthzService,
-        pb::envoy::service::auth::v3::{
-            AttributeContext, CheckRequest,
-            attribute_context::{HttpRequest, Request as AttrRequest},
-        },
+        ExtAuthzService, pb::envoy::service::auth::v3::CheckRequest, request::http_check_request,
     },
     introspect::Introspection,
     registry::{Registry, ValidateInput},
@@ -61,34 +57,21 @@ fn token(header: Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> Stri
 
 /// A CheckRequest as Envoy sends it for a plain GET from curl.
 fn check_request(token: &str) -> CheckRequest {
-    let headers = [
-        (":authority", "api.example.com"),
-        (":method", "GET"),
-        (":path", "/orders/42"),
-        (":scheme", "http"),
-        ("accept", "*/*"),
-        ("user-agent", "curl/8.5.0"),
-        ("x-forwarded-proto", "http"),
-        ("x-request-id", "0b5c4b9e-6d0e-4a1e-9f1c-2f0d4c1e8a77"),
-        ("authorization", &format!("Bearer {token}")),
-    ];
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/orders/42".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    let authorization = format!("Bearer {token}");
+    http_check_request(
+        &[
+            (":authority", "api.example.com"),
+            (":method", "GET"),
+            (":path", "/orders/42"),
+            (":scheme", "http"),
+            ("accept", "*/*"),
+            ("user-agent", "curl/8.5.0"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "0b5c4b9e-6d0e-4a1e-9f1c-2f0d4c1e8a77"),
+            ("authorization", &authorization),
+        ],
+        &[],
+    )
 }
 
 fn main() {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::http::Method;
 use common::*;
@@ -15,38 +15,20 @@ use introspectd::{
     grpc::ext_authz::{
         SERVICE_NAME,
         pb::envoy::service::auth::v3::{
-            AttributeContext, CheckRequest, CheckResponse,
-            attribute_context::{HttpRequest, Request as AttrRequest},
-            authorization_client::AuthorizationClient,
+            CheckRequest, CheckResponse, authorization_client::AuthorizationClient,
             check_response::HttpResponse,
         },
+        request::http_check_request,
     },
 };
 use serde_json::json;
 use tonic::Code;
 
+/// A request with a spoofed identity header and, when given, an Authorization header.
 fn check_request(authorization: Option<&str>, ext: &[(&str, &str)]) -> CheckRequest {
-    let headers: HashMap<String, String> = authorization
-        .map(|a| ("authorization".to_string(), a.to_string()))
-        .into_iter()
-        .chain([("x-auth-subject".to_string(), "spoofed".to_string())])
-        .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: ext
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
+    let mut headers = vec![("x-auth-subject", "spoofed")];
+    headers.extend(authorization.map(|a| ("authorization", a)));
+    http_check_request(&headers, ext)
 }
 
 async fn check(h: &Harness, req: CheckRequest) -> Result<CheckResponse, tonic::Status> {

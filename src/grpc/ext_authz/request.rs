@@ -7,10 +7,43 @@ use std::{borrow::Cow, collections::HashMap};
 
 use crate::config::ExtAuthzSettings;
 
-use super::pb::envoy::service::auth::v3::{CheckRequest, attribute_context::HttpRequest};
+use super::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest,
+    attribute_context::{HttpRequest, Request as AttrRequest},
+};
 
 /// Most audiences or scopes a route may list.
 pub const MAX_ROUTE_LIST: usize = 64;
+
+/// A CheckRequest as Envoy's HTTP filter sends it for a `GET /` with `headers` (names in
+/// lower case, in `attributes.request.http.headers`) on a route with
+/// `context_extensions`: for tests, benchmarks and tools that speak to the service.
+pub fn http_check_request(
+    headers: &[(&str, &str)],
+    context_extensions: &[(&str, &str)],
+) -> CheckRequest {
+    let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    headers: map(headers),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: map(context_extensions),
+            ..Default::default()
+        }),
+    }
+}
 
 /// The request's HTTP attributes, if Envoy sent any.
 pub fn http_request(req: &CheckRequest) -> Option<&HttpRequest> {

@@ -12,9 +12,7 @@ use super::{
     pb::envoy::{
         config::core::v3::{HeaderMap, HeaderValue},
         service::auth::v3::{
-            AttributeContext, CheckRequest, CheckResponse, OkHttpResponse,
-            attribute_context::{HttpRequest, Request as AttrRequest},
-            authorization_server::Authorization,
+            CheckRequest, CheckResponse, OkHttpResponse, authorization_server::Authorization,
             check_response::HttpResponse,
         },
     },
@@ -61,27 +59,7 @@ fn service() -> ExtAuthzService {
 }
 
 fn check_request(headers: &[(&str, &str)], ext: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: ext
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
+    request::http_check_request(headers, ext)
 }
 
 fn bearer(token: &str) -> String {
