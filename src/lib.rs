@@ -6,12 +6,13 @@
 //! # Layout
 //! - [`config`]: typed configuration, one file per section (`server.rs`, `tenant.rs`,
 //!   `policy.rs` for the keys `defaults:` shares with tenants, `key_source.rs`,
-//!   `introspection.rs`, `sender_constraint.rs`), `DEFAULT_*` constants, `env.rs`
-//!   overrides, validation errors naming the key. Its module docs say how to add a
-//!   section or a key.
+//!   `introspection.rs`, `ext_authz.rs`, `sender_constraint.rs`), `DEFAULT_*` constants,
+//!   `env.rs` overrides, validation errors naming the key. Its module docs say how to
+//!   add a section or a key.
 //! - [`jwt`]: compact JWS framing, strict JSON, claim checks, the sender-constraint rules
 //!   ([`jwt::dpop`]: DPoP proofs, `htu` normalisation, nonces, the `cnf` binding
-//!   decision) and the `WWW-Authenticate` challenge (no keys, no network).
+//!   decision) and the `WWW-Authenticate` challenges (`challenge.rs`; no keys, no
+//!   network).
 //! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
 //!   `KeySet` snapshots.
 //! - [`events`]: key-rotation events and their bus.
@@ -26,7 +27,8 @@
 //!   clients with rustls, timeouts, the body cap and a redirect policy each, used by
 //!   `oidc` and `introspect`.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
-//!   AdminService adapter, the sender-constraint fields of a request read once
+//!   AdminService adapter, Envoy's external authorization service (`ext_authz/`, over
+//!   the vendored Envoy protos), the sender-constraint fields of a request read once
 //!   (`presentation.rs`), `to_proto` conversions, and the one error-to-Status mapping.
 //! - [`app`]: wiring: registry, background tasks (one tracker, one cancel token),
 //!   services, side listeners, serve, the one shutdown sequence.
@@ -35,7 +37,7 @@
 //!   `issuers`) and the JSON it prints (`json.rs`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus families, bounded labels, scrape-time collectors, the
-//!   `/metrics` endpoint.
+//!   ext_authz checks (`checks.rs`), the `/metrics` endpoint.
 //! - [`transport`]: the gRPC listener's accept loop, TLS with hot reload, connection age.
 //!
 //! Dependencies go one way: `jwt`, `keys` <- `events` <- `registry` <- `oidc`,
