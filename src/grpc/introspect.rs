@@ -35,7 +35,8 @@ pub fn to_proto(a: &Answer) -> pb::IntrospectResponse {
 }
 
 /// The boundary error of an Introspect failure: bad requests are INVALID_ARGUMENT, the
-/// concurrency cap RESOURCE_EXHAUSTED, every upstream fault UNAVAILABLE.
+/// concurrency cap RESOURCE_EXHAUSTED, every upstream fault UNAVAILABLE (an unproven
+/// binding is an answer, `active: false`, not an error).
 pub fn boundary_error(e: IntrospectError) -> BoundaryError {
     match e {
         IntrospectError::UnknownTenant(t) => BoundaryError::Request(RequestError::UnknownTenant(t)),
@@ -46,6 +47,7 @@ pub fn boundary_error(e: IntrospectError) -> BoundaryError {
         IntrospectError::Unavailable { .. } | IntrospectError::Misconfigured { .. } => {
             BoundaryError::Unavailable(e.to_string())
         }
+        IntrospectError::Unbound(_) => BoundaryError::Invalid(e.to_string()),
     }
 }
 
@@ -65,6 +67,10 @@ pub async fn introspect_message(
     };
     match introspection.introspect(&input).await {
         Ok(answer) => Ok(to_proto(&answer)),
+        Err(IntrospectError::Unbound(e)) => {
+            debug!(error = %e, "introspected token's binding not proven");
+            Ok(to_proto(&Answer::inactive()))
+        }
         Err(e) => {
             debug!(error = %e, "introspect failed");
             Err(boundary_error(e))

@@ -79,6 +79,11 @@ pub enum IntrospectError {
         /// What happened.
         reason: String,
     },
+    /// The provider's answer is active, but the call did not prove the token's binding
+    /// (its `cnf`): Introspect answers `active: false`; ext_authz denies with this
+    /// refusal (its code and DPoP challenge).
+    #[error("{0}")]
+    Unbound(Box<ValidateError>),
     /// The provider refused the configured client, or no endpoint is known.
     #[error("tenant `{tenant}`: introspection unavailable (configuration fault): {reason}")]
     Misconfigured {
@@ -460,7 +465,8 @@ impl Introspection {
     }
 
     /// Answers one request: a JWT with Validate's verdict (the tenant's own audiences
-    /// apply), an opaque token with its provider's.
+    /// apply), an opaque token with its provider's; an active upstream answer whose
+    /// binding the call did not prove is [`IntrospectError::Unbound`].
     pub async fn introspect(&self, input: &IntrospectInput<'_>) -> Result<Answer, IntrospectError> {
         if let Some(t) = input.tenant
             && self.registry.tenant(t).is_none()
@@ -483,37 +489,32 @@ impl Introspection {
                 None => self.select(input.tenant)?,
             };
             let answer = introspector.introspect(input.token, hint).await?;
-            return Ok(self.bound(introspector.tenant(), answer, input));
+            return self.bound(introspector.tenant(), answer, input);
         }
         self.local(input).await
     }
 
     /// An upstream answer after the sender-constraint check of its tenant: the binding
-    /// comes from the answer's `cnf`, and a binding not proven makes it inactive.
-    fn bound(&self, tenant: &str, answer: Answer, input: &IntrospectInput<'_>) -> Answer {
+    /// comes from the answer's `cnf`.
+    fn bound(
+        &self,
+        tenant: &str,
+        answer: Answer,
+        input: &IntrospectInput<'_>,
+    ) -> Result<Answer, IntrospectError> {
         if !answer.active {
-            return answer;
+            return Ok(answer);
         }
         let Some(state) = self.registry.tenant(tenant) else {
-            return Answer::inactive();
+            return Ok(Answer::inactive());
         };
-        let sender = state.sender();
-        let presentation = input.presentation.cloned().unwrap_or_default();
-        let now = now_secs();
-        let outcome = sender
-            .decide(&answer.claims, input.token, &presentation, now)
-            .map_err(|r| r.error)
-            .and_then(|accepted| match &accepted.proof_use {
-                Some(proof) => sender.record(proof),
-                None => Ok(()),
-            });
-        match outcome {
-            Ok(()) => answer,
-            Err(e) => {
-                debug!(tenant, error = %e, "introspected token's binding not proven");
-                Answer::inactive()
-            }
-        }
+        let bearer = Presentation::default();
+        let presentation = input.presentation.unwrap_or(&bearer);
+        state
+            .sender()
+            .check(&answer.claims, input.token, presentation, now_secs())
+            .map(|_| answer)
+            .map_err(|r| IntrospectError::Unbound(Box::new(state.binding_refusal(r, None))))
     }
 
     async fn local(&self, input: &IntrospectInput<'_>) -> Result<Answer, IntrospectError> {

@@ -25,8 +25,8 @@ use tokio::sync::broadcast;
 pub use operator::{RefreshError, RefreshOutcome, RefreshReport};
 pub use refresh::{RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
-pub use sender::SenderState;
-pub use validate::{DpopHint, ValidateError, ValidateInput, Validated};
+pub use sender::{DpopHint, SenderState};
+pub use validate::{ValidateError, ValidateInput, Validated};
 
 use crate::{
     config::{

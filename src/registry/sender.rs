@@ -8,9 +8,12 @@ use std::{fmt, time::Duration};
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::replay::{ReplayCache, ReplayOutcome};
+use super::{
+    Registry, Tenant, ValidateError,
+    replay::{ReplayCache, ReplayOutcome},
+};
 use crate::{
-    config::{SenderConstraintSettings, TenantSettings},
+    config::{DEFAULT_DPOP_ALGORITHMS, SenderConstraintSettings, TenantSettings},
     jwt::dpop::{
         Accepted, BindingError, KeyFault, Mode, NonceKey, Presentation, ProofKeys, Refused,
         SenderPolicy,
@@ -56,6 +59,16 @@ impl ProofKeys for EmbeddedKeys {
             .map_err(|_| KeyFault::BadSignature)?;
         Ok(key.thumbprint.clone())
     }
+}
+
+/// What a DPoP client is told beside an answer (RFC 9449 7.1 and 9): the algorithms a
+/// `DPoP` challenge advertises and a fresh nonce for the `DPoP-Nonce` header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DpopHint {
+    /// The proof algorithms accepted, for the challenge's `algs`.
+    pub algorithms: Vec<String>,
+    /// A fresh nonce for the `DPoP-Nonce` header, when the tenant requires nonces.
+    pub nonce: Option<String>,
 }
 
 /// Most proofs remembered per tenant for the replay rule; past it (after dropping
@@ -141,6 +154,34 @@ impl SenderState {
         binding::decide(claims, token, presentation, &policy, now, &EmbeddedKeys)
     }
 
+    /// The binding decision, and the proof recorded by the replay rule when it holds:
+    /// the whole sender-constraint step of a call.
+    pub fn check(
+        &self,
+        claims: &Map<String, Value>,
+        token: &str,
+        presentation: &Presentation,
+        now: f64,
+    ) -> Result<Accepted, Refused> {
+        let accepted = self.decide(claims, token, presentation, now)?;
+        if let Some(proof) = &accepted.proof_use {
+            self.record(proof).map_err(|error| Refused {
+                error,
+                dpop_challenge: true,
+                nonce: accepted.nonce.clone(),
+            })?;
+        }
+        Ok(accepted)
+    }
+
+    /// The DPoP challenge data of this tenant, with `nonce` for the `DPoP-Nonce` header.
+    pub fn hint(&self, nonce: Option<String>) -> DpopHint {
+        DpopHint {
+            algorithms: self.algorithm_names.clone(),
+            nonce,
+        }
+    }
+
     /// The replay rule: records a proof's (htu, jti) until the proof expires; a second
     /// use within that time is refused.
     pub fn record(&self, proof: &ProofUse) -> Result<(), BindingError> {
@@ -151,6 +192,38 @@ impl SenderState {
             ReplayOutcome::Fresh => Ok(()),
             ReplayOutcome::Replayed => Err(BindingError::ProofReplayed),
             ReplayOutcome::Full => Err(BindingError::ReplayStoreFull),
+        }
+    }
+}
+
+impl Tenant {
+    /// A refused binding as a rejection by this tenant, with its DPoP challenge data when
+    /// the client is to use DPoP.
+    pub fn binding_refusal(&self, r: Refused, policy: Option<String>) -> ValidateError {
+        ValidateError::Rejected {
+            rejection: r.error.rejection(),
+            tenant: Some(self.id().to_string()),
+            policy,
+            dpop: r
+                .dpop_challenge
+                .then(|| Box::new(self.sender().hint(r.nonce))),
+        }
+    }
+}
+
+impl Registry {
+    /// The DPoP challenge data for a refused `DPoP` call: the tenant's algorithms and a
+    /// fresh nonce when it requires them; the default algorithms when no tenant is known.
+    pub fn dpop_hint(&self, tenant: Option<&str>, now: f64) -> DpopHint {
+        match tenant.and_then(|t| self.tenant(t)) {
+            Some(t) => t.sender().hint(t.sender().mint_nonce(now)),
+            None => DpopHint {
+                algorithms: DEFAULT_DPOP_ALGORITHMS
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect(),
+                nonce: None,
+            },
         }
     }
 }

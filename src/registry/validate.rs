@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
 
-use super::{KeySetId, KeySetState, Registry, RequestError, Tenant, replay::ReplayOutcome};
+use super::{
+    KeySetId, KeySetState, Registry, RequestError, Tenant, replay::ReplayOutcome, sender::DpopHint,
+};
 use crate::{
-    config::DEFAULT_DPOP_ALGORITHMS,
-    jwt::dpop::{Accepted, Binding, Presentation, Refused, Scheme},
+    jwt::dpop::{Binding, Presentation, Scheme},
     jwt::{
         ErrorCode, Rejection,
         claims::{self, Claims, TimePolicy, now_secs},
@@ -38,15 +39,6 @@ pub enum ValidateError {
         /// Set when the client is to be challenged with the `DPoP` scheme.
         dpop: Option<Box<DpopHint>>,
     },
-}
-
-/// What a DPoP client is told beside a refusal (RFC 9449 7.1 and 9).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DpopHint {
-    /// The proof algorithms accepted, for the challenge's `algs`.
-    pub algorithms: Vec<String>,
-    /// A fresh nonce for the `DPoP-Nonce` header, when the tenant requires nonces.
-    pub nonce: Option<String>,
 }
 
 impl ValidateError {
@@ -127,20 +119,7 @@ impl Registry {
                 policy,
                 dpop: None,
             }) if presentation.scheme == Scheme::Dpop => {
-                let state = tenant.as_deref().and_then(|t| self.tenant(t));
-                let dpop = Some(Box::new(match state {
-                    Some(t) => DpopHint {
-                        algorithms: t.sender().algorithm_names().to_vec(),
-                        nonce: t.sender().mint_nonce(now),
-                    },
-                    None => DpopHint {
-                        algorithms: DEFAULT_DPOP_ALGORITHMS
-                            .iter()
-                            .map(|a| format!("{a:?}"))
-                            .collect(),
-                        nonce: None,
-                    },
-                }));
+                let dpop = Some(Box::new(self.dpop_hint(tenant.as_deref(), now)));
                 Err(ValidateError::Rejected {
                     rejection,
                     tenant,
@@ -232,8 +211,10 @@ impl Registry {
             .await
             .map_err(at_policy)?;
         // 10b. sender constraint: the cnf binding, proven on every call
-        let accepted = sender_step(&tenant, &claims, input.token, presentation, now)
-            .map_err(|r| sender_refusal(r, &tenant, policy.clone()))?;
+        let accepted = tenant
+            .sender()
+            .check(&claims.all, input.token, presentation, now)
+            .map_err(|r| tenant.binding_refusal(r, policy.clone()))?;
         // 11. replay
         replay_step(&tenant, &iss, &claims, input.peek_replay).map_err(at_policy)?;
         Ok(Validated {
@@ -246,42 +227,6 @@ impl Registry {
             binding: accepted.binding,
             dpop_nonce: accepted.nonce,
         })
-    }
-}
-
-/// Step 10b: the binding decision, and the proof's `jti` recorded when it holds.
-fn sender_step(
-    tenant: &Tenant,
-    claims: &Claims,
-    token: &str,
-    presentation: &Presentation,
-    now: f64,
-) -> Result<Accepted, Refused> {
-    let sender = tenant.sender();
-    let accepted = sender.decide(&claims.all, token, presentation, now)?;
-    if let Some(proof) = &accepted.proof_use {
-        sender.record(proof).map_err(|error| Refused {
-            error,
-            dpop_challenge: true,
-            nonce: accepted.nonce.clone(),
-        })?;
-    }
-    Ok(accepted)
-}
-
-/// A refused binding as a rejection, with the tenant's DPoP challenge data when the
-/// client is to use DPoP.
-fn sender_refusal(r: Refused, tenant: &Tenant, policy: Option<String>) -> ValidateError {
-    ValidateError::Rejected {
-        rejection: r.error.rejection(),
-        tenant: Some(tenant.id().to_string()),
-        policy,
-        dpop: r.dpop_challenge.then(|| {
-            Box::new(DpopHint {
-                algorithms: tenant.sender().algorithm_names().to_vec(),
-                nonce: r.nonce,
-            })
-        }),
     }
 }
 

@@ -26,12 +26,17 @@ use self::{
 };
 use crate::{
     config::ExtAuthzSettings,
+    grpc::presentation::certificate_from_urlencoded_pem,
     introspect::{
         Answer, FAULT_LOG_PERIOD, FaultLog, IntrospectError, IntrospectInput, Introspection,
     },
-    jwt::ErrorCode,
+    jwt::{
+        ErrorCode,
+        claims::now_secs,
+        dpop::{Presentation, Scheme},
+    },
     metrics::Metrics,
-    registry::{Registry, ValidateError, ValidateInput},
+    registry::{DpopHint, Registry, ValidateError, ValidateInput},
 };
 
 /// Generated protobuf and gRPC code for Envoy's external authorization API
@@ -113,12 +118,46 @@ struct Verdict {
 
 impl Verdict {
     fn denied(d: Denial, required_scopes: &[String], tenant: Option<String>) -> Self {
+        Self::refused(Refusal::new(d, tenant), required_scopes)
+    }
+
+    fn refused(r: Refusal, required_scopes: &[String]) -> Self {
         Self {
-            response: response::denied(d, required_scopes, tenant.as_deref()),
-            decision: d.decision(),
-            tenant,
+            response: response::denied(
+                r.denial,
+                required_scopes,
+                r.tenant.as_deref(),
+                r.dpop.as_deref(),
+            ),
+            decision: r.denial.decision(),
+            tenant: r.tenant,
         }
     }
+}
+
+/// A token refused by Validate, Introspect or the route, before it becomes an answer.
+struct Refusal {
+    denial: Denial,
+    tenant: Option<String>,
+    /// The DPoP challenge data, when the client is to be challenged with `DPoP`.
+    dpop: Option<Box<DpopHint>>,
+}
+
+impl Refusal {
+    fn new(denial: Denial, tenant: Option<String>) -> Self {
+        Self {
+            denial,
+            tenant,
+            dpop: None,
+        }
+    }
+}
+
+/// The token of one check and what the client presented beside it.
+struct Call<'a> {
+    token: &'a str,
+    route: &'a Route<'a>,
+    presentation: &'a Presentation,
 }
 
 impl ExtAuthzService {
@@ -192,14 +231,28 @@ impl ExtAuthzService {
             }
             HeaderValue::One(v) => v,
         };
-        let token = match request::bearer_token(&value, self.max_token_bytes) {
-            Ok(t) => t,
+        let (scheme, token) = match request::token_credentials(&value, self.max_token_bytes) {
+            Ok(c) => c,
             Err(e) => return Verdict::denied(Denial::BadRequest(e), &[], tenant),
         };
+        let der = self.peer_certificate(req);
+        let presentation = match request::presentation(http, scheme, &der) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, "ext_authz: the request cannot be compared with a DPoP proof");
+                let d = Denial::BadRequest(TokenError::UnusableTarget);
+                return Verdict::denied(d, &[], tenant);
+            }
+        };
+        let call = Call {
+            token,
+            route: &route,
+            presentation: &presentation,
+        };
         let verdict = if is_jwt_shaped(token) {
-            self.validate(token, &route).await
+            self.validate(&call).await
         } else {
-            self.introspect(token, &route).await
+            self.introspect(&call).await
         };
         match verdict {
             Ok(identity) => Verdict {
@@ -207,88 +260,118 @@ impl ExtAuthzService {
                 decision: Decision::Allowed,
                 tenant: identity.answer.tenant.clone(),
             },
-            Err(v) => v,
+            Err(r) => Verdict::refused(self.with_dpop_hint(r, scheme), &route.required_scopes),
         }
     }
 
+    /// A refused `DPoP` call is challenged with the `DPoP` scheme (RFC 9449 7.1), with
+    /// the tenant's algorithms and a fresh nonce when it requires them, whatever the
+    /// refusal's cause.
+    fn with_dpop_hint(&self, mut r: Refusal, scheme: Scheme) -> Refusal {
+        if scheme == Scheme::Dpop && r.dpop.is_none() && r.denial.is_token_refusal() {
+            r.dpop = Some(Box::new(
+                self.registry.dpop_hint(r.tenant.as_deref(), now_secs()),
+            ));
+        }
+        r
+    }
+
+    /// The DER of the peer certificate Envoy passed; one it cannot have meant (not a
+    /// URL-encoded PEM certificate) is logged and counts as none, so a certificate-bound
+    /// token is refused and an unbound one is unaffected.
+    fn peer_certificate(&self, req: &CheckRequest) -> Vec<u8> {
+        let Some(pem) = request::peer_certificate(req) else {
+            return Vec::new();
+        };
+        certificate_from_urlencoded_pem(pem).unwrap_or_else(|e| {
+            if let Some(suppressed) = self.config_faults.admit(FAULT_LOG_PERIOD) {
+                warn!(error = %e, suppressed, "ext_authz: the peer certificate in the CheckRequest is unusable; treating the request as sent without one");
+            }
+            Vec::new()
+        })
+    }
+
     /// Validate with the route's tenant, audiences and scopes.
-    async fn validate(&self, token: &str, route: &Route<'_>) -> Result<Identity, Verdict> {
+    async fn validate(&self, call: &Call<'_>) -> Result<Identity, Refusal> {
+        let route = call.route;
         let input = ValidateInput {
-            token,
+            token: call.token,
             tenant: route.tenant,
             audiences: &route.audiences,
             required_scopes: &route.required_scopes,
             nonce: None,
             peek_replay: false,
-            presentation: None,
+            presentation: Some(call.presentation),
         };
         let outcome = self.registry.validate(&input).await;
         if let Some(m) = &self.metrics {
             m.record_validate_outcome(&outcome);
         }
-        match outcome {
-            Ok(v) => Ok(Identity::from_validated(v, token)),
-            Err(ValidateError::Rejected {
-                rejection, tenant, ..
-            }) => {
+        outcome
+            .map(|v| Identity::from_validated(v, call.token))
+            .map_err(|e| self.rejected(e))
+    }
+
+    /// A Validate refusal (or an unproven binding of an introspected token) as a denial.
+    fn rejected(&self, e: ValidateError) -> Refusal {
+        match e {
+            ValidateError::Rejected {
+                rejection,
+                tenant,
+                dpop,
+                ..
+            } => {
                 debug!(code = %rejection.code, tenant = tenant.as_deref().unwrap_or(""), "ext_authz: token rejected");
-                Err(Verdict::denied(
-                    Denial::Rejected(rejection.code),
-                    &route.required_scopes,
+                Refusal {
+                    denial: Denial::Rejected(rejection.code),
                     tenant,
-                ))
+                    dpop,
+                }
             }
-            Err(ValidateError::Request(e)) => {
+            ValidateError::Request(e) => {
                 self.configuration_error(&e.to_string());
-                Err(Verdict::denied(Denial::Misconfigured, &[], None))
+                Refusal::new(Denial::Misconfigured, None)
             }
         }
     }
 
     /// Introspect an opaque token at its tenant's provider; where no tenant can
     /// introspect it, Validate answers (MALFORMED: it is not a JWS).
-    async fn introspect(&self, token: &str, route: &Route<'_>) -> Result<Identity, Verdict> {
+    async fn introspect(&self, call: &Call<'_>) -> Result<Identity, Refusal> {
+        let route = call.route;
         let input = IntrospectInput {
-            token,
+            token: call.token,
             token_type_hint: None,
             tenant: route.tenant,
-            presentation: None,
+            presentation: Some(call.presentation),
         };
         let tenant = route.tenant.map(str::to_owned);
         match self.introspection.introspect(&input).await {
-            Ok(answer) if !answer.active => Err(Verdict::denied(
-                Denial::Inactive,
-                &route.required_scopes,
-                tenant,
-            )),
+            Ok(answer) if !answer.active => Err(Refusal::new(Denial::Inactive, tenant)),
             Ok(answer) => match opaque_denial(&answer, route) {
-                Some(d) => Err(Verdict::denied(d, &route.required_scopes, answer.tenant)),
+                Some(d) => Err(Refusal::new(d, answer.tenant)),
                 None => Ok(Identity::from_answer(answer)),
             },
+            Err(IntrospectError::Unbound(e)) => Err(self.rejected(*e)),
             Err(IntrospectError::NoIntrospection(_) | IntrospectError::NotConfigured) => {
-                self.validate(token, route).await
+                self.validate(call).await
             }
             Err(IntrospectError::TenantRequired(tenants)) => {
                 if let Some(suppressed) = self.config_faults.admit(FAULT_LOG_PERIOD) {
                     warn!(%tenants, suppressed, "ext_authz: an opaque token on a route that names no tenant, and several tenants introspect; name one in the route's context_extensions `tenant` or in ext_authz.tenant");
                 }
-                Err(Verdict::denied(
+                Err(Refusal::new(
                     Denial::Rejected(ErrorCode::UnknownIssuer),
-                    &[],
                     None,
                 ))
             }
             Err(e @ IntrospectError::UnknownTenant(_)) => {
                 self.configuration_error(&e.to_string());
-                Err(Verdict::denied(Denial::Misconfigured, &[], tenant))
+                Err(Refusal::new(Denial::Misconfigured, tenant))
             }
             Err(e) => {
                 debug!(error = %e, "ext_authz: introspection cannot answer");
-                Err(Verdict::denied(
-                    Denial::IntrospectionUnavailable,
-                    &[],
-                    tenant,
-                ))
+                Err(Refusal::new(Denial::IntrospectionUnavailable, tenant))
             }
         }
     }

@@ -1,11 +1,16 @@
 //! Parsing a `CheckRequest` once, at the boundary: the request headers (from
 //! `attributes.request.http.headers`, or `header_map` when Envoy sends raw headers), the
-//! bearer token in the configured header, and the route's settings from
-//! `context_extensions` over the configured defaults.
+//! `Bearer` or `DPoP` token in the configured header, what the client presented beside
+//! it (DPoP proofs, method and URI, the peer certificate Envoy passes), and the route's
+//! settings from `context_extensions` over the configured defaults.
 
 use std::{borrow::Cow, collections::HashMap};
 
-use crate::config::ExtAuthzSettings;
+use crate::{
+    config::ExtAuthzSettings,
+    grpc::presentation::{dpop_header_proofs, request_uri},
+    jwt::dpop::{Presentation, PresentationError, RawPresentation, Scheme},
+};
 
 use super::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest,
@@ -109,11 +114,14 @@ pub enum TokenError {
     Empty,
     /// Over `server.max_token_bytes`.
     TooLarge,
-    /// A scheme other than `Bearer`.
+    /// A scheme other than `Bearer` or `DPoP`.
     WrongScheme,
     /// Characters outside RFC 6750's `b64token` (spaces, a `,` of two joined headers,
     /// bytes that are not UTF-8).
     Malformed,
+    /// A `DPoP` token or proof on a request whose method or URI cannot be compared with
+    /// a proof's `htm` and `htu` (no scheme or host, a target that is not a path).
+    UnusableTarget,
 }
 
 impl TokenError {
@@ -125,21 +133,21 @@ impl TokenError {
             TokenError::TooLarge => "token_too_large",
             TokenError::WrongScheme => "unsupported_scheme",
             TokenError::Malformed => "malformed_token_header",
+            TokenError::UnusableTarget => "unusable_request_target",
         }
     }
 }
 
-/// The token of a `Bearer <token>` header value (scheme case-insensitive, RFC 6750
-/// section 2.1), at most `limit` bytes (exactly `limit` is accepted).
-pub fn bearer_token(value: &str, limit: usize) -> Result<&str, TokenError> {
+/// The scheme and token of a `Bearer <token>` or `DPoP <token>` header value (scheme
+/// case-insensitive, RFC 6750 section 2.1 and RFC 9449 section 7.1), at most `limit`
+/// bytes (exactly `limit` is accepted).
+pub fn token_credentials(value: &str, limit: usize) -> Result<(Scheme, &str), TokenError> {
     let value = value.trim_matches([' ', '\t']);
     if value.is_empty() {
         return Err(TokenError::Empty);
     }
-    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::WrongScheme);
-    }
+    let (name, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    let scheme = Scheme::parse(name).ok_or(TokenError::WrongScheme)?;
     let token = rest.trim_start_matches([' ', '\t']);
     if token.is_empty() {
         return Err(TokenError::Empty);
@@ -150,7 +158,66 @@ pub fn bearer_token(value: &str, limit: usize) -> Result<&str, TokenError> {
     if !is_b64token(token) {
         return Err(TokenError::Malformed);
     }
-    Ok(token)
+    Ok((scheme, token))
+}
+
+/// The `DPoP` request header's name, as Envoy lower-cases it.
+pub const DPOP_HEADER: &str = "dpop";
+
+/// Every DPoP proof the request carried: the `dpop` value of `headers` (where Envoy joins
+/// repeated headers with `,`) split back into proofs, or each `dpop` entry of
+/// `header_map`. Two or more are refused by the proof rules, never silently reduced.
+pub fn dpop_proofs(http: &HttpRequest) -> Vec<String> {
+    if let Some(v) = http.headers.get(DPOP_HEADER) {
+        return dpop_header_proofs(v);
+    }
+    http.header_map
+        .iter()
+        .flat_map(|m| m.headers.iter())
+        .filter(|h| h.key.eq_ignore_ascii_case(DPOP_HEADER))
+        .flat_map(|h| {
+            if h.value.is_empty() {
+                dpop_header_proofs(&String::from_utf8_lossy(&h.raw_value))
+            } else {
+                dpop_header_proofs(&h.value)
+            }
+        })
+        .collect()
+}
+
+/// The URL-encoded PEM of the client's certificate, when Envoy's listener terminated
+/// mutual TLS and the filter sets `include_peer_certificate`.
+pub fn peer_certificate(req: &CheckRequest) -> Option<&str> {
+    let pem = &req.attributes.as_ref()?.source.as_ref()?.certificate;
+    (!pem.is_empty()).then_some(pem.as_str())
+}
+
+/// What the client presented beside its token, as the core's binding rules read it: the
+/// scheme, the DPoP proofs, the DER of its certificate, and, when a proof is to be
+/// checked, the method and the URI it sent (`scheme://host/path` from Envoy's HTTP
+/// attributes: the `:authority` or `Host` the client sent, never a forwarded host).
+pub fn presentation(
+    http: Option<&HttpRequest>,
+    scheme: Scheme,
+    certificate_der: &[u8],
+) -> Result<Presentation, PresentationError> {
+    let proofs = http.map(dpop_proofs).unwrap_or_default();
+    let (method, uri) = match http {
+        Some(h) if scheme == Scheme::Dpop || !proofs.is_empty() => {
+            (h.method.as_str(), request_uri(&h.scheme, &h.host, &h.path))
+        }
+        _ => ("", String::new()),
+    };
+    RawPresentation {
+        scheme: "",
+        token_scheme: Some(scheme),
+        proofs: &proofs,
+        method,
+        uri: &uri,
+        certificate_der,
+        certificate_sha256: "",
+    }
+    .parse()
 }
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
@@ -248,6 +315,13 @@ mod tests {
     use super::*;
     use crate::grpc::ext_authz::pb::envoy::config::core::v3::{HeaderMap, HeaderValue as PbHeader};
 
+    fn bearer_token(value: &str, limit: usize) -> Result<&str, TokenError> {
+        match token_credentials(value, limit)? {
+            (Scheme::Bearer, t) => Ok(t),
+            (Scheme::Dpop, _) => Err(TokenError::WrongScheme),
+        }
+    }
+
     #[test]
     fn bearer_tokens() {
         assert_eq!(
@@ -276,7 +350,15 @@ mod tests {
             bearer_token("abc.def.ghi", 64),
             Err(TokenError::WrongScheme)
         );
-        assert_eq!(bearer_token("DPoP abc", 64), Err(TokenError::WrongScheme));
+        assert_eq!(
+            token_credentials("dpop  abc.def", 64),
+            Ok((Scheme::Dpop, "abc.def"))
+        );
+        assert_eq!(token_credentials("DPoP", 64), Err(TokenError::Empty));
+        assert_eq!(
+            token_credentials("DPoPabc", 64),
+            Err(TokenError::WrongScheme)
+        );
         assert_eq!(
             bearer_token("Bearer a.b.c,Bearer d.e.f", 64),
             Err(TokenError::Malformed),

@@ -2,7 +2,9 @@
 //! identity headers with overwrite and lists every identity header it does not set in
 //! `headers_to_remove`, so a client can never supply its own; a denied answer carries the
 //! HTTP status, `WWW-Authenticate` challenge, gRPC status, JSON body and
-//! `cache-control: no-store` of the deny table.
+//! `cache-control: no-store` of the deny table. A `DPoP` call is challenged with the
+//! `DPoP` scheme, and a fresh nonce (tenants that require them) goes to the client in
+//! `DPoP-Nonce` on either answer (RFC 9449 sections 7.1 and 9).
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use prost_types::{Struct, Value as PValue, value::Kind};
@@ -32,8 +34,11 @@ use crate::{
         ErrorCode,
         challenge::{Challenge, ChallengeError},
     },
-    registry::Validated,
+    registry::{DpopHint, Validated},
 };
+
+/// The response header carrying a fresh DPoP nonce to the client (RFC 9449 section 9).
+pub const DPOP_NONCE_HEADER: &str = "dpop-nonce";
 
 /// Who the token says the caller is: the answer (Introspect's field mapping, `tenant`
 /// set), the claims that names not in the answer are looked up in, and the claims
@@ -47,6 +52,8 @@ pub struct Identity {
     /// The claims as base64url JSON: a JWT's payload segment exactly as the issuer signed
     /// it, or the serialized answer of an opaque token.
     pub claims_b64: String,
+    /// A fresh nonce for the client's `DPoP-Nonce` header (nonce-requiring tenants).
+    pub dpop_nonce: Option<String>,
 }
 
 impl Identity {
@@ -59,6 +66,7 @@ impl Identity {
             answer,
             claims: v.claims.all,
             claims_b64,
+            dpop_nonce: v.dpop_nonce,
         }
     }
 
@@ -70,6 +78,7 @@ impl Identity {
             answer,
             claims,
             claims_b64,
+            dpop_nonce: None,
         }
     }
 
@@ -209,6 +218,11 @@ pub fn allowed(id: &Identity, settings: &ExtAuthzSettings, removals: Removals) -
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers,
             headers_to_remove: remove,
+            response_headers_to_add: id
+                .dpop_nonce
+                .iter()
+                .map(|n| header(DPOP_NONCE_HEADER, n.clone()))
+                .collect(),
             ..Default::default()
         })),
     }
@@ -373,8 +387,18 @@ impl Denial {
         }
     }
 
-    /// The `WWW-Authenticate` value, when the row has one.
-    pub fn challenge(self, required_scopes: &[String]) -> Option<String> {
+    /// Whether the token itself was refused (a 401 or 403 with an error challenge), as
+    /// opposed to a missing token, a bad request or the service's own trouble.
+    pub fn is_token_refusal(self) -> bool {
+        matches!(
+            self.decision(),
+            Decision::Unauthenticated | Decision::Forbidden
+        ) && self != Denial::NoToken
+    }
+
+    /// The `WWW-Authenticate` value, when the row has one: RFC 9449's `DPoP` form with
+    /// `dpop`'s algorithms when the client is to use DPoP.
+    pub fn challenge(self, required_scopes: &[String], dpop: Option<&DpopHint>) -> Option<String> {
         let c = match self {
             Denial::NoToken => Challenge::bearer(),
             Denial::BadRequest(_) => Challenge::error(ChallengeError::InvalidRequest, None, &[]),
@@ -390,13 +414,24 @@ impl Denial {
             }
             Denial::IntrospectionUnavailable | Denial::Misconfigured => return None,
         };
-        Some(c.header_value())
+        let algs: Vec<&str> = dpop
+            .map(|h| h.algorithms.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        Some(match dpop {
+            Some(_) if self.is_token_refusal() => c.with_dpop(&algs).header_value(),
+            _ => c.header_value(),
+        })
     }
 }
 
 /// The denied answer; `tenant` (when known) goes into `dynamic_metadata` with the error,
-/// for Envoy's access logs.
-pub fn denied(d: Denial, required_scopes: &[String], tenant: Option<&str>) -> CheckResponse {
+/// for Envoy's access logs; `dpop` makes the challenge a `DPoP` one and brings its nonce.
+pub fn denied(
+    d: Denial,
+    required_scopes: &[String],
+    tenant: Option<&str>,
+    dpop: Option<&DpopHint>,
+) -> CheckResponse {
     let (http, code) = d.statuses();
     let (error, description) = d.body_fields();
     let body = serde_json::json!({"error": error, "error_description": description}).to_string();
@@ -404,8 +439,11 @@ pub fn denied(d: Denial, required_scopes: &[String], tenant: Option<&str>) -> Ch
         header("cache-control", "no-store".to_string()),
         header("content-type", "application/json".to_string()),
     ];
-    if let Some(c) = d.challenge(required_scopes) {
+    if let Some(c) = d.challenge(required_scopes, dpop) {
         headers.push(header("www-authenticate", c));
+    }
+    if let Some(nonce) = dpop.and_then(|h| h.nonce.as_ref()) {
+        headers.push(header(DPOP_NONCE_HEADER, nonce.clone()));
     }
     let mut fields = std::collections::BTreeMap::new();
     fields.insert("error".to_string(), string_value(description));
