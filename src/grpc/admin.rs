@@ -151,6 +151,7 @@ impl AdminServiceImpl {
             removed,
             error,
             issuer: Some(convert::issuer_status(&state)),
+            ..Default::default()
         })
     }
 }
