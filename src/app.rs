@@ -9,8 +9,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -18,6 +18,7 @@ use crate::{
     config::Settings,
     grpc::{
         AdminServiceImpl, TokenServiceImpl,
+        deadline::DeadlineLayer,
         layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{
             self, admin_service_server::AdminServiceServer,
@@ -28,7 +29,7 @@ use crate::{
     metrics::{GrpcMethods, Metrics},
     oidc::{self, HttpClient},
     registry::Registry,
-    transport::{self, ConnectionLimits, Incoming, TlsConfig},
+    transport::{self, ConnectionLimits, ServeOptions, TlsConfig},
 };
 
 /// Name of the TokenService in grpc.health.v1.
@@ -215,28 +216,32 @@ pub async fn run_with_listeners(
     let token_service =
         TokenServiceServer::new(token_impl).max_decoding_message_size(server.max_message_bytes);
     let health_service = health_service.max_decoding_message_size(server.max_message_bytes);
+    let options = ServeOptions {
+        tls: None,
+        limits: ConnectionLimits {
+            max_age: server.max_connection_age,
+            grace: server.max_connection_age_grace,
+        },
+        handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+        max_concurrent_streams: crate::config::DEFAULT_MAX_CONCURRENT_STREAMS,
+        keepalive_interval: Some(server.keepalive_interval),
+        keepalive_timeout: server.keepalive_timeout,
+        shutdown_grace: server.shutdown_grace,
+    };
+    let mut side_listeners = Vec::new();
     if let Some(l) = health_listener {
         // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
         // the reporter, so it answers exactly what the main listener answers.
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(%addr, "serving plaintext grpc.health.v1 for probes");
-        let svc = health_service.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(
-            async move {
-                let r = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(l),
-                        cancel.cancelled_owned(),
-                    )
-                    .await;
-                if let Err(e) = r {
-                    warn!(error = %e, "health listener failed");
-                }
-            }
-            .instrument(info_span!("health_listener")),
-        );
+        let svc = tower::ServiceBuilder::new()
+            .layer(DeadlineLayer::new(Some(server.request_timeout)))
+            .service(Routes::new(health_service.clone()).prepare());
+        side_listeners.push(tokio::spawn(
+            transport::serve(l, svc, options.clone(), None, cancel.clone())
+                .instrument(info_span!("health_listener")),
+        ));
     }
     // Not in health: the operator view does not decide whether the pod takes traffic.
     let admin_service = server.admin.then(|| {
@@ -244,21 +249,25 @@ pub async fn run_with_listeners(
             .max_decoding_message_size(server.max_message_bytes)
     });
 
-    // tonic's `timeout` answers CANCELLED ("Timeout expired") and also honours a shorter
-    // grpc-timeout from the client. `max_connection_age` here only sends GOAWAY: tonic's
-    // own grace option skips the GOAWAY, so the forced close is `transport::Conn`'s.
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(server.keepalive_interval))
-        .http2_keepalive_timeout(Some(server.keepalive_timeout))
-        .timeout(server.request_timeout);
-    if let Some(age) = server.max_connection_age {
-        builder = builder.max_connection_age(age);
+    let limit = (server.concurrency_limit > 0).then(|| {
+        ConcurrencyLimitLayer::new(
+            server.concurrency_limit,
+            methods.clone(),
+            server.max_message_bytes,
+        )
+    });
+    let mut routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(token_service);
+    if let Some(a) = admin_service {
+        routes = routes.add_service(a);
     }
-    let limit = (server.concurrency_limit > 0)
-        .then(|| ConcurrencyLimitLayer::new(server.concurrency_limit, methods.clone()));
-    let mut builder = builder
+    let service = tower::ServiceBuilder::new()
         .layer(MetricsLayer::new(metrics.clone()))
-        .layer(tower::util::option_layer(limit));
+        .layer(DeadlineLayer::new(Some(server.request_timeout)))
+        .option_layer(limit)
+        .service(routes.prepare());
 
     let addr = listener
         .local_addr()
@@ -269,16 +278,6 @@ pub async fn run_with_listeners(
     if let Some(t) = &tls {
         t.spawn_reloader(Some(metrics.clone()), cancel.clone());
     }
-    let incoming = transport::spawn_incoming(
-        listener,
-        tls,
-        ConnectionLimits {
-            max_age: server.max_connection_age,
-            grace: server.max_connection_age_grace,
-        },
-        Some(metrics.clone()),
-        cancel.clone(),
-    );
 
     let signal = {
         let reporter = reporter.clone();
@@ -295,38 +294,17 @@ pub async fn run_with_listeners(
             cancel.cancel();
         }
     };
-    let router = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(token_service)
-        .add_optional_service(admin_service);
-    let serve = async move {
-        match incoming {
-            Incoming::Plain(s) => {
-                router
-                    .serve_with_incoming_shutdown(s.map(Ok::<_, std::io::Error>), signal)
-                    .await
-            }
-            Incoming::Tls(s) => {
-                router
-                    .serve_with_incoming_shutdown(s.map(Ok::<_, std::io::Error>), signal)
-                    .await
-            }
-        }
-    };
-
-    let grace = server.shutdown_grace;
-    let drained = {
-        let cancel = cancel.clone();
-        async move {
-            cancel.cancelled().await;
-            tokio::time::sleep(grace).await;
-        }
-    };
-    tokio::select! {
-        r = serve => r.context("gRPC server failed")?,
-        _ = drained => warn!(?grace, "grace period over; closing the remaining connections"),
+    let main_options = ServeOptions { tls, ..options };
+    let serve = transport::serve(
+        listener,
+        service,
+        main_options,
+        Some(metrics.clone()),
+        cancel.clone(),
+    );
+    tokio::join!(serve, signal);
+    for l in side_listeners {
+        let _ = l.await;
     }
     cancel.cancel();
     refreshers.shutdown().await;

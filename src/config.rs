@@ -84,6 +84,13 @@ pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Default bound on one TLS handshake.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.handshake_timeout`: from accept (or the end of the TLS handshake) to
+/// the first request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `server.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `server.max_concurrent_streams`: HTTP/2 streams per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// Default cap on replay-detection entries per tenant.
 pub const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 1_000_000;
 /// Prefix of the environment variables that override configuration keys.

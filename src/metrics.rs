@@ -219,6 +219,15 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why the server closed (or refused) a connection, as `introspectd_grpc_connections_closed`
+/// counts it.
+pub const CONNECTION_CLOSE_REASONS: [&str; 3] = ["max_connections", "evicted", "handshake_timeout"];
+
 /// The handles of one method's series.
 #[derive(Debug)]
 struct MethodMetrics {
@@ -242,6 +251,7 @@ pub struct Metrics {
     connections_accepted: Counter,
     tls_handshake_failures: Counter,
     tls_reloads: Family<OutcomeLabels, Counter>,
+    connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -400,6 +410,16 @@ impl Metrics {
             tls_reloads.get_or_create_owned(&OutcomeLabels { outcome });
         }
 
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        prom.register(
+            "introspectd_grpc_connections_closed",
+            "Connections the gRPC listener refused or closed to protect other callers: max_connections (refused at the cap, every place held by an established connection), evicted (closed before its first request to make room for a new one), handshake_timeout (no request within server.handshake_timeout)",
+            connections_closed.clone(),
+        );
+        for reason in CONNECTION_CLOSE_REASONS {
+            connections_closed.get_or_create_owned(&ReasonLabels { reason });
+        }
+
         prom.register_collector(Box::new(KeySetCollector {
             registry: registry.clone(),
         }));
@@ -418,6 +438,7 @@ impl Metrics {
             connections_accepted,
             tls_handshake_failures,
             tls_reloads,
+            connections_closed,
         }
     }
 
@@ -513,6 +534,16 @@ impl Metrics {
     pub fn connection(&self) -> GaugeGuard {
         self.connections_accepted.inc();
         GaugeGuard::new(self.connections.clone())
+    }
+
+    /// Counts a connection refused or closed for `reason` (one of
+    /// [`CONNECTION_CLOSE_REASONS`]; anything else is not counted).
+    pub fn record_connection_closed(&self, reason: &'static str) {
+        if CONNECTION_CLOSE_REASONS.contains(&reason) {
+            self.connections_closed
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
     }
 
     /// Counts a failed or timed-out TLS handshake.

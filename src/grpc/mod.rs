@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod deadline;
 pub mod introspect;
 pub mod layers;
 mod token_service;

@@ -22,11 +22,16 @@ async fn header_only_streams_on_one_connection_do_not_lock_other_callers_out() {
         Duration::from_millis(300),
     )
     .await;
-    assert!(
-        attack.opened <= 129,
-        "the server advertises MAX_CONCURRENT_STREAMS 128 (the client may queue one more): {} streams opened",
-        attack.opened
+    assert_eq!(
+        attack.opened, 1100,
+        "the client queues what it may not send yet"
     );
+    assert_eq!(
+        attack.server_limit, 128,
+        "the server advertises MAX_CONCURRENT_STREAMS (server.max_concurrent_streams)"
+    );
+    // Let the client put every stream it may on the wire.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     victim_validates(h.server.addr, &key, &idp.issuer()).await;
     // And the victim's own connection is not limited by the attacker's.
     let mut client = h.client.clone();
@@ -39,6 +44,29 @@ async fn header_only_streams_on_one_connection_do_not_lock_other_callers_out() {
         .expect("an established client is answered");
     assert!(again.get_ref().valid);
     drop(attack);
+}
+
+/// Nine connections of 128 header-only streams each are more streams than there are
+/// concurrency permits (1,024): a permit is taken only once a request's message has
+/// arrived, so none of them holds one.
+#[tokio::test]
+async fn header_only_streams_hold_no_concurrency_permit() {
+    let (idp, key, h) = serve("", "").await;
+    let mut attacks = Vec::new();
+    for _ in 0..9 {
+        attacks.push(
+            net::header_only_streams(
+                h.server.addr,
+                net::VALIDATE_PATH,
+                128,
+                Duration::from_millis(300),
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    victim_validates(h.server.addr, &key, &idp.issuer()).await;
+    drop(attacks);
 }
 
 #[tokio::test]

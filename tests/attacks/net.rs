@@ -43,7 +43,11 @@ pub async fn own_channel(server: SocketAddr) -> Channel {
 
 /// The streams an `h2` client opened and never finished: headers sent, no body, no end.
 pub struct HeaderOnlyStreams {
+    /// Streams handed to the client (it sends at most what the server allows at once
+    /// and queues the rest).
     pub opened: usize,
+    /// The server's MAX_CONCURRENT_STREAMS as the client saw it (`usize::MAX`: none).
+    pub server_limit: usize,
     _streams: Vec<(h2::client::ResponseFuture, h2::SendStream<Bytes>)>,
     _send: h2::client::SendRequest<Bytes>,
 }
@@ -62,6 +66,13 @@ pub async fn header_only_streams(
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    // Until the server's SETTINGS arrive the client assumes no stream limit.
+    for _ in 0..100 {
+        if send.current_max_send_streams() != usize::MAX {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut streams = Vec::new();
     while streams.len() < max {
         send = match tokio::time::timeout(patience, send.clone().ready()).await {
@@ -79,6 +90,7 @@ pub async fn header_only_streams(
         }
     }
     HeaderOnlyStreams {
+        server_limit: send.current_max_send_streams(),
         opened: streams.len(),
         _streams: streams,
         _send: send,
