@@ -24,6 +24,7 @@ use crate::{
             self, admin_service_server::AdminServiceServer,
             token_service_server::TokenServiceServer,
         },
+        watch::WatcherLimits,
     },
     introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
@@ -198,7 +199,11 @@ pub async fn run_with_listeners(
 
     let limits = crate::grpc::Limits {
         max_token_bytes: server.max_token_bytes,
-        max_watchers: server.max_watchers,
+        watchers: WatcherLimits {
+            total: server.max_watchers,
+            per_connection: crate::config::DEFAULT_MAX_WATCHERS_PER_CONNECTION,
+            per_peer: crate::config::DEFAULT_MAX_WATCHERS_PER_PEER,
+        },
     };
     // One introspector per tenant with `introspection`, built once and shared by calls.
     let introspection =

@@ -89,6 +89,10 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `server.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `server.max_watchers_per_connection`.
+pub const DEFAULT_MAX_WATCHERS_PER_CONNECTION: usize = 16;
+/// Default `server.max_watchers_per_peer` (per client IP address).
+pub const DEFAULT_MAX_WATCHERS_PER_PEER: usize = 64;
 /// Default `server.max_concurrent_streams`: HTTP/2 streams per connection.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// Default cap on replay-detection entries per tenant.

@@ -36,6 +36,7 @@ impl AdminServiceImpl {
         &self,
         req: &pb::ListIssuersRequest,
     ) -> Result<pb::ListIssuersResponse, BoundaryError> {
+        super::check_list("tenants", &req.tenants)?;
         for t in &req.tenants {
             if self.registry.tenant(t).is_none() {
                 return Err(RequestError::UnknownTenant(t.clone()).into());
@@ -57,6 +58,8 @@ impl AdminServiceImpl {
         if tenant.is_empty() {
             return Err(BoundaryError::Invalid("tenant is required".into()));
         }
+        super::check_field("tenant", tenant)?;
+        super::check_field("policy", policy)?;
         if self.registry.tenant(tenant).is_none() {
             return Err(RequestError::UnknownTenant(tenant.to_string()).into());
         }
