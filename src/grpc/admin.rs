@@ -16,7 +16,7 @@ use super::{
 use crate::{
     events::{self, Origin},
     jwt::echo,
-    registry::{KeySetState, Registry, RequestError},
+    registry::{Forced, KeySetState, Registry, RequestError},
 };
 
 /// The AdminService handler (cheap to clone).
@@ -109,12 +109,19 @@ impl AdminServiceImpl {
     ) -> Result<pb::RefreshIssuerResponse, BoundaryError> {
         let state = self.find(&req.tenant, &req.policy)?;
         let before = state.keys();
-        let generation = state.refresh.force().ok_or_else(|| {
-            BoundaryError::Precondition(format!(
-                "the keys of `{}` come from the configuration and are never fetched",
-                state.id
-            ))
-        })?;
+        let forced = state
+            .refresh
+            .force(state.settings.unknown_kid_cooldown)
+            .ok_or_else(|| {
+                BoundaryError::Precondition(format!(
+                    "the keys of `{}` come from the configuration and are never fetched",
+                    state.id
+                ))
+            })?;
+        let generation = match forced {
+            Forced::Requested(g) => g,
+            Forced::Throttled { until } => return Ok(throttled(&state, until)),
+        };
         info!(key_set = %state.id, generation, "operator forced a key refresh");
         let timeout = state.settings.fetch_timeout;
         let finished = state.refresh.wait(generation, timeout).await;
@@ -156,6 +163,25 @@ impl AdminServiceImpl {
             issuer: Some(convert::issuer_status(&state)),
             ..Default::default()
         })
+    }
+}
+
+/// The answer inside the cooldown: the key set's last fetch, nothing fetched now.
+fn throttled(state: &KeySetState, until: tokio::time::Instant) -> pb::RefreshIssuerResponse {
+    let status = state.status();
+    let error = if status.last_failed {
+        status.last_error.map(|(m, _)| m).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let wait = until.saturating_duration_since(tokio::time::Instant::now());
+    pb::RefreshIssuerResponse {
+        refreshed: !status.last_failed,
+        error,
+        issuer: Some(convert::issuer_status(state)),
+        throttled: true,
+        retry_after: Some(convert::system_time(SystemTime::now() + wait)),
+        ..Default::default()
     }
 }
 

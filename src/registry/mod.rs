@@ -20,7 +20,7 @@ use dashmap::DashMap;
 use jsonwebtoken::Algorithm;
 use tokio::sync::broadcast;
 
-pub use refresh::{RefreshControl, RefreshKind};
+pub use refresh::{Forced, RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
 pub use validate::{RequestError, ValidateError, ValidateInput, Validated};
 
