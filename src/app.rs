@@ -1,23 +1,36 @@
-//! Wiring only: builds the registry, starts the refreshers, mounts the gRPC services
-//! (TokenService, health, reflection, and AdminService when `server.admin`), serves on
-//! a listener it is given (so tests bind port 0), and shuts down in order: health
-//! NOT_SERVING, streams and refreshers cancelled, in-flight calls drained within the
-//! grace period. Also wires metrics (the `/metrics` listener, the gRPC layers), TLS,
-//! and the overload limits.
+//! Wiring only, in the order a server starts: [`run_with_listeners`] reads like a table
+//! of contents. It loads TLS and builds the registry (a bad file or key is a
+//! configuration error before anything starts), starts the background work (key
+//! refreshers, readiness, the TLS reloader), mounts the gRPC services on one router
+//! (`services`, with the metrics and overload layers), starts the side listeners
+//! (`/metrics`, plaintext health) through `spawn_side_listener`, serves on a listener
+//! it is given (so tests bind port 0), and shuts down in one sequence
+//! (`serve_until_shutdown`): health NOT_SERVING, every background task and stream
+//! cancelled, in-flight calls and tracked tasks drained within `server.shutdown_grace`.
+//! Every gRPC listener (main, admin, health) is served by [`transport::serve`] with the
+//! same connection limits.
+//!
+//! Every task is spawned on the one [`TaskTracker`] with its span, and stops when the
+//! one [`CancellationToken`] fires; a new capability's background work joins them by
+//! taking both.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    config::Settings,
+    config::{ServerSettings, Settings},
     grpc::{
-        AdminServiceImpl, TokenServiceImpl,
+        AdminServiceImpl, Limits, TokenServiceImpl,
         deadline::DeadlineLayer,
         layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{
@@ -28,26 +41,14 @@ use crate::{
     },
     introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
-    oidc::{self, HttpClient},
+    oidc,
     registry::Registry,
-    transport::{self, ConnectionLimits, ServeOptions, TlsConfig},
+    transport::{self, ConnectionLimits, GrpcService, ServeOptions, TlsConfig},
+    upstream::{HttpClient, Redirects},
 };
 
 /// Name of the TokenService in grpc.health.v1.
 pub const TOKEN_SERVICE_NAME: &str = "introspect.v1.TokenService";
-
-/// The shared parts of a running service.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The registry.
-    pub registry: Registry,
-    /// The HTTP client.
-    pub http: HttpClient,
-    /// Cancelled when shutdown begins.
-    pub shutdown: CancellationToken,
-    /// The settings.
-    pub settings: Arc<Settings>,
-}
 
 /// Serves until `shutdown` resolves, then shuts down gracefully. Binds
 /// `server.metrics_listen` and `server.health_listen` itself (when set).
@@ -56,10 +57,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let server = &settings.server;
     let listeners = Listeners {
         grpc: listener,
-        metrics: bind_optional(settings.server.metrics_listen, "server.metrics_listen").await?,
-        health: bind_optional(settings.server.health_listen, "server.health_listen").await?,
+        metrics: bind_optional(server.metrics_listen, "server.metrics_listen").await?,
+        health: bind_optional(server.health_listen, "server.health_listen").await?,
+        admin: bind_optional(server.admin_listen, "server.admin_listen").await?,
     };
     run_with_listeners(settings, listeners, shutdown).await
 }
@@ -85,6 +88,8 @@ pub struct Listeners {
     /// Plaintext grpc.health.v1 only (`server.health_listen`), for kubelet gRPC probes
     /// when the main listener uses TLS.
     pub health: Option<TcpListener>,
+    /// AdminService and grpc.health.v1 alone (`server.admin_listen`).
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -97,6 +102,7 @@ impl Listeners {
                 .with_context(|| format!("binding server.listen {}", server.listen))?,
             metrics: bind_optional(server.metrics_listen, "server.metrics_listen").await?,
             health: bind_optional(server.health_listen, "server.health_listen").await?,
+            admin: bind_optional(server.admin_listen, "server.admin_listen").await?,
         })
     }
 }
@@ -107,212 +113,327 @@ pub async fn run_with_listeners(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Listeners {
-        grpc: listener,
-        metrics: metrics_listener,
-        health: health_listener,
-    } = listeners;
     crate::install_crypto();
+    let server = &settings.server;
+    // Settings changed after loading (`--listen`, tests) get the same check as a file.
+    crate::config::check_admin_exposure(server)?;
     // A bad certificate or key is a configuration error (exit 2), found before anything starts.
-    let tls = match &settings.server.tls {
+    let tls = match &server.tls {
         Some(t) => Some(TlsConfig::load(t).context("loading server.tls")?),
         None => None,
     };
     let registry = Registry::new(&settings).context("building the tenant registry")?;
-    let http = HttpClient::new().context("building the HTTP client")?;
-    let cancel = CancellationToken::new();
-    let state = AppState {
-        registry: registry.clone(),
-        http: http.clone(),
-        shutdown: cancel.clone(),
-        settings: Arc::new(settings),
-    };
-    let server = &state.settings.server;
-
-    let methods = Arc::new(
-        GrpcMethods::from_descriptor_sets(&[
-            pb::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ])
-        .context("reading the gRPC descriptors")?,
-    );
+    let methods = Arc::new(grpc_methods()?);
     let metrics = Arc::new(Metrics::new(&registry, &methods));
-    if let Some(l) = metrics_listener {
-        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!(%addr, "serving Prometheus metrics at /metrics");
-        let metrics = metrics.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(
-            async move {
-                if let Err(e) = crate::metrics::serve(l, metrics, cancel).await {
-                    warn!(error = %e, "metrics endpoint failed");
-                }
-            }
-            .instrument(info_span!("metrics")),
-        );
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    // Whatever way this function returns, what it started stops.
+    let _stop_on_return = cancel.clone().drop_guard();
+
+    let http = HttpClient::new(Redirects::NoDowngrade).context("building the HTTP client")?;
+    oidc::spawn_refreshers(
+        &registry,
+        &http,
+        &tasks,
+        &cancel,
+        Some(metrics.fetch_observer()),
+    );
+    let health = start_health(&registry, &tasks, &cancel).await;
+    if let Some(t) = &tls {
+        t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
 
-    let mut refreshers =
-        oidc::spawn_refreshers(&registry, &http, &cancel, Some(metrics.fetch_observer()));
+    let options = serve_options(server, tls.clone());
+    let main = services(server, &registry, &metrics, &methods, &health, &cancel)?;
+    if let Some(l) = listeners.metrics {
+        info!(addr = %local_addr(&l), "serving Prometheus metrics at /metrics");
+        let serve = crate::metrics::serve(l, metrics.clone(), cancel.clone());
+        spawn_side_listener(&tasks, info_span!("metrics"), serve);
+    }
+    if let Some(l) = listeners.health {
+        // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
+        // the reporter, so it answers exactly what the main listener answers.
+        info!(addr = %local_addr(&l), "serving plaintext grpc.health.v1 for probes");
+        let svc = tower::ServiceBuilder::new()
+            .layer(DeadlineLayer::new(Some(server.request_timeout)))
+            .service(Routes::new(health_service(&health, server)).prepare());
+        let options = ServeOptions {
+            tls: None,
+            ..options.clone()
+        };
+        let serve = transport::serve(l, svc, options, None, cancel.clone());
+        tasks.spawn(serve.instrument(info_span!("health_listener")));
+    }
+    if let Some(l) = listeners.admin {
+        // AdminService alone (and health, so it can be probed), with the main
+        // listener's TLS; never TokenService.
+        info!(addr = %local_addr(&l), auth = server.admin_auth.is_some(), "serving AdminService");
+        let routes = Routes::new(health_service(&health, server))
+            .add_service(admin_service(server, &registry))
+            .prepare();
+        let svc = layered(server, &metrics, routes);
+        let serve = transport::serve(l, svc, options.clone(), None, cancel.clone());
+        tasks.spawn(serve.instrument(info_span!("admin_listener")));
+    }
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    info!(addr = %local_addr(&listeners.grpc), tenants = registry.tenants().len(), tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), admin = server.admin, "serving gRPC");
+    let overload = (server.concurrency_limit > 0).then(|| {
+        ConcurrencyLimitLayer::new(
+            server.concurrency_limit,
+            methods.clone(),
+            server.decoding_limit(),
+        )
+    });
+    let main = tower::ServiceBuilder::new()
+        .option_layer(overload)
+        .service(main);
+    let serve = transport::serve(
+        listeners.grpc,
+        layered(server, &metrics, main),
+        options,
+        Some(metrics.clone()),
+        cancel.clone(),
+    );
+    let grace = server.shutdown_grace;
+    serve_until_shutdown(serve, shutdown, health, grace, tasks, cancel).await
+}
+
+/// What every listener's connections are served with; `tls` for the main and admin
+/// listeners.
+fn serve_options(server: &ServerSettings, tls: Option<Arc<TlsConfig>>) -> ServeOptions {
+    ServeOptions {
+        tls,
+        limits: ConnectionLimits {
+            max_age: server.max_connection_age,
+            grace: server.max_connection_age_grace,
+        },
+        handshake_timeout: server.handshake_timeout,
+        max_connections: server.max_connections,
+        max_concurrent_streams: server.max_concurrent_streams,
+        keepalive_interval: Some(server.keepalive_interval),
+        keepalive_timeout: server.keepalive_timeout,
+        shutdown_grace: server.shutdown_grace,
+    }
+}
+
+/// The layers of the main and admin listeners' services: per-call metrics (outermost)
+/// and the call deadline.
+fn layered<S>(server: &ServerSettings, metrics: &Arc<Metrics>, svc: S) -> impl GrpcService
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tower::ServiceBuilder::new()
+        .layer(MetricsLayer::new(metrics.clone()))
+        .layer(DeadlineLayer::new(Some(server.request_timeout)))
+        .service(svc)
+}
+
+/// Every gRPC method the server knows, for the metrics' labels and the overload layer.
+fn grpc_methods() -> anyhow::Result<GrpcMethods> {
+    GrpcMethods::from_descriptor_sets(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .context("reading the gRPC descriptors")
+}
+
+/// grpc.health.v1: the whole server serving, TokenService NOT_SERVING until every
+/// tenant's first key fetch has finished (a task waits for that).
+async fn start_health(
+    registry: &Registry,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> HealthReporter {
+    let reporter = HealthReporter::new();
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
     reporter
         .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
         .await;
-    {
+    let ready = {
         let reporter = reporter.clone();
         let registry = registry.clone();
         let cancel = cancel.clone();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    _ = registry.wait_first_fetches() => {
-                        if !cancel.is_cancelled() {
-                            reporter.set_service_status(TOKEN_SERVICE_NAME, ServingStatus::Serving).await;
-                            info!("every tenant's first key fetch has finished; serving");
-                        }
+        async move {
+            tokio::select! {
+                _ = registry.wait_first_fetches() => {
+                    if !cancel.is_cancelled() {
+                        reporter.set_service_status(TOKEN_SERVICE_NAME, ServingStatus::Serving).await;
+                        info!("every tenant's first key fetch has finished; serving");
                     }
-                    _ = cancel.cancelled() => {}
                 }
+                _ = cancel.cancelled() => {}
             }
-            .instrument(info_span!("readiness")),
-        );
-    }
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection v1")?
-        .max_decoding_message_size(server.max_message_bytes);
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building reflection v1alpha")?
-        .max_decoding_message_size(server.max_message_bytes);
-
-    let limits = crate::grpc::Limits {
-        max_token_bytes: server.max_token_bytes,
-        watchers: WatcherLimits {
-            total: server.max_watchers,
-            per_connection: crate::config::DEFAULT_MAX_WATCHERS_PER_CONNECTION,
-            per_peer: crate::config::DEFAULT_MAX_WATCHERS_PER_PEER,
-        },
+        }
     };
+    tasks.spawn(ready.instrument(info_span!("readiness")));
+    reporter
+}
+
+/// The health service answering from `reporter`.
+fn health_service(
+    reporter: &HealthReporter,
+    server: &ServerSettings,
+) -> HealthServer<HealthService> {
+    HealthServer::new(HealthService::from_health_reporter(reporter.clone()))
+        .max_decoding_message_size(server.decoding_limit())
+}
+
+/// Reflection for grpcurl and friends, v1 and v1alpha, over the same descriptors.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// AdminService over `registry`, with `server.admin_auth` when set.
+fn admin_service(
+    server: &ServerSettings,
+    registry: &Registry,
+) -> AdminServiceServer<AdminServiceImpl> {
+    AdminServiceServer::new(
+        AdminServiceImpl::new(registry.clone())
+            .with_auth(server.admin_auth.clone(), server.max_token_bytes),
+    )
+    .max_decoding_message_size(server.decoding_limit())
+}
+
+/// The services of the gRPC listener: health, reflection, TokenService, and
+/// AdminService when `server.admin`.
+fn services(
+    server: &ServerSettings,
+    registry: &Registry,
+    metrics: &Arc<Metrics>,
+    methods: &Arc<GrpcMethods>,
+    health: &HealthReporter,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Routes> {
+    let _ = methods;
+    let limit = server.decoding_limit();
     // One introspector per tenant with `introspection`, built once and shared by calls.
     let introspection =
-        Introspection::new(&registry).context("building the introspection client")?;
+        Introspection::new(registry).context("building the introspection client")?;
     for i in introspection.introspectors() {
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
     metrics.observe_introspection(introspection.clone());
-    let token_impl = TokenServiceImpl::new(registry.clone(), limits)
+    let limits = Limits {
+        max_token_bytes: server.max_token_bytes,
+        watchers: WatcherLimits {
+            total: server.max_watchers,
+            per_connection: server.max_watchers_per_connection,
+            per_peer: server.max_watchers_per_peer,
+        },
+    };
+    let token = TokenServiceImpl::new(registry.clone(), limits)
         .with_introspector(introspection)
         .with_shutdown(cancel.clone())
         .with_metrics(metrics.clone());
-    let watchers = token_impl.watchers().clone();
+    let watchers = token.watchers().clone();
     metrics.observe_watchers(move || watchers.active());
-    let token_service =
-        TokenServiceServer::new(token_impl).max_decoding_message_size(server.max_message_bytes);
-    let health_service = health_service.max_decoding_message_size(server.max_message_bytes);
-    let options = ServeOptions {
-        tls: None,
-        limits: ConnectionLimits {
-            max_age: server.max_connection_age,
-            grace: server.max_connection_age_grace,
-        },
-        handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
-        max_concurrent_streams: crate::config::DEFAULT_MAX_CONCURRENT_STREAMS,
-        keepalive_interval: Some(server.keepalive_interval),
-        keepalive_timeout: server.keepalive_timeout,
-        shutdown_grace: server.shutdown_grace,
-    };
-    let mut side_listeners = Vec::new();
-    if let Some(l) = health_listener {
-        // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
-        // the reporter, so it answers exactly what the main listener answers.
-        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!(%addr, "serving plaintext grpc.health.v1 for probes");
-        let svc = tower::ServiceBuilder::new()
-            .layer(DeadlineLayer::new(Some(server.request_timeout)))
-            .service(Routes::new(health_service.clone()).prepare());
-        side_listeners.push(tokio::spawn(
-            transport::serve(l, svc, options.clone(), None, cancel.clone())
-                .instrument(info_span!("health_listener")),
-        ));
-    }
-    // Not in health: the operator view does not decide whether the pod takes traffic.
-    let admin_service = server.admin.then(|| {
-        AdminServiceServer::new(AdminServiceImpl::new(registry.clone()))
-            .max_decoding_message_size(server.max_message_bytes)
-    });
-
-    let limit = (server.concurrency_limit > 0).then(|| {
-        ConcurrencyLimitLayer::new(
-            server.concurrency_limit,
-            methods.clone(),
-            server.max_message_bytes,
+    let mut routes = Routes::new(health_service(health, server))
+        .add_service(
+            reflection()
+                .build_v1()
+                .context("building reflection v1")?
+                .max_decoding_message_size(limit),
         )
-    });
-    let mut routes = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(token_service);
-    if let Some(a) = admin_service {
-        routes = routes.add_service(a);
+        .add_service(
+            reflection()
+                .build_v1alpha()
+                .context("building reflection v1alpha")?
+                .max_decoding_message_size(limit),
+        )
+        .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit));
+    // Not in health: the operator view does not decide whether the pod takes traffic.
+    if server.admin {
+        routes = routes.add_service(admin_service(server, registry));
     }
-    let service = tower::ServiceBuilder::new()
-        .layer(MetricsLayer::new(metrics.clone()))
-        .layer(DeadlineLayer::new(Some(server.request_timeout)))
-        .option_layer(limit)
-        .service(routes.prepare());
+    Ok(routes.prepare())
+}
 
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    info!(%addr, tenants = registry.tenants().len(), tls = tls.is_some(),
-        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "serving gRPC");
-    if let Some(t) = &tls {
-        t.spawn_reloader(Some(metrics.clone()), cancel.clone());
-    }
+/// Serves a side listener on the tracker until its own shutdown (the cancel token it
+/// was given); a failure is logged, never fatal to the gRPC listener.
+fn spawn_side_listener<E: std::fmt::Display>(
+    tasks: &TaskTracker,
+    span: tracing::Span,
+    serve: impl Future<Output = Result<(), E>> + Send + 'static,
+) {
+    tasks.spawn(
+        async move {
+            if let Err(e) = serve.await {
+                warn!(error = %e, "listener failed");
+            }
+        }
+        .instrument(span),
+    );
+}
 
+fn local_addr(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// Serves until `shutdown` resolves, then shuts down in one sequence: health
+/// NOT_SERVING, everything cancelled (streams end, refreshers and side listeners stop,
+/// no new connections, GOAWAY on every connection), in-flight calls drained, and the
+/// tracked tasks awaited, all within `grace` of the signal.
+async fn serve_until_shutdown(
+    serve: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    health: HealthReporter,
+    grace: Duration,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let signal = {
-        let reporter = reporter.clone();
         let cancel = cancel.clone();
         async move {
             shutdown.await;
             info!("shutdown begins: health NOT_SERVING, draining calls");
-            reporter
+            health
                 .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
                 .await;
-            reporter
+            health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
             cancel.cancel();
         }
     };
-    let main_options = ServeOptions { tls, ..options };
-    let serve = transport::serve(
-        listener,
-        service,
-        main_options,
-        Some(metrics.clone()),
-        cancel.clone(),
-    );
+    // transport::serve drains its connections within the grace itself; the same grace,
+    // counted from the cancellation, bounds the tracked tasks.
+    let grace_over = {
+        let cancel = cancel.clone();
+        async move {
+            cancel.cancelled().await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    tokio::pin!(grace_over);
     tokio::join!(serve, signal);
-    for l in side_listeners {
-        let _ = l.await;
-    }
     cancel.cancel();
-    refreshers.shutdown().await;
+    tasks.close();
+    let expired = tokio::select! {
+        _ = tasks.wait() => false,
+        _ = &mut grace_over => true,
+    };
+    if expired && !tasks.is_empty() {
+        warn!(
+            tasks = tasks.len(),
+            "grace period over; abandoning the background tasks still running"
+        );
+    }
     info!("stopped");
     Ok(())
 }
@@ -326,6 +447,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The bound plaintext health address, when `server.health_listen` is set.
     pub health_addr: Option<SocketAddr>,
+    /// The bound admin address, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     stop: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -355,6 +478,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
     let addr = listeners.grpc.local_addr()?;
     let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
     let health_addr = listeners.health.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
     let stop = CancellationToken::new();
     let signal = {
         let stop = stop.clone();
@@ -367,6 +491,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
         addr,
         metrics_addr,
         health_addr,
+        admin_addr,
         stop,
         handle,
     })

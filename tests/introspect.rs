@@ -3,6 +3,9 @@
 //! authentication (Basic with form-urlencoded id and secret, form post, bearer) and count
 //! calls; JWTs validated locally; tenant selection; caching; faults; the concurrency cap.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::{
@@ -529,7 +532,8 @@ async fn upstream_faults_are_unavailable_never_inactive_and_never_cached() {
     p.idp.set_delay("/introspect", Some(Duration::from_secs(2)));
     let err = introspect(&h, req("active-x")).await.expect_err("timeout");
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("timed out"), "{}", err.message());
+    // Callers see the failure's category (BEHAVIOUR.md); the log has the cause.
+    assert!(err.message().contains("timeout"), "{}", err.message());
     p.idp.set_delay("/introspect", None);
     active(&h, "active-x").await;
 }

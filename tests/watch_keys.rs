@@ -2,6 +2,9 @@
 //! providers over real HTTP, rotations by unknown kid, schedule, forced refresh and
 //! `jwks_file` reload; thumbprints checked against an RFC 7638 computation done here.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 #[path = "../examples/watch_keys/mirror.rs"]
@@ -158,10 +161,18 @@ fn assert_describes(e: &pb::KeyEvent, key: &TestKey, tenant: &str, issuer: &str)
 /// most once per `unknown_kid_cooldown`.
 const FORCE_ANY_TIME: &str = "    unknown_kid_cooldown: 0s\n";
 
+/// The `server:` section of this suite: AdminService on the (loopback) main listener,
+/// which it has to ask for.
+const WITH_ADMIN: &str = "server:\n  listen: \"127.0.0.1:0\"\n  admin: true\n";
+
 async fn setup(keys: &[&TestKey], extra: &str) -> (FakeIdp, Harness) {
     let idp = FakeIdp::start().await;
     idp.serve_oidc(keys);
-    let h = start(settings(&oidc_tenant(&idp, extra))).await;
+    let h = start(settings(&format!(
+        "{WITH_ADMIN}{}",
+        oidc_tenant(&idp, extra)
+    )))
+    .await;
     h.wait_health(TOKEN_SERVICE, SERVING).await;
     (idp, h)
 }
@@ -286,7 +297,7 @@ async fn tenant_filters_and_unknown_tenants() {
     demo.serve_oidc(&[&d1]);
     other.serve_oidc(&[&o1]);
     let yaml = format!(
-        "{}  - id: other\n    issuer: \"{}\"\n    audiences: [\"x\"]\n    require_https: false\n",
+        "{WITH_ADMIN}{}  - id: other\n    issuer: \"{}\"\n    audiences: [\"x\"]\n    require_https: false\n",
         oidc_tenant(&demo, ""),
         other.issuer()
     );
@@ -332,7 +343,7 @@ async fn b2c_key_events_and_issuers_carry_their_policy() {
         idp.publish(&jwks_path, &[key]);
     }
     let yaml = format!(
-        "tenants:\n  - id: b2c\n    issuer: \"{issuer}\"\n    audiences: [\"app\"]\n    require_https: false\n    b2c:\n      metadata_url: \"{}/{{policy}}/v2.0/.well-known/openid-configuration\"\n      policies: [B2C_1_A, B2C_1_B]\n",
+        "{WITH_ADMIN}tenants:\n  - id: b2c\n    issuer: \"{issuer}\"\n    audiences: [\"app\"]\n    require_https: false\n    b2c:\n      metadata_url: \"{}/{{policy}}/v2.0/.well-known/openid-configuration\"\n      policies: [B2C_1_A, B2C_1_B]\n",
         idp.issuer()
     );
     let h = start(settings(&yaml)).await;

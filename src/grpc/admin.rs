@@ -1,34 +1,113 @@
 //! `introspect.v1.AdminService`, the operator view: every key set's keys and fetch
 //! history (`ListIssuers`), and a forced refresh of one key set that reports what changed
-//! (`RefreshIssuer`). It reads the registry and drives refreshes through the same
-//! single-flight [`crate::registry::RefreshControl`] as Validate, so an operator can
-//! never cause more than one fetch in flight per key set.
+//! (`RefreshIssuer`). This adapter checks the caller's token (`server.admin_auth`),
+//! parses requests and converts answers; the work is the registry's
+//! ([`Registry::key_sets_of`], [`Registry::force_refresh`]).
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
-use tracing::info;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::warn;
 
 use super::{
     BoundaryError, convert,
     pb::{self, admin_service_server::AdminService},
 };
 use crate::{
-    events::{self, Origin},
-    jwt::echo,
-    registry::{Forced, KeySetState, Registry, RequestError},
+    config::AdminAuthSettings,
+    jwt::ErrorCode,
+    registry::{KeySetState, Registry, ValidateError, ValidateInput},
 };
 
 /// The AdminService handler (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct AdminServiceImpl {
     registry: Registry,
+    auth: Option<Arc<AdminAuth>>,
+}
+
+#[derive(Debug)]
+struct AdminAuth {
+    settings: AdminAuthSettings,
+    max_token_bytes: usize,
+}
+
+/// The token of an `authorization` value: scheme `Bearer` (case-insensitive), then the
+/// token.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl AdminServiceImpl {
-    /// A handler over `registry`.
+    /// A handler over `registry`, open to every caller (see [`Self::with_auth`]).
     pub fn new(registry: Registry) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            auth: None,
+        }
+    }
+
+    /// Every call must then carry `authorization: Bearer <token>` that Validate accepts
+    /// with `auth` (tokens up to `max_token_bytes`); `None` leaves the service open.
+    pub fn with_auth(mut self, auth: Option<AdminAuthSettings>, max_token_bytes: usize) -> Self {
+        self.auth = auth.map(|settings| {
+            Arc::new(AdminAuth {
+                settings,
+                max_token_bytes,
+            })
+        });
+        self
+    }
+
+    /// Checks a call's `authorization` metadata: UNAUTHENTICATED when it is absent or
+    /// its token is not accepted, PERMISSION_DENIED when a required scope is missing.
+    pub async fn authorize(&self, metadata: &MetadataMap) -> Result<(), BoundaryError> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let unauthenticated = |why: &str| BoundaryError::Unauthenticated(why.to_string());
+        let value = metadata.get("authorization").ok_or_else(|| {
+            unauthenticated("admin calls need `authorization: Bearer <token>` metadata")
+        })?;
+        let token =
+            value.to_str().ok().and_then(bearer).ok_or_else(|| {
+                unauthenticated("the authorization metadata is not `Bearer <token>`")
+            })?;
+        if token.len() > auth.max_token_bytes {
+            return Err(unauthenticated("the admin token is too large"));
+        }
+        let s = &auth.settings;
+        let input = ValidateInput {
+            token,
+            tenant: Some(&s.tenant),
+            audiences: &s.audiences,
+            required_scopes: &s.required_scopes,
+            peek_replay: true,
+            ..ValidateInput::default()
+        };
+        match self.registry.validate(&input).await {
+            Ok(_) => Ok(()),
+            Err(ValidateError::Rejected { rejection, .. }) => {
+                warn!(code = %rejection.code, reason = %rejection.message, "admin call refused");
+                if rejection.code == ErrorCode::InsufficientScope {
+                    Err(BoundaryError::PermissionDenied(format!(
+                        "the admin token lacks a required scope: {}",
+                        rejection.message
+                    )))
+                } else {
+                    Err(BoundaryError::Unauthenticated(format!(
+                        "the admin token is not accepted ({})",
+                        rejection.code
+                    )))
+                }
+            }
+            Err(ValidateError::Request(e)) => {
+                warn!(error = %e, "admin call refused");
+                Err(unauthenticated("the admin token is not accepted"))
+            }
+        }
     }
 
     /// ListIssuers without the tonic wrapping.
@@ -37,151 +116,45 @@ impl AdminServiceImpl {
         req: &pb::ListIssuersRequest,
     ) -> Result<pb::ListIssuersResponse, BoundaryError> {
         super::check_list("tenants", &req.tenants)?;
-        for t in &req.tenants {
-            if self.registry.tenant(t).is_none() {
-                return Err(RequestError::UnknownTenant(t.clone()).into());
-            }
-        }
         let issuers = self
             .registry
-            .key_sets()
+            .key_sets_of(&req.tenants)?
             .iter()
-            .filter(|s| req.tenants.is_empty() || req.tenants.contains(&s.id.tenant))
             .map(|s| convert::issuer_status(s))
             .collect();
         Ok(pb::ListIssuersResponse { issuers })
     }
 
-    /// The key set a RefreshIssuer request names: a tenant, plus its policy for B2C
-    /// (compared case-insensitively, as B2C does).
+    /// The key set a RefreshIssuer request names: a tenant, plus its policy for B2C.
     pub fn find(&self, tenant: &str, policy: &str) -> Result<Arc<KeySetState>, BoundaryError> {
         if tenant.is_empty() {
             return Err(BoundaryError::Invalid("tenant is required".into()));
         }
         super::check_field("tenant", tenant)?;
         super::check_field("policy", policy)?;
-        if self.registry.tenant(tenant).is_none() {
-            return Err(RequestError::UnknownTenant(tenant.to_string()).into());
-        }
-        let sets: Vec<Arc<KeySetState>> = self
-            .registry
-            .key_sets()
-            .into_iter()
-            .filter(|s| s.id.tenant == tenant)
-            .collect();
-        let policies: Vec<&str> = sets.iter().filter_map(|s| s.id.policy.as_deref()).collect();
-        match (policies.is_empty(), policy.is_empty()) {
-            (true, true) => sets
-                .first()
-                .cloned()
-                .ok_or_else(|| BoundaryError::Invalid(format!("tenant `{tenant}` has no key set"))),
-            (true, false) => Err(BoundaryError::Invalid(format!(
-                "tenant `{tenant}` is not a B2C tenant; policy {} does not apply",
-                echo(policy)
-            ))),
-            (false, true) => Err(BoundaryError::Invalid(format!(
-                "tenant `{tenant}` is a B2C tenant: name one of its policies ({})",
-                policies.join(", ")
-            ))),
-            (false, false) => sets
-                .iter()
-                .find(|s| {
-                    s.id.policy
-                        .as_deref()
-                        .is_some_and(|p| p.eq_ignore_ascii_case(policy))
-                })
-                .cloned()
-                .ok_or_else(|| {
-                    BoundaryError::Invalid(format!(
-                        "tenant `{tenant}` has no policy {}",
-                        echo(policy)
-                    ))
-                }),
-        }
+        let policy = (!policy.is_empty()).then_some(policy);
+        Ok(self.registry.find_key_set(tenant, policy)?)
     }
 
     /// RefreshIssuer without the tonic wrapping: forces a full refresh (joining one in
-    /// flight), waits at most the tenant's `fetch_timeout`, and reports the difference
-    /// between the keys before and after, by the same rule as WatchKeys' ADDED/REMOVED.
+    /// flight; inside the tenant's `unknown_kid_cooldown` since the last forced one,
+    /// repeating its last result instead), waits at most the tenant's `fetch_timeout`,
+    /// and reports the difference between the keys before and after, by the same rule
+    /// as WatchKeys' ADDED/REMOVED.
     pub async fn refresh_issuer_message(
         &self,
         req: &pb::RefreshIssuerRequest,
     ) -> Result<pb::RefreshIssuerResponse, BoundaryError> {
         let state = self.find(&req.tenant, &req.policy)?;
-        let before = state.keys();
-        let forced = state
-            .refresh
-            .force(state.settings.unknown_kid_cooldown)
-            .ok_or_else(|| {
-                BoundaryError::Precondition(format!(
-                    "the keys of `{}` come from the configuration and are never fetched",
-                    state.id
-                ))
-            })?;
-        let generation = match forced {
-            Forced::Requested(g) => g,
-            Forced::Throttled { until } => return Ok(throttled(&state, until)),
-        };
-        info!(key_set = %state.id, generation, "operator forced a key refresh");
-        let timeout = state.settings.fetch_timeout;
-        let finished = state.refresh.wait(generation, timeout).await;
-        let after = state.keys();
-        let origin = Origin {
-            tenant: &state.id.tenant,
-            policy: state.id.policy.as_deref(),
-            issuer: &state.issuer,
-        };
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        for e in events::diff(&origin, &before, &after, SystemTime::now()) {
-            let Some(k) = e.key.as_ref() else { continue };
-            match e.kind {
-                events::KeyEventKind::Added => added.push(convert::key_info_summary(k)),
-                _ => removed.push(convert::key_info_summary(k)),
-            }
-        }
-        let status = state.status();
-        let (refreshed, error) = if !finished {
-            (
-                false,
-                format!(
-                    "the refresh did not finish within {}; it continues in the background",
-                    humantime::format_duration(timeout)
-                ),
+        let report = self
+            .registry
+            .force_refresh(
+                &state.id,
+                state.settings.fetch_timeout,
+                state.settings.unknown_kid_cooldown,
             )
-        } else if status.last_failed {
-            let message = status.last_error.map(|(m, _)| m).unwrap_or_default();
-            (false, message)
-        } else {
-            (true, String::new())
-        };
-        Ok(pb::RefreshIssuerResponse {
-            refreshed,
-            added,
-            removed,
-            error,
-            issuer: Some(convert::issuer_status(&state)),
-            ..Default::default()
-        })
-    }
-}
-
-/// The answer inside the cooldown: the key set's last fetch, nothing fetched now.
-fn throttled(state: &KeySetState, until: tokio::time::Instant) -> pb::RefreshIssuerResponse {
-    let status = state.status();
-    let error = if status.last_failed {
-        status.last_error.map(|(m, _)| m).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let wait = until.saturating_duration_since(tokio::time::Instant::now());
-    pb::RefreshIssuerResponse {
-        refreshed: !status.last_failed,
-        error,
-        issuer: Some(convert::issuer_status(state)),
-        throttled: true,
-        retry_after: Some(convert::system_time(SystemTime::now() + wait)),
-        ..Default::default()
+            .await?;
+        Ok(convert::refresh_report(&report))
     }
 }
 
@@ -191,6 +164,7 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::ListIssuersRequest>,
     ) -> Result<Response<pb::ListIssuersResponse>, Status> {
+        self.authorize(request.metadata()).await?;
         Ok(Response::new(
             self.list_issuers_message(&request.into_inner())?,
         ))
@@ -200,6 +174,7 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::RefreshIssuerRequest>,
     ) -> Result<Response<pb::RefreshIssuerResponse>, Status> {
+        self.authorize(request.metadata()).await?;
         Ok(Response::new(
             self.refresh_issuer_message(&request.into_inner()).await?,
         ))

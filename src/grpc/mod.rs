@@ -26,7 +26,7 @@ pub mod pb {
 
 use tonic::Status;
 
-use crate::registry::{RequestError, ValidateError};
+use crate::registry::{RefreshError, RequestError, ValidateError};
 
 /// A request rejected at the boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +58,12 @@ pub enum BoundaryError {
     /// keys that are never fetched).
     #[error("{0}")]
     Precondition(String),
+    /// An admin call without an acceptable token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// An admin call whose token lacks a required scope.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// The one mapping from errors to gRPC statuses. Messages are terse and token-free, and
@@ -72,6 +78,8 @@ pub fn to_status(err: &BoundaryError) -> Status {
         BoundaryError::Exhausted(_) => Status::resource_exhausted(message),
         BoundaryError::Unavailable(_) => Status::unavailable(message),
         BoundaryError::Precondition(_) => Status::failed_precondition(message),
+        BoundaryError::Unauthenticated(_) => Status::unauthenticated(message),
+        BoundaryError::PermissionDenied(_) => Status::permission_denied(message),
     }
 }
 
@@ -113,6 +121,15 @@ pub fn check_list(name: &str, values: &[String]) -> Result<(), BoundaryError> {
         }
     }
     Ok(())
+}
+
+impl From<RefreshError> for BoundaryError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Request(r) => Self::Request(r),
+            RefreshError::NotFetched(_) => Self::Precondition(e.to_string()),
+        }
+    }
 }
 
 impl From<BoundaryError> for Status {

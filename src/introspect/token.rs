@@ -5,8 +5,8 @@
 //! replaced once when the introspection endpoint rejects it.
 //!
 //! Nothing a caller sends makes more token requests than that: after a failed token
-//! request no other is made before the backoff ([`token_backoff`]) has passed (callers
-//! meanwhile get the last failure at once), and a token obtained because the previous
+//! request no other is made before the backoff ([`token_backoff`], or the provider's
+//! `Retry-After` when longer) has passed (callers meanwhile get the last failure at once), and a token obtained because the previous
 //! one was rejected, and rejected in turn before it was ever accepted, is not replaced
 //! again within [`REJECTION_RENEWAL_COOLDOWN`].
 
@@ -24,8 +24,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{Instrument as _, debug, info_span};
 
-use super::client::{self, ClientAuth, Endpoint, Failure, UpstreamHttp};
-use crate::config::Secret;
+use super::client::{self, ClientAuth, Endpoint, Failure};
+use crate::{
+    config::Secret,
+    upstream::{self, FetchError, HttpClient},
+};
 
 /// Longest a renewal margin gets, whatever the token's lifetime.
 pub const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
@@ -122,7 +125,7 @@ struct Inner {
     secret: Secret,
     scope: Option<String>,
     endpoint: Endpoint,
-    http: UpstreamHttp,
+    http: HttpClient,
     timeout: Duration,
     require_https: bool,
     state: Mutex<State>,
@@ -145,7 +148,8 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// What a [`ClientCredentials`] needs.
+/// What a [`ClientCredentials`] needs (`Debug` shows no secret: [`Secret`] redacts).
+#[derive(Debug)]
 pub struct ClientCredentialsConfig {
     /// Tenant id, for logs.
     pub tenant: String,
@@ -165,7 +169,7 @@ pub struct ClientCredentialsConfig {
 
 impl ClientCredentials {
     /// A token source; nothing is fetched until the first [`ClientCredentials::get`].
-    pub fn new(config: ClientCredentialsConfig, http: UpstreamHttp) -> Self {
+    pub fn new(config: ClientCredentialsConfig, http: HttpClient) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tenant: config.tenant,
@@ -282,14 +286,17 @@ impl ClientCredentials {
                         state.failures = 0;
                         state.last_failure = None;
                     }
-                    Err(e) => {
+                    Err(r) => {
                         state.failures = state.failures.saturating_add(1);
-                        state.retry_after = Some(Instant::now() + token_backoff(state.failures));
-                        state.last_failure = Some(e.clone());
+                        // The provider's Retry-After when longer than our own backoff.
+                        let wait =
+                            token_backoff(state.failures).max(r.retry_after.unwrap_or_default());
+                        state.retry_after = Some(Instant::now() + wait);
+                        state.last_failure = Some(r.failure.clone());
                     }
                 }
                 state.flight = None;
-                result
+                result.map_err(|r| r.failure)
             }
             .instrument(span),
         );
@@ -312,7 +319,7 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn fetch(&self, generation: u64) -> Result<AccessToken, Failure> {
+    async fn fetch(&self, generation: u64) -> Result<AccessToken, Refusal> {
         const WHAT: &str = "token endpoint";
         let url = self
             .endpoint
@@ -327,26 +334,29 @@ impl Inner {
             secret: &self.secret,
         };
         let started = Instant::now();
-        let (status, body) =
-            client::post_form(&self.http, url, &pairs, &auth, self.timeout, WHAT).await?;
+        let reply = client::post_form(&self.http, url, &pairs, &auth, self.timeout, WHAT).await?;
+        let status = reply.status;
         if !(200..300).contains(&status) {
-            if (400..500).contains(&status) && !matches!(status, 408 | 429) {
-                let code = client::oauth_error(&body)
+            let failure = if (400..500).contains(&status) && !matches!(status, 408 | 429) {
+                let code = client::oauth_error(&reply.body)
                     .map(|c| format!(" {c}"))
                     .unwrap_or_default();
-                return Err(Failure::configuration(format!(
+                Failure::configuration(format!(
                     "{WHAT} refused the client-credentials grant (HTTP {status}{code})"
-                )));
-            }
-            return Err(Failure::fetch(
-                WHAT,
-                &crate::oidc::FetchError::Status(status),
-            ));
+                ))
+            } else {
+                Failure::fetch(WHAT, &FetchError::Status(status))
+            };
+            return Err(Refusal {
+                failure,
+                retry_after: reply.retry_after,
+            });
         }
-        let (value, lifetime) = parse_token_response(&body).map_err(|e| match e {
-            TokenResponseError::Malformed(m) => {
-                Failure::unavailable(format!("{WHAT}: malformed answer ({m})"))
-            }
+        let (value, lifetime) = parse_token_response(&reply.body).map_err(|e| match e {
+            TokenResponseError::Malformed(m) => Failure::Unavailable {
+                reason: format!("{WHAT}: invalid document"),
+                detail: format!("{WHAT}: malformed answer ({m})"),
+            },
             TokenResponseError::NotBearer(t) => Failure::configuration(format!(
                 "{WHAT} issued a `{t}` token; only Bearer tokens can be used"
             )),
@@ -358,6 +368,21 @@ impl Inner {
             renew_at: renew_at(started, lifetime),
             expires_at: started + lifetime,
         })
+    }
+}
+
+/// A failed token request, with the provider's `Retry-After` when it sent one.
+struct Refusal {
+    failure: Failure,
+    retry_after: Option<Duration>,
+}
+
+impl From<Failure> for Refusal {
+    fn from(failure: Failure) -> Self {
+        Self {
+            failure,
+            retry_after: None,
+        }
     }
 }
 
@@ -374,8 +399,8 @@ pub enum TokenResponseError {
 /// absent is accepted), `expires_in` in seconds (a number, or a numeric string as some
 /// providers send; absent: [`DEFAULT_TOKEN_LIFETIME`]).
 pub fn parse_token_response(body: &[u8]) -> Result<(String, Duration), TokenResponseError> {
-    let doc = crate::oidc::http::parse_json(body)
-        .map_err(|e| TokenResponseError::Malformed(e.to_string()))?;
+    let doc =
+        upstream::parse_json(body).map_err(|e| TokenResponseError::Malformed(e.to_string()))?;
     let token = match doc.get("access_token") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err(TokenResponseError::Malformed("no access_token".into())),

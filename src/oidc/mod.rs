@@ -2,7 +2,6 @@
 //! issuer check, JWKS fetching with limits, the pure refresh schedule, and the refresher
 //! loop that keeps the last good keys when a fetch fails.
 
-pub mod http;
 mod schedule;
 
 use std::{
@@ -11,16 +10,15 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use http::{FetchError, HttpClient};
 pub use schedule::{MAX_BACKOFF, MIN_BACKOFF, next_refresh};
 
 use crate::{
     keys::KeySet,
     registry::{KeySetState, Metadata, RefreshKind, Registry, Source},
+    upstream::{self, FetchError, HttpClient},
 };
 
 /// How often a `jwks_file` is checked for changes (at most; `refresh_interval` if shorter).
@@ -58,12 +56,13 @@ pub async fn fetch_metadata(
     let issuer = field("issuer").ok_or_else(|| FetchError::Invalid("no issuer".into()))?;
     let tfp_form = policy.is_some_and(|p| is_b2c_tfp_issuer(&issuer, expected_issuer, p));
     if issuer != expected_issuer && !tfp_form {
-        return Err(FetchError::Invalid(format!(
-            "metadata issuer `{issuer}` is not the configured `{expected_issuer}`"
-        )));
+        return Err(FetchError::IssuerMismatch {
+            declared: issuer,
+            expected: expected_issuer.to_string(),
+        });
     }
     let jwks_uri = field("jwks_uri").ok_or_else(|| FetchError::Invalid("no jwks_uri".into()))?;
-    http::check_url(&jwks_uri, require_https)?;
+    upstream::check_url(&jwks_uri, require_https)?;
     Ok(Metadata {
         issuer,
         jwks_uri,
@@ -90,11 +89,11 @@ async fn fetch_keys(
         Source::JwksFile { path } => {
             let bytes = tokio::fs::read(path)
                 .await
-                .map_err(|e| FetchError::Connect(format!("cannot read {}: {e}", path.display())))?;
-            if bytes.len() > http::MAX_BODY_BYTES {
+                .map_err(|e| FetchError::File(format!("{}: {e}", path.display())))?;
+            if bytes.len() > upstream::MAX_BODY_BYTES {
                 return Err(FetchError::TooLarge);
             }
-            http::parse_json(&bytes)?
+            upstream::parse_json(&bytes)?
         }
         Source::Discovery { metadata_url } => {
             let known = state.metadata();
@@ -117,19 +116,20 @@ async fn fetch_keys(
             http.get_json(&metadata.jwks_uri, timeout, https).await?
         }
     };
-    let (set, skipped) =
-        KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
+    let (set, skipped) = KeySet::from_jwks(&doc, &state.ingest_options())
+        .map_err(|e| FetchError::Invalid(e.to_string()))?;
     Ok((set, Registry::describe_skipped(&skipped)))
 }
 
-/// Starts one refresher per refreshable key set; they stop when `cancel` fires.
+/// Starts one refresher per refreshable key set on `tasks`; they stop when `cancel`
+/// fires.
 pub fn spawn_refreshers(
     registry: &Registry,
     http: &HttpClient,
+    tasks: &TaskTracker,
     cancel: &CancellationToken,
     observer: Option<FetchObserver>,
-) -> JoinSet<()> {
-    let mut set = JoinSet::new();
+) {
     for state in registry.key_sets() {
         if !state.refresh.is_refreshable() {
             continue;
@@ -142,9 +142,8 @@ pub fn spawn_refreshers(
             cancel.clone(),
             observer.clone(),
         );
-        set.spawn(fut.instrument(span));
+        tasks.spawn(fut.instrument(span));
     }
-    set
 }
 
 /// The refresher loop of one key set: fetch at start-up, then on schedule, on request
@@ -228,7 +227,9 @@ pub async fn run_refresher(
             }
             Err(err) => {
                 let failures = state.update_status(|s| {
-                    s.last_error = Some((err.to_string(), SystemTime::now()));
+                    // Callers (AdminService, WatchKeys) see the category; the log below
+                    // has the cause.
+                    s.last_error = Some((err.category(), SystemTime::now()));
                     s.failures += 1;
                     s.consecutive_failures = s.consecutive_failures.saturating_add(1);
                     s.last_failed = true;
@@ -236,7 +237,7 @@ pub async fn run_refresher(
                 });
                 let keys = state.keys().len();
                 warn!(error = %err, ?kind, failures, keys_kept = keys, "key refresh failed; keeping the last good keys");
-                registry.publish_failure(&state, err.to_string());
+                registry.publish_failure(&state, err.category());
                 if let Some(o) = &observer {
                     o(&state, Err(&err));
                 }

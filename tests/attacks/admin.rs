@@ -165,7 +165,7 @@ async fn a_jwks_file_failure_shows_no_path() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("secret-location.json");
     let yaml = format!(
-        "server:\n  admin: true\ntenants:\n  - id: file\n    issuer: https://f.example\n    audiences: [x]\n    jwks_file: {}\n",
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin: true\ntenants:\n  - id: file\n    issuer: https://f.example\n    audiences: [x]\n    jwks_file: {}\n",
         path.display()
     );
     let h = start(settings(&yaml)).await;

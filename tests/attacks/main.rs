@@ -8,6 +8,9 @@
 //! - [`watchers`]: one client taking every WatchKeys slot.
 //! - [`introspect`]: amplification of the introspection provider's token endpoint.
 
+// Tests and their tools: a failed assumption is a failed run, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -23,19 +26,19 @@ use std::{net::SocketAddr, time::Duration};
 use common::*;
 use introspectd::grpc::pb::{self, token_service_client::TokenServiceClient};
 
-pub const SERVING: i32 = 1;
-pub const TOKEN_SERVICE: &str = "introspect.v1.TokenService";
+pub(crate) const SERVING: i32 = 1;
+pub(crate) const TOKEN_SERVICE: &str = "introspect.v1.TokenService";
 /// What "still answers" means for the victim.
-pub const VICTIM_DEADLINE: Duration = Duration::from_secs(1);
+pub(crate) const VICTIM_DEADLINE: Duration = Duration::from_secs(1);
 
 /// A provider with one RSA key and a server whose `server:` section is `server_yaml`
 /// (lines indented by two spaces) and whose one tenant `demo` gets `tenant_extra`.
-pub async fn serve(server_yaml: &str, tenant_extra: &str) -> (FakeIdp, TestKey, Harness) {
+pub(crate) async fn serve(server_yaml: &str, tenant_extra: &str) -> (FakeIdp, TestKey, Harness) {
     let idp = FakeIdp::start().await;
     let key = TestKey::rsa("k1", "RS256");
     idp.serve_oidc(&[&key]);
     let yaml = format!(
-        "server:\n  max_token_bytes: 16384\n{server_yaml}{}",
+        "server:\n  listen: \"127.0.0.1:0\"\n{server_yaml}{}",
         oidc_tenant(&idp, tenant_extra)
     );
     let h = start(settings(&yaml)).await;
@@ -45,7 +48,7 @@ pub async fn serve(server_yaml: &str, tenant_extra: &str) -> (FakeIdp, TestKey, 
 
 /// Another client, on its own new connection, validates a good token: it must answer
 /// `valid` within [`VICTIM_DEADLINE`], connection set-up included.
-pub async fn victim_validates(addr: SocketAddr, key: &TestKey, issuer: &str) {
+pub(crate) async fn victim_validates(addr: SocketAddr, key: &TestKey, issuer: &str) {
     let token = key.token(&claims(issuer, "api://demo"));
     let call = async move {
         let channel = net::own_channel(addr).await;

@@ -4,6 +4,9 @@
 //! service's RSS at the start and the end, and fetch counts. Exit status 1 when a check
 //! fails.
 
+// Tests and their tools: a failed assumption is a failed run, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 #[path = "../common/mod.rs"]
 mod common;
 mod load;
