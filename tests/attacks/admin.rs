@@ -181,3 +181,182 @@ async fn a_jwks_file_failure_shows_no_path() {
     assert_eq!(listed.last_error, "file unreadable");
     assert!(!listed.last_error.contains("secret-location"));
 }
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    crate::net::own_channel(addr).await
+}
+
+fn admin_token(key: &TestKey, issuer: &str, aud: &str, scope: Option<&str>) -> String {
+    let mut c = claims(issuer, aud);
+    if let Some(s) = scope {
+        c["scp"] = serde_json::json!(s);
+    }
+    key.token(&c)
+}
+
+async fn list_as(channel: &Channel, token: Option<&str>) -> Result<usize, tonic::Status> {
+    let mut req = tonic::Request::new(pb::ListIssuersRequest::default());
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", t.parse().expect("metadata"));
+    }
+    admin(channel)
+        .list_issuers(req)
+        .await
+        .map(|r| r.into_inner().issuers.len())
+}
+
+#[tokio::test]
+async fn admin_listen_serves_admin_service_alone() {
+    let (idp, key, h) = serve("  admin_listen: \"127.0.0.1:0\"\n", "").await;
+    let admin_addr = h.server.admin_addr.expect("admin listener");
+    // The main listener does not serve it...
+    let err = list_as(&h.channel, None).await.expect_err("not on listen");
+    assert_eq!(err.code(), Code::Unimplemented);
+    // ...the admin listener does (loopback, no admin_auth: open), with health...
+    let ops = channel(admin_addr).await;
+    assert_eq!(list_as(&ops, None).await.expect("ListIssuers"), 1);
+    let health = tonic_health::pb::health_client::HealthClient::new(ops.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health on the admin listener");
+    assert_eq!(health.into_inner().status, crate::SERVING);
+    // ...and nothing else.
+    let err = TokenServiceClient::new(ops)
+        .validate(pb::ValidateRequest {
+            token: key.token(&claims(&idp.issuer(), "api://demo")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no TokenService on the admin listener");
+    assert_eq!(err.code(), Code::Unimplemented);
+    victim_validates(h.server.addr, &key, &idp.issuer()).await;
+}
+
+#[tokio::test]
+async fn admin_auth_guards_every_admin_call() {
+    let server = "  admin: true\n  admin_listen: \"127.0.0.1:0\"\n  admin_auth:\n    tenant: demo\n    audiences: [\"api://introspectd-admin\"]\n    required_scopes: [introspectd.admin]\n";
+    let (idp, key, h) = serve(server, "").await;
+    let iss = idp.issuer();
+    let ops = channel(h.server.admin_addr.expect("admin listener")).await;
+    let good = admin_token(
+        &key,
+        &iss,
+        "api://introspectd-admin",
+        Some("introspectd.admin"),
+    );
+    let no_scope = admin_token(&key, &iss, "api://introspectd-admin", Some("read"));
+    let api_token = admin_token(&key, &iss, "api://demo", Some("introspectd.admin"));
+    let mut expired = claims(&iss, "api://introspectd-admin");
+    expired["exp"] = serde_json::json!(now() - 3600);
+    expired["scp"] = serde_json::json!("introspectd.admin");
+    let expired = key.token(&expired);
+    let stranger = TestKey::rsa("k1", "RS256");
+    let forged = admin_token(
+        &stranger,
+        &iss,
+        "api://introspectd-admin",
+        Some("introspectd.admin"),
+    );
+
+    // On both listeners, loopback or not: admin_auth applies wherever AdminService is.
+    for channel in [&h.channel, &ops] {
+        let cases: [(Option<String>, Code); 7] = [
+            (None, Code::Unauthenticated),
+            (Some("Basic dXNlcjpwdw==".into()), Code::Unauthenticated),
+            (Some("Bearer not-a-token".into()), Code::Unauthenticated),
+            (Some(format!("Bearer {api_token}")), Code::Unauthenticated),
+            (Some(format!("Bearer {expired}")), Code::Unauthenticated),
+            (Some(format!("Bearer {forged}")), Code::Unauthenticated),
+            (Some(format!("Bearer {no_scope}")), Code::PermissionDenied),
+        ];
+        for (auth, want) in cases {
+            let err = list_as(channel, auth.as_deref())
+                .await
+                .expect_err("refused");
+            assert_eq!(err.code(), want, "{auth:?}: {err:?}");
+            assert!(!err.message().contains(&good), "no token in messages");
+        }
+        assert_eq!(
+            list_as(channel, Some(&format!("bearer {good}")))
+                .await
+                .expect("an admin token"),
+            1
+        );
+    }
+    let before = fetches(&idp);
+    let mut req = tonic::Request::new(pb::RefreshIssuerRequest {
+        tenant: "demo".into(),
+        policy: String::new(),
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {no_scope}").parse().expect("metadata"),
+    );
+    let err = admin(&ops).refresh_issuer(req).await.expect_err("no scope");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(fetches(&idp), before, "a refused call fetches nothing");
+
+    // The operator command follows: it sends the token, and says what is missing.
+    let addr = format!("http://{}", h.server.admin_addr.expect("admin listener"));
+    let dir = tempfile::tempdir().expect("dir");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{good}\n")).expect("write");
+    let bin = env!("CARGO_BIN_EXE_introspectd");
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("issuers")
+            .args(args)
+            .env_remove("INTROSPECTD_ADMIN_TOKEN");
+        cmd.output()
+    };
+    let out = run(&["--addr", &addr]).await.expect("issuers");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin token"), "{stderr}");
+    let file = token_file.to_string_lossy().to_string();
+    let out = run(&["--addr", &addr, "--token-file", &file])
+        .await
+        .expect("issuers");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
+    victim_validates(h.server.addr, &key, &iss).await;
+}
+
+#[test]
+fn admin_service_off_loopback_without_admin_auth_does_not_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, server) in [
+        (
+            "admin_listen",
+            "server:\n  listen: 127.0.0.1:0\n  admin_listen: 0.0.0.0:0\n",
+        ),
+        ("admin", "server:\n  listen: 0.0.0.0:0\n  admin: true\n"),
+    ] {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!("{server}tenants:\n  - id: demo\n    issuer: https://idp.example\n    audiences: [x]\n"),
+        )
+        .expect("write");
+        for cmd in ["check-config", "serve"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_introspectd"))
+                .args([cmd, "--config"])
+                .arg(&path)
+                .output()
+                .expect("run introspectd");
+            assert_eq!(out.status.code(), Some(2), "{name} {cmd}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("server.admin_auth"),
+                "{name} {cmd}: {stderr}"
+            );
+        }
+    }
+}
