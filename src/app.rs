@@ -144,53 +144,31 @@ pub async fn run_with_listeners(
     }
 
     let options = serve_options(server, tls.clone());
-    let main = services(server, &registry, &metrics, &methods, &health, &cancel)?;
+    let ctx = Wiring {
+        server,
+        registry: &registry,
+        metrics: &metrics,
+        health: &health,
+        tasks: &tasks,
+        cancel: &cancel,
+    };
+    let main = services(&ctx, &methods)?;
     if let Some(l) = listeners.metrics {
         info!(addr = %local_addr(&l), "serving Prometheus metrics at /metrics");
         let serve = crate::metrics::serve(l, metrics.clone(), cancel.clone());
         spawn_side_listener(&tasks, info_span!("metrics"), serve);
     }
     if let Some(l) = listeners.health {
-        // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
-        // the reporter, so it answers exactly what the main listener answers.
-        info!(addr = %local_addr(&l), "serving plaintext grpc.health.v1 for probes");
-        let svc = tower::ServiceBuilder::new()
-            .layer(DeadlineLayer::new(Some(server.request_timeout)))
-            .service(Routes::new(health_service(&health, server)).prepare());
-        let options = ServeOptions {
-            tls: None,
-            ..options.clone()
-        };
-        let serve = transport::serve(l, svc, options, None, cancel.clone());
-        tasks.spawn(serve.instrument(info_span!("health_listener")));
+        spawn_health_listener(&ctx, l, &options);
     }
     if let Some(l) = listeners.admin {
-        // AdminService alone (and health, so it can be probed), with the main
-        // listener's TLS; never TokenService.
-        info!(addr = %local_addr(&l), auth = server.admin_auth.is_some(), "serving AdminService");
-        let routes = Routes::new(health_service(&health, server))
-            .add_service(admin_service(server, &registry))
-            .prepare();
-        let svc = layered(server, &metrics, routes);
-        let serve = transport::serve(l, svc, options.clone(), None, cancel.clone());
-        tasks.spawn(serve.instrument(info_span!("admin_listener")));
+        spawn_admin_listener(&ctx, l, &options);
     }
-
     info!(addr = %local_addr(&listeners.grpc), tenants = registry.tenants().len(), tls = tls.is_some(),
         mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), admin = server.admin, "serving gRPC");
-    let overload = (server.concurrency_limit > 0).then(|| {
-        ConcurrencyLimitLayer::new(
-            server.concurrency_limit,
-            methods.clone(),
-            server.decoding_limit(),
-        )
-    });
-    let main = tower::ServiceBuilder::new()
-        .option_layer(overload)
-        .service(main);
     let serve = transport::serve(
         listeners.grpc,
-        layered(server, &metrics, main),
+        main,
         options,
         Some(metrics.clone()),
         cancel.clone(),
@@ -217,24 +195,57 @@ fn serve_options(server: &ServerSettings, tls: Option<Arc<TlsConfig>>) -> ServeO
     }
 }
 
+/// What the listeners are wired from.
+struct Wiring<'a> {
+    server: &'a ServerSettings,
+    registry: &'a Registry,
+    metrics: &'a Arc<Metrics>,
+    health: &'a HealthReporter,
+    tasks: &'a TaskTracker,
+    cancel: &'a CancellationToken,
+}
+
 /// The layers of the main and admin listeners' services: per-call metrics (outermost)
 /// and the call deadline.
-fn layered<S>(server: &ServerSettings, metrics: &Arc<Metrics>, svc: S) -> impl GrpcService
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+fn layered(ctx: &Wiring<'_>, svc: impl GrpcService<Body = tonic::body::Body>) -> impl GrpcService {
     tower::ServiceBuilder::new()
-        .layer(MetricsLayer::new(metrics.clone()))
-        .layer(DeadlineLayer::new(Some(server.request_timeout)))
+        .layer(MetricsLayer::new(ctx.metrics.clone()))
+        .layer(DeadlineLayer::new(Some(ctx.server.request_timeout)))
         .service(svc)
+}
+
+/// Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares the
+/// reporter, so it answers exactly what the main listener answers.
+fn spawn_health_listener(ctx: &Wiring<'_>, l: TcpListener, options: &ServeOptions) {
+    info!(addr = %local_addr(&l), "serving plaintext grpc.health.v1 for probes");
+    let svc = tower::ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Some(ctx.server.request_timeout)))
+        .service(Routes::new(health_service(ctx.health, ctx.server)).prepare());
+    let options = ServeOptions {
+        tls: None,
+        ..options.clone()
+    };
+    let serve = transport::serve(l, svc, options, None, ctx.cancel.clone());
+    ctx.tasks
+        .spawn(serve.instrument(info_span!("health_listener")));
+}
+
+/// AdminService alone (and health, so it can be probed), with the main listener's TLS;
+/// never TokenService.
+fn spawn_admin_listener(ctx: &Wiring<'_>, l: TcpListener, options: &ServeOptions) {
+    info!(addr = %local_addr(&l), auth = ctx.server.admin_auth.is_some(), "serving AdminService");
+    let routes = Routes::new(health_service(ctx.health, ctx.server))
+        .add_service(admin_service(ctx.server, ctx.registry))
+        .prepare();
+    let serve = transport::serve(
+        l,
+        layered(ctx, routes),
+        options.clone(),
+        None,
+        ctx.cancel.clone(),
+    );
+    ctx.tasks
+        .spawn(serve.instrument(info_span!("admin_listener")));
 }
 
 /// Every gRPC method the server knows, for the metrics' labels and the overload layer.
@@ -310,25 +321,19 @@ fn admin_service(
     .max_decoding_message_size(server.decoding_limit())
 }
 
-/// The services of the gRPC listener: health, reflection, TokenService, and
-/// AdminService when `server.admin`.
-fn services(
-    server: &ServerSettings,
-    registry: &Registry,
-    metrics: &Arc<Metrics>,
-    methods: &Arc<GrpcMethods>,
-    health: &HealthReporter,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Routes> {
-    let _ = methods;
+/// The service of the gRPC listener: health, reflection, TokenService, and
+/// AdminService when `server.admin`, behind the concurrency limit, the deadline and the
+/// metrics.
+fn services(ctx: &Wiring<'_>, methods: &Arc<GrpcMethods>) -> anyhow::Result<impl GrpcService> {
+    let server = ctx.server;
     let limit = server.decoding_limit();
     // One introspector per tenant with `introspection`, built once and shared by calls.
     let introspection =
-        Introspection::new(registry).context("building the introspection client")?;
+        Introspection::new(ctx.registry).context("building the introspection client")?;
     for i in introspection.introspectors() {
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
-    metrics.observe_introspection(introspection.clone());
+    ctx.metrics.observe_introspection(introspection.clone());
     let limits = Limits {
         max_token_bytes: server.max_token_bytes,
         watchers: WatcherLimits {
@@ -337,13 +342,13 @@ fn services(
             per_peer: server.max_watchers_per_peer,
         },
     };
-    let token = TokenServiceImpl::new(registry.clone(), limits)
+    let token = TokenServiceImpl::new(ctx.registry.clone(), limits)
         .with_introspector(introspection)
-        .with_shutdown(cancel.clone())
-        .with_metrics(metrics.clone());
+        .with_shutdown(ctx.cancel.clone())
+        .with_metrics(ctx.metrics.clone());
     let watchers = token.watchers().clone();
-    metrics.observe_watchers(move || watchers.active());
-    let mut routes = Routes::new(health_service(health, server))
+    ctx.metrics.observe_watchers(move || watchers.active());
+    let mut routes = Routes::new(health_service(ctx.health, server))
         .add_service(
             reflection()
                 .build_v1()
@@ -359,9 +364,14 @@ fn services(
         .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit));
     // Not in health: the operator view does not decide whether the pod takes traffic.
     if server.admin {
-        routes = routes.add_service(admin_service(server, registry));
+        routes = routes.add_service(admin_service(server, ctx.registry));
     }
-    Ok(routes.prepare())
+    let overload = (server.concurrency_limit > 0)
+        .then(|| ConcurrencyLimitLayer::new(server.concurrency_limit, methods.clone(), limit));
+    let limited = tower::ServiceBuilder::new()
+        .option_layer(overload)
+        .service(routes.prepare());
+    Ok(layered(ctx, limited))
 }
 
 /// Serves a side listener on the tracker until its own shutdown (the cancel token it

@@ -29,6 +29,17 @@ async fn refresh(channel: &Channel) -> Result<pb::RefreshIssuerResponse, tonic::
         .map(|r| r.into_inner())
 }
 
+/// ListIssuers' first key set, called without a token.
+async fn first_issuer(channel: &Channel) -> pb::IssuerStatus {
+    admin(channel)
+        .list_issuers(pb::ListIssuersRequest::default())
+        .await
+        .expect("ListIssuers")
+        .into_inner()
+        .issuers
+        .remove(0)
+}
+
 fn fetches(idp: &FakeIdp) -> (usize, usize) {
     (idp.count(DISCOVERY), idp.count("/jwks"))
 }
@@ -118,13 +129,7 @@ async fn callers_see_a_failure_category_never_urls_paths_or_error_chains() {
     let answer = refresh(&h.channel).await.expect("RefreshIssuer");
     assert!(!answer.refreshed);
     assert_eq!(answer.error, "http 503");
-    let listed = admin(&h.channel)
-        .list_issuers(pb::ListIssuersRequest::default())
-        .await
-        .expect("ListIssuers")
-        .into_inner()
-        .issuers
-        .remove(0);
+    let listed = first_issuer(&h.channel).await;
     assert_eq!(listed.last_error, "http 503");
     let failed = loop {
         let e = tokio::time::timeout(Duration::from_secs(10), events.message())
@@ -170,13 +175,7 @@ async fn a_jwks_file_failure_shows_no_path() {
     );
     let h = start(settings(&yaml)).await;
     h.wait_health(crate::TOKEN_SERVICE, crate::SERVING).await;
-    let listed = admin(&h.channel)
-        .list_issuers(pb::ListIssuersRequest::default())
-        .await
-        .expect("ListIssuers")
-        .into_inner()
-        .issuers
-        .remove(0);
+    let listed = first_issuer(&h.channel).await;
     assert!(listed.last_failed);
     assert_eq!(listed.last_error, "file unreadable");
     assert!(!listed.last_error.contains("secret-location"));
