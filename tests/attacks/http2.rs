@@ -8,6 +8,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use crate::{
     common::*,
+    connections_closed,
     net::{self, Frame, Raw},
     serve, victim_validates,
 };
@@ -181,6 +182,7 @@ async fn a_connection_without_a_request_is_closed_after_the_handshake_timeout() 
         pings.await.expect("pinger"),
         "pings are not requests: the pinging connection is closed too"
     );
+    assert_eq!(connections_closed(&h, "handshake_timeout").await, 3.0);
     // The harness's own connection made its requests long ago and stays open.
     assert_eq!(h.health("").await, crate::SERVING);
 }
@@ -214,6 +216,7 @@ async fn at_max_connections_new_connections_are_refused_and_established_ones_kee
         net::closed_within(&mut fifth, Duration::from_secs(1)).await,
         "the fifth connection is refused at once"
     );
+    assert!(connections_closed(&h, "max_connections").await >= 1.0);
     for channel in &open {
         let r =
             introspectd::grpc::pb::token_service_client::TokenServiceClient::new(channel.clone())
@@ -266,16 +269,30 @@ async fn idle_sockets_are_evicted_before_a_real_client_is_refused() {
         closed >= 12,
         "idle sockets made room: {closed} of 20 closed"
     );
+    assert!(connections_closed(&h, "evicted").await >= 12.0);
 }
 
 mod tls {
-    //! Idle sockets against the TLS listener.
+    //! The TLS listener: idle sockets against handshakes, and the first-request deadline
+    //! after a finished handshake.
+    use std::sync::Arc;
+
     use super::*;
-    use introspectd::config::TlsSettings;
+    use introspectd::{app::RunningServer, config::TlsSettings};
+    use rustls_pki_types::{CertificateDer, ServerName};
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-    #[tokio::test]
-    async fn idle_sockets_do_not_starve_tls_handshakes() {
+    /// A TLS server for one OIDC tenant, its certificate (PEM and DER) and key.
+    async fn tls_server(
+        handshake_timeout: Duration,
+    ) -> (
+        RunningServer,
+        String,
+        CertificateDer<'static>,
+        FakeIdp,
+        TestKey,
+        tempfile::TempDir,
+    ) {
         introspectd::install_crypto();
         let dir = tempfile::tempdir().expect("dir");
         let key_pair = rcgen::KeyPair::generate().expect("key");
@@ -292,7 +309,8 @@ mod tls {
         let key = TestKey::rsa("k1", "RS256");
         idp.serve_oidc(&[&key]);
         let mut s = settings(&oidc_tenant(&idp, ""));
-        // The default handshake timeout, so idle sockets are not dropped by it in time.
+        s.server.handshake_timeout = handshake_timeout;
+        // The default TLS handshake timeout, so idle sockets are not dropped by it in time.
         s.server.tls = Some(TlsSettings {
             cert_file: dir.path().join("tls.crt"),
             key_file: dir.path().join("tls.key"),
@@ -301,15 +319,21 @@ mod tls {
             handshake_timeout: introspectd::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         });
         let server = introspectd::app::spawn(s).await.expect("server starts");
-        let addr = server.addr;
+        (server, cert.pem(), cert.der().clone(), idp, key, dir)
+    }
 
+    #[tokio::test]
+    async fn idle_sockets_do_not_starve_tls_handshakes() {
+        let (server, pem, _, idp, key, _dir) =
+            tls_server(introspectd::config::DEFAULT_HANDSHAKE_TIMEOUT).await;
+        let addr = server.addr;
         // More idle sockets than the old cap on pending handshakes (1024).
         let mut idle = Vec::new();
         for _ in 0..1100 {
             idle.push(TcpStream::connect(addr).await.expect("tcp connect"));
         }
         let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(cert.pem()))
+            .ca_certificate(Certificate::from_pem(pem))
             .domain_name("localhost");
         let token = key.token(&claims(&idp.issuer(), "api://demo"));
         let call = async move {
@@ -333,6 +357,42 @@ mod tls {
             .expect("the call is answered");
         assert!(answer.get_ref().valid);
         drop(idle);
+        server.shutdown().await.expect("clean shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_without_a_request_is_closed_after_the_handshake_timeout() {
+        let (server, _, der, _idp, _key, _dir) = tls_server(Duration::from_secs(1)).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).expect("root");
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(server.addr).await.expect("tcp connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        // The handshake is done; no preface, no request follows.
+        let started = tokio::time::Instant::now();
+        let mut sink = vec![0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            use tokio::io::AsyncReadExt as _;
+            loop {
+                match tls.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the server closes the silent TLS connection"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "not before the deadline"
+        );
         server.shutdown().await.expect("clean shutdown");
     }
 }

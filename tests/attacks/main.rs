@@ -41,9 +41,20 @@ pub(crate) async fn serve(server_yaml: &str, tenant_extra: &str) -> (FakeIdp, Te
         "server:\n  listen: \"127.0.0.1:0\"\n{server_yaml}{}",
         oidc_tenant(&idp, tenant_extra)
     );
-    let h = start(settings(&yaml)).await;
+    let mut s = settings(&yaml);
+    s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let h = start(s).await;
     h.wait_health(TOKEN_SERVICE, SERVING).await;
     (idp, key, h)
+}
+
+/// `introspectd_grpc_connections_closed_total{reason}` of a server from [`serve`].
+pub(crate) async fn connections_closed(h: &Harness, reason: &str) -> f64 {
+    let text = scrape_metrics(h.server.metrics_addr.expect("metrics")).await;
+    metric(
+        &text,
+        &format!("introspectd_grpc_connections_closed_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 /// Another client, on its own new connection, validates a good token: it must answer
