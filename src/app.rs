@@ -2,7 +2,8 @@
 //! of contents. It loads TLS and builds the registry (a bad file or key is a
 //! configuration error before anything starts), starts the background work (key
 //! refreshers, readiness, the TLS reloader), mounts the gRPC services on one router
-//! (`services`, with the metrics and overload layers), starts the side listeners
+//! (`services`, with the metrics and overload layers; Envoy's Authorization service
+//! when `ext_authz.enabled`), starts the side listeners
 //! (`/metrics`, plaintext health) through `spawn_side_listener`, serves on a listener
 //! it is given (so tests bind port 0), and shuts down in one sequence
 //! (`serve_until_shutdown`): health NOT_SERVING, every background task and stream
@@ -28,10 +29,14 @@ use tonic_health::{
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    config::{ServerSettings, Settings},
+    config::{ExtAuthzSettings, ServerSettings, Settings},
     grpc::{
         AdminServiceImpl, Limits, TokenServiceImpl,
         deadline::DeadlineLayer,
+        ext_authz::{
+            self, ExtAuthzService,
+            pb::envoy::service::auth::v3::authorization_server::AuthorizationServer,
+        },
         layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{
             self, admin_service_server::AdminServiceServer,
@@ -138,7 +143,8 @@ pub async fn run_with_listeners(
         &cancel,
         Some(metrics.fetch_observer()),
     );
-    let health = start_health(&registry, &tasks, &cancel).await;
+    let gated = gated_services(&settings);
+    let health = start_health(&registry, gated, &tasks, &cancel).await;
     if let Some(t) = &tls {
         t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
@@ -146,6 +152,7 @@ pub async fn run_with_listeners(
     let options = serve_options(server, tls.clone());
     let ctx = Wiring {
         server,
+        ext_authz: &settings.ext_authz,
         registry: &registry,
         metrics: &metrics,
         health: &health,
@@ -174,6 +181,7 @@ pub async fn run_with_listeners(
         cancel.clone(),
     );
     let grace = server.shutdown_grace;
+    let health = (health, gated);
     serve_until_shutdown(serve, shutdown, health, grace, tasks, cancel).await
 }
 
@@ -198,6 +206,7 @@ fn serve_options(server: &ServerSettings, tls: Option<Arc<TlsConfig>>) -> ServeO
 /// What the listeners are wired from.
 struct Wiring<'a> {
     server: &'a ServerSettings,
+    ext_authz: &'a ExtAuthzSettings,
     registry: &'a Registry,
     metrics: &'a Arc<Metrics>,
     health: &'a HealthReporter,
@@ -252,6 +261,7 @@ fn spawn_admin_listener(ctx: &Wiring<'_>, l: TcpListener, options: &ServeOptions
 fn grpc_methods() -> anyhow::Result<GrpcMethods> {
     GrpcMethods::from_descriptor_sets(&[
         pb::FILE_DESCRIPTOR_SET,
+        ext_authz::pb::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -259,10 +269,28 @@ fn grpc_methods() -> anyhow::Result<GrpcMethods> {
     .context("reading the gRPC descriptors")
 }
 
-/// grpc.health.v1: the whole server serving, TokenService NOT_SERVING until every
-/// tenant's first key fetch has finished (a task waits for that).
+/// The services whose health waits for every tenant's first key fetch: TokenService,
+/// and Envoy's Authorization service (it decides with the same keys) when it is on.
+fn gated_services(settings: &Settings) -> &'static [&'static str] {
+    if settings.ext_authz.enabled {
+        &[TOKEN_SERVICE_NAME, ext_authz::SERVICE_NAME]
+    } else {
+        &[TOKEN_SERVICE_NAME]
+    }
+}
+
+/// Sets every service of `names` to `status`.
+async fn set_statuses(reporter: &HealthReporter, names: &[&str], status: ServingStatus) {
+    for name in names {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// grpc.health.v1: the whole server serving, the `gated` services NOT_SERVING until
+/// every tenant's first key fetch has finished (a task waits for that).
 async fn start_health(
     registry: &Registry,
+    gated: &'static [&'static str],
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> HealthReporter {
@@ -270,9 +298,7 @@ async fn start_health(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    reporter
-        .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    set_statuses(&reporter, gated, ServingStatus::NotServing).await;
     let ready = {
         let reporter = reporter.clone();
         let registry = registry.clone();
@@ -281,7 +307,7 @@ async fn start_health(
             tokio::select! {
                 _ = registry.wait_first_fetches() => {
                     if !cancel.is_cancelled() {
-                        reporter.set_service_status(TOKEN_SERVICE_NAME, ServingStatus::Serving).await;
+                        set_statuses(&reporter, gated, ServingStatus::Serving).await;
                         info!("every tenant's first key fetch has finished; serving");
                     }
                 }
@@ -306,7 +332,26 @@ fn health_service(
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(ext_authz::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Envoy's Authorization service over the same registry and introspectors, when
+/// `ext_authz.enabled`.
+fn ext_authz_server(
+    ctx: &Wiring<'_>,
+    introspection: &Introspection,
+) -> Option<AuthorizationServer<ExtAuthzService>> {
+    ctx.ext_authz.enabled.then(|| {
+        let svc = ExtAuthzService::new(
+            ctx.registry.clone(),
+            introspection.clone(),
+            ctx.ext_authz.clone(),
+            ctx.server.max_token_bytes,
+        )
+        .with_metrics(ctx.metrics.clone());
+        AuthorizationServer::new(svc).max_decoding_message_size(ctx.server.decoding_limit())
+    })
 }
 
 /// AdminService over `registry`, with `server.admin_auth` when set.
@@ -334,6 +379,7 @@ fn services(ctx: &Wiring<'_>, methods: &Arc<GrpcMethods>) -> anyhow::Result<impl
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
     ctx.metrics.observe_introspection(introspection.clone());
+    let authorization = ext_authz_server(ctx, &introspection);
     let limits = Limits {
         max_token_bytes: server.max_token_bytes,
         watchers: WatcherLimits {
@@ -362,6 +408,9 @@ fn services(ctx: &Wiring<'_>, methods: &Arc<GrpcMethods>) -> anyhow::Result<impl
                 .max_decoding_message_size(limit),
         )
         .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit));
+    if let Some(a) = authorization {
+        routes = routes.add_service(a);
+    }
     // Not in health: the operator view does not decide whether the pod takes traffic.
     if server.admin {
         routes = routes.add_service(admin_service(server, ctx.registry));
@@ -402,7 +451,7 @@ fn local_addr(l: &TcpListener) -> String {
 async fn serve_until_shutdown(
     serve: impl Future<Output = ()> + Send,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    health: HealthReporter,
+    (health, gated): (HealthReporter, &'static [&'static str]),
     grace: Duration,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -412,9 +461,7 @@ async fn serve_until_shutdown(
         async move {
             shutdown.await;
             info!("shutdown begins: health NOT_SERVING, draining calls");
-            health
-                .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            set_statuses(&health, gated, ServingStatus::NotServing).await;
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;

@@ -6,10 +6,11 @@
 //! # Layout
 //! - [`config`]: typed configuration, one file per section (`server.rs`, `admin.rs` for
 //!   where AdminService is served and who may call it, `tenant.rs`, `policy.rs` for the
-//!   keys `defaults:` shares with tenants, `key_source.rs`, `introspection.rs`),
-//!   `DEFAULT_*` constants, `env.rs` overrides, validation errors naming the key. Its
-//!   module docs say how to add a section or a key.
-//! - [`jwt`]: compact JWS framing, strict JSON, claim checks (no keys, no network).
+//!   keys `defaults:` shares with tenants, `key_source.rs`, `introspection.rs`,
+//!   `ext_authz.rs`), `DEFAULT_*` constants, `env.rs` overrides, validation errors
+//!   naming the key. Its module docs say how to add a section or a key.
+//! - [`jwt`]: compact JWS framing, strict JSON, claim checks, the `WWW-Authenticate`
+//!   challenges (`challenge.rs`; no keys, no network).
 //! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
 //!   `KeySet` snapshots.
 //! - [`events`]: key-rotation events and their bus.
@@ -22,7 +23,8 @@
 //!   clients with rustls, timeouts, the body cap and a redirect policy each, used by
 //!   `oidc` and `introspect`.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream and its per-caller
-//!   caps), the operator AdminService adapter (with `admin_auth`), `to_proto`
+//!   caps), the operator AdminService adapter (with `admin_auth`), Envoy's external
+//!   authorization service (`ext_authz/`, over the vendored Envoy protos), `to_proto`
 //!   conversions, request bounds, the one error-to-Status mapping, and the tower layers
 //!   (`layers.rs`: metrics and the concurrency limit taken after the request message;
 //!   `deadline.rs`: the call deadline).
@@ -33,7 +35,7 @@
 //!   `issuers`) and the JSON it prints (`json.rs`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus families, bounded labels, scrape-time collectors, the
-//!   `/metrics` endpoint.
+//!   ext_authz checks (`checks.rs`), the `/metrics` endpoint.
 //! - [`transport`]: every gRPC listener's connections, served with hyper's HTTP/2 server:
 //!   the connection cap with eviction of idle connections (`admission.rs`), TLS with hot
 //!   reload, the first-request deadline, HTTP/2 stream and reset limits, connection age
