@@ -7,6 +7,8 @@
 //! - [`request_bounds`]: unbounded request lists and the work and messages they cause.
 //! - [`watchers`]: one client taking every WatchKeys slot.
 //! - [`introspect`]: amplification of the introspection provider's token endpoint.
+//! - [`ext_authz`]: Envoy's Authorization service under the same limits: header-only
+//!   Check streams, unbounded route lists in `context_extensions`.
 
 // Tests and their tools: a failed assumption is a failed run, and shared helpers are `pub`.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
@@ -15,6 +17,7 @@
 mod common;
 
 mod admin;
+mod ext_authz;
 mod http2;
 mod introspect;
 mod net;
