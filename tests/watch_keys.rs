@@ -122,15 +122,6 @@ async fn refresh(channel: &Channel, tenant: &str, policy: &str) -> pb::RefreshIs
         .into_inner()
 }
 
-async fn issuers(channel: &Channel) -> Vec<pb::IssuerStatus> {
-    admin(channel)
-        .list_issuers(pb::ListIssuersRequest::default())
-        .await
-        .expect("ListIssuers")
-        .into_inner()
-        .issuers
-}
-
 fn refs(keys: &[TestKey]) -> Vec<&TestKey> {
     keys.iter().collect()
 }
@@ -376,7 +367,7 @@ async fn b2c_key_events_and_issuers_carry_their_policy() {
     );
     assert_describes(&e, &a2, "b2c", &issuer);
 
-    let list = issuers(&h.channel).await;
+    let list = list_issuers(&h.channel).await;
     let shown: Vec<(&str, &str, usize)> = list
         .iter()
         .map(|i| (i.policy.as_str(), i.metadata_url.as_str(), i.keys.len()))
@@ -675,7 +666,7 @@ async fn list_issuers_and_refresh_issuer_report_state_and_changes() {
         TestKey::ec("k3"),
     );
     let (idp, h) = setup(&[&k1], FORCE_ANY_TIME).await;
-    let list = issuers(&h.channel).await;
+    let list = list_issuers(&h.channel).await;
     assert_eq!(list.len(), 1);
     let i = &list[0];
     assert_eq!(
@@ -760,7 +751,7 @@ async fn list_issuers_and_refresh_issuer_report_state_and_changes() {
         failed.added.is_empty() && failed.removed.is_empty(),
         "the last good keys stay"
     );
-    let i = issuers(&h.channel).await.remove(0);
+    let i = list_issuers(&h.channel).await.remove(0);
     assert!(i.last_failed);
     assert!(i.last_error.contains("503"));
     assert!(i.last_error_at.is_some());

@@ -227,8 +227,6 @@ pub async fn run_refresher(
             }
             Err(err) => {
                 let failures = state.update_status(|s| {
-                    // Callers (AdminService, WatchKeys) see the category; the log below
-                    // has the cause.
                     s.last_error = Some((err.category(), SystemTime::now()));
                     s.failures += 1;
                     s.consecutive_failures = s.consecutive_failures.saturating_add(1);

@@ -31,13 +31,7 @@ async fn refresh(channel: &Channel) -> Result<pb::RefreshIssuerResponse, tonic::
 
 /// ListIssuers' first key set, called without a token.
 async fn first_issuer(channel: &Channel) -> pb::IssuerStatus {
-    admin(channel)
-        .list_issuers(pb::ListIssuersRequest::default())
-        .await
-        .expect("ListIssuers")
-        .into_inner()
-        .issuers
-        .remove(0)
+    list_issuers(channel).await.remove(0)
 }
 
 fn fetches(idp: &FakeIdp) -> (usize, usize) {
