@@ -366,9 +366,9 @@ fn admin_service(
     .max_decoding_message_size(server.decoding_limit())
 }
 
-/// The service of the gRPC listener: health, reflection, TokenService, and
-/// AdminService when `server.admin`, behind the concurrency limit, the deadline and the
-/// metrics.
+/// The service of the gRPC listener: health, reflection, TokenService, Envoy's
+/// Authorization service when `ext_authz.enabled`, and AdminService when `server.admin`,
+/// behind the concurrency limit, the deadline and the metrics.
 fn services(ctx: &Wiring<'_>, methods: &Arc<GrpcMethods>) -> anyhow::Result<impl GrpcService> {
     let server = ctx.server;
     let limit = server.decoding_limit();
