@@ -4,7 +4,9 @@
 
 use tracing::debug;
 
-use super::{BoundaryError, Limits, convert, non_empty, parse_credentials, pb, presentation};
+use super::{
+    BoundaryError, Limits, check_field, convert, non_empty, parse_credentials, pb, presentation,
+};
 use crate::{
     introspect::{Answer, IntrospectError, IntrospectInput, Introspection},
     registry::RequestError,
@@ -59,6 +61,8 @@ pub async fn introspect_message(
 ) -> Result<pb::IntrospectResponse, BoundaryError> {
     let (token, token_scheme) = parse_credentials(&req.token, limits.max_token_bytes)?;
     let presentation = presentation::of_introspect(req, token_scheme)?;
+    check_field("tenant", &req.tenant)?;
+    check_field("token_type_hint", &req.token_type_hint)?;
     let input = IntrospectInput {
         token,
         token_type_hint: non_empty(&req.token_type_hint),
@@ -101,7 +105,7 @@ mod tests {
         let registry = Registry::new(&settings).expect("registry");
         let limits = Limits {
             max_token_bytes: 1024,
-            max_watchers: 1,
+            watchers: crate::grpc::watch::WatcherLimits::total(1),
         };
         TokenServiceImpl::new(registry.clone(), limits)
             .with_introspector(Introspection::local_only(registry))

@@ -7,8 +7,13 @@
 use percent_encoding::percent_decode_str;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 
-use super::{BoundaryError, pb};
-use crate::jwt::dpop::{Presentation, RawPresentation, Scheme};
+use super::{BoundaryError, MAX_LIST_ENTRIES, check_field, pb};
+use crate::jwt::dpop::{MAX_PROOF_BYTES, Presentation, RawPresentation, Scheme};
+
+/// Longest `http_uri` accepted, in bytes (as long as the longest proof examined).
+pub const MAX_URI_BYTES: usize = MAX_PROOF_BYTES;
+/// Longest `client_certificate` accepted, in bytes (one DER certificate, not a chain).
+pub const MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
 
 /// The same six fields of `ValidateRequest` and `IntrospectRequest`, as the core reads
 /// them.
@@ -31,7 +36,7 @@ pub fn of_validate(
     req: &pb::ValidateRequest,
     token_scheme: Option<Scheme>,
 ) -> Result<Presentation, BoundaryError> {
-    Ok(raw_presentation!(req, token_scheme).parse()?)
+    parse(&raw_presentation!(req, token_scheme))
 }
 
 /// The presentation of an Introspect call.
@@ -39,7 +44,31 @@ pub fn of_introspect(
     req: &pb::IntrospectRequest,
     token_scheme: Option<Scheme>,
 ) -> Result<Presentation, BoundaryError> {
-    Ok(raw_presentation!(req, token_scheme).parse()?)
+    parse(&raw_presentation!(req, token_scheme))
+}
+
+/// The fields within their bounds (a bad request otherwise), then parsed.
+fn parse(raw: &RawPresentation<'_>) -> Result<Presentation, BoundaryError> {
+    check_field("authorization_scheme", raw.scheme)?;
+    check_field("http_method", raw.method)?;
+    check_field("client_certificate_sha256", raw.certificate_sha256)?;
+    let over = |name: &str, size: usize, limit: usize| {
+        BoundaryError::Invalid(format!("`{name}` is {size}; the limit is {limit}"))
+    };
+    if raw.proofs.len() > MAX_LIST_ENTRIES {
+        return Err(over("dpop_proofs", raw.proofs.len(), MAX_LIST_ENTRIES));
+    }
+    if raw.uri.len() > MAX_URI_BYTES {
+        return Err(over("http_uri", raw.uri.len(), MAX_URI_BYTES));
+    }
+    if raw.certificate_der.len() > MAX_CERTIFICATE_BYTES {
+        return Err(over(
+            "client_certificate",
+            raw.certificate_der.len(),
+            MAX_CERTIFICATE_BYTES,
+        ));
+    }
+    Ok(raw.parse()?)
 }
 
 /// The proofs in a `DPoP` header value as a proxy hands it over: repeated headers joined
@@ -134,5 +163,47 @@ mod tests {
             of_introspect(&i, None),
             Err(BoundaryError::Presentation(_))
         ));
+    }
+
+    #[test]
+    fn fields_are_bounded() {
+        let base = pb::ValidateRequest {
+            authorization_scheme: "DPoP".into(),
+            dpop_proofs: vec!["p".into(); MAX_LIST_ENTRIES],
+            http_method: "GET".into(),
+            http_uri: format!("https://a.example/{}", "x".repeat(MAX_URI_BYTES - 18)),
+            client_certificate: vec![0; MAX_CERTIFICATE_BYTES],
+            ..Default::default()
+        };
+        assert!(of_validate(&base, None).is_ok(), "exactly the limits");
+        let over = [
+            pb::ValidateRequest {
+                dpop_proofs: vec!["p".into(); MAX_LIST_ENTRIES + 1],
+                ..base.clone()
+            },
+            pb::ValidateRequest {
+                http_uri: format!("{}x", base.http_uri),
+                ..base.clone()
+            },
+            pb::ValidateRequest {
+                client_certificate: vec![0; MAX_CERTIFICATE_BYTES + 1],
+                ..base.clone()
+            },
+            pb::ValidateRequest {
+                http_method: "G".repeat(257),
+                ..base.clone()
+            },
+            pb::ValidateRequest {
+                client_certificate_sha256: "a".repeat(257),
+                ..base.clone()
+            },
+        ];
+        for req in over {
+            assert!(
+                matches!(of_validate(&req, None), Err(BoundaryError::Invalid(_))),
+                "{:?}",
+                of_validate(&req, None)
+            );
+        }
     }
 }
