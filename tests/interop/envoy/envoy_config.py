@@ -4,9 +4,13 @@ Usage: python envoy_config.py RUN_DIR UPSTREAM_PORT
 Reads RUN_DIR/env.json (introspectd's address, the providers); writes
 RUN_DIR/envoy.yaml (JSON, which is YAML) and RUN_DIR/envoy-env.json.
 
-Three listeners, all on loopback:
+Four listeners, all on loopback:
   ext_authz      envoy.filters.http.ext_authz -> introspectd (request headers in `headers`)
   ext_authz_raw  the same with encode_raw_headers: true (headers in `header_map`)
+  ext_authz_mtls the same over mutual TLS, with include_peer_certificate: true (the client
+                 certificate in `source.certificate`, for certificate-bound tokens); the
+                 interop client certificates are self-signed (RFC 8705 2.2), so Envoy
+                 trusts exactly those two
   jwt_authn      envoy.filters.http.jwt_authn for the same issuers and JWKS (parity)
 Routes of the ext_authz listeners carry context_extensions (EXT_AUTHZ.md); every route
 copies the ext_authz dynamic metadata into x-md-* request headers, so the echoing
@@ -30,7 +34,12 @@ def free_port() -> int:
 
 
 ports = {"admin": free_port(), "ext_authz": free_port(), "ext_authz_raw": free_port(),
-         "jwt_authn": free_port()}
+         "ext_authz_mtls": free_port(), "jwt_authn": free_port()}
+CERTS = env["certs"]
+with open(f"{run_dir}/envoy-clients.pem", "w", encoding="ascii") as out:
+    for stem in ("client-bound", "client-other"):
+        with open(f"{CERTS}/{stem}.pem", encoding="ascii") as f:
+            out.write(f.read())
 service_host, service_port = env["service"].rsplit(":", 1)
 idp, b2c = env["idp"], env["b2c"]
 B2C_POLICY = env["tenants"]["b2c"]["policies"][0]
@@ -98,7 +107,7 @@ def hcm(stat_prefix, http_filters, routes):
         }}]}
 
 
-def ext_authz_filter(raw):
+def ext_authz_filter(raw, peer_certificate=False):
     return {"name": "envoy.filters.http.ext_authz", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         "grpc_service": {"envoy_grpc": {"cluster_name": "introspectd"}, "timeout": "5s"},
@@ -106,7 +115,20 @@ def ext_authz_filter(raw):
         "failure_mode_allow": False,
         "status_on_error": {"code": 503},
         "encode_raw_headers": raw,
+        "include_peer_certificate": peer_certificate,
     }}
+
+
+def mutual_tls(chain):
+    chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": f"{CERTS}/server.pem"},
+                                  "private_key": {"filename": f"{CERTS}/server.key"}}],
+            "validation_context": {"trusted_ca": {"filename": f"{run_dir}/envoy-clients.pem"}},
+        }}}
+    return chain
 
 
 def jwks_provider(issuer, audiences, jwks_uri, cluster_name):
@@ -148,6 +170,8 @@ config = {
         "listeners": [
             listener("ext_authz", hcm("ext_authz", [ext_authz_filter(False)], EXT_AUTHZ_ROUTES)),
             listener("ext_authz_raw", hcm("ext_authz_raw", [ext_authz_filter(True)], EXT_AUTHZ_ROUTES)),
+            listener("ext_authz_mtls", mutual_tls(hcm("ext_authz_mtls", [ext_authz_filter(False, True)],
+                                                      EXT_AUTHZ_ROUTES))),
             listener("jwt_authn", hcm("jwt_authn", [jwt_authn], [route("/")])),
         ],
         "clusters": [

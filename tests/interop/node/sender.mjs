@@ -5,13 +5,14 @@
 //
 // Usage: node sender.mjs ENV_JSON
 
-import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as jose from 'jose';
+
+import { dpopClient } from './dpop_client.mjs';
 
 const env = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const IDP = env.idp;
@@ -50,50 +51,8 @@ function unary(method, request) {
 
 function expect(cond, what) { if (!cond) throw new Error(what); }
 
-const b64sha256 = (s) => createHash('sha256').update(s).digest('base64url');
-
-function basic(id, secret) {
-  const enc = (s) => encodeURIComponent(s).replace(/%20/g, '+');
-  return `Basic ${Buffer.from(`${enc(id)}:${enc(secret)}`).toString('base64')}`;
-}
-
 // The client's DPoP key, and a proof for one request (RFC 9449 section 4.2).
-const { publicKey, privateKey } = await jose.generateKeyPair('ES256');
-const jwk = await jose.exportJWK(publicKey);
-const jkt = await jose.calculateJwkThumbprint(jwk);
-
-async function proof(htm, htu, { accessToken, nonce, key = privateKey, pub = jwk } = {}) {
-  const claims = { htm, htu, jti: randomUUID() };
-  if (accessToken) claims.ath = b64sha256(accessToken);
-  if (nonce) claims.nonce = nonce;
-  return new jose.SignJWT(claims)
-    .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: pub })
-    .setIssuedAt()
-    .sign(key);
-}
-
-// A token request with a proof; retried once with the provider's nonce if it asks.
-async function boundToken(resource) {
-  const { dpop } = IDP.clients;
-  let nonce;
-  for (let attempt = 0; attempt < 2; attempt += 1) {
-    const res = await fetch(IDP.token_endpoint, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/x-www-form-urlencoded',
-        authorization: basic(dpop.id, dpop.secret),
-        dpop: await proof('POST', IDP.token_endpoint, { nonce }),
-      },
-      body: new URLSearchParams({ grant_type: 'client_credentials', resource, scope: 'api:read' }),
-      signal: AbortSignal.timeout(10_000),
-    });
-    const body = await res.json();
-    if (res.ok) return body;
-    nonce = res.headers.get('dpop-nonce');
-    if (body.error !== 'use_dpop_nonce' || !nonce) throw new Error(`token endpoint: ${res.status} ${JSON.stringify(body)}`);
-  }
-  throw new Error('token endpoint kept asking for a nonce');
-}
+const { jkt, proof, boundToken } = await dpopClient(IDP);
 
 function dpopRequest(token, proofs, uri, extra = {}) {
   return {
