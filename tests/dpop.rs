@@ -16,37 +16,8 @@ use serde_json::{Value, json};
 const URI: &str = "https://api.example.com/v1/items";
 const DPOP_CHALLENGE: &str = r#"DPoP realm="introspectd", algs="ES256 PS256 EdDSA""#;
 const BEARER_CHALLENGE: &str = r#"Bearer realm="introspectd""#;
-const NONCE_SECRET: &str = "a-dpop-nonce-secret-of-32-bytes!!";
-
-struct Fx {
-    idp: FakeIdp,
-    issuer: TestKey,
-    h: Harness,
-}
-
-async fn setup(sender: &str) -> Fx {
-    let idp = FakeIdp::start().await;
-    let issuer = TestKey::ec("issuer-1");
-    idp.serve_oidc(&[&issuer]);
-    let yaml = oidc_tenant(&idp, sender);
-    let h = start(settings_with_env(&yaml, &[("NONCE_SECRET", NONCE_SECRET)])).await;
-    h.wait_health("introspect.v1.TokenService", 1).await;
-    Fx { idp, issuer, h }
-}
-
-impl Fx {
-    /// An access token bound by `cnf` (null: unbound).
-    fn token(&self, cnf: Value) -> String {
-        let mut c = claims(&self.idp.issuer(), "api://demo");
-        if !cnf.is_null() {
-            c["cnf"] = cnf;
-        }
-        self.issuer.token(&c)
-    }
-
-    async fn call(&mut self, req: pb::ValidateRequest) -> pb::ValidateResponse {
-        self.h.validate(req).await
-    }
+async fn setup(sender: &str) -> Fixture {
+    Fixture::start(sender, &[], "introspect.v1.TokenService").await
 }
 
 fn dpop_req(token: &str, proofs: Vec<String>) -> pb::ValidateRequest {
@@ -96,7 +67,9 @@ async fn positive_controls() {
     let mut fx = setup("").await;
     for key in [DpopKey::es256(), DpopKey::rsa("PS256"), DpopKey::ed25519()] {
         let t = fx.token(json!({"jkt": key.jkt()}));
-        let r = fx.call(dpop_req(&t, vec![key.proof("GET", URI, &t)])).await;
+        let r =
+            fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
+                .await;
         assert!(r.valid, "{}: {:?}", key.alg, r.error);
         let b = r.binding.expect("binding");
         assert_eq!(b.kind, pb::BindingKind::Dpop as i32);
@@ -112,11 +85,11 @@ async fn positive_controls() {
     );
     req.authorization_scheme.clear();
     req.http_uri = "https://api.example.com/v1/%69tems?q=1#f".into();
-    let r = fx.call(req).await;
+    let r = fx.h.validate(req).await;
     assert!(r.valid, "{:?}", r.error);
     // A bearer token stays a bearer token.
     let plain = fx.token(Value::Null);
-    let r = fx.call(bearer_req(&format!("Bearer {plain}"))).await;
+    let r = fx.h.validate(bearer_req(&format!("Bearer {plain}"))).await;
     assert!(r.valid, "{:?}", r.error);
     assert_eq!(
         r.binding.expect("binding").kind,
@@ -135,7 +108,7 @@ async fn positive_controls() {
             ..bearer_req(&t)
         },
     ] {
-        let r = fx.call(req).await;
+        let r = fx.h.validate(req).await;
         assert!(r.valid, "{:?}", r.error);
         let b = r.binding.expect("binding");
         assert_eq!(
@@ -299,7 +272,7 @@ async fn hostile_proofs_are_refused_with_their_code_and_challenge() {
     ];
     assert!(cases.len() >= 40, "{} cases", cases.len());
     for (name, proofs) in cases {
-        let r = fx.call(dpop_req(&t, proofs)).await;
+        let r = fx.h.validate(dpop_req(&t, proofs)).await;
         assert_refused(
             name,
             &r,
@@ -309,9 +282,9 @@ async fn hostile_proofs_are_refused_with_their_code_and_challenge() {
         );
     }
     // A valid proof by another key: the proof is fine, the binding is not.
-    let r = fx
-        .call(dpop_req(&t, vec![other.proof("GET", URI, &t)]))
-        .await;
+    let r =
+        fx.h.validate(dpop_req(&t, vec![other.proof("GET", URI, &t)]))
+            .await;
     assert_refused(
         "jkt mismatch",
         &r,
@@ -320,7 +293,9 @@ async fn hostile_proofs_are_refused_with_their_code_and_challenge() {
         "invalid_token",
     );
     // And the honest call still passes after all of that.
-    let r = fx.call(dpop_req(&t, vec![key.proof("GET", URI, &t)])).await;
+    let r =
+        fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
+            .await;
     assert!(r.valid, "{:?}", r.error);
 }
 
@@ -330,8 +305,8 @@ async fn replayed_proofs_are_refused() {
     let key = DpopKey::es256();
     let t = fx.token(json!({"jkt": key.jkt()}));
     let proof = key.proof("GET", URI, &t);
-    assert!(fx.call(dpop_req(&t, vec![proof.clone()])).await.valid);
-    let r = fx.call(dpop_req(&t, vec![proof])).await;
+    assert!(fx.h.validate(dpop_req(&t, vec![proof.clone()])).await.valid);
+    let r = fx.h.validate(dpop_req(&t, vec![proof])).await;
     assert_refused(
         "the same proof again",
         &r,
@@ -348,14 +323,14 @@ async fn replayed_proofs_are_refused() {
     );
     // A new signature over the same jti and htu is the same proof for the replay rule.
     let same_jti = key.proof_with("GET", URI, &t, json!({"jti": "fixed-jti"}));
-    assert!(fx.call(dpop_req(&t, vec![same_jti])).await.valid);
+    assert!(fx.h.validate(dpop_req(&t, vec![same_jti])).await.valid);
     let again = key.proof_with(
         "GET",
         "https://API.example.com:443/v1/items?x",
         &t,
         json!({"jti": "fixed-jti"}),
     );
-    let r = fx.call(dpop_req(&t, vec![again])).await;
+    let r = fx.h.validate(dpop_req(&t, vec![again])).await;
     assert_refused(
         "same jti, same htu spelled differently",
         &r,
@@ -374,7 +349,7 @@ async fn replayed_proofs_are_refused() {
         )],
     );
     req.http_uri = "https://api.example.com/v1/other".into();
-    assert!(fx.call(req).await.valid);
+    assert!(fx.h.validate(req).await.valid);
 }
 
 #[tokio::test]
@@ -398,7 +373,7 @@ async fn scheme_and_binding_mismatches() {
             },
         ),
     ] {
-        let r = fx.call(req).await;
+        let r = fx.h.validate(req).await;
         assert_refused(
             name,
             &r,
@@ -407,9 +382,9 @@ async fn scheme_and_binding_mismatches() {
             "invalid_token",
         );
     }
-    let r = fx
-        .call(dpop_req(&plain, vec![key.proof("GET", URI, &plain)]))
-        .await;
+    let r =
+        fx.h.validate(dpop_req(&plain, vec![key.proof("GET", URI, &plain)]))
+            .await;
     assert_refused(
         "unbound token as DPoP",
         &r,
@@ -422,9 +397,9 @@ async fn scheme_and_binding_mismatches() {
     c["exp"] = json!(now() - 3600);
     c["cnf"] = json!({"jkt": key.jkt()});
     let expired = fx.issuer.token(&c);
-    let r = fx
-        .call(dpop_req(&expired, vec![key.proof("GET", URI, &expired)]))
-        .await;
+    let r =
+        fx.h.validate(dpop_req(&expired, vec![key.proof("GET", URI, &expired)]))
+            .await;
     assert_refused(
         "expired bound token",
         &r,
@@ -441,7 +416,9 @@ async fn scheme_and_binding_mismatches() {
         ),
     ] {
         let t = fx.token(cnf);
-        let r = fx.call(dpop_req(&t, vec![key.proof("GET", URI, &t)])).await;
+        let r =
+            fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
+                .await;
         assert_refused(
             name,
             &r,
@@ -458,7 +435,7 @@ async fn certificate_binding_is_checked() {
     let der = b"DER of the bound certificate".to_vec();
     let thumb = b64_sha256(&der);
     let t = fx.token(json!({"x5t#S256": thumb}));
-    let r = fx.call(bearer_req(&t)).await;
+    let r = fx.h.validate(bearer_req(&t)).await;
     assert_refused(
         "no certificate",
         &r,
@@ -466,8 +443,8 @@ async fn certificate_binding_is_checked() {
         BEARER_CHALLENGE,
         "invalid_token",
     );
-    let r = fx
-        .call(pb::ValidateRequest {
+    let r =
+        fx.h.validate(pb::ValidateRequest {
             client_certificate: b"another certificate".to_vec(),
             ..bearer_req(&t)
         })
@@ -479,8 +456,8 @@ async fn certificate_binding_is_checked() {
         BEARER_CHALLENGE,
         "invalid_token",
     );
-    let r = fx
-        .call(pb::ValidateRequest {
+    let r =
+        fx.h.validate(pb::ValidateRequest {
             client_certificate_sha256: b64_sha256(b"another"),
             ..bearer_req(&t)
         })
@@ -494,8 +471,8 @@ async fn certificate_binding_is_checked() {
     );
     // The token's thumbprint in hex never matches, even for the right certificate.
     let hex_bound = fx.token(json!({"x5t#S256": hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref())}));
-    let r = fx
-        .call(pb::ValidateRequest {
+    let r =
+        fx.h.validate(pb::ValidateRequest {
             client_certificate: der.clone(),
             ..bearer_req(&hex_bound)
         })
@@ -586,7 +563,7 @@ async fn bad_requests_are_invalid_argument() {
 #[tokio::test]
 async fn required_mode_refuses_bearer_tokens() {
     let mut fx = setup("    sender_constraint:\n      mode: required\n").await;
-    let r = fx.call(bearer_req(&fx.token(Value::Null))).await;
+    let r = fx.h.validate(bearer_req(&fx.token(Value::Null))).await;
     assert_refused(
         "unbound token, required mode",
         &r,
@@ -597,7 +574,7 @@ async fn required_mode_refuses_bearer_tokens() {
     let key = DpopKey::es256();
     let t = fx.token(json!({"jkt": key.jkt()}));
     assert!(
-        fx.call(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
+        fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
             .await
             .valid
     );
@@ -607,9 +584,9 @@ async fn required_mode_refuses_bearer_tokens() {
 async fn off_mode_ignores_cnf() {
     let mut fx = setup("    sender_constraint:\n      mode: \"off\"\n").await;
     let key = DpopKey::es256();
-    let r = fx
-        .call(bearer_req(&fx.token(json!({"jkt": key.jkt()}))))
-        .await;
+    let r =
+        fx.h.validate(bearer_req(&fx.token(json!({"jkt": key.jkt()}))))
+            .await;
     assert!(r.valid, "{:?}", r.error);
     assert_eq!(
         r.binding.expect("binding").kind,
@@ -622,7 +599,9 @@ async fn restricted_algorithms() {
     let mut fx = setup("    sender_constraint:\n      dpop_algorithms: [ES256]\n").await;
     let key = DpopKey::ed25519();
     let t = fx.token(json!({"jkt": key.jkt()}));
-    let r = fx.call(dpop_req(&t, vec![key.proof("GET", URI, &t)])).await;
+    let r =
+        fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
+            .await;
     assert_refused(
         "EdDSA proof, ES256 only",
         &r,
@@ -640,7 +619,9 @@ async fn nonces_are_required_issued_and_checked() {
     .await;
     let key = DpopKey::es256();
     let t = fx.token(json!({"jkt": key.jkt()}));
-    let r = fx.call(dpop_req(&t, vec![key.proof("GET", URI, &t)])).await;
+    let r =
+        fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
+            .await;
     assert_refused(
         "no nonce",
         &r,
@@ -650,8 +631,8 @@ async fn nonces_are_required_issued_and_checked() {
     );
     let nonce = r.dpop_nonce.clone();
     assert!(!nonce.is_empty(), "the refusal carries a nonce");
-    let ok = fx
-        .call(dpop_req(
+    let ok =
+        fx.h.validate(dpop_req(
             &t,
             vec![key.proof_with("GET", URI, &t, json!({"nonce": nonce}))],
         ))
@@ -673,8 +654,8 @@ async fn nonces_are_required_issued_and_checked() {
         ("forged nonce", forged),
         ("garbage nonce", "nonce".to_string()),
     ] {
-        let r = fx
-            .call(dpop_req(
+        let r =
+            fx.h.validate(dpop_req(
                 &t,
                 vec![key.proof_with("GET", URI, &t, json!({"nonce": n}))],
             ))
@@ -707,8 +688,8 @@ async fn nonces_are_required_issued_and_checked() {
         raw[8..].copy_from_slice(&ctx.sign().as_ref()[..16]);
         URL_SAFE_NO_PAD.encode(raw)
     };
-    let r = fx
-        .call(dpop_req(
+    let r =
+        fx.h.validate(dpop_req(
             &t,
             vec![key.proof_with("GET", URI, &t, json!({"nonce": stale}))],
         ))

@@ -173,12 +173,8 @@ async fn opaque_tokens_go_through_introspect() {
     let key = TestKey::rsa("k1", "RS256");
     idp.serve_oidc(&[&key]);
     serve_introspection(&idp);
-    let extra = format!(
-        "    introspection:\n      endpoint: \"{}\"\n      client_id: c\n      client_secret_env: S\n      auth: client_secret_post\n",
-        idp.url("/introspect")
-    );
     let h = start(settings_with_env(
-        &oidc_tenant(&idp, &extra),
+        &oidc_tenant(&idp, &introspection_yaml(&idp)),
         &[("S", "secret")],
     ))
     .await;

@@ -33,43 +33,18 @@ use tonic::Code;
 const URI: &str = "https://api.example.com/v1/items";
 const DPOP_CHALLENGE: &str = r#"DPoP realm="introspectd", algs="ES256 PS256 EdDSA""#;
 const BEARER_CHALLENGE: &str = r#"Bearer realm="introspectd""#;
-const NONCE_SECRET: &str = "a-dpop-nonce-secret-of-32-bytes!!";
-
-struct Fx {
-    idp: FakeIdp,
-    issuer: TestKey,
-    h: Harness,
+/// The service with tenant `demo` (`extra` lines added to it), its Authorization
+/// service SERVING.
+async fn setup(extra: &str, env: &[(&str, &str)]) -> Fixture {
+    Fixture::start(extra, env, SERVICE_NAME).await
 }
 
-/// The service with tenant `demo` (its `sender_constraint` and further keys in `extra`).
-async fn setup(extra: &str, env: &[(&str, &str)]) -> Fx {
-    let idp = FakeIdp::start().await;
-    let issuer = TestKey::ec("issuer-1");
-    idp.serve_oidc(&[&issuer]);
-    let mut env = env.to_vec();
-    env.push(("NONCE_SECRET", NONCE_SECRET));
-    let h = start(settings_with_env(&oidc_tenant(&idp, extra), &env)).await;
-    h.wait_health(SERVICE_NAME, 1).await;
-    Fx { idp, issuer, h }
-}
-
-impl Fx {
-    /// An access token bound by `cnf` (null: unbound).
-    fn token(&self, cnf: Value) -> String {
-        let mut c = claims(&self.idp.issuer(), "api://demo");
-        if !cnf.is_null() {
-            c["cnf"] = cnf;
-        }
-        self.issuer.token(&c)
-    }
-
-    async fn check(&self, req: CheckRequest) -> CheckResponse {
-        AuthorizationClient::new(self.h.channel.clone())
-            .check(req)
-            .await
-            .expect("Check")
-            .into_inner()
-    }
+async fn check(fx: &Fixture, req: CheckRequest) -> CheckResponse {
+    AuthorizationClient::new(fx.h.channel.clone())
+        .check(req)
+        .await
+        .expect("Check")
+        .into_inner()
 }
 
 /// What Envoy sends for `method https://api.example.com/v1/items?page=2` with `headers`
@@ -201,9 +176,11 @@ async fn dpop_bound_tokens_through_check() {
     // The honest request: scheme, host and path from Envoy's attributes make the htu.
     for alg_key in [DpopKey::es256(), DpopKey::rsa("PS256"), DpopKey::ed25519()] {
         let bound = fx.token(json!({"jkt": alg_key.jkt()}));
-        let r = fx
-            .check(dpop_request(&bound, &[&alg_key.proof("GET", URI, &bound)]))
-            .await;
+        let r = check(
+            &fx,
+            dpop_request(&bound, &[&alg_key.proof("GET", URI, &bound)]),
+        )
+        .await;
         assert_allowed(alg_key.alg, &r);
         assert!(client_headers(&r).is_empty(), "no nonce without dpop_nonce");
     }
@@ -214,12 +191,12 @@ async fn dpop_bound_tokens_through_check() {
         ("authorization", &format!("DPoP {t}")),
         ("dpop", &proof),
     ]));
-    assert_allowed("raw headers", &fx.check(raw).await);
+    assert_allowed("raw headers", &check(&fx, raw).await);
 
     let p = key.proof("GET", URI, &t);
-    let r = fx.check(dpop_request(&t, &[&p])).await;
+    let r = check(&fx, dpop_request(&t, &[&p])).await;
     assert_allowed("first use", &r);
-    let replay = fx.check(dpop_request(&t, &[&p])).await;
+    let replay = check(&fx, dpop_request(&t, &[&p])).await;
     assert_denied(
         "the same proof again",
         &replay,
@@ -295,7 +272,7 @@ async fn dpop_bound_tokens_through_check() {
         ),
     ];
     for (name, req) in proof_cases {
-        let r = fx.check(req).await;
+        let r = check(&fx, req).await;
         assert_denied(
             name,
             &r,
@@ -329,12 +306,14 @@ async fn dpop_bound_tokens_through_check() {
         ),
     ];
     for (name, req, challenge) in binding_cases {
-        let r = fx.check(req).await;
+        let r = check(&fx, req).await;
         assert_denied(name, &r, challenge, "invalid_token", "binding_mismatch");
     }
-    let bearer_only = fx
-        .check(request("GET", &[("authorization", &format!("Bearer {t}"))]))
-        .await;
+    let bearer_only = check(
+        &fx,
+        request("GET", &[("authorization", &format!("Bearer {t}"))]),
+    )
+    .await;
     assert_eq!(status(&bearer_only), (Code::Unauthenticated, 401));
     assert!(
         client_headers(&bearer_only)["www-authenticate"].contains("binding_mismatch"),
@@ -346,15 +325,17 @@ async fn dpop_bound_tokens_through_check() {
     c["exp"] = json!(now() - 3600);
     c["iat"] = json!(now() - 7200);
     let expired = fx.issuer.token(&c);
-    let r = fx
-        .check(dpop_request(&expired, &[&key.proof("GET", URI, &expired)]))
-        .await;
+    let r = check(
+        &fx,
+        dpop_request(&expired, &[&key.proof("GET", URI, &expired)]),
+    )
+    .await;
     assert_denied("expired", &r, DPOP_CHALLENGE, "invalid_token", "expired");
 
     // A request whose target cannot be compared with htu is a bad request.
     let mut no_host = dpop_request(&t, &[&proof_for(URI)]);
     http_mut(&mut no_host).host = String::new();
-    let r = fx.check(no_host).await;
+    let r = check(&fx, no_host).await;
     assert_eq!(status(&r), (Code::InvalidArgument, 400), "{r:?}");
 }
 
@@ -380,9 +361,7 @@ async fn dpop_nonces_on_both_answers() {
     .await;
     let key = DpopKey::es256();
     let t = fx.token(json!({"jkt": key.jkt()}));
-    let r = fx
-        .check(dpop_request(&t, &[&key.proof("GET", URI, &t)]))
-        .await;
+    let r = check(&fx, dpop_request(&t, &[&key.proof("GET", URI, &t)])).await;
     assert_denied(
         "no nonce",
         &r,
@@ -395,7 +374,7 @@ async fn dpop_nonces_on_both_answers() {
         .cloned()
         .expect("DPoP-Nonce on the 401");
     let forged = key.proof_with("GET", URI, &t, json!({"nonce": "forged-nonce"}));
-    let r = fx.check(dpop_request(&t, &[&forged])).await;
+    let r = check(&fx, dpop_request(&t, &[&forged])).await;
     assert_denied(
         "a forged nonce",
         &r,
@@ -404,7 +383,7 @@ async fn dpop_nonces_on_both_answers() {
         "use_dpop_nonce",
     );
     let honest = key.proof_with("GET", URI, &t, json!({"nonce": nonce}));
-    let r = fx.check(dpop_request(&t, &[&honest])).await;
+    let r = check(&fx, dpop_request(&t, &[&honest])).await;
     assert_allowed("with the server's nonce", &r);
     assert!(
         client_headers(&r).contains_key("dpop-nonce"),
@@ -421,7 +400,7 @@ async fn certificate_bound_tokens_through_check() {
     let bearer = format!("Bearer {t}");
     let plain = || request("GET", &[("authorization", bearer.as_str())]);
 
-    let r = fx.check(with_certificate(plain(), &cert.cert.pem())).await;
+    let r = check(&fx, with_certificate(plain(), &cert.cert.pem())).await;
     assert_allowed("the bound certificate", &r);
     for (name, req) in [
         ("no certificate", plain()),
@@ -434,7 +413,7 @@ async fn certificate_bound_tokens_through_check() {
             with_certificate(plain(), "not a certificate"),
         ),
     ] {
-        let r = fx.check(req).await;
+        let r = check(&fx, req).await;
         assert_denied(
             name,
             &r,
@@ -448,7 +427,7 @@ async fn certificate_bound_tokens_through_check() {
     let unbound = format!("Bearer {}", fx.token(Value::Null));
     for pem in [other.cert.pem(), "not a certificate".to_string()] {
         let req = with_certificate(request("GET", &[("authorization", &unbound)]), &pem);
-        assert_allowed("unbound token", &fx.check(req).await);
+        assert_allowed("unbound token", &check(&fx, req).await);
     }
     // A hex thumbprint in cnf never matches.
     let hex: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.cert.der())
@@ -463,7 +442,7 @@ async fn certificate_bound_tokens_through_check() {
     );
     assert_denied(
         "cnf x5t#S256 in hex",
-        &fx.check(req).await,
+        &check(&fx, req).await,
         BEARER_CHALLENGE,
         "invalid_token",
         "binding_mismatch",
@@ -474,59 +453,43 @@ async fn certificate_bound_tokens_through_check() {
 async fn opaque_tokens_bound_by_the_introspection_answer() {
     let key = DpopKey::es256();
     let jkt = key.jkt();
-    let fx = {
-        let idp = FakeIdp::start().await;
-        let issuer = TestKey::ec("issuer-1");
-        idp.serve_oidc(&[&issuer]);
-        idp.set(
-            Method::POST,
-            "/introspect",
-            Behaviour::Dynamic(Arc::new(move |seen: &Seen| {
-                let body = String::from_utf8_lossy(&seen.body).to_string();
-                let mut answer = json!({"active": true, "sub": "opaque-user", "client_id": "svc",
-                    "aud": ["api://demo"], "exp": now() + 600});
-                if body.contains("token=bound") {
-                    answer["cnf"] = json!({"jkt": jkt});
-                    answer["token_type"] = json!("DPoP");
-                }
-                (
-                    200,
-                    vec![("content-type".into(), "application/json".into())],
-                    answer.to_string().into_bytes(),
-                )
-            })),
-        );
-        let extra = format!(
-            "    introspection:\n      endpoint: \"{}\"\n      client_id: c\n      client_secret_env: S\n      auth: client_secret_post\n",
-            idp.url("/introspect")
-        );
-        let h = start(settings_with_env(
-            &oidc_tenant(&idp, &extra),
-            &[("S", "secret")],
-        ))
-        .await;
-        h.wait_health(SERVICE_NAME, 1).await;
-        Fx { idp, issuer, h }
-    };
+    let fx = Fixture::start_with(introspection_yaml, &[("S", "secret")], SERVICE_NAME).await;
+    fx.idp.set(
+        Method::POST,
+        "/introspect",
+        Behaviour::Dynamic(Arc::new(move |seen: &Seen| {
+            let body = String::from_utf8_lossy(&seen.body).to_string();
+            let mut answer = json!({"active": true, "sub": "opaque-user", "client_id": "svc",
+                "aud": ["api://demo"], "exp": now() + 600});
+            if body.contains("token=bound") {
+                answer["cnf"] = json!({"jkt": jkt});
+                answer["token_type"] = json!("DPoP");
+            }
+            (
+                200,
+                vec![("content-type".into(), "application/json".into())],
+                answer.to_string().into_bytes(),
+            )
+        })),
+    );
     let token = "bound-opaque-1";
     let p = key.proof("GET", URI, token);
     assert_allowed(
         "with its proof",
-        &fx.check(dpop_request(token, &[&p])).await,
+        &check(&fx, dpop_request(token, &[&p])).await,
     );
     assert_denied(
         "the same proof again",
-        &fx.check(dpop_request(token, &[&p])).await,
+        &check(&fx, dpop_request(token, &[&p])).await,
         DPOP_CHALLENGE,
         "invalid_dpop_proof",
         "invalid_dpop_proof",
     );
-    let as_bearer = fx
-        .check(request(
-            "GET",
-            &[("authorization", &format!("Bearer {token}"))],
-        ))
-        .await;
+    let as_bearer = check(
+        &fx,
+        request("GET", &[("authorization", &format!("Bearer {token}"))]),
+    )
+    .await;
     assert_denied(
         "bound opaque token as Bearer",
         &as_bearer,
@@ -537,8 +500,7 @@ async fn opaque_tokens_bound_by_the_introspection_answer() {
     let other = DpopKey::es256();
     assert_denied(
         "a proof by another key",
-        &fx.check(dpop_request(token, &[&other.proof("GET", URI, token)]))
-            .await,
+        &check(&fx, dpop_request(token, &[&other.proof("GET", URI, token)])).await,
         DPOP_CHALLENGE,
         "invalid_token",
         "binding_mismatch",
@@ -546,16 +508,19 @@ async fn opaque_tokens_bound_by_the_introspection_answer() {
     let unbound = "plain-opaque-2";
     assert_allowed(
         "an unbound opaque token as Bearer",
-        &fx.check(request(
-            "GET",
-            &[("authorization", &format!("Bearer {unbound}"))],
-        ))
+        &check(
+            &fx,
+            request("GET", &[("authorization", &format!("Bearer {unbound}"))]),
+        )
         .await,
     );
     assert_denied(
         "an unbound opaque token with the DPoP scheme",
-        &fx.check(dpop_request(unbound, &[&key.proof("GET", URI, unbound)]))
-            .await,
+        &check(
+            &fx,
+            dpop_request(unbound, &[&key.proof("GET", URI, unbound)]),
+        )
+        .await,
         DPOP_CHALLENGE,
         "invalid_token",
         "binding_mismatch",

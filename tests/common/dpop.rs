@@ -11,7 +11,57 @@ use aws_lc_rs::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
-use super::now;
+use super::{FakeIdp, Harness, TestKey, claims, now, settings_with_env, start};
+
+/// The secret of nonce-requiring tenants in the tests (`NONCE_SECRET` in their env).
+pub const NONCE_SECRET: &str = "a-dpop-nonce-secret-of-32-bytes!!";
+
+/// The service with tenant `demo` (`extra` lines added to it) of a fake provider whose
+/// ES256 key signs the access tokens; `NONCE_SECRET` is in its environment with `env`.
+pub struct Fixture {
+    /// The provider.
+    pub idp: FakeIdp,
+    /// Its signing key.
+    pub issuer: TestKey,
+    /// The service.
+    pub h: Harness,
+}
+
+impl Fixture {
+    /// Starts both and waits until `service` is SERVING.
+    pub async fn start(extra: &str, env: &[(&str, &str)], service: &str) -> Self {
+        Self::start_with(|_| extra.to_string(), env, service).await
+    }
+
+    /// The same, with tenant lines that name the provider's URLs.
+    pub async fn start_with(
+        extra: impl FnOnce(&FakeIdp) -> String,
+        env: &[(&str, &str)],
+        service: &str,
+    ) -> Self {
+        let idp = FakeIdp::start().await;
+        let issuer = TestKey::ec("issuer-1");
+        idp.serve_oidc(&[&issuer]);
+        let mut env = env.to_vec();
+        env.push(("NONCE_SECRET", NONCE_SECRET));
+        let h = start(settings_with_env(
+            &super::oidc_tenant(&idp, &extra(&idp)),
+            &env,
+        ))
+        .await;
+        h.wait_health(service, 1).await;
+        Self { idp, issuer, h }
+    }
+
+    /// An access token bound by `cnf` (null: unbound).
+    pub fn token(&self, cnf: Value) -> String {
+        let mut c = claims(&self.idp.issuer(), "api://demo");
+        if !cnf.is_null() {
+            c["cnf"] = cnf;
+        }
+        self.issuer.token(&c)
+    }
+}
 
 enum Signer {
     Ec(EcdsaKeyPair),

@@ -453,6 +453,15 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
 }
 
 /// A basic OIDC tenant config for `idp`.
+/// Tenant lines for RFC 7662 introspection at `idp`'s `/introspect`, the client secret
+/// in the variable `S`.
+pub fn introspection_yaml(idp: &FakeIdp) -> String {
+    format!(
+        "    introspection:\n      endpoint: \"{}\"\n      client_id: c\n      client_secret_env: S\n      auth: client_secret_post\n",
+        idp.url("/introspect")
+    )
+}
+
 pub fn oidc_tenant(idp: &FakeIdp, extra: &str) -> String {
     format!(
         "tenants:\n  - id: demo\n    issuer: \"{}\"\n    audiences: [\"api://demo\"]\n    require_https: false\n{extra}",

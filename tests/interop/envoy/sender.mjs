@@ -15,6 +15,7 @@ import https from 'node:https';
 import * as jose from 'jose';
 
 import { dpopClient } from '../node/dpop_client.mjs';
+import { reporter } from '../node/report.mjs';
 
 const env = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const { ports } = JSON.parse(readFileSync(process.argv[3], 'utf8'));
@@ -22,18 +23,7 @@ const IDP = env.idp;
 const CERTS = env.certs;
 const pem = (name) => readFileSync(`${CERTS}/${name}`);
 
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok - envoy-sender: ${name}`);
-  } catch (err) {
-    failed += 1;
-    console.log(`not ok - envoy-sender: ${name}: ${String(err.message || err).replace(/\s+/g, ' ').slice(0, 1500)}`);
-  }
-}
+const { check, finish } = reporter('envoy-sender');
 function expect(cond, what) { if (!cond) throw new Error(what); }
 
 // One request; `headers` is a list of pairs (repeats allowed). Resolves to
@@ -185,6 +175,4 @@ await check('ext_authz_mtls: a DPoP-bound token still needs its proof on the mut
   deniedWith(r, { challenge: DPOP, error: 'invalid_token', description: 'binding_mismatch' });
 });
 
-console.log(`# envoy-sender: ${passed} passed, ${failed} failed`);
-console.log('# runner-done');
-process.exit(0);
+finish();

@@ -13,6 +13,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import * as jose from 'jose';
 
 import { dpopClient } from './dpop_client.mjs';
+import { reporter } from './report.mjs';
 
 const env = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const IDP = env.idp;
@@ -27,21 +28,7 @@ const def = protoLoader.loadSync('introspect/v1/introspect.proto', {
 const pkg = grpc.loadPackageDefinition(def);
 const stub = new pkg.introspect.v1.TokenService(env.service, grpc.credentials.createInsecure());
 
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok - node-dpop: ${name}`);
-  } catch (err) {
-    failed += 1;
-    const reason = err.code !== undefined && err.details !== undefined
-      ? `RPC failed: ${grpc.status[err.code]}: ${err.details}`
-      : String(err.message || err);
-    console.log(`not ok - node-dpop: ${name}: ${reason.replace(/\s+/g, ' ').slice(0, 1500)}`);
-  }
-}
+const { check, finish } = reporter('node-dpop');
 
 function unary(method, request) {
   return new Promise((resolve, reject) => {
@@ -126,6 +113,4 @@ await check('Introspect: an opaque DPoP-bound token is active with its proof, in
   expect(!asBearer.active, 'active as a Bearer token');
 });
 
-console.log(`# node-dpop: ${passed} passed, ${failed} failed`);
-console.log('# runner-done');
-process.exit(0);
+finish();

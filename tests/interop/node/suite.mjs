@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as jose from 'jose';
+import { reporter } from './report.mjs';
 
 const env = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const IDP = env.idp;
@@ -28,21 +29,7 @@ const pkg = grpc.loadPackageDefinition(def);
 const stub = new pkg.introspect.v1.TokenService(env.service, grpc.credentials.createInsecure());
 const health = new pkg.grpc.health.v1.Health(env.service, grpc.credentials.createInsecure());
 
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok - node: ${name}`);
-  } catch (err) {
-    failed += 1;
-    const reason = err.code !== undefined && err.details !== undefined
-      ? `RPC failed: ${grpc.status[err.code]}: ${err.details}`
-      : String(err.message || err);
-    console.log(`not ok - node: ${name}: ${reason.replace(/\s+/g, ' ').slice(0, 1500)}`);
-  }
-}
+const { check, finish } = reporter('node');
 
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
@@ -299,6 +286,4 @@ await check('examples/node/validate.js: valid and invalid token', async () => {
 
 stub.close();
 health.close();
-console.log(`# node: ${passed} passed, ${failed} failed`);
-console.log('# runner-done');
-process.exit(failed ? 1 : 0);
+finish();
