@@ -1,6 +1,7 @@
 //! The closed-loop HTTP load generator: `in_flight` callers over keep-alive HTTP/1.1
 //! connections to Envoy; each sends its next request as soon as the previous one is
-//! answered, with the next of the distinct tokens, and records the latency.
+//! answered, with the next of the distinct tokens (and, in the DPoP mode, a fresh DPoP
+//! proof made for it), and records the latency.
 
 use std::{
     sync::{
@@ -9,6 +10,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use crate::tokens::DpopClient;
 
 /// One measured phase.
 #[derive(Debug, Default)]
@@ -41,7 +44,8 @@ impl Phase {
 }
 
 /// Runs `in_flight` callers against `url` for `duration` (or, with `once`, until every
-/// token was sent once), cycling through `tokens`.
+/// token was sent once), cycling through `tokens`; with `dpop`, each request uses the
+/// `DPoP` scheme and carries a fresh proof (signed by the caller, outside introspectd).
 pub(crate) async fn run(
     client: &reqwest::Client,
     url: &str,
@@ -49,17 +53,19 @@ pub(crate) async fn run(
     in_flight: usize,
     duration: Duration,
     once: bool,
+    dpop: Option<Arc<DpopClient>>,
 ) -> Phase {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(in_flight);
     for _ in 0..in_flight {
-        let (client, url, tokens, next) = (
+        let (client, url, tokens, next, dpop) = (
             client.clone(),
             url.to_string(),
             tokens.clone(),
             next.clone(),
+            dpop.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut phase = Phase::default();
@@ -69,12 +75,23 @@ pub(crate) async fn run(
                     break;
                 }
                 let token = &tokens[i % tokens.len()];
+                let request = match &dpop {
+                    None => client
+                        .get(&url)
+                        .header("authorization", format!("Bearer {token}")),
+                    Some(d) => match d.proof(&url, token) {
+                        Ok(proof) => client
+                            .get(&url)
+                            .header("authorization", format!("DPoP {token}"))
+                            .header("dpop", proof),
+                        Err(_) => {
+                            phase.failures += 1;
+                            continue;
+                        }
+                    },
+                };
                 let sent = Instant::now();
-                let answer = client
-                    .get(&url)
-                    .header("authorization", format!("Bearer {token}"))
-                    .send()
-                    .await;
+                let answer = request.send().await;
                 let ok = match answer {
                     Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
                     Err(_) => false,

@@ -1,9 +1,11 @@
 //! `cargo bench --bench envoy_load`: HTTP load through a real Envoy in front of a small
 //! upstream, in three setups: no authentication, Envoy's own `jwt_authn` (without and
 //! with its JWT cache) and `ext_authz` asking introspectd, each with RS256 and ES256
-//! tokens (distinct tokens, every one sent once as a warm-up before the measurement).
-//! Prints calls/s, p50/p99 and the CPU per request of Envoy and of introspectd, read
-//! from `/proc/<pid>/stat`. `benches/envoy_load/run.sh` installs Envoy and runs it;
+//! tokens (distinct tokens, every one sent once as a warm-up before the measurement);
+//! and the DPoP mode of issue 17: ext_authz with DPoP-bound tokens, each request carrying
+//! a fresh ES256 proof, beside the same setup with Bearer tokens and the floor (one ES256
+//! verification, timed in this process in the same run). Prints calls/s, p50/p99 and
+//! the CPU per request of Envoy and of introspectd, read from `/proc/<pid>/stat`. `benches/envoy_load/run.sh` installs Envoy and runs it;
 //! `-- --help` lists the options.
 
 mod envoy;
@@ -13,11 +15,14 @@ mod tokens;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
+
 use clap::Parser;
 
 use crate::{
     envoy::Setup,
-    tokens::{Alg, Keys},
+    procs::Proc,
+    tokens::{Alg, DpopClient, Keys},
 };
 
 /// HTTP load through Envoy: no auth, jwt_authn, ext_authz to introspectd.
@@ -44,6 +49,8 @@ struct Args {
 /// One row of the table.
 struct Row {
     setup: Setup,
+    /// DPoP-bound tokens with a proof per request.
+    dpop: bool,
     alg: Alg,
     phase: load::Phase,
     envoy_cpu_us: f64,
@@ -80,55 +87,135 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.in_flight)
         .timeout(Duration::from_secs(10))
         .build()?;
+    let dpop = Arc::new(DpopClient::generate()?);
     let mut rows = Vec::new();
     for alg in [Alg::Rs256, Alg::Es256] {
-        let tokens = Arc::new(keys.tokens(alg, args.tokens)?);
+        let bearer = Arc::new(keys.tokens(alg, args.tokens, None)?);
+        let bound = Arc::new(keys.tokens(alg, args.tokens, Some(&dpop.jkt))?);
+        let mut procs = Procs {
+            envoy: &mut envoy_proc,
+            introspectd: &mut introspectd,
+        };
         for setup in Setup::ALL {
             let url = format!("http://127.0.0.1:{}/", ports.port(setup));
-            let warm = load::run(
-                &client,
-                &url,
-                tokens.clone(),
-                args.in_flight,
-                Duration::ZERO,
-                true,
-            )
-            .await;
-            anyhow::ensure!(
-                warm.failures == 0,
-                "{} {}: {} warm-up requests failed",
-                setup.name(),
-                alg.name(),
-                warm.failures
-            );
-            let (e0, i0) = (envoy_proc.cpu_secs()?, introspectd.cpu_secs()?);
-            let phase = load::run(
-                &client,
-                &url,
-                tokens.clone(),
-                args.in_flight,
-                Duration::from_secs(args.seconds),
-                false,
-            )
-            .await;
-            let (e1, i1) = (envoy_proc.cpu_secs()?, introspectd.cpu_secs()?);
-            envoy_proc.check_alive()?;
-            introspectd.check_alive()?;
-            let n = (phase.ok + phase.failures).max(1) as f64;
-            rows.push(Row {
+            let s = Scenario {
                 setup,
                 alg,
-                envoy_cpu_us: (e1 - e0) * 1e6 / n,
-                introspectd_cpu_us: (i1 - i0) * 1e6 / n,
-                phase,
-            });
+                url,
+                tokens: bearer.clone(),
+                dpop: None,
+            };
+            rows.push(s.measure(&client, args, &mut procs).await?);
         }
+        let url = format!("http://127.0.0.1:{}/", ports.port(Setup::ExtAuthz));
+        let s = Scenario {
+            setup: Setup::ExtAuthz,
+            alg,
+            url,
+            tokens: bound,
+            dpop: Some(dpop.clone()),
+        };
+        rows.push(s.measure(&client, args, &mut procs).await?);
     }
-    report(args, &rows);
+    report(args, &rows, es256_floor_us()?);
     Ok(())
 }
 
-fn report(args: &Args, rows: &[Row]) {
+/// The two processes whose CPU time is read.
+struct Procs<'a> {
+    envoy: &'a mut Proc,
+    introspectd: &'a mut Proc,
+}
+
+/// One row's load: a setup, an algorithm, its tokens and, in the DPoP mode, the client.
+struct Scenario {
+    setup: Setup,
+    alg: Alg,
+    url: String,
+    tokens: Arc<Vec<String>>,
+    dpop: Option<Arc<DpopClient>>,
+}
+
+impl Scenario {
+    /// Every token once (warm-up, all must pass), then `args.seconds` of measured load.
+    async fn measure(
+        self,
+        client: &reqwest::Client,
+        args: &Args,
+        procs: &mut Procs<'_>,
+    ) -> anyhow::Result<Row> {
+        let (url, tokens, dpop) = (&self.url, &self.tokens, &self.dpop);
+        let warm = load::run(
+            client,
+            url,
+            tokens.clone(),
+            args.in_flight,
+            Duration::ZERO,
+            true,
+            dpop.clone(),
+        )
+        .await;
+        anyhow::ensure!(
+            warm.failures == 0,
+            "{} {}{}: {} warm-up requests failed",
+            self.setup.name(),
+            self.alg.name(),
+            if dpop.is_some() { " DPoP" } else { "" },
+            warm.failures
+        );
+        let (e0, i0) = (procs.envoy.cpu_secs()?, procs.introspectd.cpu_secs()?);
+        let phase = load::run(
+            client,
+            url,
+            tokens.clone(),
+            args.in_flight,
+            Duration::from_secs(args.seconds),
+            false,
+            dpop.clone(),
+        )
+        .await;
+        let (e1, i1) = (procs.envoy.cpu_secs()?, procs.introspectd.cpu_secs()?);
+        procs.envoy.check_alive()?;
+        procs.introspectd.check_alive()?;
+        let n = (phase.ok + phase.failures).max(1) as f64;
+        Ok(Row {
+            setup: self.setup,
+            dpop: dpop.is_some(),
+            alg: self.alg,
+            envoy_cpu_us: (e1 - e0) * 1e6 / n,
+            introspectd_cpu_us: (i1 - i0) * 1e6 / n,
+            phase,
+        })
+    }
+}
+
+/// The floor of a DPoP-bound call's extra cost: one ES256 verification with its key
+/// parsed for the call (a proof carries its key), median CPU microseconds over batches
+/// timed on this thread.
+fn es256_floor_us() -> anyhow::Result<f64> {
+    let client = DpopClient::generate()?;
+    let proof = client.proof("http://127.0.0.1/", "token")?;
+    let (input, signature) = proof.rsplit_once('.').unwrap_or_default();
+    let signature =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)?;
+    let public = client.public_key();
+    let mut batches = Vec::new();
+    for _ in 0..11 {
+        let start = procs::thread_cpu_secs()?;
+        for _ in 0..200 {
+            let key = UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, public.as_slice());
+            anyhow::ensure!(
+                key.verify(input.as_bytes(), &signature).is_ok(),
+                "floor: a proof does not verify"
+            );
+        }
+        batches.push((procs::thread_cpu_secs()? - start) * 1e6 / 200.0);
+    }
+    batches.sort_by(f64::total_cmp);
+    Ok(batches[batches.len() / 2])
+}
+
+fn report(args: &Args, rows: &[Row], floor_us: f64) {
     println!(
         "\nenvoy_load: {} s per scenario, {} in flight, {} distinct tokens per algorithm, Envoy --concurrency 1",
         args.seconds, args.in_flight, args.tokens
@@ -148,7 +235,11 @@ fn report(args: &Args, rows: &[Row]) {
     for r in rows {
         println!(
             "{:<22} {:<6} {:>9.0} {:>8.0} {:>8.0} {:>11.1} {:>13.1} {:>10.1} {:>8}",
-            r.setup.name(),
+            if r.dpop {
+                "ext_authz, DPoP-bound"
+            } else {
+                r.setup.name()
+            },
             r.alg.name(),
             r.phase.per_sec(),
             r.phase.quantile_us(0.5),
@@ -160,7 +251,10 @@ fn report(args: &Args, rows: &[Row]) {
         );
     }
     for alg in [Alg::Rs256, Alg::Es256] {
-        let find = |s: Setup| rows.iter().find(|r| r.setup == s && r.alg == alg);
+        let find = |s: Setup| {
+            rows.iter()
+                .find(|r| r.setup == s && r.alg == alg && !r.dpop)
+        };
         if let (Some(ext), Some(jwt)) = (find(Setup::ExtAuthz), find(Setup::JwtAuthn)) {
             let total = |r: &Row| r.envoy_cpu_us + r.introspectd_cpu_us;
             println!(
@@ -168,6 +262,22 @@ fn report(args: &Args, rows: &[Row]) {
                 alg.name(),
                 total(ext) / total(jwt),
                 ext.phase.quantile_us(0.99) - jwt.phase.quantile_us(0.99)
+            );
+        }
+    }
+    for alg in [Alg::Rs256, Alg::Es256] {
+        let find = |dpop: bool| {
+            rows.iter()
+                .find(|r| r.setup == Setup::ExtAuthz && r.alg == alg && r.dpop == dpop)
+        };
+        if let (Some(bound), Some(bearer)) = (find(true), find(false)) {
+            let extra = bound.introspectd_cpu_us - bearer.introspectd_cpu_us;
+            println!(
+                "{} token, DPoP-bound over Bearer: introspectd {:+.1} µs CPU per request = floor (one ES256 verification, {:.1} µs in this process) {:+.1} µs",
+                alg.name(),
+                extra,
+                floor_us,
+                extra - floor_us
             );
         }
     }

@@ -131,3 +131,15 @@ pub(crate) fn envoy_binary(root: &Path) -> anyhow::Result<PathBuf> {
         ),
     }
 }
+
+/// CPU seconds the calling thread has run (Linux `schedstat`, nanosecond resolution;
+/// preemption by other processes does not count).
+pub(crate) fn thread_cpu_secs() -> anyhow::Result<f64> {
+    let stat = fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns: u64 = stat
+        .split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?;
+    Ok(ns as f64 / 1e9)
+}

@@ -1,8 +1,15 @@
 //! Signing keys made for the run and the distinct tokens the load cycles through: RS256
 //! (RSA 2048) and ES256 (P-256), signed with aws-lc-rs, published as one JWKS that both
-//! introspectd (`jwks_file`) and Envoy's jwt_authn (`local_jwks`) read.
+//! introspectd (`jwks_file`) and Envoy's jwt_authn (`local_jwks`) read; and the DPoP
+//! client of the DPoP mode (tokens bound to its key, a fresh ES256 proof per request).
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use aws_lc_rs::{
+    digest,
     rand::SystemRandom,
     rsa::{KeyPair as RsaKeyPair, KeySize},
     signature::{self as sig, EcdsaKeyPair, KeyPair as _},
@@ -64,11 +71,15 @@ impl Keys {
         ]})
     }
 
-    /// `count` distinct valid tokens (each its own `sub` and `jti`), valid for an hour.
-    pub(crate) fn tokens(&self, alg: Alg, count: usize) -> anyhow::Result<Vec<String>> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
+    /// `count` distinct valid tokens (each its own `sub` and `jti`), valid for an hour;
+    /// bound to the DPoP key with thumbprint `jkt` when given.
+    pub(crate) fn tokens(
+        &self,
+        alg: Alg,
+        count: usize,
+        jkt: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let kid = match alg {
             Alg::Rs256 => "rs",
             Alg::Es256 => "es",
@@ -77,15 +88,22 @@ impl Keys {
             .encode(json!({"alg": alg.name(), "kid": kid, "typ": "JWT"}).to_string());
         (0..count)
             .map(|i| {
-                let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{i}"),
-                    "jti": format!("{}-{i}", alg.name()), "scope": "read write", "client_id": "bench",
-                    "iat": now, "nbf": now, "exp": now + 3600});
+                let mut claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{i}"),
+                    "jti": format!("{}-{i}-{}", alg.name(), jkt.is_some()), "scope": "read write",
+                    "client_id": "bench", "iat": now, "nbf": now, "exp": now + 3600});
+                if let Some(jkt) = jkt {
+                    claims["cnf"] = json!({"jkt": jkt});
+                }
                 let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
                 let signature = match alg {
                     Alg::Rs256 => {
                         let mut s = vec![0; self.rsa.public_modulus_len()];
-                        self.rsa
-                            .sign(&sig::RSA_PKCS1_SHA256, &self.rng, input.as_bytes(), &mut s)?;
+                        self.rsa.sign(
+                            &sig::RSA_PKCS1_SHA256,
+                            &self.rng,
+                            input.as_bytes(),
+                            &mut s,
+                        )?;
                         s
                     }
                     Alg::Es256 => self.ec.sign(&self.rng, input.as_bytes())?.as_ref().to_vec(),
@@ -93,5 +111,65 @@ impl Keys {
                 Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
             })
             .collect()
+    }
+}
+
+/// The DPoP client of the DPoP mode: one ES256 key, a fresh proof for every request.
+pub(crate) struct DpopClient {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    header_b64: String,
+    /// The RFC 7638 thumbprint of its public key, the tokens' `cnf.jkt`.
+    pub(crate) jkt: String,
+    sent: AtomicU64,
+}
+
+impl DpopClient {
+    /// A fresh key.
+    pub(crate) fn generate() -> anyhow::Result<Self> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)?;
+        let key = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())?;
+        let p = key.public_key().as_ref();
+        let (x, y) = (
+            URL_SAFE_NO_PAD.encode(&p[1..33]),
+            URL_SAFE_NO_PAD.encode(&p[33..65]),
+        );
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let jkt = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()));
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256",
+            "jwk": {"kty": "EC", "crv": "P-256", "x": x, "y": y}});
+        Ok(Self {
+            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+            key,
+            rng,
+            jkt,
+            sent: AtomicU64::new(0),
+        })
+    }
+
+    /// The uncompressed public key point.
+    pub(crate) fn public_key(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
+    }
+
+    /// A proof for `GET url` carrying `token` (RFC 9449 4.2), with a `jti` never used
+    /// before in this run.
+    pub(crate) fn proof(&self, url: &str, token: &str) -> anyhow::Result<String> {
+        let n = self.sent.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let ath = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, token.as_bytes()));
+        let claims = json!({"jti": format!("bench-{n}"), "htm": "GET", "htu": url, "iat": now,
+            "ath": ath});
+        let input = format!(
+            "{}.{}",
+            self.header_b64,
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self.key.sign(&self.rng, input.as_bytes())?;
+        Ok(format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.as_ref())
+        ))
     }
 }
