@@ -1,8 +1,10 @@
 //! `envoy.service.auth.v3.Authorization/Check` (EXT_AUTHZ.md): Envoy, Istio, Envoy
 //! Gateway and Contour ask it before a request reaches a service. The adapter parses the
 //! `CheckRequest` once ([`request`]), turns it into the same typed requests Validate and
-//! Introspect take (so their caches, error codes and metrics apply; there is no second
-//! validation path), and maps the outcome onto a `CheckResponse` ([`response`]).
+//! Introspect take, with what the client presented beside its token (DPoP proofs, the
+//! request's method and URI, the peer certificate), so their caches, error codes,
+//! sender-constraint checks and metrics apply (there is no second validation path), and
+//! maps the outcome onto a `CheckResponse` ([`response`]).
 //!
 //! Generated code for the vendored Envoy protos is fenced in [`pb`].
 
