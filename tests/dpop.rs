@@ -429,6 +429,56 @@ async fn scheme_and_binding_mismatches() {
     }
 }
 
+/// A token accepted before (so any verified-token cache holds it) proves its binding
+/// again on every call: the same token, as Bearer, with a used proof, with another key's
+/// proof, and with a certificate-bound token's certificate gone, is refused each time.
+#[tokio::test]
+async fn a_token_accepted_before_proves_its_binding_on_every_call() {
+    let mut fx = setup("").await;
+    let key = DpopKey::es256();
+    let t = fx.token(json!({"jkt": key.jkt()}));
+    let used = key.proof("GET", URI, &t);
+    for proof in [used.clone(), key.proof("GET", URI, &t)] {
+        let r = fx.h.validate(dpop_req(&t, vec![proof])).await;
+        assert!(r.valid, "{:?}", r.error);
+    }
+    let other = DpopKey::es256();
+    let refusals = [
+        ("as Bearer", bearer_req(&t), E::BindingMismatch),
+        (
+            "a used proof",
+            dpop_req(&t, vec![used]),
+            E::InvalidDpopProof,
+        ),
+        (
+            "another key's proof",
+            dpop_req(&t, vec![other.proof("GET", URI, &t)]),
+            E::BindingMismatch,
+        ),
+        ("no proof", dpop_req(&t, vec![]), E::InvalidDpopProof),
+    ];
+    for (name, req, code) in refusals {
+        let r = fx.h.validate(req).await;
+        assert!(!r.valid, "{name}: accepted");
+        assert_eq!(common::code(&r), code, "{name}");
+    }
+    let r =
+        fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
+            .await;
+    assert!(r.valid, "and again with a fresh proof: {:?}", r.error);
+
+    let der = b"DER of a client certificate".to_vec();
+    let bound = fx.token(json!({"x5t#S256": b64_sha256(&der)}));
+    let with_cert = pb::ValidateRequest {
+        client_certificate: der,
+        ..bearer_req(&bound)
+    };
+    assert!(fx.h.validate(with_cert.clone()).await.valid);
+    assert!(fx.h.validate(with_cert).await.valid);
+    let r = fx.h.validate(bearer_req(&bound)).await;
+    assert_eq!(common::code(&r), E::BindingMismatch, "certificate gone");
+}
+
 #[tokio::test]
 async fn certificate_binding_is_checked() {
     let mut fx = setup("").await;
