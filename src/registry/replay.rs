@@ -71,6 +71,11 @@ impl ReplayCache {
         }
     }
 
+    /// Drops every entry that has expired by `now`.
+    pub fn purge_expired(&self, now: f64) {
+        self.seen.retain(|_, exp| *exp > now);
+    }
+
     /// Entries held now.
     pub fn len(&self) -> usize {
         self.seen.len()
@@ -137,5 +142,18 @@ mod tests {
             ReplayOutcome::Fresh
         );
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn purging_drops_only_expired_entries() {
+        let c = ReplayCache::new(10);
+        c.check_and_record_at("i", "old", 50.0, 10.0);
+        c.check_and_record_at("i", "live", 100.0, 10.0);
+        c.purge_expired(60.0);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            c.check_and_record_at("i", "live", 100.0, 60.0),
+            ReplayOutcome::Replayed
+        );
     }
 }
