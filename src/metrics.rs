@@ -36,7 +36,7 @@ use crate::{
     introspect::Introspection,
     jwt::ErrorCode,
     oidc::FetchObserver,
-    registry::{KeySetId, Registry},
+    registry::{KeySetId, Registry, ReplayCache},
 };
 
 /// `grpc_code` label values, indexed by the numeric gRPC status code. Spelled as Go's
@@ -403,6 +403,9 @@ impl Metrics {
         prom.register_collector(Box::new(KeySetCollector {
             registry: registry.clone(),
         }));
+        prom.register_collector(Box::new(ReplayCollector {
+            registry: registry.clone(),
+        }));
 
         Self {
             registry: prom,
@@ -646,6 +649,57 @@ impl Collector for KeySetCollector {
     }
 }
 
+/// How a replay-cache gauge reads its cache.
+type ReplayGauge = fn(&ReplayCache) -> usize;
+
+/// Replay caches read at scrape time: entries, capacity and refusals per tenant with
+/// `replay_detection`.
+#[derive(Debug)]
+struct ReplayCollector {
+    registry: Registry,
+}
+
+impl Collector for ReplayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let caches: Vec<_> = self
+            .registry
+            .tenants()
+            .iter()
+            .filter_map(|t| t.replay_cache().map(|c| (t.id(), c)))
+            .collect();
+        let gauges: [(&str, &str, ReplayGauge); 2] = [
+            (
+                "introspectd_replay_cache_entries",
+                "Entries (iss, jti) the replay cache holds",
+                ReplayCache::len,
+            ),
+            (
+                "introspectd_replay_cache_capacity",
+                "Most entries the replay cache holds (replay_cache_entries)",
+                ReplayCache::capacity,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (tenant, cache) in &caches {
+                let n = i64::try_from(value(cache)).unwrap_or(i64::MAX);
+                ConstGauge::new(n).encode(family.encode_family(&[("tenant", *tenant)])?)?;
+            }
+        }
+        let mut refusals = encoder.encode_descriptor(
+            "introspectd_replay_cache_refusals",
+            "Tokens refused as REPLAYED because the replay cache was full of live entries",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, cache) in &caches {
+            ConstCounter::new(cache.refusals())
+                .encode(refusals.encode_family(&[("tenant", *tenant)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Introspection cache counters read from the caches at scrape time, so that the
 /// cache's own counters stay the one source of truth.
 #[derive(Debug)]
@@ -878,6 +932,28 @@ mod tests {
             line(&text, "introspectd_key_set_last_success_age_seconds{").is_none(),
             "{text}"
         );
+    }
+
+    #[test]
+    fn replay_caches_are_reported_per_tenant() {
+        let yaml = "tenants:\n  - id: r\n    issuer: https://r.example\n    replay_detection: true\n  - id: plain\n    issuer: https://p.example\n";
+        let settings = config::load_str(yaml, &|_| None, &[]).expect("config");
+        let reg = Registry::new(&settings).expect("registry");
+        let metrics = Metrics::new(&reg, &methods());
+        let cache = reg
+            .tenant("r")
+            .and_then(|t| t.replay_cache())
+            .expect("cache");
+        cache.check_and_record("https://r.example", "j1", 253_402_300_799.0);
+        let text = metrics.encode();
+        for want in [
+            r#"introspectd_replay_cache_entries{tenant="r"} 1"#,
+            r#"introspectd_replay_cache_capacity{tenant="r"} 1000000"#,
+            r#"introspectd_replay_cache_refusals_total{tenant="r"} 0"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert!(!text.contains(r#"replay_cache_entries{tenant="plain"}"#));
     }
 
     #[test]

@@ -365,21 +365,28 @@ async fn id_token_nonce_and_azp() {
         .await;
     assert_eq!(code(&r), E::InvalidNonce);
 
+    // The request's nonce makes it an ID token check, where azp is required.
     let mut multi = claims(&idp.issuer(), "api://demo");
     multi["aud"] = json!(["api://demo", "other"]);
+    multi["nonce"] = json!("n-123");
+    let id_token = |c: &serde_json::Value| pb::ValidateRequest {
+        token: key.token(c),
+        nonce: "n-123".into(),
+        ..Default::default()
+    };
     assert_eq!(
-        code(&h.validate_token(&key.token(&multi)).await),
+        code(&h.validate(id_token(&multi)).await),
         E::InvalidAudience,
         "no azp"
     );
     multi["azp"] = json!("other");
     assert_eq!(
-        code(&h.validate_token(&key.token(&multi)).await),
+        code(&h.validate(id_token(&multi)).await),
         E::InvalidAudience,
         "azp not accepted"
     );
     multi["azp"] = json!("api://demo");
-    assert!(h.validate_token(&key.token(&multi)).await.valid);
+    assert!(h.validate(id_token(&multi)).await.valid);
 }
 
 #[tokio::test]

@@ -180,9 +180,14 @@ async fn every_cheap_rejection_has_its_code_and_causes_no_traffic() {
             E::InvalidAudience,
         ),
         (
-            "two audiences without azp",
-            key.token(&with(&|c| c["aud"] = json!(["api://demo", "x"]))),
+            "two audiences, none accepted",
+            key.token(&with(&|c| c["aud"] = json!(["x", "y"]))),
             E::InvalidAudience,
+        ),
+        (
+            "exp past 9999",
+            key.token(&with(&|c| c["exp"] = json!(1e300))),
+            E::Malformed,
         ),
     ];
     for (name, token, want) in cases {

@@ -284,6 +284,12 @@ pub fn credentials_refused(status: u16, body: &[u8]) -> bool {
     }
 }
 
+/// The answer to introspecting `token`: [`interpret`], without anything that echoes the
+/// token ([`Answer::without_token`]).
+pub fn answer_for(token: &str, status: u16, body: &[u8], tenant: &str) -> Result<Answer, Failure> {
+    interpret(status, body, tenant).map(|a| a.without_token(token))
+}
+
 /// Classifies an introspection endpoint's reply (a 401 on the bearer path has already
 /// been retried): a 2xx with an RFC 7662 answer, a configuration fault, or an outage.
 pub fn interpret(status: u16, body: &[u8], tenant: &str) -> Result<Answer, Failure> {

@@ -316,6 +316,14 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     &b[i..]
 }
 
+/// Bit length of a big-endian modulus without leading zero bytes; `None` for an empty
+/// (or all-zero, once stripped) modulus, which is no key at all.
+fn modulus_bits(n: &[u8]) -> Option<usize> {
+    let first = n.first()?;
+    let unused = usize::try_from(first.leading_zeros()).ok()?;
+    n.len().checked_mul(8)?.checked_sub(unused)
+}
+
 /// DER of a PKCS#1 `RSAPublicKey` (RFC 8017 A.1.1).
 fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
     fn integer(out: &mut Vec<u8>, v: &[u8]) {
@@ -371,7 +379,7 @@ fn rsa_key(
     let e_raw = b64_member(jwk, "e")?;
     let n = strip_leading_zeros(&n_raw);
     let e = strip_leading_zeros(&e_raw);
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    let bits = modulus_bits(n).ok_or("RSA modulus is empty or zero")?;
     if bits < MIN_RSA_BITS {
         return Err(format!(
             "RSA modulus of {bits} bits is under {MIN_RSA_BITS}"
@@ -844,6 +852,19 @@ mod tests {
         let n = public.modulus().big_endian_without_leading_zero();
         assert_eq!(n.len(), 256);
         assert!(!roca::is_vulnerable(n));
+    }
+
+    #[test]
+    fn empty_and_zero_moduli_are_refused_not_underflowed() {
+        assert_eq!(modulus_bits(&[]), None);
+        assert_eq!(modulus_bits(&[1]), Some(1));
+        assert_eq!(modulus_bits(&[0x80, 0]), Some(16));
+        for n in ["", "AA", "AAAA", "AAAAAAAAAAA"] {
+            let jwk = json!({"kty": "RSA", "kid": "r", "n": n, "e": "AQAB"});
+            let err =
+                VerifyingKey::from_jwk(jwk.as_object().expect("obj"), &remote()).expect_err(n);
+            assert!(err.contains("empty or zero"), "{n:?}: {err}");
+        }
     }
 
     #[test]

@@ -30,7 +30,11 @@ use crate::{
         TenantSettings,
     },
     events::{self, EventBus, KeyEvent, KeyEventKind, KeyInfo, Origin},
-    jwt::{ErrorCode, Rejection, claims::Claims, echo},
+    jwt::{
+        ErrorCode, Rejection,
+        claims::{Claims, TokenKind},
+        echo,
+    },
     keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
 };
 
@@ -185,6 +189,7 @@ pub struct Tenant {
     /// Lower-case policy name -> configured name.
     policies: HashMap<String, String>,
     replay: Option<ReplayCache>,
+    token_kind: TokenKind,
 }
 
 impl Tenant {
@@ -204,13 +209,24 @@ impl Tenant {
         let replay = settings
             .policy
             .replay_detection
-            .then(|| ReplayCache::new(DEFAULT_REPLAY_CACHE_ENTRIES));
+            .then(|| ReplayCache::new(&settings.id, DEFAULT_REPLAY_CACHE_ENTRIES));
         Self {
             settings,
             template,
             policies,
             replay,
+            token_kind: TokenKind::default(),
         }
+    }
+
+    /// The replay cache, when the tenant has replay detection on.
+    pub fn replay_cache(&self) -> Option<&ReplayCache> {
+        self.replay.as_ref()
+    }
+
+    /// What Validate checks this tenant's tokens as when the request carries no nonce.
+    pub fn token_kind(&self) -> TokenKind {
+        self.token_kind
     }
 
     /// Tenant id.
@@ -576,11 +592,6 @@ impl Registry {
             })
             .collect::<Vec<_>>()
             .join("; ")
-    }
-
-    /// The replay cache of a tenant, when it has replay detection on.
-    pub(crate) fn replay_of(tenant: &Tenant) -> Option<&ReplayCache> {
-        tenant.replay.as_ref()
     }
 
     /// Longest a caller waits for a kid-miss refresh of `state`.

@@ -11,7 +11,7 @@ use super::{KeySetId, KeySetState, Registry, Tenant, replay::ReplayOutcome};
 use crate::{
     jwt::{
         ErrorCode, Rejection,
-        claims::{self, Claims, TimePolicy},
+        claims::{self, Claims, TimePolicy, TokenKind},
         jws,
     },
     keys::{KeyLookup, VerifyingKey},
@@ -143,7 +143,12 @@ impl Registry {
         } else {
             input.audiences
         };
-        claims::check_audience(&claims, audiences).map_err(at_tenant)?;
+        // A request nonce says the caller checks an ID token (OpenID Connect Core 3.1.3.7).
+        let kind = match input.nonce {
+            Some(_) => TokenKind::IdToken,
+            None => tenant.token_kind(),
+        };
+        claims::check_audience(&claims, audiences, kind).map_err(at_tenant)?;
         claims::check_scopes(&claims, input.required_scopes).map_err(at_tenant)?;
         claims::check_nonce(&claims, input.nonce).map_err(at_tenant)?;
         // 8. B2C policy
@@ -181,15 +186,22 @@ impl Registry {
             .await
             .map_err(at_policy)?;
         // 11. replay
-        if let Some(cache) = Registry::replay_of(&tenant) {
+        if let Some(cache) = tenant.replay_cache() {
             let Some(jti) = claims.jti.as_deref() else {
                 return Err(at_policy(Rejection::new(
                     ErrorCode::MissingClaim,
                     "claim `jti` is required for replay detection",
                 )));
             };
-            let expires =
-                claims.exp.unwrap_or_else(now_secs) + settings.policy.clock_skew.as_secs_f64();
+            // A token without `exp` could be replayed forever; remembering it for a while
+            // would only hide that.
+            let Some(exp) = claims.exp else {
+                return Err(at_policy(Rejection::new(
+                    ErrorCode::MissingClaim,
+                    "claim `exp` is required for replay detection",
+                )));
+            };
+            let expires = exp + settings.policy.clock_skew.as_secs_f64();
             let outcome = if input.peek_replay {
                 cache.peek(&iss, jti)
             } else {
