@@ -246,7 +246,7 @@ pub async fn run_refresher(
             }
         };
         state.refresh.complete(generation);
-        state.update_status(|s| s.next_refresh = Some(SystemTime::now() + delay));
+        state.update_status(|s| s.next_refresh = SystemTime::now().checked_add(delay));
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         // A wake-up permit may be left from a request this fetch already served, so a

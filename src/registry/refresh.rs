@@ -88,8 +88,9 @@ impl RefreshControl {
             return Some(requested);
         }
         let now = Instant::now();
+        // A cooldown too long to add to an Instant never ends.
         if let Some(t) = *last
-            && now < t + cooldown
+            && t.checked_add(cooldown).is_none_or(|until| now < until)
         {
             return None;
         }
@@ -195,6 +196,25 @@ mod tests {
     async fn wait_is_bounded() {
         let c = RefreshControl::new(true);
         assert!(!c.wait(1, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_enormous_cooldown_cannot_overflow() {
+        let c = RefreshControl::new(true);
+        let (g, _) = c.begin();
+        c.complete(g);
+        assert_eq!(
+            c.kid_miss(Duration::MAX),
+            Some(2),
+            "the first miss refreshes"
+        );
+        let (g, _) = c.begin();
+        c.complete(g);
+        assert_eq!(
+            c.kid_miss(Duration::MAX),
+            None,
+            "and the cooldown never ends"
+        );
     }
 
     #[test]

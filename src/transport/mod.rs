@@ -54,8 +54,11 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// When a connection accepted now is closed; `None`: never (no age, or one too long
+    /// to add to an Instant).
     fn deadline(&self) -> Option<Instant> {
-        self.max_age.map(|age| Instant::now() + age + self.grace)
+        let age = self.max_age?;
+        Instant::now().checked_add(age)?.checked_add(self.grace)
     }
 }
 
@@ -280,5 +283,28 @@ async fn accept<T>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let limits = |max_age, grace| ConnectionLimits { max_age, grace };
+        assert!(limits(None, Duration::MAX).deadline().is_none());
+        assert!(
+            limits(Some(Duration::MAX), Duration::ZERO)
+                .deadline()
+                .is_none()
+        );
+        assert!(
+            limits(Some(Duration::from_secs(1)), Duration::MAX)
+                .deadline()
+                .is_none()
+        );
+        let d = limits(Some(Duration::from_secs(60)), Duration::from_secs(30)).deadline();
+        assert!(d.is_some_and(|d| d > Instant::now() + Duration::from_secs(89)));
     }
 }
