@@ -3,11 +3,17 @@
 //! the key (with at most one refresh on a kid miss, bounded by `fetch_timeout`), the
 //! signature, and replay.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use jsonwebtoken::Algorithm;
 
-use super::{KeySetId, KeySetState, Registry, Tenant, replay::ReplayOutcome};
+use super::{
+    KeySetId, KeySetState, Registry, Tenant,
+    replay::{ReplayCache, ReplayOutcome},
+};
 use crate::{
     jwt::{
         ErrorCode, Rejection,
@@ -187,41 +193,8 @@ impl Registry {
             .map_err(at_policy)?;
         // 11. replay
         if let Some(cache) = tenant.replay_cache() {
-            let Some(jti) = claims.jti.as_deref() else {
-                return Err(at_policy(Rejection::new(
-                    ErrorCode::MissingClaim,
-                    "claim `jti` is required for replay detection",
-                )));
-            };
-            // A token without `exp` could be replayed forever; remembering it for a while
-            // would only hide that.
-            let Some(exp) = claims.exp else {
-                return Err(at_policy(Rejection::new(
-                    ErrorCode::MissingClaim,
-                    "claim `exp` is required for replay detection",
-                )));
-            };
-            let expires = exp + settings.policy.clock_skew.as_secs_f64();
-            let outcome = if input.peek_replay {
-                cache.peek(&iss, jti)
-            } else {
-                cache.check_and_record(&iss, jti, expires)
-            };
-            match outcome {
-                ReplayOutcome::Fresh => {}
-                ReplayOutcome::Replayed => {
-                    return Err(at_policy(Rejection::new(
-                        ErrorCode::Replayed,
-                        "jti was seen before",
-                    )));
-                }
-                ReplayOutcome::Full => {
-                    return Err(at_policy(Rejection::new(
-                        ErrorCode::Replayed,
-                        "replay cache is full; refusing tokens it cannot remember",
-                    )));
-                }
-            }
+            let skew = settings.policy.clock_skew;
+            check_replay(cache, &iss, &claims, skew, input.peek_replay).map_err(at_policy)?;
         }
         Ok(Validated {
             tenant,
@@ -231,6 +204,39 @@ impl Registry {
             algorithm: alg,
             kid,
         })
+    }
+}
+
+/// Step 11: a token of a replay-detecting tenant needs `jti` and `exp` (without `exp` it
+/// could be replayed forever; remembering it for a while would only hide that), and must
+/// not have been seen; it is recorded unless `peek` (Introspect asks, it does not use).
+fn check_replay(
+    cache: &ReplayCache,
+    iss: &str,
+    claims: &Claims,
+    skew: Duration,
+    peek: bool,
+) -> Result<(), Rejection> {
+    let missing = |name: &str| {
+        Rejection::new(
+            ErrorCode::MissingClaim,
+            format!("claim `{name}` is required for replay detection"),
+        )
+    };
+    let jti = claims.jti.as_deref().ok_or_else(|| missing("jti"))?;
+    let exp = claims.exp.ok_or_else(|| missing("exp"))?;
+    let outcome = if peek {
+        cache.peek(iss, jti)
+    } else {
+        cache.check_and_record(iss, jti, exp + skew.as_secs_f64())
+    };
+    match outcome {
+        ReplayOutcome::Fresh => Ok(()),
+        ReplayOutcome::Replayed => Err(Rejection::new(ErrorCode::Replayed, "jti was seen before")),
+        ReplayOutcome::Full => Err(Rejection::new(
+            ErrorCode::Replayed,
+            "replay cache is full; refusing tokens it cannot remember",
+        )),
     }
 }
 
