@@ -4,6 +4,9 @@
 //! through the same entry points and assertions as the libFuzzer binaries, which share
 //! this code (`fuzz/src/lib.rs`).
 
+// Tests: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod targets;

@@ -2,6 +2,9 @@
 //! canonical base64url (one encoding per value), duplicate-member detection at any depth,
 //! the refresh schedule's bounds, and the audience and scope rules.
 
+// Tests: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::{collections::HashSet, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};

@@ -5,6 +5,9 @@
 //! refresher), time claims outside protobuf's range are MALFORMED, and a replay-detecting
 //! tenant refuses tokens without `exp`.
 
+// Tests: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use axum::http::Method;

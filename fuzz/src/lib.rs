@@ -23,6 +23,8 @@
 //!   registry; no error or `Debug` output shows a secret.
 
 #![forbid(unsafe_code)]
+// This is test code: a panic here is the finding the fuzzer reports.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -46,6 +48,7 @@ use introspectd::{
     keys::{IngestOptions, KeySet, KeyType, MAX_RSA_BITS, MIN_RSA_BITS, SUPPORTED_ALGORITHMS},
     oidc,
     registry::{KeySetId, Registry},
+    upstream,
 };
 use jsonwebtoken::AlgorithmFamily;
 use serde_json::{Map, Value, json};
@@ -416,7 +419,7 @@ fn rsa_bits(jwk: &Map<String, Value>) -> usize {
 
 /// A fetched JWKS document through the refresher's parse and ingestion.
 pub fn jwks(data: &[u8]) {
-    let Ok(doc) = oidc::http::parse_json(data) else {
+    let Ok(doc) = upstream::parse_json(data) else {
         return;
     };
     // A tenant's allow-list: everything, or only the asymmetric default.
@@ -489,7 +492,7 @@ pub fn discovery(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let Ok(doc) = oidc::http::parse_json(rest) else {
+    let Ok(doc) = upstream::parse_json(rest) else {
         return;
     };
     let require_https = first & 1 == 0;
@@ -624,7 +627,7 @@ fn check_settings(s: &config::Settings) {
         }
     }
     assert!(s.server.max_token_bytes > 0);
-    assert!(s.server.max_message_bytes >= s.server.max_token_bytes);
+    assert!(s.server.decoding_limit() >= s.server.max_token_bytes);
 }
 
 /// A configuration file and `INTROSPECTD_*` overrides through the loader: YAML, a 0x00

@@ -2,7 +2,7 @@
 //! checks of BEHAVIOUR.md steps 5-7 (type, time, required claims, audience and `azp`,
 //! scopes, nonce), each a pure function of the claims, a policy and the current time.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
@@ -131,6 +131,11 @@ pub fn normalize_type(typ: &str) -> String {
     }
 }
 
+/// True for a GUID in its 36-character form (an Entra ID `tid`).
+pub fn is_guid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
+}
+
 /// The `typ` rule: absent list accepts anything; otherwise the header's `typ` must be one
 /// of them, compared case-insensitively with an optional `application/` prefix.
 pub fn check_type(typ: Option<&str>, accepted: Option<&[String]>) -> Result<(), Rejection> {
@@ -167,6 +172,14 @@ pub struct TimePolicy<'a> {
     pub max_lifetime: Option<Duration>,
     /// Claims that must be present.
     pub required_claims: &'a [String],
+}
+
+/// Now, in seconds since the epoch (fractional), the unit of `exp`, `nbf` and `iat`.
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// `exp` (when required), `nbf`, `iat`, the lifetime bound, then the other required

@@ -10,10 +10,11 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::SystemTime,
 };
 
 use tracing::warn;
+
+use crate::jwt::claims::now_secs;
 
 /// Outcome of recording a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +59,6 @@ pub struct ReplayCache {
     capacity: usize,
     refusals: AtomicU64,
     warned: AtomicBool,
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// An expiry in whole seconds, rounded up so that an entry never leaves early.
