@@ -171,6 +171,8 @@ def config_seeds() -> None:
         "tenants:\n  - id: a\n    issuer: https://a\n    unknown_kid_cooldown: 0s\n",
         "tenants:\n  - id: a\n    issuer: https://a\n    refresh_interval: 100000000y\n",
         "tenants:\n  - id: a\n    issuer: https://a\n    replay_detection: true\n",
+        "defaults:\n  replay_cache_entries: 0\n  token_kind: id_token\ntenants:\n  - id: a\n"
+        "    issuer: https://a\n    replay_detection: true\n    replay_cache_entries: 100000000\n",
         "tenants:\n  - id: a\n    issuer: https://a\n    types: [\"at+jwt \"]\n",
         "tenants:\n  - id: e\n    issuer: \"https://login.example/{tenantid}/v2.0\"\n"
         "    metadata_url: https://login.example/common/v2.0/.well-known/openid-configuration\n",

@@ -44,7 +44,7 @@ const VALIDATE: &str =
 #[tokio::test]
 async fn beyond_the_concurrency_limit_calls_are_refused_at_once_and_service_recovers() {
     let (idp, key, h) = setup(
-        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 0s\n",
+        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 1s\n",
         |s| {
             s.server.concurrency_limit = 1;
         },
@@ -130,7 +130,7 @@ async fn beyond_the_concurrency_limit_calls_are_refused_at_once_and_service_reco
 #[tokio::test]
 async fn a_call_past_the_request_timeout_is_cancelled() {
     let (idp, _key, h) = setup(
-        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 0s\n",
+        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 1s\n",
         |s| {
             s.server.request_timeout = Duration::from_millis(300);
         },

@@ -354,3 +354,70 @@ async fn a_replay_detecting_tenant_refuses_tokens_without_exp() {
     assert!(h.validate_token(&t).await.valid);
     assert_eq!(code(&h.validate_token(&t).await), E::Replayed);
 }
+
+/// `replay_cache_entries` is the capacity: once it holds that many live entries, new
+/// tokens are refused (REPLAYED, they could not be remembered), and `/metrics` shows the
+/// size, the capacity and the refusals.
+#[tokio::test]
+async fn replay_cache_entries_bounds_the_cache_and_its_refusals_are_metrics() {
+    let idp = FakeIdp::start().await;
+    let key = TestKey::rsa("k1", "RS256");
+    idp.serve_oidc(&[&key]);
+    let mut s = settings(&oidc_tenant(
+        &idp,
+        "    replay_detection: true\n    replay_cache_entries: 2\n",
+    ));
+    s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let mut h = start(s).await;
+    h.wait_health("introspect.v1.TokenService", SERVING).await;
+    for _ in 0..2 {
+        let t = key.token(&claims(&idp.issuer(), "api://demo"));
+        assert!(h.validate_token(&t).await.valid);
+    }
+    let third = key.token(&claims(&idp.issuer(), "api://demo"));
+    let r = h.validate_token(&third).await;
+    assert_eq!(code(&r), E::Replayed, "{:?}", r.error);
+    assert!(r.error.expect("error").message.contains("full"));
+    let text = scrape_metrics(h.server.metrics_addr.expect("metrics")).await;
+    assert_eq!(
+        metric(&text, r#"introspectd_replay_cache_entries{tenant="demo"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, r#"introspectd_replay_cache_capacity{tenant="demo"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"introspectd_replay_cache_refusals_total{tenant="demo"}"#
+        ),
+        1.0
+    );
+}
+
+// ---- Finding 1, configured: `token_kind: id_token` ----------------------------------------
+
+#[tokio::test]
+async fn token_kind_id_token_applies_the_azp_rule_without_a_nonce() {
+    let (idp, key, mut h) = setup("    token_kind: id_token\n").await;
+    let keycloak = with(&claims(&idp.issuer(), "api://demo"), |c| {
+        c["aud"] = json!(["api://demo", "account"]);
+        c["azp"] = json!("frontend-app");
+    });
+    let r = h.validate_token(&key.token(&keycloak)).await;
+    assert_eq!(code(&r), E::InvalidAudience, "{:?}", r.error);
+    let no_azp = with(&keycloak, |c| {
+        c.as_object_mut().expect("obj").remove("azp");
+    });
+    assert_eq!(
+        code(&h.validate_token(&key.token(&no_azp)).await),
+        E::InvalidAudience
+    );
+    let good = with(&keycloak, |c| c["azp"] = json!("api://demo"));
+    let r = h.validate_token(&key.token(&good)).await;
+    assert!(r.valid, "{:?}", r.error);
+    // One audience needs no azp, as OpenID Connect Core 3.1.3.7 says.
+    let single = claims(&idp.issuer(), "api://demo");
+    assert!(h.validate_token(&key.token(&single)).await.valid);
+}

@@ -410,7 +410,7 @@ async fn outage_keeps_last_good_keys() {
 
 #[tokio::test]
 async fn malformed_oversized_and_slow_documents_keep_last_good_keys() {
-    let (idp, key, mut h) = setup("    fetch_timeout: 300ms\n    unknown_kid_cooldown: 0s\n").await;
+    let (idp, key, mut h) = setup("    fetch_timeout: 300ms\n    unknown_kid_cooldown: 1s\n").await;
     let iss = idp.issuer();
     let bad: Vec<Behaviour> = vec![
         Behaviour::Raw(200, b"{not json".to_vec()),
@@ -432,6 +432,8 @@ async fn malformed_oversized_and_slow_documents_keep_last_good_keys() {
                 .await
                 .valid
         );
+        // The next kid miss may refresh once the cooldown (at least 1 s) has passed.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     idp.publish("/jwks", &[&key]);
     idp.set_delay("/jwks", Some(Duration::from_secs(2)));

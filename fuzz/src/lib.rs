@@ -618,6 +618,18 @@ fn check_settings(s: &config::Settings) {
         let r = &t.refresh;
         assert!(r.refresh_interval >= Duration::from_secs(1));
         assert!(!r.fetch_timeout.is_zero());
+        assert!(r.unknown_kid_cooldown >= config::MIN_UNKNOWN_KID_COOLDOWN);
+        for d in [
+            r.refresh_interval,
+            r.unknown_kid_cooldown,
+            r.fetch_timeout,
+            t.policy.clock_skew,
+        ] {
+            assert!(d <= config::MAX_DURATION, "a duration over the maximum");
+        }
+        assert!((1..=config::MAX_REPLAY_CACHE_ENTRIES).contains(&t.policy.replay_cache_entries));
+        // Fail closed: a `{tenantid}` issuer always says which Entra tenants it trusts.
+        assert_eq!(t.is_templated(), t.allowed_tenant_ids.is_some());
         assert!(!t.policy.algorithms.is_empty());
         if let Some(types) = &t.policy.types {
             assert!(types.iter().all(|ty| !ty.is_empty()));

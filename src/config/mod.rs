@@ -40,6 +40,7 @@ use std::{fmt, path::Path};
 use serde::Deserialize;
 use serde_yaml_ng::Value as Yaml;
 
+pub use de::{MAX_DURATION, MAX_LONG_DURATION};
 pub use env::{ENV_PREFIX, env_overrides};
 pub use introspection::{
     DEFAULT_CACHE_TTL, DEFAULT_INTROSPECTION_CACHE_ENTRIES, DEFAULT_INTROSPECTION_MAX_CONCURRENCY,
@@ -51,7 +52,7 @@ pub use key_source::{
 pub use policy::{
     DEFAULT_ALGORITHMS, DEFAULT_CLOCK_SKEW, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REPLAY_CACHE_ENTRIES, DEFAULT_REQUIRED_CLAIMS, DEFAULT_UNKNOWN_KID_COOLDOWN,
-    RefreshSettings, ValidationPolicy,
+    MAX_REPLAY_CACHE_ENTRIES, MIN_UNKNOWN_KID_COOLDOWN, RefreshSettings, ValidationPolicy,
 };
 pub use server::{
     DEFAULT_CONCURRENCY_LIMIT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
@@ -60,7 +61,7 @@ pub use server::{
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL,
     ServerSettings, TlsSettings,
 };
-pub use tenant::TenantSettings;
+pub use tenant::{ANY_TENANT_ID, AllowedTenantIds, TenantSettings};
 
 /// Placeholder for the Entra ID tenant id in an issuer.
 pub const TENANT_ID_PLACEHOLDER: &str = "{tenantid}";
@@ -129,6 +130,7 @@ struct File {
 
 impl File {
     fn resolve(self, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
+        policy::check_defaults(&self.defaults)?;
         Ok(Settings {
             server: self.server.validated()?,
             tenants: tenant::resolve_all(self.tenants, &self.defaults, env)?,

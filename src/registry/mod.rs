@@ -28,8 +28,8 @@ pub use validate::{ValidateError, ValidateInput, Validated};
 
 use crate::{
     config::{
-        DEFAULT_REPLAY_CACHE_ENTRIES, KeySource, POLICY_PLACEHOLDER, RefreshSettings, Settings,
-        TENANT_ID_PLACEHOLDER, TenantSettings,
+        KeySource, POLICY_PLACEHOLDER, RefreshSettings, Settings, TENANT_ID_PLACEHOLDER,
+        TenantSettings,
     },
     events::{self, EventBus, KeyEvent, KeyEventKind, KeyInfo, Origin},
     jwt::{
@@ -229,7 +229,6 @@ pub struct Tenant {
     /// Lower-case policy name -> configured name.
     policies: HashMap<String, String>,
     replay: Option<ReplayCache>,
-    token_kind: TokenKind,
 }
 
 impl Tenant {
@@ -249,13 +248,12 @@ impl Tenant {
         let replay = settings
             .policy
             .replay_detection
-            .then(|| ReplayCache::new(&settings.id, DEFAULT_REPLAY_CACHE_ENTRIES));
+            .then(|| ReplayCache::new(&settings.id, settings.policy.replay_cache_entries));
         Self {
             settings,
             template,
             policies,
             replay,
-            token_kind: TokenKind::default(),
         }
     }
 
@@ -266,7 +264,7 @@ impl Tenant {
 
     /// What Validate checks this tenant's tokens as when the request carries no nonce.
     pub fn token_kind(&self) -> TokenKind {
-        self.token_kind
+        self.settings.policy.token_kind
     }
 
     /// Tenant id.
@@ -290,10 +288,12 @@ impl Tenant {
                 if !is_guid(tid) {
                     return false;
                 }
-                let allowed = match &self.settings.allowed_tenant_ids {
-                    None => true,
-                    Some(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
-                };
+                // A `{tenantid}` issuer always has its list (configuration requires it).
+                let allowed = self
+                    .settings
+                    .allowed_tenant_ids
+                    .as_ref()
+                    .is_some_and(|ids| ids.allows(tid));
                 allowed
                     && iss.len() == prefix.len() + tid.len() + suffix.len()
                     && iss.starts_with(prefix.as_str())
