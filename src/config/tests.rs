@@ -264,7 +264,10 @@ fn a_null_value_takes_its_default_but_a_null_required_key_is_named() {
 
 #[test]
 fn environment_overrides_reach_every_top_level_section() {
-    assert_eq!(de::keys_of::<File>(), ["server", "defaults", "tenants"]);
+    assert_eq!(
+        de::keys_of::<File>(),
+        ["server", "defaults", "tenants", "ext_authz"]
+    );
 }
 
 const G1: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
