@@ -21,15 +21,11 @@ async fn setup(
     extra_tenant: &str,
     tune: impl FnOnce(&mut Settings),
 ) -> (FakeIdp, TestKey, Harness) {
-    let idp = FakeIdp::start().await;
-    let key = TestKey::rsa("k1", "RS256");
-    idp.serve_oidc(&[&key]);
-    let mut s = settings(&oidc_tenant(&idp, extra_tenant));
-    s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    tune(&mut s);
-    let h = start(s).await;
-    h.wait_health("introspect.v1.TokenService", SERVING).await;
-    (idp, key, h)
+    start_oidc(extra_tenant, |s| {
+        s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        tune(s);
+    })
+    .await
 }
 
 async fn scrape(h: &Harness) -> String {

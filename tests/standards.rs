@@ -22,12 +22,7 @@ const MAX_TIMESTAMP: i64 = 253_402_300_799;
 const MIN_TIMESTAMP: i64 = -62_135_596_800;
 
 async fn setup(extra: &str) -> (FakeIdp, TestKey, Harness) {
-    let idp = FakeIdp::start().await;
-    let key = TestKey::rsa("k1", "RS256");
-    idp.serve_oidc(&[&key]);
-    let h = start(settings(&oidc_tenant(&idp, extra))).await;
-    h.wait_health("introspect.v1.TokenService", SERVING).await;
-    (idp, key, h)
+    start_oidc(extra, |_| {}).await
 }
 
 fn with(base: &Value, f: impl FnOnce(&mut Value)) -> Value {
@@ -198,9 +193,7 @@ fn introspection_tenant(idp: &FakeIdp, id: &str) -> String {
 
 #[tokio::test]
 async fn jwt_shaped_garbage_is_never_sent_upstream_and_ambiguous_opaque_tokens_stay_invalid() {
-    let idp = FakeIdp::start().await;
-    let key = TestKey::rsa("k1", "RS256");
-    idp.serve_oidc(&[&key]);
+    let (idp, _key) = oidc_idp().await;
     idp.set(
         Method::POST,
         "/introspect",
@@ -360,16 +353,11 @@ async fn a_replay_detecting_tenant_refuses_tokens_without_exp() {
 /// size, the capacity and the refusals.
 #[tokio::test]
 async fn replay_cache_entries_bounds_the_cache_and_its_refusals_are_metrics() {
-    let idp = FakeIdp::start().await;
-    let key = TestKey::rsa("k1", "RS256");
-    idp.serve_oidc(&[&key]);
-    let mut s = settings(&oidc_tenant(
-        &idp,
+    let (idp, key, mut h) = start_oidc(
         "    replay_detection: true\n    replay_cache_entries: 2\n",
-    ));
-    s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let mut h = start(s).await;
-    h.wait_health("introspect.v1.TokenService", SERVING).await;
+        |s| s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await;
     for _ in 0..2 {
         let t = key.token(&claims(&idp.issuer(), "api://demo"));
         assert!(h.validate_token(&t).await.valid);

@@ -18,12 +18,7 @@ const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
 async fn setup(extra: &str) -> (FakeIdp, TestKey, Harness) {
-    let idp = FakeIdp::start().await;
-    let key = TestKey::rsa("k1", "RS256");
-    idp.serve_oidc(&[&key]);
-    let h = start(settings(&oidc_tenant(&idp, extra))).await;
-    h.wait_health("introspect.v1.TokenService", SERVING).await;
-    (idp, key, h)
+    start_oidc(extra, |_| {}).await
 }
 
 #[tokio::test]
