@@ -132,7 +132,7 @@ fn fixture() -> &'static Fixture {
         state.refresh.complete(1);
         let limits = Limits {
             max_token_bytes: MAX_TOKEN_BYTES,
-            max_watchers: 1,
+            watchers: introspectd::grpc::watch::WatcherLimits::total(1),
         };
         let service = TokenServiceImpl::new(registry.clone(), limits)
             .with_introspector(Introspection::local_only(registry));

@@ -22,7 +22,7 @@ use jsonwebtoken::Algorithm;
 use tokio::sync::broadcast;
 
 pub use operator::{RefreshError, RefreshOutcome, RefreshReport};
-pub use refresh::{RefreshControl, RefreshKind};
+pub use refresh::{Forced, RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
 pub use validate::{ValidateError, ValidateInput, Validated};
 
