@@ -53,11 +53,7 @@ pub(super) async fn run<S: GrpcService>(
 ) {
     let _open = shared.metrics.as_ref().map(|m| m.connection());
     let o = &shared.options;
-    // Checked: an age too long to add to an Instant means no end.
-    let hard_end = o
-        .limits
-        .max_age
-        .and_then(|age| Instant::now().checked_add(age)?.checked_add(o.limits.grace));
+    let hard_end = o.limits.hard_end();
     match &o.tls {
         None => {
             let info = Info::Tcp(stream.connect_info());
@@ -132,10 +128,7 @@ async fn serve_http2<S, IO>(
     tokio::pin!(conn);
     let request_deadline = tokio::time::sleep(o.handshake_timeout);
     tokio::pin!(request_deadline);
-    let goaway_at = o
-        .limits
-        .max_age
-        .and_then(|age| Instant::now().checked_add(age));
+    let goaway_at = o.limits.goaway_at();
     let (mut established, mut goaway_sent) = (false, false);
     loop {
         tokio::select! {
