@@ -84,6 +84,12 @@ pub fn b64url_decode(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
         .map_err(|_| malformed(format!("{what} is not canonical base64url")))
 }
 
+/// True when `token` has the shape of a compact JWS (three dot-separated segments),
+/// whether or not they decode.
+pub fn is_jwt_shaped(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
 /// A compact JWS split and decoded, its header as a strict JSON object: the framing
 /// shared by access tokens and DPoP proofs.
 #[derive(Debug, Clone)]

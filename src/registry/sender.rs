@@ -3,11 +3,7 @@
 //! [`SenderState`]: its policy as the pure decision of `jwt::dpop` takes it, its nonce
 //! key and its proof replay store.
 
-use std::{
-    fmt,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::{fmt, time::Duration};
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
@@ -18,7 +14,6 @@ use super::{
 };
 use crate::{
     config::{DEFAULT_DPOP_ALGORITHMS, SenderConstraintSettings, TenantSettings},
-    jwt::claims::now_secs,
     jwt::dpop::{
         Accepted, BindingError, KeyFault, Mode, NonceKey, Presentation, ProofKeys, Refused,
         SenderPolicy,
@@ -79,9 +74,6 @@ pub struct DpopHint {
 /// Most proofs remembered per tenant for the replay rule; past it (after dropping
 /// expired entries) new proofs are refused rather than memory growing.
 pub const DEFAULT_DPOP_REPLAY_ENTRIES: usize = 1_000_000;
-/// Every this many recorded proofs, the expired ones are dropped, so the store holds
-/// about the proofs of the last `dpop_max_age` rather than filling up to its bound.
-pub const DPOP_REPLAY_PURGE_EVERY: u64 = 4096;
 
 /// A tenant's sender-constraint state: its policy, nonce key and proof replay store.
 pub struct SenderState {
@@ -89,7 +81,6 @@ pub struct SenderState {
     clock_skew: Duration,
     nonce: Option<NonceKey>,
     proofs: ReplayCache,
-    recorded: AtomicU64,
     algorithm_names: Vec<String>,
 }
 
@@ -118,8 +109,7 @@ impl SenderState {
             .collect();
         Self {
             clock_skew: tenant.policy.clock_skew,
-            proofs: ReplayCache::new(DEFAULT_DPOP_REPLAY_ENTRIES),
-            recorded: AtomicU64::new(0),
+            proofs: ReplayCache::new(&tenant.id, DEFAULT_DPOP_REPLAY_ENTRIES),
             settings,
             nonce,
             algorithm_names,
@@ -195,11 +185,6 @@ impl SenderState {
     /// The replay rule: records a proof's (htu, jti) until the proof expires; a second
     /// use within that time is refused.
     pub fn record(&self, proof: &ProofUse) -> Result<(), BindingError> {
-        if self.recorded.fetch_add(1, Ordering::Relaxed) % DPOP_REPLAY_PURGE_EVERY
-            == DPOP_REPLAY_PURGE_EVERY - 1
-        {
-            self.proofs.purge_expired(now_secs());
-        }
         match self
             .proofs
             .check_and_record(DPOP_REPLAY_NAMESPACE, &proof.key, proof.expires)
@@ -249,28 +234,31 @@ pub const DPOP_REPLAY_NAMESPACE: &str = "dpop";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwt::claims::now_secs;
 
     #[test]
-    fn expired_proofs_are_purged_as_proofs_are_recorded() {
+    fn expired_proofs_leave_the_store_as_new_ones_come() {
         let yaml = "tenants:\n  - id: t\n    issuer: https://as.example\n";
         let settings = crate::config::load_str(yaml, &|_| None, &[]).expect("config");
         let state = SenderState::new(&settings.tenants[0]);
         let now = now_secs();
-        let proof = |i: u64, expires: f64| ProofUse {
-            key: format!("k{i}"),
+        let proof = |key: &str, expires: f64| ProofUse {
+            key: key.to_string(),
             expires,
         };
-        for i in 0..DPOP_REPLAY_PURGE_EVERY - 1 {
-            state.record(&proof(i, now - 1.0)).expect("fresh");
+        for i in 0..100 {
+            state
+                .record(&proof(&format!("old{i}"), now - 1.0))
+                .expect("fresh");
         }
-        assert_eq!(
-            state.remembered_proofs(),
-            usize::try_from(DPOP_REPLAY_PURGE_EVERY - 1).expect("small")
+        state.record(&proof("live", now + 60.0)).expect("fresh");
+        assert!(
+            state.remembered_proofs() <= 2,
+            "{} proofs held",
+            state.remembered_proofs()
         );
-        state.record(&proof(u64::MAX, now + 60.0)).expect("fresh");
-        assert_eq!(state.remembered_proofs(), 1, "the expired ones are gone");
         assert_eq!(
-            state.record(&proof(u64::MAX, now + 60.0)),
+            state.record(&proof("live", now + 60.0)),
             Err(BindingError::ProofReplayed)
         );
     }

@@ -4,18 +4,20 @@
 //! signature, the sender constraint (DPoP proof or certificate against `cnf`), and
 //! replay.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use jsonwebtoken::Algorithm;
 
 use super::{
-    KeySetId, KeySetState, Registry, RequestError, Tenant, replay::ReplayOutcome, sender::DpopHint,
+    KeySetId, KeySetState, Registry, RequestError, Tenant,
+    replay::{ReplayCache, ReplayOutcome},
+    sender::DpopHint,
 };
 use crate::{
     jwt::dpop::{Binding, Presentation, Scheme},
     jwt::{
         ErrorCode, Rejection,
-        claims::{self, Claims, TimePolicy, now_secs},
+        claims::{self, Claims, TimePolicy, TokenKind, now_secs},
         jws,
     },
     keys::{KeyLookup, VerifyingKey},
@@ -173,7 +175,12 @@ impl Registry {
         } else {
             input.audiences
         };
-        claims::check_audience(&claims, audiences).map_err(at_tenant)?;
+        // A request nonce says the caller checks an ID token (OpenID Connect Core 3.1.3.7).
+        let kind = match input.nonce {
+            Some(_) => TokenKind::IdToken,
+            None => tenant.token_kind(),
+        };
+        claims::check_audience(&claims, audiences, kind).map_err(at_tenant)?;
         claims::check_scopes(&claims, input.required_scopes).map_err(at_tenant)?;
         claims::check_nonce(&claims, input.nonce).map_err(at_tenant)?;
         // 8. B2C policy
@@ -216,7 +223,10 @@ impl Registry {
             .check(&claims.all, input.token, presentation, now)
             .map_err(|r| tenant.binding_refusal(r, policy.clone()))?;
         // 11. replay
-        replay_step(&tenant, &iss, &claims, input.peek_replay).map_err(at_policy)?;
+        if let Some(cache) = tenant.replay_cache() {
+            let skew = settings.policy.clock_skew;
+            check_replay(cache, &iss, &claims, skew, input.peek_replay).map_err(at_policy)?;
+        }
         Ok(Validated {
             tenant,
             policy,
@@ -230,24 +240,28 @@ impl Registry {
     }
 }
 
-/// Step 11: with `replay_detection`, `(iss, jti)` must not have been seen; recorded
-/// unless `peek`.
-fn replay_step(tenant: &Tenant, iss: &str, claims: &Claims, peek: bool) -> Result<(), Rejection> {
-    let Some(cache) = Registry::replay_of(tenant) else {
-        return Ok(());
-    };
-    let Some(jti) = claims.jti.as_deref() else {
-        return Err(Rejection::new(
+/// Step 11: a token of a replay-detecting tenant needs `jti` and `exp` (without `exp` it
+/// could be replayed forever; remembering it for a while would only hide that), and must
+/// not have been seen; it is recorded unless `peek` (Introspect asks, it does not use).
+fn check_replay(
+    cache: &ReplayCache,
+    iss: &str,
+    claims: &Claims,
+    skew: Duration,
+    peek: bool,
+) -> Result<(), Rejection> {
+    let missing = |name: &str| {
+        Rejection::new(
             ErrorCode::MissingClaim,
-            "claim `jti` is required for replay detection",
-        ));
+            format!("claim `{name}` is required for replay detection"),
+        )
     };
-    let skew = tenant.settings.policy.clock_skew.as_secs_f64();
-    let expires = claims.exp.unwrap_or_else(now_secs) + skew;
+    let jti = claims.jti.as_deref().ok_or_else(|| missing("jti"))?;
+    let exp = claims.exp.ok_or_else(|| missing("exp"))?;
     let outcome = if peek {
         cache.peek(iss, jti)
     } else {
-        cache.check_and_record(iss, jti, expires)
+        cache.check_and_record(iss, jti, exp + skew.as_secs_f64())
     };
     match outcome {
         ReplayOutcome::Fresh => Ok(()),

@@ -39,6 +39,7 @@ use crate::{
         ErrorCode,
         claims::now_secs,
         dpop::{Presentation, Scheme},
+        jws,
     },
     metrics::Metrics,
     registry::{DpopHint, Registry, ValidateError, ValidateInput},
@@ -254,7 +255,9 @@ impl ExtAuthzService {
             route: &route,
             presentation: &presentation,
         };
-        let verdict = if is_jwt_shaped(token) {
+        // Three dot-separated segments: Validate answers (a JWT-shaped token that is not a
+        // JWS is MALFORMED, as Introspect treats it).
+        let verdict = if jws::is_jwt_shaped(token) {
             self.validate(&call).await
         } else {
             self.introspect(&call).await
@@ -344,6 +347,13 @@ impl ExtAuthzService {
     /// introspect it, Validate answers (MALFORMED: it is not a JWS).
     async fn introspect(&self, call: &Call<'_>) -> Result<Identity, Refusal> {
         let route = call.route;
+        // Introspect answers such a token `active: false` (RFC 7662); the deny table says
+        // why it is refused instead: it is not a JWS.
+        if let Err(IntrospectError::NoIntrospection(_) | IntrospectError::NotConfigured) =
+            self.introspection.select(route.tenant)
+        {
+            return self.validate(call).await;
+        }
         let input = IntrospectInput {
             token: call.token,
             token_type_hint: None,
@@ -358,9 +368,6 @@ impl ExtAuthzService {
                 None => Ok(Identity::from_answer(answer)),
             },
             Err(IntrospectError::Unbound(e)) => Err(self.rejected(*e)),
-            Err(IntrospectError::NoIntrospection(_) | IntrospectError::NotConfigured) => {
-                self.validate(call).await
-            }
             Err(IntrospectError::TenantRequired(tenants)) => {
                 if let Some(suppressed) = self.config_faults.admit(FAULT_LOG_PERIOD) {
                     warn!(%tenants, suppressed, "ext_authz: an opaque token on a route that names no tenant, and several tenants introspect; name one in the route's context_extensions `tenant` or in ext_authz.tenant");
@@ -411,12 +418,6 @@ impl ExtAuthzService {
             error!(error = %what, suppressed, "ext_authz: route configuration error; denying with 500");
         }
     }
-}
-
-/// Three dot-separated segments: Validate answers (a JWT-shaped token that is not a JWS
-/// is MALFORMED, as Introspect treats it).
-fn is_jwt_shaped(token: &str) -> bool {
-    token.bytes().filter(|b| *b == b'.').count() == 2
 }
 
 /// The route's own checks on an active opaque answer (the provider's answer is
