@@ -14,7 +14,11 @@ mod report;
 mod servers;
 mod tokens;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -48,12 +52,20 @@ pub struct Args {
     /// Tenants of the idle-memory measurement (0: skip it).
     #[arg(long, default_value_t = 100)]
     tenants: usize,
+    /// Also load this introspectd binary (e.g. one built with other features, or from
+    /// another commit), in the same run, as "introspectd (baseline)".
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// Skip the Node.js peer (no npm needed).
     #[arg(long)]
     no_node: bool,
     /// Only scenarios whose label contains this text (e.g. `RS256`, `introspectd`).
     #[arg(long)]
     only: Option<String>,
+    /// Record a `perf` CPU profile of each introspectd scenario's measured phase into
+    /// this folder (`perf report -i FILE` reads it; needs Debian's linux-perf).
+    #[arg(long)]
+    perf: Option<PathBuf>,
     /// A few seconds in all, to check that the harness works (small numbers, not figures).
     #[arg(long)]
     smoke: bool,
@@ -72,6 +84,8 @@ pub enum Target {
     Floor,
     /// The release build of introspectd.
     Introspectd,
+    /// Another introspectd binary (`--baseline-bin`).
+    Baseline,
     /// grpc-js + jose.
     Node,
 }
@@ -93,6 +107,7 @@ impl Scenario {
         let server = match self.target {
             Target::Floor => "floor (tonic, answers without looking)",
             Target::Introspectd => "introspectd",
+            Target::Baseline => "introspectd (baseline)",
             Target::Node => "Node (grpc-js + jose)",
         };
         let tokens = if self.repeated {
@@ -101,6 +116,22 @@ impl Scenario {
             "distinct tokens"
         };
         format!("{server}, {} {tokens}", self.alg.name())
+    }
+}
+
+impl Scenario {
+    /// A name for its files.
+    pub fn file_name(&self) -> String {
+        format!(
+            "{:?}-{}-{}",
+            self.target,
+            self.alg.name(),
+            if self.repeated {
+                "repeated"
+            } else {
+                "distinct"
+            }
+        )
     }
 }
 
@@ -117,6 +148,12 @@ fn scenarios(args: &Args) -> Vec<Scenario> {
         s(Target::Introspectd, Alg::Es256, false),
         s(Target::Introspectd, Alg::Es256, true),
     ];
+    if args.baseline_bin.is_some() {
+        for alg in [Alg::Rs256, Alg::Es256] {
+            all.push(s(Target::Baseline, alg, false));
+            all.push(s(Target::Baseline, alg, true));
+        }
+    }
     if !args.no_node {
         all.push(s(Target::Node, Alg::Rs256, false));
         all.push(s(Target::Node, Alg::Es256, false));
@@ -181,6 +218,14 @@ impl Bench {
                 &self.config(1)?,
                 &log,
             ),
+            Target::Baseline => Server::introspectd(
+                self.args
+                    .baseline_bin
+                    .as_ref()
+                    .context("no --baseline-bin")?,
+                &self.config(1)?,
+                &log,
+            ),
             Target::Node => {
                 let peer = self
                     .node_peer
@@ -193,7 +238,7 @@ impl Bench {
 
     async fn run(&self, scenario: &Scenario, round: usize) -> anyhow::Result<Row> {
         let server = self.start(scenario, round)?;
-        if scenario.target == Target::Introspectd {
+        if matches!(scenario.target, Target::Introspectd | Target::Baseline) {
             report::wait_serving(server.addr).await?;
         }
         let pool = Arc::new(self.material.pool(scenario.alg).to_vec());
@@ -206,7 +251,17 @@ impl Bench {
         load.phase(&feed, 0, self.args.warmup).await?;
         let before = (server.usage()?, servers::usage("self")?);
         let entries_before = server.metric(report::CACHE_ENTRIES).await;
+        let profile = match (&self.args.perf, scenario.target) {
+            (Some(dir), Target::Introspectd | Target::Baseline) => Some(servers::Profiler::start(
+                &server,
+                &dir.join(format!("{}.perf.data", scenario.file_name())),
+            )?),
+            _ => None,
+        };
         let phase = load.phase(&feed, self.args.warmup, self.args.calls).await?;
+        if let Some(p) = profile {
+            p.stop()?;
+        }
         let after = (server.usage()?, servers::usage("self")?);
         let entries_after = server.metric(report::CACHE_ENTRIES).await;
         Ok(Row::new(
@@ -217,10 +272,10 @@ impl Bench {
         ))
     }
 
-    /// Idle RSS of introspectd with `n` tenants, after start-up.
-    async fn idle_rss(&self, n: usize) -> anyhow::Result<u64> {
+    /// Idle RSS of introspectd (`bin`) with `n` tenants, after start-up.
+    async fn idle_rss(&self, bin: &Path, n: usize) -> anyhow::Result<u64> {
         let server = Server::introspectd(
-            &PathBuf::from(env!("CARGO_BIN_EXE_introspectd")),
+            bin,
             &self.config(n)?,
             &self.work.join(format!("idle-{n}.log")),
         )?;

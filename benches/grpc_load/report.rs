@@ -2,7 +2,7 @@
 //! ratios the performance targets are stated in, the verified-token cache's real cost
 //! per entry, and idle memory.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tonic_health::pb::{
@@ -161,13 +161,20 @@ pub async fn run_all(
         .zip(&rows)
         .map(|(s, r)| summarise(s, r))
         .collect();
-    let idle = if args.tenants > 0 {
-        Some((args.tenants, bench.idle_rss(args.tenants).await?))
-    } else {
-        None
-    };
+    let mut idle = Vec::new();
+    if args.tenants > 0 {
+        let main = PathBuf::from(env!("CARGO_BIN_EXE_introspectd"));
+        let bins = std::iter::once(("introspectd", &main)).chain(
+            args.baseline_bin
+                .iter()
+                .map(|b| ("introspectd (baseline)", b)),
+        );
+        for (name, bin) in bins {
+            idle.push((name, args.tenants, bench.idle_rss(bin, args.tenants).await?));
+        }
+    }
     print_table(&summaries);
-    print_ratios(&summaries, pipeline, bench.material.claims_bytes, idle);
+    print_ratios(&summaries, pipeline, bench.material.claims_bytes, &idle);
     if summaries.iter().any(|s| s.failures > 0) {
         bail!(
             "some calls failed or were answered invalid; see the logs in {}",
@@ -217,7 +224,7 @@ fn print_ratios(
     summaries: &[Summary],
     pipeline: &[(Alg, f64)],
     claims_bytes: usize,
-    idle: Option<(usize, u64)>,
+    idle: &[(&str, usize, u64)],
 ) {
     let Some(floor) = summaries
         .iter()
@@ -228,7 +235,7 @@ fn print_ratios(
     println!();
     for (alg, micros) in pipeline {
         println!(
-            "in-process pipeline ({}, distinct tokens, Registry::validate on one thread): {micros:.1} µs per call",
+            "in-process pipeline ({}, distinct tokens, Registry::validate on one thread): {micros:.1} µs CPU per call",
             alg.name()
         );
     }
@@ -269,10 +276,10 @@ fn print_ratios(
             );
         }
     }
-    if let Some((n, rss)) = idle {
+    for (name, n, rss) in idle {
         println!(
-            "introspectd idle RSS with {n} tenants: {:.1} MiB (target ≤ 32 MiB)",
-            rss as f64 / (1 << 20) as f64
+            "{name} idle RSS with {n} tenants: {:.1} MiB (target ≤ 32 MiB)",
+            *rss as f64 / (1 << 20) as f64
         );
     }
 }

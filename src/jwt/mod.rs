@@ -3,6 +3,7 @@
 //! origin, the network or gRPC.
 
 pub mod claims;
+pub mod compact;
 pub mod json;
 pub mod jws;
 
