@@ -1,7 +1,5 @@
 //! The `introspectd` binary: parses the command line and hands over to the library.
 
-#![forbid(unsafe_code)]
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -14,6 +12,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    introspectd::install_crypto();
     introspectd::cli::run(introspectd::cli::Cli::parse()).await
 }

@@ -2,7 +2,6 @@
 //! issuer check, JWKS fetching with limits, the pure refresh schedule, and the refresher
 //! loop that keeps the last good keys when a fetch fails.
 
-pub mod http;
 mod schedule;
 
 use std::{
@@ -11,16 +10,15 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use http::{FetchError, HttpClient};
 pub use schedule::{MAX_BACKOFF, MIN_BACKOFF, next_refresh};
 
 use crate::{
     keys::KeySet,
     registry::{KeySetState, Metadata, RefreshKind, Registry, Source},
+    upstream::{self, FetchError, HttpClient},
 };
 
 /// How often a `jwks_file` is checked for changes (at most; `refresh_interval` if shorter).
@@ -63,7 +61,7 @@ pub async fn fetch_metadata(
         )));
     }
     let jwks_uri = field("jwks_uri").ok_or_else(|| FetchError::Invalid("no jwks_uri".into()))?;
-    http::check_url(&jwks_uri, require_https)?;
+    upstream::check_url(&jwks_uri, require_https)?;
     Ok(Metadata {
         issuer,
         jwks_uri,
@@ -91,10 +89,10 @@ async fn fetch_keys(
             let bytes = tokio::fs::read(path)
                 .await
                 .map_err(|e| FetchError::Connect(format!("cannot read {}: {e}", path.display())))?;
-            if bytes.len() > http::MAX_BODY_BYTES {
+            if bytes.len() > upstream::MAX_BODY_BYTES {
                 return Err(FetchError::TooLarge);
             }
-            http::parse_json(&bytes)?
+            upstream::parse_json(&bytes)?
         }
         Source::Discovery { metadata_url } => {
             let known = state.metadata();
@@ -117,19 +115,20 @@ async fn fetch_keys(
             http.get_json(&metadata.jwks_uri, timeout, https).await?
         }
     };
-    let (set, skipped) =
-        KeySet::from_jwks(&doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
+    let (set, skipped) = KeySet::from_jwks(&doc, &state.ingest_options())
+        .map_err(|e| FetchError::Invalid(e.to_string()))?;
     Ok((set, Registry::describe_skipped(&skipped)))
 }
 
-/// Starts one refresher per refreshable key set; they stop when `cancel` fires.
+/// Starts one refresher per refreshable key set on `tasks`; they stop when `cancel`
+/// fires.
 pub fn spawn_refreshers(
     registry: &Registry,
     http: &HttpClient,
+    tasks: &TaskTracker,
     cancel: &CancellationToken,
     observer: Option<FetchObserver>,
-) -> JoinSet<()> {
-    let mut set = JoinSet::new();
+) {
     for state in registry.key_sets() {
         if !state.refresh.is_refreshable() {
             continue;
@@ -142,9 +141,8 @@ pub fn spawn_refreshers(
             cancel.clone(),
             observer.clone(),
         );
-        set.spawn(fut.instrument(span));
+        tasks.spawn(fut.instrument(span));
     }
-    set
 }
 
 /// The refresher loop of one key set: fetch at start-up, then on schedule, on request

@@ -3,9 +3,9 @@
 //! bounded in entries: when full after dropping expired entries, new tokens are refused
 //! rather than letting memory grow.
 
-use std::time::SystemTime;
-
 use dashmap::DashMap;
+
+use crate::jwt::claims::now_secs;
 
 /// Outcome of recording a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,13 +23,6 @@ pub enum ReplayOutcome {
 pub struct ReplayCache {
     seen: DashMap<(String, String), f64>,
     capacity: usize,
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl ReplayCache {
