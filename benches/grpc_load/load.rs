@@ -66,6 +66,7 @@ pub struct Phase {
 }
 
 /// Open connections to one server.
+#[derive(Debug)]
 pub struct Load {
     channels: Vec<Channel>,
     in_flight: usize,

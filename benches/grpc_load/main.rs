@@ -7,6 +7,9 @@
 //! the in-process pipeline, the verified-token cache's real cost per entry, and idle
 //! memory with 100 tenants. `-- --help` lists the options.
 
+// Benches: shared helpers are `pub` inside private modules, as in the other bench.
+#![allow(unreachable_pub)]
+
 mod floor;
 mod inprocess;
 mod load;
@@ -171,6 +174,7 @@ fn scenarios(args: &Args) -> Vec<Scenario> {
 }
 
 /// Paths and material shared by every scenario.
+#[derive(Debug)]
 pub struct Bench {
     args: Args,
     work: PathBuf,

@@ -19,6 +19,7 @@ use anyhow::{Context as _, bail};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server process, killed when dropped.
+#[derive(Debug)]
 pub struct Server {
     /// Its gRPC address on loopback.
     pub addr: SocketAddr,
@@ -254,6 +255,7 @@ pub fn install_node_peer() -> anyhow::Result<PathBuf> {
 /// A `perf record` of one server process, stopped (and its file written) by [`stop`].
 ///
 /// [`stop`]: Profiler::stop
+#[derive(Debug)]
 pub struct Profiler {
     child: Child,
 }

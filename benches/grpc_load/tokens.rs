@@ -62,6 +62,12 @@ pub struct Keys {
     rng: SystemRandom,
 }
 
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
 impl Keys {
     fn generate() -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
@@ -165,6 +171,7 @@ pub fn claims(alg: Alg, index: usize, iat: u64, exp: u64) -> Value {
 }
 
 /// Keys, their JWKS written to a file, and one pool of tokens per algorithm.
+#[derive(Debug)]
 pub struct Material {
     /// The keys.
     pub keys: Keys,
