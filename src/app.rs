@@ -33,17 +33,14 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     config::{ServerSettings, Settings},
     grpc::{
-        AdminServiceImpl, Limits, TokenServiceImpl,
+        AdminServiceImpl, Limits, TokenServiceImpl, TokenServiceRoutes,
         layers::{ConcurrencyLimitLayer, MetricsLayer},
-        pb::{
-            self, admin_service_server::AdminServiceServer,
-            token_service_server::TokenServiceServer,
-        },
+        pb::{self, admin_service_server::AdminServiceServer},
     },
     introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
     oidc,
-    registry::Registry,
+    registry::{Registry, token_cache},
     transport::{self, ConnectionLimits, Incoming, TlsConfig},
     upstream::{HttpClient, Redirects},
 };
@@ -133,6 +130,12 @@ pub async fn run_with_listeners(
         Some(metrics.fetch_observer()),
     );
     let health = start_health(&registry, &tasks, &cancel).await;
+    if registry.token_cache().is_some() {
+        let sweep = registry
+            .clone()
+            .sweep_token_cache(token_cache::SWEEP_PERIOD, cancel.clone());
+        tasks.spawn(sweep.instrument(info_span!("token_cache_sweep")));
+    }
     if let Some(t) = &tls {
         t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
@@ -298,7 +301,7 @@ fn services(
                 .context("building reflection v1alpha")?
                 .max_decoding_message_size(limit),
         )
-        .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit))
+        .add_service(TokenServiceRoutes::new(token, limit))
         .add_optional_service(admin))
 }
 

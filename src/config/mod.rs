@@ -34,6 +34,7 @@ mod key_source;
 mod policy;
 mod server;
 mod tenant;
+mod token_cache;
 
 use std::{fmt, path::Path};
 
@@ -61,6 +62,10 @@ pub use server::{
     ServerSettings, TlsSettings,
 };
 pub use tenant::TenantSettings;
+pub use token_cache::{
+    DEFAULT_TOKEN_CACHE_MAX_BYTES, DEFAULT_TOKEN_CACHE_MAX_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_TTL,
+    DEFAULT_TOKEN_CACHE_NEGATIVE_TTL, TokenCacheSettings,
+};
 
 /// Placeholder for the Entra ID tenant id in an issuer.
 pub const TENANT_ID_PLACEHOLDER: &str = "{tenantid}";
@@ -113,6 +118,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Every trusted tenant, in file order.
     pub tenants: Vec<TenantSettings>,
+    /// The verified-token cache.
+    pub token_cache: TokenCacheSettings,
 }
 
 /// The file as written: one field per top-level section.
@@ -125,6 +132,8 @@ struct File {
     defaults: policy::PolicyFile,
     #[serde(default)]
     tenants: Vec<tenant::TenantFile>,
+    #[serde(default)]
+    token_cache: TokenCacheSettings,
 }
 
 impl File {
@@ -132,6 +141,7 @@ impl File {
         Ok(Settings {
             server: self.server.validated()?,
             tenants: tenant::resolve_all(self.tenants, &self.defaults, env)?,
+            token_cache: self.token_cache.validated()?,
         })
     }
 }

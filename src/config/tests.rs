@@ -262,5 +262,8 @@ fn a_null_value_takes_its_default_but_a_null_required_key_is_named() {
 
 #[test]
 fn environment_overrides_reach_every_top_level_section() {
-    assert_eq!(de::keys_of::<File>(), ["server", "defaults", "tenants"]);
+    assert_eq!(
+        de::keys_of::<File>(),
+        ["server", "defaults", "tenants", "token_cache"]
+    );
 }

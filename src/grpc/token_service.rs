@@ -11,6 +11,7 @@ use tracing::debug;
 use super::{
     BoundaryError, convert, non_empty, parse_token,
     pb::{self, token_service_server::TokenService},
+    reply::Reply,
     split_validate_error,
     watch::{self, Watchers},
 };
@@ -93,11 +94,17 @@ impl TokenServiceImpl {
         }
     }
 
-    /// Validate without the tonic wrapping, for handler tests and Introspect.
+    /// Validate without the tonic wrapping, for handler tests and tools.
     pub async fn validate_message(
         &self,
         req: &pb::ValidateRequest,
     ) -> Result<pb::ValidateResponse, BoundaryError> {
+        Ok(self.validate_reply(req).await?.into_message())
+    }
+
+    /// Validate as the server answers it: an accepted token is encoded from the core's
+    /// values when the answer is sent ([`Reply`]).
+    pub async fn validate_reply(&self, req: &pb::ValidateRequest) -> Result<Reply, BoundaryError> {
         let token = parse_token(&req.token, self.limits.max_token_bytes)?;
         let input = ValidateInput {
             token,
@@ -107,22 +114,20 @@ impl TokenServiceImpl {
             nonce: non_empty(&req.nonce),
             peek_replay: false,
         };
-        let outcome = self.registry.validate(&input).await;
-        if let Some(m) = &self.metrics {
-            match &outcome {
-                Ok(v) => m.record_validation(Some(v.tenant.id()), None),
-                Err(e @ ValidateError::Rejected { tenant, .. }) => {
-                    m.record_validation(tenant.as_deref(), e.code())
+        match self.registry.validate(&input).await {
+            Ok(v) => {
+                if let Some(m) = &self.metrics {
+                    m.record_validation_at(v.tenant.index, None);
                 }
-                Err(ValidateError::Request(_)) => {}
+                Ok(Reply::Valid(v))
             }
-        }
-        match outcome {
-            Ok(v) => Ok(convert::validated(&v)),
             Err(e) => {
                 let e = split_validate_error(e)?;
+                if let (Some(m), ValidateError::Rejected { tenant, .. }) = (&self.metrics, &e) {
+                    m.record_validation(tenant.as_deref(), e.code());
+                }
                 debug!(error = %e, "token rejected");
-                Ok(convert::rejected(&e))
+                Ok(Reply::Message(Box::new(convert::rejected(&e))))
             }
         }
     }

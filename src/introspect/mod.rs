@@ -34,8 +34,8 @@ use self::{
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
-    jwt::{claims::now_secs, jws},
-    registry::{Metadata, Registry, RequestError, ValidateError, ValidateInput},
+    jwt::claims::now_secs,
+    registry::{Metadata, Presented, Registry, RequestError, ValidateError, ValidateInput},
     upstream::{FetchError, HttpClient},
 };
 
@@ -465,7 +465,9 @@ impl Introspection {
             return Err(IntrospectError::UnknownTenant(t.to_string()));
         }
         let hint = input.token_type_hint;
-        let is_jws = jws::parse(input.token).is_ok();
+        // Hashed and looked up in the verified-token cache once, parsed at most once.
+        let mut presented = self.registry.present(input.token);
+        let is_jws = presented.is_jws();
         let upstream = if is_jws && hint == Some(REFRESH_TOKEN_HINT) {
             self.select(input.tenant)
                 .ok()
@@ -481,19 +483,23 @@ impl Introspection {
             };
             return introspector.introspect(input.token, hint).await;
         }
-        self.local(input).await
+        self.local(presented, input).await
     }
 
-    async fn local(&self, input: &IntrospectInput<'_>) -> Result<Answer, IntrospectError> {
+    async fn local(
+        &self,
+        presented: Presented<'_>,
+        input: &IntrospectInput<'_>,
+    ) -> Result<Answer, IntrospectError> {
         let validate = ValidateInput {
             token: input.token,
             tenant: input.tenant,
             peek_replay: true,
             ..ValidateInput::default()
         };
-        match self.registry.validate(&validate).await {
+        match self.registry.validate_presented(presented, &validate).await {
             Ok(v) => Ok(answer::from_claims(
-                &v.claims,
+                v.claims(),
                 v.tenant.id(),
                 input.token_type_hint,
             )),

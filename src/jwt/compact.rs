@@ -347,6 +347,16 @@ impl<'a> ValueRef<'a> {
 pub struct ListRef<'a>(&'a [u8]);
 
 impl<'a> ListRef<'a> {
+    /// Reads a list's content.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self(bytes)
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(self) -> &'a [u8] {
+        self.0
+    }
+
     /// Its elements, in order.
     pub fn iter(self) -> impl Iterator<Item = ValueRef<'a>> + Clone {
         let mut buf = self.0;

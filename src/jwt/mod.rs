@@ -4,7 +4,6 @@
 
 pub mod claims;
 pub mod compact;
-pub mod json;
 pub mod jws;
 
 use std::fmt;
