@@ -246,7 +246,7 @@ impl TokenCache {
         let floor = (settings.max_bytes / max_entries).max(1);
         // Sized for what fits, so that the tables do not grow under load; the memory is
         // only touched as entries arrive.
-        let estimated = (settings.max_bytes / 1024).clamp(64, max_entries);
+        let estimated = (settings.max_bytes / 1024).max(64).min(max_entries);
         let verified = Cache::with(
             usize::try_from(estimated).unwrap_or(usize::MAX),
             settings.max_bytes.max(1),
@@ -457,3 +457,249 @@ impl Registry {
 
 /// How often expired entries are swept out of the cache.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        config,
+        jwt::claims::now_secs,
+        registry::{ValidateError, ValidateInput, Validated},
+    };
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn registry(token_cache: &str) -> Registry {
+        crate::install_crypto();
+        let yaml = format!(
+            "tenants:\n  - id: fp\n    issuer: https://fp.example\n    audiences: [api]\n    algorithms: [HS256]\n    hmac_secret_env: S\n{token_cache}"
+        );
+        let settings = config::load_str(&yaml, &|_| Some(SECRET.to_string()), &[]).expect("config");
+        Registry::new(&settings).expect("registry")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    }
+
+    fn claims(sub: &str, jti: &str) -> serde_json::Value {
+        let n = now_secs() as i64;
+        json!({"iss": "https://fp.example", "aud": "api", "sub": sub, "jti": jti, "iat": n - 10, "exp": n + 600})
+    }
+
+    fn validate(r: &Registry, t: &str) -> Result<Validated, ValidateError> {
+        let input = ValidateInput {
+            token: t,
+            ..Default::default()
+        };
+        futures::executor::block_on(r.validate(&input))
+    }
+
+    fn entries(r: &Registry) -> u64 {
+        r.token_cache().map_or(0, |c| c.stats().entries)
+    }
+
+    /// An entry for tests of the cache alone, `sub` its subject.
+    fn entry(r: &Registry, sub: &str, expires: f64) -> (TokenHash, VerifiedToken) {
+        let t = token(claims(sub, sub));
+        let jws = crate::jwt::jws::parse(&t).expect("jws");
+        let state = r.key_sets().remove(0);
+        let key = state.keys().iter().next().expect("key").clone();
+        let verified = VerifiedToken {
+            header: jws.header,
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            claims: Claims::parse(&jws.payload).expect("claims"),
+            key,
+            key_set: state,
+            expires,
+        };
+        (TokenHash::of(&t), verified)
+    }
+
+    #[test]
+    fn the_key_is_the_sha256_of_the_token() {
+        let h = TokenHash::of("abc");
+        assert_eq!(
+            h.0[..4],
+            [0xba, 0x78, 0x16, 0xbf],
+            "SHA-256(\"abc\") starts ba7816bf"
+        );
+        let mut hasher = DigestHash.build_hasher();
+        h.hash(&mut hasher);
+        assert_eq!(
+            hasher.finish(),
+            u64::from_le_bytes([0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea])
+        );
+    }
+
+    #[test]
+    fn a_second_validation_is_a_hit_with_the_same_entry() {
+        let r = registry("");
+        let t = token(claims("u", "j"));
+        let first = validate(&r, &t).expect("valid");
+        let second = validate(&r, &t).expect("valid");
+        assert!(!first.cached && second.cached);
+        assert!(Arc::ptr_eq(&first.token, &second.token));
+        let stats = r.token_cache().expect("on by default").stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+        assert!(stats.bytes >= second.token.weight() as u64);
+    }
+
+    #[test]
+    fn bounded_in_entries_and_in_bytes() {
+        // 64 KiB for at most 8 entries: each weighs at least 8 KiB.
+        let r = registry("token_cache:\n  max_bytes: 64KiB\n  max_entries: 8\n");
+        for i in 0..40 {
+            validate(&r, &token(claims(&format!("u{i}"), &format!("j{i}")))).expect("valid");
+        }
+        let stats = r.token_cache().expect("cache").stats();
+        assert!(stats.entries <= 8, "{stats:?}");
+        assert!(stats.bytes <= 64 * 1024, "{stats:?}");
+        assert!(stats.evictions >= 32, "{stats:?}");
+        // Without the entry bound, the byte bound alone holds more of them.
+        let r = registry("token_cache:\n  max_bytes: 64KiB\n");
+        for i in 0..200 {
+            validate(&r, &token(claims(&format!("u{i}"), &format!("j{i}")))).expect("valid");
+        }
+        let stats = r.token_cache().expect("cache").stats();
+        assert!(stats.entries > 8 && stats.bytes <= 64 * 1024, "{stats:?}");
+    }
+
+    #[test]
+    fn entries_are_used_until_exp_plus_skew_and_at_most_max_ttl() {
+        let r = registry("token_cache:\n  max_ttl: 30s\n");
+        let cache = r.token_cache().expect("cache");
+        let skew = Duration::from_secs(60);
+        let now = 1_000_000.0;
+        let c = |exp: Option<f64>| {
+            let mut v = json!({"iss": "i"});
+            if let Some(e) = exp {
+                v["exp"] = json!(e);
+            }
+            Claims::parse(v.to_string().as_bytes()).expect("claims")
+        };
+        assert_eq!(cache.expiry(&c(Some(now + 10.0)), skew, now), now + 30.0);
+        assert_eq!(cache.expiry(&c(Some(now - 50.0)), skew, now), now + 10.0);
+        assert_eq!(cache.expiry(&c(None), skew, now), now + 30.0);
+        // Past its time an entry is a miss, and gone.
+        let (hash, v) = entry(&r, "u", now_secs() - 1.0);
+        cache.insert(hash, v);
+        assert!(matches!(cache.get(&hash, now_secs()), Lookup::Miss));
+        assert_eq!(cache.stats().entries, 0);
+        let (hash, v) = entry(&r, "u", now_secs() + 100.0);
+        cache.insert(hash, v);
+        assert!(matches!(cache.get(&hash, now_secs()), Lookup::Verified(_)));
+        assert_eq!(r.purge_expired(), 0);
+    }
+
+    #[test]
+    fn a_forged_verdict_holds_only_for_the_snapshot_it_failed_against() {
+        let r = registry("");
+        let cache = r.token_cache().expect("cache");
+        let snapshot = r.key_sets().remove(0).keys();
+        let hash = TokenHash::of("forged");
+        cache.insert_forged(hash, &snapshot, now_secs());
+        let Lookup::Forged(f) = cache.get(&hash, now_secs()) else {
+            panic!("remembered");
+        };
+        assert!(f.is_current(&snapshot));
+        assert!(!f.is_current(&Arc::new(KeySet::empty())));
+        let stats = cache.stats();
+        assert_eq!((stats.forged_hits, stats.forged_entries), (1, 1));
+        assert!(r.purge_token(&hash));
+        assert!(matches!(cache.get(&hash, now_secs()), Lookup::Miss));
+        // negative_ttl: 0s turns the negative cache off.
+        let off = registry("token_cache:\n  negative_ttl: 0s\n");
+        let c = off.token_cache().expect("cache");
+        c.insert_forged(hash, &snapshot, now_secs());
+        assert_eq!(c.stats().forged_entries, 0);
+    }
+
+    #[test]
+    fn keys_stay_current_while_the_same_key_is_in_the_set() {
+        let r = registry("");
+        let (_, v) = entry(&r, "u", f64::MAX);
+        assert!(v.key_is_current(&v.key_set.keys()));
+        assert!(!v.key_is_current(&KeySet::empty()));
+        // The same secret ingested again (a refresh builds new keys) is the same key.
+        let same = VerifyingKey::hmac(None, SECRET.as_bytes(), &[Algorithm::HS256]).expect("key");
+        let (set, _) = KeySet::from_keys(vec![same]);
+        assert!(v.key_is_current(&set));
+        let other = VerifyingKey::hmac(None, &[9u8; 32], &[Algorithm::HS256]).expect("key");
+        let (set, _) = KeySet::from_keys(vec![other]);
+        assert!(!v.key_is_current(&set));
+    }
+
+    #[test]
+    fn purges_by_token_jti_subject_key_and_all() {
+        let r = registry("");
+        let n = now_secs() as i64;
+        let t = |sub: &str, jti: &str, iat: i64| {
+            let mut c = claims(sub, jti);
+            c["iat"] = json!(iat);
+            token(c)
+        };
+        let tokens = [
+            t("alice", "a1", n - 100),
+            t("alice", "a2", n - 5),
+            t("bob", "b1", n),
+        ];
+        let fill = || {
+            r.purge_all();
+            for tok in &tokens {
+                validate(&r, tok).expect("valid");
+            }
+            assert_eq!(entries(&r), 3);
+        };
+        fill();
+        assert!(r.purge_token(&TokenHash::of(&tokens[2])));
+        assert!(!r.purge_token(&TokenHash::of(&tokens[2])));
+        assert_eq!(entries(&r), 2);
+        assert!(
+            !validate(&r, &tokens[2]).expect("valid").cached,
+            "verified again"
+        );
+        fill();
+        assert_eq!(r.purge_jti("https://fp.example", "a2"), 1);
+        assert_eq!(r.purge_jti("https://other.example", "a1"), 0);
+        fill();
+        assert_eq!(
+            r.purge_subject("https://fp.example", "alice", (n - 50) as f64),
+            1
+        );
+        assert!(!validate(&r, &tokens[0]).expect("valid").cached);
+        assert!(validate(&r, &tokens[1]).expect("valid").cached);
+        fill();
+        let id = r.key_sets().remove(0).id.clone();
+        let thumbprint = r
+            .key_sets()
+            .remove(0)
+            .keys()
+            .iter()
+            .next()
+            .expect("key")
+            .thumbprint
+            .clone();
+        assert_eq!(r.purge_key(&id, "no-such-key"), 0);
+        assert_eq!(r.purge_key(&id, &thumbprint), 3);
+        fill();
+        r.purge_all();
+        assert_eq!(entries(&r), 0);
+    }
+
+    #[test]
+    fn a_disabled_cache_is_never_consulted() {
+        let r = registry("token_cache:\n  enabled: false\n");
+        assert!(r.token_cache().is_none());
+        let t = token(claims("u", "j"));
+        assert!(!validate(&r, &t).expect("valid").cached);
+        assert!(!validate(&r, &t).expect("valid").cached);
+        assert_eq!(r.purge_jti("https://fp.example", "j"), 0);
+    }
+}
