@@ -12,7 +12,15 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use introspectd::grpc::pb::{self, ErrorCode as E, admin_service_client::AdminServiceClient};
+use introspectd::grpc::{
+    ext_authz::{
+        pb::envoy::service::auth::v3::{
+            authorization_client::AuthorizationClient, check_response::HttpResponse,
+        },
+        request::http_check_request,
+    },
+    pb::{self, ErrorCode as E, admin_service_client::AdminServiceClient},
+};
 use serde_json::json;
 use tonic::Code;
 
@@ -261,4 +269,40 @@ async fn the_cache_is_bounded_and_can_be_turned_off() {
     assert!(off.validate_token(&token).await.valid);
     let text = scrape_metrics(off.server.metrics_addr.expect("metrics")).await;
     assert!(!text.contains("introspectd_token_cache"), "{text}");
+}
+
+#[tokio::test]
+async fn envoy_check_shares_the_cache_and_still_checks_each_route() {
+    let (idp, key, h) = setup("").await;
+    let mut c = claims(&idp.issuer(), "api://demo");
+    c["scope"] = json!("read");
+    let bearer = format!("Bearer {}", key.token(&c));
+    let check = |scopes: &'static str| {
+        let mut client = AuthorizationClient::new(h.channel.clone());
+        let req = http_check_request(
+            &[("authorization", &bearer)],
+            &[("required_scopes", scopes)],
+        );
+        async move {
+            let r = client.check(req).await.expect("Check").into_inner();
+            match r.http_response {
+                Some(HttpResponse::OkResponse(_)) => 200,
+                Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+                _ => 0,
+            }
+        }
+    };
+    assert_eq!(check("read").await, 200);
+    assert_eq!(check("read").await, 200, "a hit");
+    assert_eq!(
+        check("write").await,
+        403,
+        "the route's scopes are checked on a hit"
+    );
+    // Validate over TokenService finds what Check verified.
+    let mut h = h;
+    let token = bearer.trim_start_matches("Bearer ").to_string();
+    assert!(h.validate_token(&token).await.valid);
+    let (hits, _, misses, entries) = counters(&h).await;
+    assert_eq!((hits, misses, entries), (3.0, 1.0, 1.0));
 }

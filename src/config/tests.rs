@@ -264,6 +264,6 @@ fn a_null_value_takes_its_default_but_a_null_required_key_is_named() {
 fn environment_overrides_reach_every_top_level_section() {
     assert_eq!(
         de::keys_of::<File>(),
-        ["server", "defaults", "tenants", "token_cache"]
+        ["server", "defaults", "tenants", "token_cache", "ext_authz"]
     );
 }

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     introspect::Introspection,
     metrics::Metrics,
-    registry::{Registry, ValidateError, ValidateInput},
+    registry::{Registry, ValidateInput},
 };
 
 /// Limits applied at the boundary.
@@ -114,18 +114,14 @@ impl TokenServiceImpl {
             nonce: non_empty(&req.nonce),
             peek_replay: false,
         };
-        match self.registry.validate(&input).await {
-            Ok(v) => {
-                if let Some(m) = &self.metrics {
-                    m.record_validation_at(v.tenant.index, None);
-                }
-                Ok(Reply::Valid(v))
-            }
+        let outcome = self.registry.validate(&input).await;
+        if let Some(m) = &self.metrics {
+            m.record_validate_outcome(&outcome);
+        }
+        match outcome {
+            Ok(v) => Ok(Reply::Valid(v)),
             Err(e) => {
                 let e = split_validate_error(e)?;
-                if let (Some(m), ValidateError::Rejected { tenant, .. }) = (&self.metrics, &e) {
-                    m.record_validation(tenant.as_deref(), e.code());
-                }
                 debug!(error = %e, "token rejected");
                 Ok(Reply::Message(Box::new(convert::rejected(&e))))
             }

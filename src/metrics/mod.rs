@@ -1,13 +1,14 @@
 //! Prometheus metrics: every family introspectd exposes (the gRPC server families named
 //! and labelled exactly as go-grpc-prometheus does, validations, key fetches, key-set
 //! freshness computed at scrape time, the introspection cache, watchers, connections,
-//! TLS), the rule that label values only ever come from configuration or closed sets,
-//! and the `/metrics` + `/healthz` HTTP endpoint.
+//! TLS, Envoy ext_authz checks in `checks`), the rule that label values only ever come
+//! from configuration or closed sets, and the `/metrics` + `/healthz` HTTP endpoint.
 //!
 //! Everything a hot path touches is created up front (per method, per tenant), so
 //! recording is an atomic add on a handle that already exists; no request can create a
 //! series.
 
+mod checks;
 mod collectors;
 mod validations;
 
@@ -34,7 +35,7 @@ use crate::{
     introspect::Introspection,
     jwt::ErrorCode,
     oidc::FetchObserver,
-    registry::{KeySetId, Registry},
+    registry::{KeySetId, Registry, ValidateError, Validated},
 };
 
 /// A map whose keys come from configuration or descriptors, never from a request (a
@@ -236,6 +237,7 @@ pub struct Metrics {
     unknown_method: Arc<MethodMetrics>,
     tenants: FastMap<String, Arc<str>>,
     validations: ValidationCounters,
+    checks: Family<checks::CheckLabels, Counter>,
     key_fetches: Family<KeyFetchLabels, Counter>,
     introspection: Arc<OnceLock<Introspection>>,
     watchers: Gauge,
@@ -405,6 +407,7 @@ impl Metrics {
             .map(|t| (t.id().to_string(), Arc::from(t.id())))
             .collect();
         let validations = ValidationCounters::register(&mut prom, registry);
+        let checks = checks::register(&mut prom);
         let key_fetches = key_fetch_family(&mut prom, registry);
 
         let introspection = Arc::new(OnceLock::new());
@@ -431,6 +434,7 @@ impl Metrics {
             unknown_method,
             tenants,
             validations,
+            checks,
             key_fetches,
             introspection,
             watchers,
@@ -476,6 +480,18 @@ impl Metrics {
     /// configuration ([`crate::registry::Tenant::index`]): one atomic add.
     pub fn record_validation_at(&self, tenant: usize, error: Option<ErrorCode>) {
         self.validations.record_at(tenant, error);
+    }
+
+    /// Counts one Validate outcome by its tenant and result; a bad request (no token was
+    /// judged) is not a validation.
+    pub fn record_validate_outcome(&self, outcome: &Result<Validated, ValidateError>) {
+        match outcome {
+            Ok(v) => self.record_validation_at(v.tenant.index, None),
+            Err(e @ ValidateError::Rejected { tenant, .. }) => {
+                self.record_validation(tenant.as_deref(), e.code())
+            }
+            Err(ValidateError::Request(_)) => {}
+        }
     }
 
     /// Counts one metadata/JWKS fetch of a key set.

@@ -530,10 +530,8 @@ mod tests {
             [0xba, 0x78, 0x16, 0xbf],
             "SHA-256(\"abc\") starts ba7816bf"
         );
-        let mut hasher = DigestHash.build_hasher();
-        h.hash(&mut hasher);
         assert_eq!(
-            hasher.finish(),
+            DigestHash.hash_one(h),
             u64::from_le_bytes([0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea])
         );
     }
