@@ -136,12 +136,7 @@ pub async fn run_with_listeners(
     );
     let gated = gated_services(&settings);
     let health = start_health(&registry, gated, &tasks, &cancel).await;
-    if registry.token_cache().is_some() {
-        let sweep = registry
-            .clone()
-            .sweep_token_cache(token_cache::SWEEP_PERIOD, cancel.clone());
-        tasks.spawn(sweep.instrument(info_span!("token_cache_sweep")));
-    }
+    spawn_token_cache_sweep(&registry, &tasks, &cancel);
     if let Some(t) = &tls {
         t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
@@ -183,6 +178,16 @@ pub async fn run_with_listeners(
     let grace = server.shutdown_grace;
     let health = (health, gated);
     serve_until_shutdown(router, incoming, shutdown, health, grace, tasks, cancel).await
+}
+
+/// Sweeps expired tokens out of the verified-token cache every minute, when it is on.
+fn spawn_token_cache_sweep(registry: &Registry, tasks: &TaskTracker, cancel: &CancellationToken) {
+    if registry.token_cache().is_some() {
+        let sweep = registry
+            .clone()
+            .sweep_token_cache(token_cache::SWEEP_PERIOD, cancel.clone());
+        tasks.spawn(sweep.instrument(info_span!("token_cache_sweep")));
+    }
 }
 
 /// Every gRPC method the server knows, for the metrics' labels and the overload layer.

@@ -13,6 +13,8 @@
 mod floor;
 mod inprocess;
 mod load;
+#[path = "../common/proc_stat.rs"]
+mod proc_stat;
 mod report;
 mod servers;
 mod tokens;

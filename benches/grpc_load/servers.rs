@@ -9,7 +9,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -44,44 +43,12 @@ pub struct Usage {
     pub rss_bytes: u64,
 }
 
-fn clock_ticks_per_sec() -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
 /// Reads `utime + stime` from `/proc/<pid>/stat` and `VmRSS` from `/proc/<pid>/status`
 /// (`pid` "self" for this process).
 pub fn usage(pid: &str) -> anyhow::Result<Usage> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after it are plain.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("short /proc stat line")?
-            .parse::<u64>()? as f64)
-    };
-    // Fields 14 and 15 of proc(5), counted from the state (field 3) at index 0.
-    let cpu_secs = (ticks(11)? + ticks(12)?) / clock_ticks_per_sec();
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
     Ok(Usage {
-        cpu_secs,
-        rss_bytes: rss_kib * 1024,
+        cpu_secs: crate::proc_stat::cpu_secs(pid)?,
+        rss_bytes: crate::proc_stat::rss_bytes(pid)?,
     })
 }
 
