@@ -223,6 +223,12 @@ run_must_fail "a secret written into config is refused" "hmac_secret_env" \
   --set 'config.tenants[0].issuer=https://x.example.com' --set 'config.tenants[0].hmac_secret=hunter2'
 run_must_fail "tls.enabled without tls.secretName is refused" "tls.secretName" \
   "$HELM" template introspectd "$CHART" --set tls.enabled=true
+run_must_fail "a non-loopback admin port without admin_auth is refused" "admin_auth" \
+  "$HELM" template introspectd "$CHART" --set admin.enabled=true --set admin.bindAddress=0.0.0.0
+run_must_fail "AdminService on the gRPC port without admin_auth is refused" "admin_auth" \
+  "$HELM" template introspectd "$CHART" --set config.server.admin=true
+run_must_fail "admin.expose on a loopback admin port is refused" "admin.expose" \
+  "$HELM" template introspectd "$CHART" --set admin.enabled=true --set admin.expose=true
 run_must_fail "Kubernetes older than $K8S_MIN_VERSION is refused" "kubeVersion|incompatible" \
   "$HELM" template introspectd "$CHART" --kube-version 1.26.0
 

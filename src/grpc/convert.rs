@@ -189,6 +189,8 @@ pub fn refresh_report(r: &RefreshReport) -> pb::RefreshIssuerResponse {
         removed: r.removed.iter().map(key_info_summary).collect(),
         error: error.unwrap_or_default(),
         issuer: Some(issuer_status(&r.key_set)),
+        throttled: r.retry_after.is_some(),
+        retry_after: r.retry_after.map(system_time),
     }
 }
 

@@ -4,7 +4,10 @@
 //! and `azp`, scopes, nonce), each a pure function of the claims, a policy and the
 //! current time.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime},
+};
 
 use serde_json::{Map, Value};
 
@@ -203,6 +206,34 @@ impl Claims {
     }
 }
 
+/// Past this many accepted values, membership is checked through a hash set rather than
+/// by scanning (request lists are bounded, a token's lists only by its size).
+const LINEAR_MATCH_MAX: usize = 8;
+
+/// Membership in a list of accepted values, linear for short lists, hashed otherwise, so
+/// that matching costs O(n + m), never O(n·m).
+enum Accepted<'a> {
+    Few(&'a [String]),
+    Many(HashSet<&'a str>),
+}
+
+impl<'a> Accepted<'a> {
+    fn new(values: &'a [String]) -> Self {
+        if values.len() <= LINEAR_MATCH_MAX {
+            Self::Few(values)
+        } else {
+            Self::Many(values.iter().map(String::as_str).collect())
+        }
+    }
+
+    fn contains(&self, v: &str) -> bool {
+        match self {
+            Self::Few(values) => values.iter().any(|a| a == v),
+            Self::Many(set) => set.contains(v),
+        }
+    }
+}
+
 /// Where a member's whole value (the content of its `google.protobuf.Value`) is.
 fn value_span(base: &[u8], v: ValueRef<'_>) -> Span {
     match v {
@@ -240,6 +271,9 @@ fn audience(base: &[u8], v: ValueRef<'_>) -> Result<(Span, bool), Rejection> {
         _ => Err(not()),
     }
 }
+
+/// How many names an error message lists before it only counts the rest.
+const LISTED_NAMES: usize = 3;
 
 /// Lower-cases a `typ` value and removes an `application/` prefix (RFC 7515 4.1.9).
 pub fn normalize_type(typ: &str) -> String {
@@ -382,7 +416,8 @@ pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Reject
         ));
     }
     let several = aud.next().is_some();
-    if !claims.aud().any(|a| accepted.iter().any(|x| x == a)) {
+    let accepted = Accepted::new(accepted);
+    if !claims.aud().any(|a| accepted.contains(a)) {
         return Err(Rejection::new(
             ErrorCode::InvalidAudience,
             "no audience of the token is accepted",
@@ -390,7 +425,7 @@ pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Reject
     }
     if several {
         match claims.get("azp") {
-            Some(ValueRef::String(azp)) if accepted.iter().any(|x| x == azp) => {}
+            Some(ValueRef::String(azp)) if accepted.contains(azp) => {}
             Some(ValueRef::String(_)) => {
                 return Err(Rejection::new(
                     ErrorCode::InvalidAudience,
@@ -408,25 +443,43 @@ pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Reject
     Ok(())
 }
 
-/// Every one of `required` must be granted.
+/// Every one of `required` must be granted. The message names at most a few missing
+/// scopes and counts the rest.
 pub fn check_scopes(claims: &Claims, required: &[String]) -> Result<(), Rejection> {
     if required.is_empty() {
         return Ok(());
     }
+    // A few required scopes are looked for in the granted ones directly (no allocation);
+    // more are matched through a set of the granted ones, so the cost stays O(n + m).
     let granted = claims.scopes();
+    let set: Option<HashSet<&str>> =
+        (required.len() > LINEAR_MATCH_MAX).then(|| granted.clone().collect());
+    let is_granted = |r: &str| match &set {
+        Some(set) => set.contains(r),
+        None => granted.clone().any(|g| g == r),
+    };
     let missing: Vec<&String> = required
         .iter()
-        .filter(|r| !granted.clone().any(|g| g == r.as_str()))
+        .filter(|r| !is_granted(r.as_str()))
         .collect();
     if missing.is_empty() {
-        Ok(())
-    } else {
-        let names: Vec<String> = missing.iter().map(|m| echo(m)).collect();
-        Err(Rejection::new(
-            ErrorCode::InsufficientScope,
-            format!("missing scope {}", names.join(", ")),
-        ))
+        return Ok(());
     }
+    let names: Vec<String> = missing.iter().take(LISTED_NAMES).map(|m| echo(m)).collect();
+    let more = missing.len().saturating_sub(LISTED_NAMES);
+    let rest = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    Err(Rejection::new(
+        ErrorCode::InsufficientScope,
+        format!(
+            "missing {} of the required scopes: {}{rest}",
+            missing.len(),
+            names.join(", ")
+        ),
+    ))
 }
 
 /// When the request carries a nonce, the token's `nonce` must equal it.
@@ -600,6 +653,21 @@ mod tests {
             ErrorCode::InsufficientScope
         );
         assert!(check_scopes(&claims("{}"), &[]).is_ok());
+        let many: Vec<String> = (0..64).map(|i| format!("s{i}")).collect();
+        let err = check_scopes(&claims(r#"{"scp":"s1 s3"}"#), &many).unwrap_err();
+        assert_eq!(
+            err.message,
+            "missing 62 of the required scopes: `s0`, `s2`, `s4` and 59 more"
+        );
+    }
+
+    #[test]
+    fn long_lists_match_through_sets() {
+        let accepted: Vec<String> = (0..20).map(|i| format!("api{i}")).collect();
+        assert!(check_audience(&claims(r#"{"aud":"api17"}"#), &accepted).is_ok());
+        assert!(check_audience(&claims(r#"{"aud":"api20"}"#), &accepted).is_err());
+        let granted = format!(r#"{{"scp":"{}"}}"#, "a ".repeat(5000).trim_end());
+        assert!(check_scopes(&claims(&granted), &["a".to_string()]).is_ok());
     }
 
     #[test]

@@ -56,9 +56,10 @@ pub async fn fetch_metadata(
     let issuer = field("issuer").ok_or_else(|| FetchError::Invalid("no issuer".into()))?;
     let tfp_form = policy.is_some_and(|p| is_b2c_tfp_issuer(&issuer, expected_issuer, p));
     if issuer != expected_issuer && !tfp_form {
-        return Err(FetchError::Invalid(format!(
-            "metadata issuer `{issuer}` is not the configured `{expected_issuer}`"
-        )));
+        return Err(FetchError::IssuerMismatch {
+            declared: issuer,
+            expected: expected_issuer.to_string(),
+        });
     }
     let jwks_uri = field("jwks_uri").ok_or_else(|| FetchError::Invalid("no jwks_uri".into()))?;
     upstream::check_url(&jwks_uri, require_https)?;
@@ -88,7 +89,7 @@ async fn fetch_keys(
         Source::JwksFile { path } => {
             let bytes = tokio::fs::read(path)
                 .await
-                .map_err(|e| FetchError::Connect(format!("cannot read {}: {e}", path.display())))?;
+                .map_err(|e| FetchError::File(format!("{}: {e}", path.display())))?;
             if bytes.len() > upstream::MAX_BODY_BYTES {
                 return Err(FetchError::TooLarge);
             }
@@ -226,7 +227,7 @@ pub async fn run_refresher(
             }
             Err(err) => {
                 let failures = state.update_status(|s| {
-                    s.last_error = Some((err.to_string(), SystemTime::now()));
+                    s.last_error = Some((err.category(), SystemTime::now()));
                     s.failures += 1;
                     s.consecutive_failures = s.consecutive_failures.saturating_add(1);
                     s.last_failed = true;
@@ -234,7 +235,7 @@ pub async fn run_refresher(
                 });
                 let keys = state.keys().len();
                 warn!(error = %err, ?kind, failures, keys_kept = keys, "key refresh failed; keeping the last good keys");
-                registry.publish_failure(&state, err.to_string());
+                registry.publish_failure(&state, err.category());
                 if let Some(o) = &observer {
                     o(&state, Err(&err));
                 }

@@ -23,7 +23,7 @@ use jsonwebtoken::Algorithm;
 use tokio::sync::broadcast;
 
 pub use operator::{RefreshError, RefreshOutcome, RefreshReport};
-pub use refresh::{RefreshControl, RefreshKind};
+pub use refresh::{Forced, RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
 pub use token_cache::{TokenCache, TokenCacheStats, TokenHash, VerifiedToken};
 pub use validate::{Presented, ValidateError, ValidateInput, Validated};
