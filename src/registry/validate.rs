@@ -20,7 +20,7 @@ use super::{
 use crate::{
     jwt::{
         ErrorCode, Rejection,
-        claims::{self, Claims, TimePolicy, now_secs},
+        claims::{self, Claims, TimePolicy, TokenKind, now_secs},
         jws::{self, CompactJws, Header},
     },
     keys::{KeyLookup, KeySet, VerifyingKey},
@@ -333,7 +333,12 @@ impl Registry {
         } else {
             input.audiences
         };
-        claims::check_audience(claims, audiences).map_err(&reject)?;
+        // A request nonce says the caller checks an ID token (OpenID Connect Core 3.1.3.7).
+        let kind = match input.nonce {
+            Some(_) => TokenKind::IdToken,
+            None => tenant.token_kind(),
+        };
+        claims::check_audience(claims, audiences, kind).map_err(&reject)?;
         claims::check_scopes(claims, input.required_scopes).map_err(&reject)?;
         claims::check_nonce(claims, input.nonce).map_err(&reject)?;
         // 8. B2C policy
@@ -373,18 +378,23 @@ impl Registry {
         token: &VerifiedToken,
         input: &ValidateInput<'_>,
     ) -> Result<(), ValidateError> {
-        let Some(replay) = Registry::replay_of(&routed.tenant) else {
+        let Some(replay) = routed.tenant.replay_cache() else {
             return Ok(());
         };
+        // A replay-detecting tenant needs `jti` and `exp` (without `exp` a token could be
+        // replayed forever; remembering it for a while would only hide that).
         let claims = &token.claims;
-        let (Some(iss), Some(jti)) = (claims.iss(), claims.jti()) else {
-            return Err(routed.reject(Rejection::new(
+        let missing = |name: &str| {
+            routed.reject(Rejection::new(
                 ErrorCode::MissingClaim,
-                "claim `jti` is required for replay detection",
-            )));
+                format!("claim `{name}` is required for replay detection"),
+            ))
         };
-        let skew = routed.tenant.settings.policy.clock_skew.as_secs_f64();
-        let expires = claims.exp.unwrap_or_else(now_secs) + skew;
+        let (Some(iss), Some(jti)) = (claims.iss(), claims.jti()) else {
+            return Err(missing("jti"));
+        };
+        let exp = claims.exp.ok_or_else(|| missing("exp"))?;
+        let expires = exp + routed.tenant.settings.policy.clock_skew.as_secs_f64();
         let outcome = if input.peek_replay {
             replay.peek(iss, jti)
         } else {
