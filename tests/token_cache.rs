@@ -33,6 +33,9 @@ async fn server(idp: &FakeIdp, extra: &str) -> Harness {
     s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     // RefreshIssuer rotates keys here: AdminService on the loopback listener.
     s.server.admin = true;
+    // RefreshIssuer fetches at most once per unknown_kid_cooldown, which a configuration
+    // keeps at 1 s or more; zero on the loaded settings rotates without waiting.
+    s.tenants[0].refresh.unknown_kid_cooldown = Duration::ZERO;
     let h = start(s).await;
     h.wait_health("introspect.v1.TokenService", SERVING).await;
     h
@@ -64,10 +67,6 @@ fn request(token: &str) -> pb::ValidateRequest {
         ..Default::default()
     }
 }
-
-/// Tenant settings that let RefreshIssuer fetch right after start-up (it fetches at most
-/// once per `unknown_kid_cooldown`).
-const FORCE_ANY_TIME: &str = "    unknown_kid_cooldown: 0s\n";
 
 /// Publishes `keys` as the provider's only keys and has the server fetch them now.
 async fn rotate_to(idp: &FakeIdp, h: &Harness, keys: &[&TestKey]) {
@@ -209,7 +208,7 @@ async fn a_replayed_token_is_refused_on_a_hit() {
 
 #[tokio::test]
 async fn a_token_whose_key_left_the_set_is_not_answered_from_the_cache() {
-    let (idp, old, mut h) = setup(FORCE_ANY_TIME).await;
+    let (idp, old, mut h) = setup("").await;
     let token = old.token(&claims(&idp.issuer(), "api://demo"));
     assert!(h.validate_token(&token).await.valid);
     assert_eq!(counters(&h).await.3, 1.0);
@@ -228,7 +227,7 @@ async fn a_token_whose_key_left_the_set_is_not_answered_from_the_cache() {
 
 #[tokio::test]
 async fn a_forged_token_costs_one_verification_while_the_keys_stay_the_same() {
-    let (idp, key, mut h) = setup(FORCE_ANY_TIME).await;
+    let (idp, key, mut h) = setup("").await;
     // Signed by another key under the published key's kid.
     let forger = TestKey::rsa("k1", "RS256");
     let forged = forger.token(&claims(&idp.issuer(), "api://demo"));
