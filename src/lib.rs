@@ -7,20 +7,22 @@
 //! - [`config`]: typed configuration, one file per section (`server.rs`, `admin.rs` for
 //!   where AdminService is served and who may call it, `tenant.rs`, `policy.rs` for the
 //!   keys `defaults:` shares with tenants, `key_source.rs`, `introspection.rs`,
-//!   `ext_authz.rs`, `sender_constraint.rs`), `DEFAULT_*` constants, `env.rs`
-//!   overrides, validation errors naming the key. Its module docs say how to add a
-//!   section or a key.
-//! - [`jwt`]: compact JWS framing, strict JSON, claim checks, the sender-constraint rules
+//!   `ext_authz.rs`, `token_cache.rs`, `sender_constraint.rs`), `DEFAULT_*` constants,
+//!   `env.rs` overrides, validation errors naming the key. Its module docs say how to add
+//!   a section or a key.
+//! - [`jwt`]: compact JWS framing, strict JSON parsed in one pass into the wire form of
+//!   `google.protobuf.Struct` (`compact.rs`), claim checks, the sender-constraint rules
 //!   ([`jwt::dpop`]: DPoP proofs, `htu` normalisation, nonces, the `cnf` binding
 //!   decision) and the `WWW-Authenticate` challenges (`challenge.rs`; no keys, no
 //!   network).
 //! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
 //!   `KeySet` snapshots.
 //! - [`events`]: key-rotation events and their bus.
-//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline, each
-//!   tenant's sender-constraint state (`sender.rs`: proof key checks, nonce key, proof
-//!   replay store), and what operators ask (`operator.rs`: key-set lookup, forced
-//!   refresh with its diff).
+//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline, the
+//!   verified-token cache and its purges (`token_cache.rs`), each tenant's
+//!   sender-constraint state (`sender.rs`: proof key checks, nonce key, proof replay
+//!   store), and what operators ask (`operator.rs`: key-set lookup, forced refresh with
+//!   its diff).
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
 //! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
 //!   opaque tokens, the client-credentials token cache and the answer cache.
@@ -32,7 +34,8 @@
 //!   authorization service (`ext_authz/`, over the vendored Envoy protos; DPoP proofs,
 //!   request target and peer certificate read from the CheckRequest), the
 //!   sender-constraint fields of a request read once (`presentation.rs`), `to_proto`
-//!   conversions, request bounds, the one error-to-Status mapping, and the tower layers
+//!   conversions, the Validate reply encoded from the core's values (`reply.rs`), request
+//!   bounds, the one error-to-Status mapping, and the tower layers
 //!   (`layers.rs`: metrics and the concurrency limit taken after the request message;
 //!   `deadline.rs`: the call deadline).
 //! - [`app`]: wiring: registry, background tasks (one tracker, one cancel token),
@@ -42,7 +45,8 @@
 //!   `issuers`) and the JSON it prints (`json.rs`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus families, bounded labels, scrape-time collectors, the
-//!   ext_authz checks (`checks.rs`), the `/metrics` endpoint.
+//!   per-tenant validation counters created at start-up (`validations.rs`), the ext_authz
+//!   checks (`checks.rs`), the `/metrics` endpoint.
 //! - [`transport`]: every gRPC listener's connections, served with hyper's HTTP/2 server:
 //!   the connection cap with eviction of idle connections (`admission.rs`), TLS with hot
 //!   reload, the first-request deadline, HTTP/2 stream and reset limits, connection age

@@ -38,6 +38,7 @@ mod policy;
 mod sender_constraint;
 mod server;
 mod tenant;
+mod token_cache;
 
 use std::{fmt, path::Path};
 
@@ -77,6 +78,10 @@ pub use server::{
     ServerSettings, TlsSettings,
 };
 pub use tenant::{ANY_TENANT_ID, AllowedTenantIds, TenantSettings};
+pub use token_cache::{
+    DEFAULT_TOKEN_CACHE_MAX_BYTES, DEFAULT_TOKEN_CACHE_MAX_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_TTL,
+    DEFAULT_TOKEN_CACHE_NEGATIVE_TTL, TokenCacheSettings,
+};
 
 /// Placeholder for the Entra ID tenant id in an issuer.
 pub const TENANT_ID_PLACEHOLDER: &str = "{tenantid}";
@@ -129,6 +134,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Every trusted tenant, in file order.
     pub tenants: Vec<TenantSettings>,
+    /// The verified-token cache.
+    pub token_cache: TokenCacheSettings,
     /// Envoy external authorization (`ext_authz:`).
     pub ext_authz: ExtAuthzSettings,
 }
@@ -144,6 +151,8 @@ struct File {
     #[serde(default)]
     tenants: Vec<tenant::TenantFile>,
     #[serde(default)]
+    token_cache: TokenCacheSettings,
+    #[serde(default)]
     ext_authz: ext_authz::ExtAuthzFile,
 }
 
@@ -158,6 +167,7 @@ impl File {
         Ok(Settings {
             server,
             tenants,
+            token_cache: self.token_cache.validated()?,
             ext_authz,
         })
     }

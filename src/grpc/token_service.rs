@@ -11,7 +11,9 @@ use tracing::debug;
 use super::{
     BoundaryError, check_field, check_list, convert, non_empty, parse_credentials,
     pb::{self, token_service_server::TokenService},
-    presentation, split_validate_error,
+    presentation,
+    reply::Reply,
+    split_validate_error,
     watch::{self, WatcherLimits, Watchers},
 };
 use crate::{
@@ -94,11 +96,17 @@ impl TokenServiceImpl {
         }
     }
 
-    /// Validate without the tonic wrapping, for handler tests and Introspect.
+    /// Validate without the tonic wrapping, for handler tests and tools.
     pub async fn validate_message(
         &self,
         req: &pb::ValidateRequest,
     ) -> Result<pb::ValidateResponse, BoundaryError> {
+        Ok(self.validate_reply(req).await?.into_message())
+    }
+
+    /// Validate as the server answers it: an accepted token is encoded from the core's
+    /// values when the answer is sent ([`Reply`]).
+    pub async fn validate_reply(&self, req: &pb::ValidateRequest) -> Result<Reply, BoundaryError> {
         let (token, token_scheme) = parse_credentials(&req.token, self.limits.max_token_bytes)?;
         check_field("tenant", &req.tenant)?;
         check_field("nonce", &req.nonce)?;
@@ -119,11 +127,14 @@ impl TokenServiceImpl {
             m.record_validate_outcome(&outcome);
         }
         match outcome {
-            Ok(v) => Ok(convert::validated(&v)),
+            Ok(v) => Ok(Reply::Valid(v)),
             Err(e) => {
                 let e = split_validate_error(e)?;
                 debug!(error = %e, "token rejected");
-                Ok(convert::rejected(&e, &req.required_scopes))
+                Ok(Reply::Message(Box::new(convert::rejected(
+                    &e,
+                    &req.required_scopes,
+                ))))
             }
         }
     }

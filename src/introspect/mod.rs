@@ -35,7 +35,7 @@ use self::{
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
     jwt::{claims::now_secs, dpop::Presentation, jws},
-    registry::{Metadata, Registry, RequestError, ValidateError, ValidateInput},
+    registry::{Metadata, Presented, Registry, RequestError, ValidateError, ValidateInput},
     upstream::{FetchError, HttpClient},
 };
 
@@ -483,7 +483,9 @@ impl Introspection {
             return Err(IntrospectError::UnknownTenant(t.to_string()));
         }
         let hint = input.token_type_hint;
-        let is_jws = jws::parse(input.token).is_ok();
+        // Hashed and looked up in the verified-token cache once, parsed at most once.
+        let mut presented = self.registry.present(input.token);
+        let is_jws = presented.is_jws();
         if !is_jws && jws::is_jwt_shaped(input.token) {
             // RFC 7662: a token the server does not recognise is not active. It is not a
             // provider's opaque token either, so it is not sent anywhere.
@@ -514,7 +516,7 @@ impl Introspection {
             let answer = introspector.introspect(input.token, hint).await?;
             return self.bound(introspector.tenant(), answer, input);
         }
-        self.local(input).await
+        self.local(presented, input).await
     }
 
     /// An upstream answer after the sender-constraint check of its tenant: the binding
@@ -535,12 +537,21 @@ impl Introspection {
         let presentation = input.presentation.unwrap_or(&bearer);
         state
             .sender()
-            .check(&answer.claims, input.token, presentation, now_secs())
+            .check(
+                answer.claims.get("cnf"),
+                input.token,
+                presentation,
+                now_secs(),
+            )
             .map(|_| answer)
             .map_err(|r| IntrospectError::Unbound(Box::new(state.binding_refusal(r, None))))
     }
 
-    async fn local(&self, input: &IntrospectInput<'_>) -> Result<Answer, IntrospectError> {
+    async fn local(
+        &self,
+        presented: Presented<'_>,
+        input: &IntrospectInput<'_>,
+    ) -> Result<Answer, IntrospectError> {
         let validate = ValidateInput {
             token: input.token,
             tenant: input.tenant,
@@ -548,9 +559,9 @@ impl Introspection {
             presentation: input.presentation,
             ..ValidateInput::default()
         };
-        match self.registry.validate(&validate).await {
+        match self.registry.validate_presented(presented, &validate).await {
             Ok(v) => Ok(answer::from_claims(
-                &v.claims,
+                v.claims(),
                 v.tenant.id(),
                 input.token_type_hint,
             )),

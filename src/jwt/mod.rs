@@ -5,8 +5,8 @@
 
 pub mod challenge;
 pub mod claims;
+pub mod compact;
 pub mod dpop;
-pub mod json;
 pub mod jws;
 
 use std::fmt;

@@ -136,10 +136,10 @@ impl SenderState {
         self.proofs.len()
     }
 
-    /// The binding decision for a token whose signature verified.
+    /// The binding decision for a token whose signature verified, `cnf` its `cnf` claim.
     pub fn decide(
         &self,
-        claims: &Map<String, Value>,
+        cnf: Option<&Value>,
         token: &str,
         presentation: &Presentation,
         now: f64,
@@ -151,19 +151,19 @@ impl SenderState {
             clock_skew: self.clock_skew,
             nonce: self.nonce.as_ref(),
         };
-        binding::decide(claims, token, presentation, &policy, now, &EmbeddedKeys)
+        binding::decide(cnf, token, presentation, &policy, now, &EmbeddedKeys)
     }
 
     /// The binding decision, and the proof recorded by the replay rule when it holds:
     /// the whole sender-constraint step of a call.
     pub fn check(
         &self,
-        claims: &Map<String, Value>,
+        cnf: Option<&Value>,
         token: &str,
         presentation: &Presentation,
         now: f64,
     ) -> Result<Accepted, Refused> {
-        let accepted = self.decide(claims, token, presentation, now)?;
+        let accepted = self.decide(cnf, token, presentation, now)?;
         if let Some(proof) = &accepted.proof_use {
             self.record(proof).map_err(|error| Refused {
                 error,

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
     BindingError, NonceCheck, NonceKey, Presentation, Scheme,
@@ -84,11 +84,12 @@ pub struct Confirmation {
 }
 
 impl Confirmation {
-    /// Reads `cnf` from a claim set (or an introspection answer). An empty `cnf` binds
-    /// nothing; a member other than `jkt` and `x5t#S256` is a confirmation method this
-    /// service cannot check, which is refused rather than ignored.
-    pub fn from_claims(claims: &Map<String, Value>) -> Result<Self, BindingError> {
-        let cnf = match claims.get("cnf") {
+    /// Reads a token's `cnf` claim (or an introspection answer's), `None` when absent.
+    /// An empty `cnf` binds nothing; a member other than `jkt` and `x5t#S256` is a
+    /// confirmation method this service cannot check, which is refused rather than
+    /// ignored.
+    pub fn from_cnf(cnf: Option<&Value>) -> Result<Self, BindingError> {
+        let cnf = match cnf {
             None => return Ok(Self::default()),
             Some(Value::Object(m)) => m,
             Some(_) => return Err(BindingError::MalformedConfirmation("(not an object)")),
@@ -151,10 +152,10 @@ pub struct Refused {
     pub nonce: Option<String>,
 }
 
-/// Decides a call's binding. `claims` holds the token's `cnf`, `token` is the access
-/// token as presented (for `ath`), `now` seconds since the epoch.
+/// Decides a call's binding. `cnf` is the token's `cnf` claim, `token` the access token
+/// as presented (for `ath`), `now` seconds since the epoch.
 pub fn decide(
-    claims: &Map<String, Value>,
+    cnf: Option<&Value>,
     token: &str,
     presentation: &Presentation,
     policy: &SenderPolicy<'_>,
@@ -171,7 +172,7 @@ pub fn decide(
         dpop_challenge: dpop || dpop_scheme,
         nonce: nonce.clone(),
     };
-    let cnf = Confirmation::from_claims(claims).map_err(|e| refuse(e, false))?;
+    let cnf = Confirmation::from_cnf(cnf).map_err(|e| refuse(e, false))?;
     if cnf.is_empty() {
         return match (policy.mode, dpop_scheme) {
             (Mode::Required, _) => Err(refuse(BindingError::BindingRequired, false)),

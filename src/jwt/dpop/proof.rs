@@ -12,7 +12,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_json::{Map, Value};
 
 use super::{BindingError, HttpRequest, MAX_PROOF_BYTES, htu, sha256_b64url};
-use crate::jwt::{json, jws};
+use crate::jwt::compact::{self, ObjectRef, ValueRef};
+use crate::jwt::jws;
 
 /// The `typ` of a DPoP proof.
 pub const DPOP_TYP: &str = "dpop+jwt";
@@ -88,10 +89,10 @@ fn is_dpop_typ(typ: &str) -> bool {
     lower.strip_prefix("application/").unwrap_or(&lower) == DPOP_TYP
 }
 
-fn check_header<'h>(
-    header: &'h Map<String, Value>,
+fn check_header(
+    header: ObjectRef<'_>,
     algorithms: &[Algorithm],
-) -> Result<(Algorithm, &'h Map<String, Value>), BindingError> {
+) -> Result<(Algorithm, Map<String, Value>), BindingError> {
     let parsed = jws::header_from(header).map_err(|r| malformed(r.message))?;
     match parsed.typ.as_deref() {
         Some(t) if is_dpop_typ(t) => {}
@@ -105,7 +106,7 @@ fn check_header<'h>(
         return Err(BindingError::ProofHeader(p));
     }
     match header.get("jwk") {
-        Some(Value::Object(jwk)) => Ok((alg, jwk)),
+        Some(ValueRef::Object(jwk)) => Ok((alg, jwk.to_json())),
         Some(_) => Err(malformed("jwk is not a JSON object")),
         None => Err(BindingError::MissingJwk),
     }
@@ -121,30 +122,28 @@ struct ProofClaims {
 }
 
 fn string_claim(
-    map: &Map<String, Value>,
+    map: ObjectRef<'_>,
     name: &'static str,
     max: usize,
 ) -> Result<Option<String>, BindingError> {
     match map.get(name) {
         None => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Ok(Some(s.clone())),
+        Some(ValueRef::String(s)) if !s.is_empty() && s.len() <= max => Ok(Some(s.to_owned())),
         Some(_) => Err(BindingError::BadProofClaim(name)),
     }
 }
 
 fn claims_of(payload: &[u8]) -> Result<ProofClaims, BindingError> {
-    let map = json::parse_object(payload).map_err(|e| malformed(format!("claims: {e}")))?;
+    let bytes = compact::parse_object(payload).map_err(|e| malformed(format!("claims: {e}")))?;
+    let map = ObjectRef::new(&bytes);
     let need =
         |name: &'static str, v: Option<String>| v.ok_or(BindingError::MissingProofClaim(name));
-    let jti = need("jti", string_claim(&map, "jti", MAX_JTI_BYTES)?)?;
-    let htm = need("htm", string_claim(&map, "htm", 64)?)?;
-    let htu = need("htu", string_claim(&map, "htu", htu::MAX_URI_BYTES)?)?;
+    let jti = need("jti", string_claim(map, "jti", MAX_JTI_BYTES)?)?;
+    let htm = need("htm", string_claim(map, "htm", 64)?)?;
+    let htu = need("htu", string_claim(map, "htu", htu::MAX_URI_BYTES)?)?;
     let iat = match map.get("iat") {
         None => return Err(BindingError::MissingProofClaim("iat")),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .ok_or(BindingError::BadProofClaim("iat"))?,
+        Some(ValueRef::Number(n)) if n.is_finite() => n,
         Some(_) => return Err(BindingError::BadProofClaim("iat")),
     };
     Ok(ProofClaims {
@@ -152,8 +151,8 @@ fn claims_of(payload: &[u8]) -> Result<ProofClaims, BindingError> {
         htm,
         htu,
         iat,
-        ath: string_claim(&map, "ath", 64)?,
-        nonce: string_claim(&map, "nonce", MAX_NONCE_BYTES)?,
+        ath: string_claim(map, "ath", 64)?,
+        nonce: string_claim(map, "nonce", MAX_NONCE_BYTES)?,
     })
 }
 
@@ -183,9 +182,9 @@ pub fn check(
         return Err(malformed(format!("longer than {MAX_PROOF_BYTES} bytes")));
     }
     let raw = jws::split(proof.trim()).map_err(|r| malformed(r.message))?;
-    let (alg, jwk) = check_header(&raw.header, rules.algorithms)?;
+    let (alg, jwk) = check_header(ObjectRef::new(&raw.header), rules.algorithms)?;
     let jkt = keys
-        .verify(jwk, alg, raw.signing_input.as_bytes(), &raw.signature)
+        .verify(&jwk, alg, raw.signing_input.as_bytes(), &raw.signature)
         .map_err(|f| match f {
             KeyFault::Private(m) => BindingError::PrivateJwk(m),
             KeyFault::Unusable(why) => BindingError::UnusableJwk(why),

@@ -176,7 +176,7 @@ fn run(
     p: &Presentation,
     pol: &SenderPolicy<'_>,
 ) -> Result<Accepted, Refused> {
-    binding::decide(claims, TOKEN, p, pol, NOW, &EmbeddedKeys)
+    binding::decide(claims.get("cnf"), TOKEN, p, pol, NOW, &EmbeddedKeys)
 }
 
 fn refusal(claims: &Map<String, Value>, p: &Presentation, pol: &SenderPolicy<'_>) -> BindingError {
@@ -515,11 +515,11 @@ fn scheme_rules() {
 fn confirmation_forms() {
     let thumb = sha256_b64url(b"cert");
     assert_eq!(
-        Confirmation::from_claims(&cnf(json!({}))),
+        Confirmation::from_cnf(cnf(json!({})).get("cnf")),
         Ok(Confirmation::default())
     );
     assert_eq!(
-        Confirmation::from_claims(&cnf(json!({"x5t#S256": thumb}))).map(|c| c.x5t_s256),
+        Confirmation::from_cnf(cnf(json!({"x5t#S256": thumb})).get("cnf")).map(|c| c.x5t_s256),
         Ok(Some(thumb.clone()))
     );
     let hex: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"cert")
@@ -553,7 +553,11 @@ fn confirmation_forms() {
             BindingError::UnsupportedConfirmation("`kid`".into()),
         ),
     ] {
-        assert_eq!(Confirmation::from_claims(&cnf(v.clone())), Err(want), "{v}");
+        assert_eq!(
+            Confirmation::from_cnf(cnf(v.clone()).get("cnf")),
+            Err(want),
+            "{v}"
+        );
     }
 }
 
