@@ -88,28 +88,11 @@ mod tests {
     use tonic::{Code, Request};
 
     use super::*;
-    use crate::{
-        config,
-        grpc::{
-            TokenServiceImpl,
-            pb::token_service_server::TokenService,
-            testing::{SECRET, hs256},
-        },
-        registry::Registry,
+    use crate::grpc::{
+        TokenServiceImpl,
+        pb::token_service_server::TokenService,
+        testing::{hs256, service},
     };
-
-    fn service() -> TokenServiceImpl {
-        crate::install_crypto();
-        let yaml = "tenants:\n  - id: fp\n    issuer: https://fp.example\n    audiences: [api]\n    algorithms: [HS256]\n    hmac_secret_env: S\n";
-        let settings = config::load_str(yaml, &|_| Some(SECRET.to_string()), &[]).expect("config");
-        let registry = Registry::new(&settings).expect("registry");
-        let limits = Limits {
-            max_token_bytes: 1024,
-            watchers: crate::grpc::watch::WatcherLimits::total(1),
-        };
-        TokenServiceImpl::new(registry.clone(), limits)
-            .with_introspector(Introspection::local_only(registry))
-    }
 
     fn now() -> i64 {
         std::time::SystemTime::now()

@@ -208,6 +208,22 @@ pub(crate) mod testing {
         )
         .expect("sign")
     }
+
+    /// A TokenService of one HS256 tenant `fp` (issuer `https://fp.example`, audience
+    /// `api`, secret [`SECRET`]), introspecting its JWTs locally.
+    pub(crate) fn service() -> super::TokenServiceImpl {
+        crate::install_crypto();
+        let yaml = "tenants:\n  - id: fp\n    issuer: https://fp.example\n    audiences: [api]\n    algorithms: [HS256]\n    hmac_secret_env: S\n";
+        let settings =
+            crate::config::load_str(yaml, &|_| Some(SECRET.to_string()), &[]).expect("config");
+        let registry = crate::registry::Registry::new(&settings).expect("registry");
+        let limits = super::Limits {
+            max_token_bytes: 1024,
+            watchers: super::watch::WatcherLimits::total(1),
+        };
+        super::TokenServiceImpl::new(registry.clone(), limits)
+            .with_introspector(crate::introspect::Introspection::local_only(registry))
+    }
 }
 
 #[cfg(test)]

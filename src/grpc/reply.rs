@@ -384,26 +384,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{
-        config,
-        grpc::{
-            Limits,
-            testing::{SECRET, hs256},
-        },
-        registry::Registry,
-    };
-
-    fn service() -> TokenServiceImpl {
-        crate::install_crypto();
-        let yaml = "tenants:\n  - id: fp\n    issuer: https://fp.example\n    audiences: [api]\n    algorithms: [HS256]\n    hmac_secret_env: S\n";
-        let settings = config::load_str(yaml, &|_| Some(SECRET.to_string()), &[]).expect("config");
-        let registry = Registry::new(&settings).expect("registry");
-        let limits = Limits {
-            max_token_bytes: 4096,
-            watchers: crate::grpc::watch::WatcherLimits::total(1),
-        };
-        TokenServiceImpl::new(registry, limits)
-    }
+    use crate::grpc::testing::{hs256, service};
 
     /// The hand-written encoding decodes to the generated message, field for field,
     /// the sender-constraint fields (15, 16) included, for a bearer token and a
