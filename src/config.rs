@@ -23,6 +23,12 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 use serde_yaml_ng::Value as Yaml;
 
+mod shared_state;
+
+pub use shared_state::{
+    DEFAULT_KEY_PREFIX, DEFAULT_OP_TIMEOUT, OnUnavailable, RedisEndpoints, SharedStateSettings,
+};
+
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 /// Default Prometheus listen address.
@@ -137,6 +143,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Every trusted tenant, in file order.
     pub tenants: Vec<TenantSettings>,
+    /// State shared by a fleet of replicas (Redis); `None`: everything per replica.
+    pub shared_state: Option<SharedStateSettings>,
 }
 
 /// `server:` settings.
@@ -342,6 +350,7 @@ struct RawConfig {
     defaults: RawPolicy,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    shared_state: Option<shared_state::RawSharedState>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -517,7 +526,7 @@ fn display_path(path: &str) -> String {
 /// Top-level keys an environment override may start with. Anything else under the
 /// prefix (Kubernetes injects `INTROSPECTD_SERVICE_HOST` for a Service of that name) is
 /// not configuration and is ignored.
-const OVERRIDABLE_ROOTS: [&str; 3] = ["server", "defaults", "tenants"];
+const OVERRIDABLE_ROOTS: [&str; 4] = ["server", "defaults", "tenants", "shared_state"];
 
 fn apply_override(doc: &mut Yaml, name: &str, value: &str) -> Result<(), ConfigError> {
     let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
@@ -712,7 +721,15 @@ fn resolve(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         tenants.push(resolve_tenant(&key, t, &raw.defaults, env)?);
     }
     check_shared_issuers(&tenants)?;
-    Ok(Settings { server, tenants })
+    let shared_state = raw
+        .shared_state
+        .map(|s| shared_state::resolve(s, env))
+        .transpose()?;
+    Ok(Settings {
+        server,
+        tenants,
+        shared_state,
+    })
 }
 
 fn resolve_server(s: RawServer) -> Result<ServerSettings, ConfigError> {

@@ -228,6 +228,7 @@ impl DevKey {
                 },
                 introspection: None,
             }],
+            shared_state: None,
         }
     }
 }

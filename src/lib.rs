@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod events;
+pub mod fleet;
 pub mod grpc;
 pub mod introspect;
 pub mod jwt;
@@ -37,6 +38,7 @@ pub mod keys;
 pub mod metrics;
 pub mod oidc;
 pub mod registry;
+pub mod shared;
 pub mod telemetry;
 pub mod transport;
 

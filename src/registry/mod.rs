@@ -6,6 +6,7 @@
 
 mod refresh;
 mod replay;
+mod revocation;
 mod validate;
 
 use std::{
@@ -22,6 +23,7 @@ use tokio::sync::broadcast;
 
 pub use refresh::{RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
+pub use revocation::{Candidate, MAX_REVOCATION_RULES, Revocations, RevocationsFull, token_digest};
 pub use validate::{RequestError, ValidateError, ValidateInput, Validated};
 
 use crate::{

@@ -1,0 +1,193 @@
+//! The state a fleet of replicas shares, on Redis (or Valkey, or Redis Cluster): the
+//! implementations of the core's [`crate::shared`] traits (replay records, introspection
+//! answers, fetch coordination with published key sets, revocation rules), the
+//! connection they run on, the key layout, and the background tasks that keep this
+//! replica's view current (probe, subscription, re-reads). Only `app` builds one, and
+//! only when `shared_state` is configured.
+//!
+//! Nothing here holds a lock across a Redis call: every operation takes its own handle
+//! on the multiplexed connection and is bounded by `op_timeout`.
+
+mod conn;
+mod fetch;
+pub mod keys;
+mod monitor;
+mod records;
+mod revocation;
+mod scripts;
+pub mod stats;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64},
+    },
+};
+
+use redis::PushInfo;
+use tokio::{
+    sync::{Mutex, Notify, mpsc, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, info_span};
+
+pub use fetch::PUBLICATION_RETENTION;
+pub use monitor::{DOWN_PROBE_INTERVAL, PROBE_INTERVAL};
+pub use records::MIN_REPLAY_TTL;
+
+use self::{conn::Link, keys::Layout, stats::Stats};
+use crate::{
+    config::SharedStateSettings,
+    registry::Revocations,
+    shared::{Shared, SharedHealth},
+};
+
+/// The fleet could not be set up from its settings (exit 2: a configuration problem).
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The CA bundle could not be read.
+    #[error("cannot read shared_state.tls_ca_file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Inner {
+    settings: SharedStateSettings,
+    ca: Option<Vec<u8>>,
+    link: Link,
+    layout: Layout,
+    replica: String,
+    health: Arc<SharedHealth>,
+    stats: Arc<Stats>,
+    /// The last announced generation of every configured key set (nothing else: an
+    /// announcement for an unknown name creates nothing).
+    announced: HashMap<String, watch::Sender<u64>>,
+    revocations: Arc<Revocations>,
+    applied_seq: AtomicU64,
+    subscribed: AtomicBool,
+    resync: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    push_tx: mpsc::Sender<PushInfo>,
+    push_rx: Mutex<Option<mpsc::Receiver<PushInfo>>>,
+}
+
+/// A handle on the fleet's shared state (cheap to clone).
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("replica", &self.inner.replica)
+            .field("prefix", &self.inner.layout.prefix())
+            .field("up", &self.inner.health.is_up())
+            .field("link", &self.inner.link)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// A fleet handle for `settings`; `key_sets` are the configured key sets whose
+    /// fetches are coordinated (named as `KeySetId` displays them), `revocations` the
+    /// rules this replica checks. Connects only once [`Fleet::spawn`] runs.
+    pub fn new(
+        settings: &SharedStateSettings,
+        key_sets: impl IntoIterator<Item = String>,
+        revocations: Arc<Revocations>,
+    ) -> Result<Self, FleetError> {
+        let ca = match &settings.tls_ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| FleetError::CaFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?),
+        };
+        let announced: HashMap<String, watch::Sender<u64>> = key_sets
+            .into_iter()
+            .map(|k| (k, watch::Sender::new(0)))
+            .collect();
+        let stats = Arc::new(Stats::new(announced.keys().map(String::as_str)));
+        let (push_tx, push_rx) = mpsc::channel(monitor::PUSH_QUEUE);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                link: Link::new(settings.op_timeout, stats.clone()),
+                layout: Layout::new(&settings.key_prefix),
+                replica: settings.replica_name.clone(),
+                health: Arc::new(SharedHealth::new(settings.on_unavailable)),
+                stats,
+                announced,
+                revocations,
+                applied_seq: AtomicU64::new(0),
+                subscribed: AtomicBool::new(false),
+                resync: Arc::new(AtomicBool::new(true)),
+                wake: Arc::new(Notify::new()),
+                push_tx,
+                push_rx: Mutex::new(Some(push_rx)),
+                settings: settings.clone(),
+                ca,
+            }),
+        })
+    }
+
+    /// Starts the monitor and the dispatcher; they stop when `cancel` fires. A second
+    /// call starts nothing.
+    pub async fn spawn(&self, cancel: &CancellationToken) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        let Some(pushes) = self.inner.push_rx.lock().await.take() else {
+            return tasks;
+        };
+        let span = info_span!("shared_state", replica = %self.inner.replica);
+        tasks.spawn(
+            self.clone()
+                .run_monitor(cancel.clone())
+                .instrument(span.clone()),
+        );
+        tasks.spawn(
+            self.clone()
+                .run_dispatcher(pushes, cancel.clone())
+                .instrument(span),
+        );
+        tasks
+    }
+
+    /// The handles the core takes.
+    pub fn shared(&self) -> Shared {
+        Shared {
+            health: self.inner.health.clone(),
+            replay: Arc::new(self.clone()),
+            answers: Arc::new(self.clone()),
+            fetch: Arc::new(self.clone()),
+            revocation: Arc::new(self.clone()),
+        }
+    }
+
+    /// Availability and fallback counters.
+    pub fn health(&self) -> &Arc<SharedHealth> {
+        &self.inner.health
+    }
+
+    /// Operation counters and latencies.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        self.inner.layout.prefix()
+    }
+}

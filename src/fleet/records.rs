@@ -1,0 +1,188 @@
+//! Replay records and introspection answers on Redis: a replay value is one `SET NX PX`
+//! (expiring with the token), an answer one `GET` or one pipelined `SET PX` + release of
+//! the fill claim; a fill claim is `SET NX PX` with this replica's name, released only
+//! by its owner.
+
+use std::time::{Duration, SystemTime};
+
+use futures::{FutureExt as _, future::BoxFuture};
+use redis::AsyncCommands as _;
+
+use super::{Fleet, scripts, stats::Op};
+use crate::shared::{AnswerStore, ReplayOutcome, ReplayStore, SharedError, TokenDigest};
+
+/// Shortest life of a replay record: a value that has just expired is still kept this
+/// long, so that clocks a little apart never let it through twice.
+pub const MIN_REPLAY_TTL: Duration = Duration::from_secs(1);
+
+/// Milliseconds a record must live to last until `expires` (at least
+/// [`MIN_REPLAY_TTL`]).
+pub fn replay_ttl_ms(expires: SystemTime, now: SystemTime) -> u64 {
+    let left = expires.duration_since(now).unwrap_or(Duration::ZERO);
+    u64::try_from(left.max(MIN_REPLAY_TTL).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl ReplayStore for Fleet {
+    fn record<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        expires: SystemTime,
+        peek: bool,
+    ) -> BoxFuture<'a, Result<ReplayOutcome, SharedError>> {
+        async move {
+            let k = self.inner.layout.replay(namespace, key);
+            if peek {
+                let seen: bool = self
+                    .inner
+                    .link
+                    .exec(Op::ReplayPeek, |mut c| async move { c.exists(k).await })
+                    .await?;
+                return Ok(if seen {
+                    ReplayOutcome::Replayed
+                } else {
+                    ReplayOutcome::Fresh
+                });
+            }
+            let ttl = replay_ttl_ms(expires, SystemTime::now());
+            let set: Option<String> = self
+                .inner
+                .link
+                .exec(Op::Replay, |mut c| async move {
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(1)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            Ok(if set.is_some() {
+                ReplayOutcome::Fresh
+            } else {
+                ReplayOutcome::Replayed
+            })
+        }
+        .boxed()
+    }
+}
+
+impl AnswerStore for Fleet {
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        digest: &'a TokenDigest,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, SharedError>> {
+        async move {
+            let k = self.inner.layout.answer(tenant, digest);
+            self.inner
+                .link
+                .exec(Op::AnswerGet, |mut c| async move { c.get(k).await })
+                .await
+        }
+        .boxed()
+    }
+
+    fn put<'a>(
+        &'a self,
+        tenant: &'a str,
+        digest: &'a TokenDigest,
+        answer: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), SharedError>> {
+        async move {
+            let value = self.inner.layout.answer(tenant, digest);
+            let fill = self.inner.layout.answer_fill(tenant, digest);
+            let ttl = millis(ttl);
+            self.inner
+                .link
+                .exec(Op::AnswerPut, |mut c| async move {
+                    redis::pipe()
+                        .cmd("SET")
+                        .arg(value)
+                        .arg(answer)
+                        .arg("PX")
+                        .arg(ttl)
+                        .ignore()
+                        .cmd("DEL")
+                        .arg(fill)
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await
+        }
+        .boxed()
+    }
+
+    fn claim_fill<'a>(
+        &'a self,
+        tenant: &'a str,
+        digest: &'a TokenDigest,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        async move {
+            let k = self.inner.layout.answer_fill(tenant, digest);
+            let replica = self.inner.replica.clone();
+            let lease = millis(lease);
+            let set: Option<String> = self
+                .inner
+                .link
+                .exec(Op::AnswerClaim, |mut c| async move {
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(replica)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(lease)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            Ok(set.is_some())
+        }
+        .boxed()
+    }
+
+    fn release_fill<'a>(
+        &'a self,
+        tenant: &'a str,
+        digest: &'a TokenDigest,
+    ) -> BoxFuture<'a, Result<(), SharedError>> {
+        async move {
+            let k = self.inner.layout.answer_fill(tenant, digest);
+            let replica = self.inner.replica.clone();
+            self.inner
+                .link
+                .exec(Op::AnswerRelease, |mut c| async move {
+                    scripts::RELEASE
+                        .key(k)
+                        .arg(replica)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await
+                .map(|_| ())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_records_live_until_expiry_and_at_least_a_second() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(replay_ttl_ms(now + Duration::from_secs(90), now), 90_000);
+        assert_eq!(replay_ttl_ms(now + Duration::from_millis(10), now), 1000);
+        assert_eq!(replay_ttl_ms(now - Duration::from_secs(5), now), 1000);
+    }
+}

@@ -1,0 +1,9 @@
+//! The fleet suite: introspectd's shared state against real Redis servers that the tests
+//! start themselves (standalone, TLS, and a 3-master Redis Cluster), and three replicas
+//! of introspectd on loopback sharing them. Built only with `--features redis-tests`
+//! (`.ci/run` installs redis-server and runs it); plain `cargo test` does not build it.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod servers;
+mod state;

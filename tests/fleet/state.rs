@@ -1,0 +1,405 @@
+//! The fleet's Redis operations on their own (no introspectd server): replay records,
+//! answers and fill claims, fetch turns and publications with announcements, revocation
+//! rules with pub/sub and re-reads, reconnection after a kill, TLS, and the same on a
+//! Redis Cluster.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use introspectd::{
+    config::{OnUnavailable, RedisEndpoints, SharedStateSettings},
+    fleet::Fleet,
+    registry::Revocations,
+    shared::{
+        AnswerStore as _, FetchCoordination as _, ReplayOutcome, ReplayStore as _, Revocation,
+        RevocationRule, RevocationStore as _, Turn, TurnRequest,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::servers::{Options, RedisCluster, RedisServer, make_tls};
+
+fn settings(endpoints: RedisEndpoints, replica: &str) -> SharedStateSettings {
+    SharedStateSettings {
+        endpoints,
+        password: None,
+        key_prefix: "test:".into(),
+        op_timeout: Duration::from_millis(200),
+        on_unavailable: OnUnavailable::Local,
+        replica_name: replica.into(),
+        tls_ca_file: None,
+    }
+}
+
+/// A started fleet handle and what it needs to stay alive.
+struct Member {
+    fleet: Fleet,
+    revocations: Arc<Revocations>,
+    cancel: CancellationToken,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn member(s: SharedStateSettings) -> Member {
+    let revocations = Revocations::new();
+    let fleet = Fleet::new(
+        &s,
+        ["okta".to_string(), "b2c/B2C_1_x".to_string()],
+        revocations.clone(),
+    )
+    .expect("fleet");
+    let cancel = CancellationToken::new();
+    let tasks = fleet.spawn(&cancel).await;
+    let m = Member {
+        fleet,
+        revocations,
+        cancel,
+        _tasks: tasks,
+    };
+    assert!(
+        wait(Duration::from_secs(10), || m.fleet.health().is_up()).await,
+        "shared state becomes available"
+    );
+    m
+}
+
+async fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+fn in_secs(s: u64) -> SystemTime {
+    SystemTime::now() + Duration::from_secs(s)
+}
+
+fn now() -> i64 {
+    introspectd::shared::unix_secs(SystemTime::now())
+}
+
+async fn replay_and_answers(a: &Member, b: &Member) {
+    let (fa, fb) = (&a.fleet, &b.fleet);
+    let key = format!("https://i\0{}", fastrand::u64(..));
+    assert_eq!(
+        fa.record("jti", &key, in_secs(60), true).await,
+        Ok(ReplayOutcome::Fresh)
+    );
+    assert_eq!(
+        fa.record("jti", &key, in_secs(60), false).await,
+        Ok(ReplayOutcome::Fresh)
+    );
+    assert_eq!(
+        fb.record("jti", &key, in_secs(60), false).await,
+        Ok(ReplayOutcome::Replayed)
+    );
+    assert_eq!(
+        fb.record("jti", &key, in_secs(60), true).await,
+        Ok(ReplayOutcome::Replayed)
+    );
+    assert_eq!(
+        fb.record("dpop", &key, in_secs(60), false).await,
+        Ok(ReplayOutcome::Fresh),
+        "namespaces are apart"
+    );
+
+    let digest = [fastrand::u8(..); 32];
+    assert_eq!(fa.get("t", &digest).await, Ok(None));
+    assert_eq!(
+        fa.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        Ok(true)
+    );
+    assert_eq!(
+        fb.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        Ok(false),
+        "one filler"
+    );
+    fb.release_fill("t", &digest)
+        .await
+        .expect("release is a no-op for a non-owner");
+    assert_eq!(
+        fb.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        Ok(false)
+    );
+    fa.put(
+        "t",
+        &digest,
+        b"{\"active\":true}".to_vec(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("put");
+    assert_eq!(
+        fb.get("t", &digest).await,
+        Ok(Some(b"{\"active\":true}".to_vec()))
+    );
+    assert_eq!(
+        fb.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        Ok(true),
+        "put released the claim"
+    );
+}
+
+async fn fetch_turns(a: &Member, b: &Member) {
+    let (fa, fb) = (&a.fleet, &b.fleet);
+    let request = TurnRequest {
+        known: 0,
+        max_age: Duration::ZERO,
+        cooldown: Duration::from_secs(30),
+        wait: Duration::from_secs(2),
+    };
+    let mut announced = fb.announcements("okta").expect("configured key set");
+    assert_eq!(fa.turn("okta", request).await, Ok(Turn::Fetch));
+    let waiting = {
+        let fb = fb.clone();
+        tokio::spawn(async move { fb.turn("okta", request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let generation = fa
+        .publish("okta", "{\"keys\":[]}".into(), None)
+        .await
+        .expect("publish");
+    let Ok(Ok(Turn::Adopt(p))) = waiting.await else {
+        panic!("the waiting replica takes the publication");
+    };
+    assert_eq!(
+        (p.generation, p.replica.as_str(), p.jwks.as_str()),
+        (generation, "a", "{\"keys\":[]}")
+    );
+    assert!(
+        wait(Duration::from_secs(1), || *announced.borrow_and_update()
+            == generation)
+        .await,
+        "announced"
+    );
+    let again = TurnRequest {
+        known: generation,
+        ..request
+    };
+    assert_eq!(
+        fb.turn("okta", again).await,
+        Ok(Turn::Skip),
+        "within the cooldown: keep the keys"
+    );
+    assert_eq!(
+        fa.published("okta", 0)
+            .await
+            .map(|p| p.map(|p| p.generation)),
+        Ok(Some(generation))
+    );
+    assert_eq!(fa.published("okta", generation).await, Ok(None));
+    let fresh = TurnRequest {
+        known: 0,
+        max_age: Duration::from_secs(60),
+        ..request
+    };
+    assert!(
+        matches!(fb.turn("okta", fresh).await, Ok(Turn::Adopt(_))),
+        "a young publication is taken"
+    );
+    assert!(
+        fb.stats()
+            .avoided()
+            .iter()
+            .any(|(k, n)| *k == "okta" && *n >= 3)
+    );
+    assert!(fb.stats().lock_waits() >= 1);
+
+    let short = TurnRequest {
+        cooldown: Duration::from_millis(300),
+        ..request
+    };
+    assert_eq!(fa.turn("b2c/B2C_1_x", short).await, Ok(Turn::Fetch));
+    fa.publish_failure("b2c/B2C_1_x", "HTTP status 503")
+        .await
+        .expect("failure recorded");
+    assert_eq!(
+        fb.turn("b2c/B2C_1_x", short).await,
+        Ok(Turn::Failed("HTTP status 503".into()))
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        fb.turn("b2c/B2C_1_x", short).await,
+        Ok(Turn::Fetch),
+        "after the cooldown another replica may fetch"
+    );
+}
+
+async fn revocations(a: &Member, b: &Member) {
+    let rule = Revocation {
+        rule: RevocationRule::Jti {
+            iss: "https://i".into(),
+            jti: format!("j{}", fastrand::u64(..)),
+        },
+        expires_at: now() + 60,
+    };
+    let before = b.revocations.len();
+    let heard = b.fleet.stats().announcements();
+    let start = tokio::time::Instant::now();
+    a.fleet.add(&rule).await.expect("revoke");
+    assert_eq!(
+        a.revocations.len(),
+        before + 1,
+        "applied on the replica that took the call"
+    );
+    assert!(
+        wait(Duration::from_secs(1), || b.revocations.len() == before + 1).await,
+        "announced within 1 s"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "by pub/sub, not the probe: {:?}",
+        start.elapsed()
+    );
+    assert!(b.fleet.stats().announcements() > heard);
+}
+
+async fn suite(a: &Member, b: &Member) {
+    replay_and_answers(a, b).await;
+    fetch_turns(a, b).await;
+    revocations(a, b).await;
+}
+
+#[tokio::test]
+async fn standalone_server() {
+    let redis = RedisServer::start();
+    let a = member(settings(RedisEndpoints::Single(redis.url()), "a")).await;
+    let b = member(settings(RedisEndpoints::Single(redis.url()), "b")).await;
+    suite(&a, &b).await;
+    let keys = redis.cli(&["--scan"]);
+    assert!(
+        keys.lines().all(|k| k.starts_with("test:")),
+        "every key under the prefix:\n{keys}"
+    );
+}
+
+#[tokio::test]
+async fn cluster_of_three_masters() {
+    let cluster = RedisCluster::start();
+    let a = member(settings(RedisEndpoints::Cluster(cluster.urls()), "a")).await;
+    let b = member(settings(
+        RedisEndpoints::Cluster(cluster.urls()[1..].to_vec()),
+        "b",
+    ))
+    .await;
+    suite(&a, &b).await;
+    let spread = cluster
+        .nodes
+        .iter()
+        .filter(|n| !n.cli(&["--scan"]).trim().is_empty())
+        .count();
+    assert!(spread >= 2, "keys live on several masters");
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = make_tls(dir.path());
+    let redis = RedisServer::start_with(Options {
+        tls: Some(tls.clone()),
+        ..Options::default()
+    });
+    let mut s = settings(RedisEndpoints::Single(redis.url()), "a");
+    s.tls_ca_file = Some(tls.ca.clone());
+    let a = member(s.clone()).await;
+    let b = member(SharedStateSettings {
+        replica_name: "b".into(),
+        ..s.clone()
+    })
+    .await;
+    replay_and_answers(&a, &b).await;
+    revocations(&a, &b).await;
+
+    // Without the CA, the server's certificate is not trusted: never available.
+    s.tls_ca_file = None;
+    let untrusted = Fleet::new(&s, [], Revocations::new()).expect("fleet");
+    let cancel = CancellationToken::new();
+    let _tasks = untrusted.spawn(&cancel).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!untrusted.health().is_up());
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn password_from_the_settings() {
+    let redis = RedisServer::start_with(Options {
+        password: Some("pa55".into()),
+        ..Options::default()
+    });
+    let mut s = settings(RedisEndpoints::Single(redis.url()), "a");
+    s.password = Some(introspectd::config::Secret::new("pa55"));
+    let a = member(s.clone()).await;
+    assert_eq!(
+        a.fleet.record("jti", "k", in_secs(5), false).await,
+        Ok(ReplayOutcome::Fresh)
+    );
+    s.password = Some(introspectd::config::Secret::new("wrong"));
+    let wrong = Fleet::new(&s, [], Revocations::new()).expect("fleet");
+    let cancel = CancellationToken::new();
+    let _tasks = wrong.spawn(&cancel).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !wrong.health().is_up(),
+        "a wrong password is never available"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_killed_server_is_noticed_and_sharing_resumes_when_it_returns() {
+    let mut redis = RedisServer::start_with(Options {
+        persistent: true,
+        ..Options::default()
+    });
+    let a = member(settings(RedisEndpoints::Single(redis.url()), "a")).await;
+    let b = member(settings(RedisEndpoints::Single(redis.url()), "b")).await;
+    redis.kill();
+    assert!(
+        wait(Duration::from_secs(3), || !a.fleet.health().is_up()
+            && !b.fleet.health().is_up())
+        .await,
+        "both notice"
+    );
+    let err = a.fleet.record("jti", "k1", in_secs(60), false).await;
+    assert!(err.is_err(), "operations fail fast: {err:?}");
+    // A rule recorded while b is cut off reaches b through the re-read, not pub/sub.
+    redis.restart();
+    assert!(
+        wait(Duration::from_secs(10), || a.fleet.health().is_up()
+            && b.fleet.health().is_up())
+        .await,
+        "both recover"
+    );
+    revocations(&a, &b).await;
+    let rule = Revocation {
+        rule: RevocationRule::Token {
+            sha256: "ab".repeat(32),
+        },
+        expires_at: now() + 60,
+    };
+    // Write the rule behind the fleet's back (as a replica that died before announcing
+    // would leave it): the sequence-number probe finds it.
+    redis.cli(&[
+        "ZADD",
+        "test:revocation:{rules}:set",
+        &((now() + 60) * 1000).to_string(),
+        &serde_json::to_string(&rule.rule).expect("json"),
+    ]);
+    redis.cli(&["INCR", "test:revocation:{rules}:seq"]);
+    let before = b.revocations.len();
+    assert!(
+        wait(Duration::from_secs(3), || b.revocations.len() == before + 1).await,
+        "the probe's re-read picks it up"
+    );
+}
