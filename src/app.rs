@@ -5,10 +5,13 @@
 //! grace period. Also wires metrics (the `/metrics` listener, the gRPC layers), TLS,
 //! and the overload limits.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    task::{JoinHandle, JoinSet},
+};
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -16,6 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::Settings,
+    fleet::Fleet,
     grpc::{
         AdminServiceImpl, TokenServiceImpl,
         layers::{ConcurrencyLimitLayer, MetricsLayer},
@@ -33,6 +37,12 @@ use crate::{
 
 /// Name of the TokenService in grpc.health.v1.
 pub const TOKEN_SERVICE_NAME: &str = "introspect.v1.TokenService";
+/// Name under which grpc.health.v1 reports the fleet's shared state (with
+/// `shared_state` only): SERVING while it is available, NOT_SERVING while the replica
+/// falls back (`local`) or refuses (`fail_closed`). It never decides readiness.
+pub const SHARED_STATE_SERVICE_NAME: &str = "introspect.v1.SharedState";
+/// Longest start-up wait for the shared state before serving without it.
+pub const SHARED_STATE_STARTUP_WAIT: Duration = Duration::from_secs(3);
 
 /// The shared parts of a running service.
 #[derive(Debug, Clone)]
@@ -119,6 +129,12 @@ pub async fn run_with_listeners(
     let registry = Registry::new(&settings).context("building the tenant registry")?;
     let http = HttpClient::new().context("building the HTTP client")?;
     let cancel = CancellationToken::new();
+    // Attached before anything reads the registry's shared state (introspectors,
+    // refreshers); without `shared_state` no Redis code runs at all.
+    let (fleet, mut fleet_tasks) = match start_fleet(&settings, &registry, &cancel).await? {
+        Some((f, t)) => (Some(f), t),
+        None => (None, JoinSet::new()),
+    };
     let state = AppState {
         registry: registry.clone(),
         http: http.clone(),
@@ -137,6 +153,9 @@ pub async fn run_with_listeners(
         .context("reading the gRPC descriptors")?,
     );
     let metrics = Arc::new(Metrics::new(&registry, &methods));
+    if let Some(f) = &fleet {
+        metrics.observe_fleet(f.clone());
+    }
     if let Some(l) = metrics_listener {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(%addr, "serving Prometheus metrics at /metrics");
@@ -162,6 +181,9 @@ pub async fn run_with_listeners(
     reporter
         .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
         .await;
+    if let Some(f) = &fleet {
+        spawn_shared_state_health(f, reporter.clone(), cancel.clone());
+    }
     {
         let reporter = reporter.clone();
         let registry = registry.clone();
@@ -330,8 +352,64 @@ pub async fn run_with_listeners(
     }
     cancel.cancel();
     refreshers.shutdown().await;
+    fleet_tasks.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Connects to the fleet's shared state when `shared_state` is configured: starts its
+/// tasks, waits a little for it (serving without it if it does not answer: the
+/// `on_unavailable` policy applies), and hands it to the registry.
+async fn start_fleet(
+    settings: &Settings,
+    registry: &Registry,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<(Fleet, JoinSet<()>)>> {
+    let Some(shared) = &settings.shared_state else {
+        return Ok(None);
+    };
+    let coordinated = registry
+        .key_sets()
+        .iter()
+        .filter(|s| matches!(s.source, crate::registry::Source::Discovery { .. }))
+        .map(|s| s.id.to_string())
+        .collect::<Vec<_>>();
+    let fleet = Fleet::new(shared, coordinated, registry.revocations().clone())?;
+    let tasks = fleet.spawn(cancel).await;
+    if !fleet.wait_ready(SHARED_STATE_STARTUP_WAIT).await {
+        warn!(on_unavailable = ?shared.on_unavailable, "the shared state does not answer yet; serving without it until it does");
+    }
+    registry.attach_shared(fleet.shared());
+    info!(replica = %fleet.replica(), prefix = %fleet.key_prefix(), "sharing state with the fleet");
+    Ok(Some((fleet, tasks)))
+}
+
+/// Reports the shared state's availability in grpc.health.v1 as it changes.
+fn spawn_shared_state_health(
+    fleet: &Fleet,
+    reporter: tonic_health::server::HealthReporter,
+    cancel: CancellationToken,
+) {
+    let mut rx = fleet.health().watch();
+    tokio::spawn(
+        async move {
+            loop {
+                let status = if *rx.borrow_and_update() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                reporter
+                    .set_service_status(SHARED_STATE_SERVICE_NAME, status)
+                    .await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+        .instrument(info_span!("shared_state_health")),
+    );
 }
 
 /// A server started in the background, for tests and embedding.

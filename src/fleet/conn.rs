@@ -14,7 +14,7 @@ use redis::{
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
 };
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use super::stats::{Op, Stats};
 use crate::{
@@ -159,6 +159,8 @@ pub struct Link {
     conn: ArcSwapOption<Conn>,
     op_timeout: Duration,
     stats: Arc<Stats>,
+    /// Woken when an operation fails, so the monitor probes at once.
+    failed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Link {
@@ -172,11 +174,12 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// A link without a connection yet.
-    pub fn new(op_timeout: Duration, stats: Arc<Stats>) -> Self {
+    pub fn new(op_timeout: Duration, stats: Arc<Stats>, failed: Arc<Notify>) -> Self {
         Self {
             conn: ArcSwapOption::empty(),
             op_timeout,
             stats,
+            failed,
         }
     }
 
@@ -226,10 +229,12 @@ impl Link {
             }
             Ok(Err(e)) => {
                 self.stats.record_op(op, "error", elapsed);
+                self.failed.notify_one();
                 Err(classify(&e))
             }
             Err(_) => {
                 self.stats.record_op(op, "timeout", elapsed);
+                self.failed.notify_one();
                 Err(SharedError::Unavailable(format!(
                     "{} timed out after {}",
                     op.as_str(),

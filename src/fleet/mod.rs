@@ -20,11 +20,12 @@ pub mod stats;
 use std::{
     collections::HashMap,
     fmt,
-    path::PathBuf,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64},
     },
+    time::Duration,
 };
 
 use redis::PushInfo;
@@ -41,22 +42,27 @@ pub use records::MIN_REPLAY_TTL;
 
 use self::{conn::Link, keys::Layout, stats::Stats};
 use crate::{
-    config::SharedStateSettings,
+    config::{ConfigError, SharedStateSettings},
     registry::Revocations,
     shared::{Shared, SharedHealth},
 };
 
-/// The fleet could not be set up from its settings (exit 2: a configuration problem).
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    /// The CA bundle could not be read.
-    #[error("cannot read shared_state.tls_ca_file {path}: {reason}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+/// Reads the CA bundle of `shared_state.tls_ca_file`: at least one PEM certificate.
+fn read_ca(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    const KEY: &str = "shared_state.tls_ca_file";
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new(KEY, format!("cannot read {}: {e}", path.display())))?;
+    use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .filter(Result::is_ok)
+        .count();
+    if certs == 0 {
+        return Err(ConfigError::new(
+            KEY,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(pem)
 }
 
 struct Inner {
@@ -104,23 +110,18 @@ impl Fleet {
         settings: &SharedStateSettings,
         key_sets: impl IntoIterator<Item = String>,
         revocations: Arc<Revocations>,
-    ) -> Result<Self, FleetError> {
-        let ca = match &settings.tls_ca_file {
-            None => None,
-            Some(path) => Some(std::fs::read(path).map_err(|e| FleetError::CaFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?),
-        };
+    ) -> Result<Self, ConfigError> {
+        let ca = settings.tls_ca_file.as_deref().map(read_ca).transpose()?;
         let announced: HashMap<String, watch::Sender<u64>> = key_sets
             .into_iter()
             .map(|k| (k, watch::Sender::new(0)))
             .collect();
         let stats = Arc::new(Stats::new(announced.keys().map(String::as_str)));
         let (push_tx, push_rx) = mpsc::channel(monitor::PUSH_QUEUE);
+        let wake = Arc::new(Notify::new());
         Ok(Self {
             inner: Arc::new(Inner {
-                link: Link::new(settings.op_timeout, stats.clone()),
+                link: Link::new(settings.op_timeout, stats.clone(), wake.clone()),
                 layout: Layout::new(&settings.key_prefix),
                 replica: settings.replica_name.clone(),
                 health: Arc::new(SharedHealth::new(settings.on_unavailable)),
@@ -130,7 +131,7 @@ impl Fleet {
                 applied_seq: AtomicU64::new(0),
                 subscribed: AtomicBool::new(false),
                 resync: Arc::new(AtomicBool::new(true)),
-                wake: Arc::new(Notify::new()),
+                wake,
                 push_tx,
                 push_rx: Mutex::new(Some(push_rx)),
                 settings: settings.clone(),
@@ -169,6 +170,15 @@ impl Fleet {
             fetch: Arc::new(self.clone()),
             revocation: Arc::new(self.clone()),
         }
+    }
+
+    /// Waits until the shared state is available, at most `limit`; true if it is.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let mut rx = self.inner.health.watch();
+        matches!(
+            tokio::time::timeout(limit, rx.wait_for(|up| *up)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Availability and fallback counters.

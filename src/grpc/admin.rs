@@ -1,6 +1,6 @@
 //! `introspect.v1.AdminService`, the operator view: every key set's keys and fetch
-//! history (`ListIssuers`), and a forced refresh of one key set that reports what changed
-//! (`RefreshIssuer`). It reads the registry and drives refreshes through the same
+//! history (`ListIssuers`), a forced refresh of one key set that reports what changed
+//! (`RefreshIssuer`), and revocation rules (`Revoke`). It reads the registry and drives refreshes through the same
 //! single-flight [`crate::registry::RefreshControl`] as Validate, so an operator can
 //! never cause more than one fetch in flight per key set.
 
@@ -16,7 +16,7 @@ use super::{
 use crate::{
     events::{self, Origin},
     jwt::echo,
-    registry::{KeySetState, Registry, RequestError},
+    registry::{KeySetState, Registry, RequestError, RevokeError},
 };
 
 /// The AdminService handler (cheap to clone).
@@ -29,6 +29,40 @@ impl AdminServiceImpl {
     /// A handler over `registry`.
     pub fn new(registry: Registry) -> Self {
         Self { registry }
+    }
+
+    /// This replica's name (empty without `shared_state`).
+    fn replica(&self) -> &str {
+        self.registry.shared().map_or("", |s| s.fetch.replica())
+    }
+
+    /// Revoke without the tonic wrapping.
+    pub async fn revoke_message(
+        &self,
+        req: &pb::RevokeRequest,
+    ) -> Result<pb::RevokeResponse, BoundaryError> {
+        let input = convert::revoke_input(req)?;
+        let done = self.registry.revoke(&input).await.map_err(|e| match e {
+            RevokeError::Invalid(m) => BoundaryError::Invalid(m),
+            RevokeError::Unavailable(m) => BoundaryError::Unavailable(m),
+            RevokeError::Full(m) => BoundaryError::Exhausted(m),
+        })?;
+        let expires_at = convert::system_time(
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(
+                    u64::try_from(done.revocation.expires_at).unwrap_or(0),
+                ),
+        );
+        let message = if done.fleet_wide {
+            "recorded for every replica of the fleet".to_string()
+        } else {
+            "recorded for this replica only: shared_state is not configured, so other replicas do not know it".to_string()
+        };
+        Ok(pb::RevokeResponse {
+            fleet_wide: done.fleet_wide,
+            expires_at: Some(expires_at),
+            message,
+        })
     }
 
     /// ListIssuers without the tonic wrapping.
@@ -46,7 +80,7 @@ impl AdminServiceImpl {
             .key_sets()
             .iter()
             .filter(|s| req.tenants.is_empty() || req.tenants.contains(&s.id.tenant))
-            .map(|s| convert::issuer_status(s))
+            .map(|s| convert::issuer_status(s, self.replica()))
             .collect();
         Ok(pb::ListIssuersResponse { issuers })
     }
@@ -150,7 +184,7 @@ impl AdminServiceImpl {
             added,
             removed,
             error,
-            issuer: Some(convert::issuer_status(&state)),
+            issuer: Some(convert::issuer_status(&state, self.replica())),
         })
     }
 }
@@ -172,6 +206,15 @@ impl AdminService for AdminServiceImpl {
     ) -> Result<Response<pb::RefreshIssuerResponse>, Status> {
         Ok(Response::new(
             self.refresh_issuer_message(&request.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        Ok(Response::new(
+            self.revoke_message(&request.into_inner()).await?,
         ))
     }
 }

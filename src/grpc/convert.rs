@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime};
 use prost_types::{ListValue, Struct, Timestamp, Value as PValue, value::Kind};
 use serde_json::{Map, Value};
 
-use super::pb;
+use super::{BoundaryError, pb};
 use crate::{
     events::{KeyEvent, KeyEventKind, KeyInfo},
     jwt::ErrorCode,
     keys::{KeyType, VerifyingKey},
-    registry::{KeySetState, Source, ValidateError, Validated},
+    registry::{KeySetState, RevokeInput, RevokeTarget, Source, ValidateError, Validated},
 };
 
 /// A JSON value as a protobuf `Value`.
@@ -105,6 +105,8 @@ pub fn error_code(code: ErrorCode) -> pb::ErrorCode {
         ErrorCode::LifetimeTooLong => pb::ErrorCode::LifetimeTooLong,
         ErrorCode::Replayed => pb::ErrorCode::Replayed,
         ErrorCode::KeysUnavailable => pb::ErrorCode::KeysUnavailable,
+        ErrorCode::Revoked => pb::ErrorCode::Revoked,
+        ErrorCode::StateUnavailable => pb::ErrorCode::StateUnavailable,
     }
 }
 
@@ -264,8 +266,9 @@ pub fn key_info_summary(k: &KeyInfo) -> pb::KeySummary {
     }
 }
 
-/// One key set's state for `ListIssuers`.
-pub fn issuer_status(s: &KeySetState) -> pb::IssuerStatus {
+/// One key set's state for `ListIssuers`; `replica` is this replica's name (empty
+/// without `shared_state`).
+pub fn issuer_status(s: &KeySetState, replica: &str) -> pb::IssuerStatus {
     let status = s.status();
     let (source, metadata_url) = match &s.source {
         Source::Discovery { metadata_url } => ("discovery", metadata_url.clone()),
@@ -291,7 +294,52 @@ pub fn issuer_status(s: &KeySetState) -> pb::IssuerStatus {
         next_refresh: status.next_refresh.map(system_time),
         fetches_ok: status.successes,
         fetches_failed: status.failures,
+        fetched_by: status.fetched_by.clone().unwrap_or_default(),
+        shared_generation: status.shared_generation,
+        fetches_avoided: status.avoided,
+        fetched_at: status.fetched_at.map(system_time),
+        replica: replica.to_string(),
     }
+}
+
+/// A Revoke request as the core's input: exactly one rule, timestamps in range.
+pub fn revoke_input(req: &pb::RevokeRequest) -> Result<RevokeInput, BoundaryError> {
+    use pb::revoke_request::Rule;
+    let secs = |t: &Timestamp, name: &str| {
+        timestamp_to_system_time(t)
+            .map(crate::shared::unix_secs)
+            .ok_or_else(|| BoundaryError::Invalid(format!("{name} is not a valid time")))
+    };
+    let target = match &req.rule {
+        None => {
+            return Err(BoundaryError::Invalid(
+                "name what to revoke: token, token_sha256, jti or subject".into(),
+            ));
+        }
+        Some(Rule::Token(t)) => RevokeTarget::Token(t.clone()),
+        Some(Rule::TokenSha256(h)) => RevokeTarget::TokenDigest(h.clone()),
+        Some(Rule::Jti(j)) => RevokeTarget::Jti {
+            iss: j.issuer.clone(),
+            jti: j.jti.clone(),
+        },
+        Some(Rule::Subject(s)) => RevokeTarget::Subject {
+            iss: s.issuer.clone(),
+            sub: s.subject.clone(),
+            issued_before: s
+                .issued_before
+                .as_ref()
+                .map(|t| secs(t, "issued_before"))
+                .transpose()?,
+        },
+    };
+    Ok(RevokeInput {
+        target,
+        expires_at: req
+            .expires_at
+            .as_ref()
+            .map(|t| secs(t, "expires_at"))
+            .transpose()?,
+    })
 }
 
 /// A `Timestamp` as a `SystemTime` (`None` before the epoch or out of range).

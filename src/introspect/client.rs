@@ -66,6 +66,7 @@ impl Failure {
             FetchError::TooLarge => "answer too large".to_string(),
             FetchError::Invalid(m) => format!("malformed answer ({m})"),
             FetchError::Insecure(_) => "URL refused by policy".to_string(),
+            FetchError::Fleet(_) => "another replica's fetch failed".to_string(),
         };
         Self::Unavailable {
             reason: format!("{what}: {short}"),

@@ -9,6 +9,7 @@
 pub mod answer;
 pub mod cache;
 pub mod client;
+mod shared_answers;
 pub mod token;
 
 use std::{
@@ -34,9 +35,10 @@ use self::{
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
-    jwt::jws,
+    jwt::{ErrorCode, jws},
     oidc::FetchError,
-    registry::{Metadata, Registry, RequestError, ValidateError, ValidateInput},
+    registry::{Metadata, Registry, RequestError, Revocations, ValidateError, ValidateInput},
+    shared::Shared,
 };
 
 /// The `token_type_hint` that marks a token as not locally verifiable (RFC 7662 2.1).
@@ -153,6 +155,9 @@ pub struct Introspector {
     permits: Arc<Semaphore>,
     config_faults: FaultLog,
     outages: FaultLog,
+    /// The fleet's shared state, when configured.
+    shared: Option<Shared>,
+    revocations: Arc<Revocations>,
 }
 
 impl fmt::Debug for Introspector {
@@ -224,6 +229,8 @@ impl Introspector {
             settings,
             config_faults: FaultLog::default(),
             outages: FaultLog::default(),
+            shared: registry.shared().cloned(),
+            revocations: registry.revocations().clone(),
         })
     }
 
@@ -246,9 +253,23 @@ impl Introspector {
             .all(|s| s.keys().is_empty())
     }
 
-    /// Introspects an opaque token: from the cache, else from the provider (within the
-    /// concurrency cap); the answer is cached per [`answer_ttl`].
+    /// Introspects an opaque token: from the cache (the fleet's, with `shared_state`),
+    /// else from the provider (within the concurrency cap); the answer is cached per
+    /// [`answer_ttl`]. A revoked token is inactive, whatever the provider says.
     pub async fn introspect(
+        &self,
+        token: &str,
+        hint: Option<&str>,
+    ) -> Result<Answer, IntrospectError> {
+        let answer = match &self.shared {
+            Some(shared) => self.introspect_shared(shared, token, hint).await?,
+            None => self.introspect_local(token, hint).await?,
+        };
+        self.unless_revoked(token, answer)
+    }
+
+    /// The answer from this replica's cache, else from the provider.
+    async fn introspect_local(
         &self,
         token: &str,
         hint: Option<&str>,
@@ -256,6 +277,18 @@ impl Introspector {
         if let Some(a) = self.cache.get(token) {
             return Ok(Answer::clone(&a));
         }
+        let (answer, ttl) = self.ask_upstream(token, hint).await?;
+        self.cache.insert(token, Arc::new(answer.clone()), ttl);
+        Ok(answer)
+    }
+
+    /// Asks the provider (within the concurrency cap); returns the answer and how long
+    /// it may be cached.
+    async fn ask_upstream(
+        &self,
+        token: &str,
+        hint: Option<&str>,
+    ) -> Result<(Answer, Duration), IntrospectError> {
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
             debug!(tenant = %self.tenant, "introspection concurrency cap reached");
             return Err(IntrospectError::Busy {
@@ -275,8 +308,7 @@ impl Introspector {
                     self.settings.cache_ttl,
                     self.settings.negative_cache_ttl,
                 );
-                self.cache.insert(token, Arc::new(answer.clone()), ttl);
-                Ok(answer)
+                Ok((answer, ttl))
             }
             Err(failure) => Err(self.report(failure)),
         }
@@ -502,6 +534,12 @@ impl Introspection {
             )),
             Err(ValidateError::Request(RequestError::UnknownTenant(t))) => {
                 Err(IntrospectError::UnknownTenant(t))
+            }
+            Err(e) if e.code() == Some(ErrorCode::StateUnavailable) => {
+                Err(IntrospectError::Unavailable {
+                    tenant: input.tenant.unwrap_or_default().to_string(),
+                    reason: "the fleet's shared state is unavailable".into(),
+                })
             }
             Err(e) => {
                 debug!(error = %e, "introspected JWT is not active");

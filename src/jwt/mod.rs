@@ -43,11 +43,16 @@ pub enum ErrorCode {
     Replayed,
     /// The issuer's keys could not be fetched and none are known.
     KeysUnavailable,
+    /// The token matches a revocation rule.
+    Revoked,
+    /// The fleet's shared state is unavailable and the service refuses rather than
+    /// decide alone (`on_unavailable: fail_closed`).
+    StateUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, for metrics and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::Malformed,
         ErrorCode::AlgorithmNotAllowed,
         ErrorCode::UnknownIssuer,
@@ -64,6 +69,8 @@ impl ErrorCode {
         ErrorCode::LifetimeTooLong,
         ErrorCode::Replayed,
         ErrorCode::KeysUnavailable,
+        ErrorCode::Revoked,
+        ErrorCode::StateUnavailable,
     ];
 
     /// Stable lower-case name, used as a metrics label.
@@ -85,6 +92,8 @@ impl ErrorCode {
             ErrorCode::LifetimeTooLong => "lifetime_too_long",
             ErrorCode::Replayed => "replayed",
             ErrorCode::KeysUnavailable => "keys_unavailable",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::StateUnavailable => "state_unavailable",
         }
     }
 }

@@ -32,6 +32,10 @@ pub enum FetchError {
     /// A URL that policy forbids (http while https is required, bad scheme).
     #[error("refused URL: {0}")]
     Insecure(String),
+    /// Another replica of the fleet held the turn to fetch, and its fetch failed (or
+    /// did not finish in time).
+    #[error("the fleet's fetch failed: {0}")]
+    Fleet(String),
 }
 
 /// A shared HTTP client (cheap to clone).

@@ -7,12 +7,14 @@
 mod refresh;
 mod replay;
 mod revocation;
+mod revoke;
+mod state_checks;
 mod validate;
 
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -24,6 +26,10 @@ use tokio::sync::broadcast;
 pub use refresh::{RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
 pub use revocation::{Candidate, MAX_REVOCATION_RULES, Revocations, RevocationsFull, token_digest};
+pub use revoke::{
+    DEFAULT_REVOCATION_LIFETIME, MAX_REVOCATION_LIFETIME, MAX_RULE_FIELD_BYTES, RevokeError,
+    RevokeInput, RevokeTarget, Revoked,
+};
 pub use validate::{RequestError, ValidateError, ValidateInput, Validated};
 
 use crate::{
@@ -34,6 +40,7 @@ use crate::{
     events::{self, EventBus, KeyEvent, KeyEventKind, KeyInfo, Origin},
     jwt::{ErrorCode, Rejection, claims::Claims, echo},
     keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
+    shared::Shared,
 };
 
 /// Identifies one key set: a tenant, and for B2C one of its policies.
@@ -84,6 +91,15 @@ pub struct FetchStatus {
     pub consecutive_failures: u32,
     /// True when the most recent fetch failed.
     pub last_failed: bool,
+    /// The replica that fetched the keys in use, with a fleet (this one or another).
+    pub fetched_by: Option<String>,
+    /// When the keys in use were fetched, by whichever replica.
+    pub fetched_at: Option<SystemTime>,
+    /// Generation of the fleet's publication in use (0: none).
+    pub shared_generation: u64,
+    /// Fetches this replica did not make because the fleet had one (taken, or within
+    /// the fleet's cooldown).
+    pub avoided: u64,
 }
 
 /// Where one key set's keys come from.
@@ -250,6 +266,25 @@ impl Tenant {
         }
     }
 
+    /// Whether a `{tenantid}` template of this tenant matches `iss` with an allowed
+    /// GUID in its place.
+    fn trusts_templated(&self, iss: &str) -> bool {
+        let Some((prefix, suffix)) = &self.template else {
+            return false;
+        };
+        let Some(tid) = iss
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_suffix(suffix.as_str()))
+        else {
+            return false;
+        };
+        let guid = tid.len() == 36 && uuid::Uuid::try_parse(tid).is_ok();
+        guid && match &self.settings.allowed_tenant_ids {
+            None => true,
+            Some(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
+        }
+    }
+
     /// The configured B2C policy a token claims (first present of `policy_claims`).
     pub fn policy_of(&self, claims: &Claims) -> Result<String, Rejection> {
         let KeySource::B2c(b2c) = &self.settings.keys else {
@@ -287,6 +322,10 @@ struct Inner {
     /// form. Filled only from configured metadata, never from a token.
     aliases: DashMap<String, KeySetId>,
     events: EventBus,
+    revocations: Arc<Revocations>,
+    /// The fleet's shared state, when `shared_state` is configured (set once, at
+    /// start-up, before serving).
+    shared: OnceLock<Shared>,
 }
 
 /// A cheap-clone handle on the registry.
@@ -326,6 +365,8 @@ impl Registry {
             key_sets: DashMap::new(),
             aliases: DashMap::new(),
             events: EventBus::default(),
+            revocations: Revocations::new(),
+            shared: OnceLock::new(),
         };
         for ts in &settings.tenants {
             let tenant = Arc::new(Tenant::new(ts.clone()));
@@ -578,6 +619,39 @@ impl Registry {
             })
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// The revocation rules this replica checks.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.inner.revocations
+    }
+
+    /// Hands the registry the fleet's shared state (once, before serving); false if
+    /// it had one already.
+    pub fn attach_shared(&self, shared: Shared) -> bool {
+        self.inner.shared.set(shared).is_ok()
+    }
+
+    /// The fleet's shared state, when configured.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.inner.shared.get()
+    }
+
+    /// The tenant that trusts `iss` as a plain issuer (exact, or a `{tenantid}` template
+    /// with an allowed GUID in its place): used to pick settings for an issuer named by
+    /// an operator, never to route a token.
+    pub fn tenant_for_issuer(&self, iss: &str) -> Option<Arc<Tenant>> {
+        if let Some(t) = self.inner.by_issuer.get(iss) {
+            return Some(t.clone());
+        }
+        if let Some(a) = self.alias_of(iss) {
+            return self.inner.by_id.get(&a.tenant).cloned();
+        }
+        self.inner
+            .tenants
+            .iter()
+            .find(|t| t.settings.issuer == iss || t.trusts_templated(iss))
+            .cloned()
     }
 
     /// The replay cache of a tenant, when it has replay detection on.

@@ -7,16 +7,7 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 
-/// Outcome of recording a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayOutcome {
-    /// First sighting; recorded.
-    Fresh,
-    /// Seen before and not yet expired.
-    Replayed,
-    /// The cache is full of live entries.
-    Full,
-}
+pub use crate::shared::ReplayOutcome;
 
 /// A bounded `(iss, jti) -> exp` map.
 #[derive(Debug)]

@@ -1,13 +1,13 @@
 //! The Validate pipeline, in the order BEHAVIOUR.md fixes: structure, issuer, header,
 //! type, time, audience/scope/nonce, B2C policy (none of which touches the network), then
 //! the key (with at most one refresh on a kid miss, bounded by `fetch_timeout`), the
-//! signature, and replay.
+//! signature, revocation and replay.
 
 use std::{sync::Arc, time::SystemTime};
 
 use jsonwebtoken::Algorithm;
 
-use super::{KeySetId, KeySetState, Registry, Tenant, replay::ReplayOutcome};
+use super::{KeySetId, KeySetState, Registry, Tenant};
 use crate::{
     jwt::{
         ErrorCode, Rejection,
@@ -180,37 +180,12 @@ impl Registry {
         let key = verify_with_refresh(&state, kid.as_deref(), alg, &jws)
             .await
             .map_err(at_policy)?;
-        // 11. replay
-        if let Some(cache) = Registry::replay_of(&tenant) {
-            let Some(jti) = claims.jti.as_deref() else {
-                return Err(at_policy(Rejection::new(
-                    ErrorCode::MissingClaim,
-                    "claim `jti` is required for replay detection",
-                )));
-            };
-            let expires =
-                claims.exp.unwrap_or_else(now_secs) + settings.policy.clock_skew.as_secs_f64();
-            let outcome = if input.peek_replay {
-                cache.peek(&iss, jti)
-            } else {
-                cache.check_and_record(&iss, jti, expires)
-            };
-            match outcome {
-                ReplayOutcome::Fresh => {}
-                ReplayOutcome::Replayed => {
-                    return Err(at_policy(Rejection::new(
-                        ErrorCode::Replayed,
-                        "jti was seen before",
-                    )));
-                }
-                ReplayOutcome::Full => {
-                    return Err(at_policy(Rejection::new(
-                        ErrorCode::Replayed,
-                        "replay cache is full; refusing tokens it cannot remember",
-                    )));
-                }
-            }
-        }
+        // 10b. revocation, 11. replay
+        self.check_revoked(input.token, &iss, &claims)
+            .map_err(at_policy)?;
+        self.check_replay(&tenant, &iss, &claims, input.peek_replay)
+            .await
+            .map_err(at_policy)?;
         Ok(Validated {
             tenant,
             policy,

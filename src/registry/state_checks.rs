@@ -1,0 +1,187 @@
+//! The checks after the signature that consult state beyond the token: the revocation
+//! rules (held in memory, so no round trip) and replay records (per replica, or shared
+//! by a fleet), with `on_unavailable` deciding what happens while the fleet's shared
+//! state cannot be reached. A token refused here is never recorded as seen.
+
+use std::time::{Duration, SystemTime};
+
+use super::{Candidate, Registry, Tenant, replay::ReplayOutcome};
+use crate::{
+    config::OnUnavailable,
+    jwt::{ErrorCode, Rejection, claims::Claims},
+    shared::{Facet, REPLAY_NAMESPACE_JTI, Shared, unix_secs},
+};
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn unavailable(what: &str) -> Rejection {
+    Rejection::new(
+        ErrorCode::StateUnavailable,
+        format!("the fleet's shared state is unavailable, so {what} cannot be checked"),
+    )
+}
+
+/// The key of an `(iss, jti)` replay record.
+pub fn replay_key(iss: &str, jti: &str) -> String {
+    format!("{iss}\0{jti}")
+}
+
+/// Seconds since the epoch as a time (the epoch for anything negative or not finite).
+fn system_time(secs: f64) -> SystemTime {
+    if secs.is_finite() && secs > 0.0 {
+        Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+impl Registry {
+    /// Refuses a revoked token. While the shared state is unavailable, `fail_closed`
+    /// refuses every token (a revocation may have been missed); `local` goes on with the
+    /// rules this replica holds, and counts it.
+    pub(super) fn check_revoked(
+        &self,
+        token: &str,
+        iss: &str,
+        claims: &Claims,
+    ) -> Result<(), Rejection> {
+        if let Some(shared) = self.shared()
+            && !shared.health.is_up()
+        {
+            match shared.health.on_unavailable() {
+                OnUnavailable::FailClosed => {
+                    shared.health.note_refusal(Facet::Revocation);
+                    return Err(unavailable("revocation"));
+                }
+                OnUnavailable::Local => shared.health.note_fallback(Facet::Revocation),
+            }
+        }
+        let candidate = Candidate {
+            token,
+            iss,
+            jti: claims.jti.as_deref(),
+            sub: claims.sub.as_deref(),
+            iat: claims.iat,
+        };
+        if self
+            .revocations()
+            .is_revoked(&candidate, unix_secs(SystemTime::now()))
+        {
+            return Err(Rejection::new(ErrorCode::Revoked, "the token is revoked"));
+        }
+        Ok(())
+    }
+
+    /// Replay detection for tenants that want it: records `(iss, jti)` until the token
+    /// expires (with `peek`, only asks). With a fleet, the shared record decides; this
+    /// replica's own record answers first when it already saw the token, and alone when
+    /// the shared state is unavailable under `local`.
+    pub(super) async fn check_replay(
+        &self,
+        tenant: &Tenant,
+        iss: &str,
+        claims: &Claims,
+        peek: bool,
+    ) -> Result<(), Rejection> {
+        let Some(cache) = Registry::replay_of(tenant) else {
+            return Ok(());
+        };
+        let Some(jti) = claims.jti.as_deref() else {
+            return Err(Rejection::new(
+                ErrorCode::MissingClaim,
+                "claim `jti` is required for replay detection",
+            ));
+        };
+        let expires =
+            claims.exp.unwrap_or_else(now_secs) + tenant.settings.policy.clock_skew.as_secs_f64();
+        let outcome = match self.shared() {
+            None if peek => cache.peek(iss, jti),
+            None => cache.check_and_record(iss, jti, expires),
+            Some(shared) => Self::shared_replay(shared, cache, iss, jti, expires, peek).await?,
+        };
+        match outcome {
+            ReplayOutcome::Fresh => Ok(()),
+            ReplayOutcome::Replayed => {
+                Err(Rejection::new(ErrorCode::Replayed, "jti was seen before"))
+            }
+            ReplayOutcome::Full => Err(Rejection::new(
+                ErrorCode::Replayed,
+                "replay cache is full; refusing tokens it cannot remember",
+            )),
+        }
+    }
+
+    async fn shared_replay(
+        shared: &Shared,
+        cache: &super::ReplayCache,
+        iss: &str,
+        jti: &str,
+        expires: f64,
+        peek: bool,
+    ) -> Result<ReplayOutcome, Rejection> {
+        // Seen here before: no round trip needed.
+        if cache.peek(iss, jti) == ReplayOutcome::Replayed {
+            return Ok(ReplayOutcome::Replayed);
+        }
+        let answer = if shared.health.is_up() {
+            shared
+                .replay
+                .record(
+                    REPLAY_NAMESPACE_JTI,
+                    &replay_key(iss, jti),
+                    system_time(expires),
+                    peek,
+                )
+                .await
+                .ok()
+        } else {
+            None
+        };
+        match answer {
+            Some(ReplayOutcome::Fresh) if !peek => {
+                // Remembered here too, so an outage later still knows it.
+                cache.check_and_record(iss, jti, expires);
+                Ok(ReplayOutcome::Fresh)
+            }
+            Some(outcome) => Ok(outcome),
+            None => match shared.health.on_unavailable() {
+                OnUnavailable::FailClosed => {
+                    shared.health.note_refusal(Facet::Replay);
+                    Err(unavailable("replay"))
+                }
+                OnUnavailable::Local => {
+                    shared.health.note_fallback(Facet::Replay);
+                    Ok(if peek {
+                        cache.peek(iss, jti)
+                    } else {
+                        cache.check_and_record(iss, jti, expires)
+                    })
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_from_claims() {
+        assert_eq!(system_time(-5.0), SystemTime::UNIX_EPOCH);
+        assert_eq!(system_time(f64::NAN), SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            system_time(1.5),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1500)
+        );
+        assert_eq!(replay_key("i", "j"), "i\0j");
+    }
+}
