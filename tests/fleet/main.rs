@@ -5,5 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod replicas;
+mod scenarios;
 mod servers;
 mod state;

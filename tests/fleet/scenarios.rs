@@ -1,0 +1,574 @@
+//! The issue's test list, with three replicas sharing one Redis (standalone, and the
+//! 3-master cluster for the cluster path). Each prints its numbers on a `fleet:` line.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use introspectd::grpc::pb;
+
+use crate::{
+    common::*,
+    replicas::*,
+    servers::{Options, RedisCluster, RedisServer},
+};
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+// ---- replay ------------------------------------------------------------------------
+
+async fn replay_case(store: Store, label: &str) {
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &store, 3, "").await;
+    let (accepted, twice) = replay_numbers(&p, &replicas, 500, 100).await;
+    println!(
+        "fleet: {label}: {accepted} of 1000 replays accepted on replicas 2 and 3; {twice} of 100 tokens raced on three replicas accepted more than once"
+    );
+    assert_eq!(
+        accepted, 0,
+        "a token validated on replica 1 is REPLAYED on 2 and 3"
+    );
+    assert_eq!(
+        twice, 0,
+        "raced on all three, a token is accepted exactly once"
+    );
+    // Introspect asks about a token without using it up, on any replica.
+    let t = p.token(&p.key, "/r");
+    assert!(replicas[1].introspect_jwt(&t).await.active);
+    assert!(replicas[0].validate(&t).await.valid);
+    assert!(
+        !replicas[2].introspect_jwt(&t).await.active,
+        "used once: inactive everywhere"
+    );
+    let m = replicas[1].metrics().await;
+    assert_eq!(sample(&m, "introspectd_shared_state_up"), 1.0);
+    assert!(
+        sample(
+            &m,
+            "introspectd_shared_state_operations_total{operation=\"replay_record\",outcome=\"ok\"}"
+        ) > 0.0
+    );
+    stop(replicas).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_used_on_one_replica_is_replayed_on_the_others() {
+    let redis = RedisServer::start();
+    replay_case(Store::Single(redis.url()), "standalone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_detection_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    replay_case(Store::Cluster(cluster.urls()), "cluster").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_shared_state_each_replica_is_an_island() {
+    // The control: the numbers above are the fleet's doing.
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &Store::None, 3, "").await;
+    let (accepted, _) = replay_numbers(&p, &replicas, 20, 0).await;
+    assert_eq!(accepted, 40, "every replay on another replica is accepted");
+    assert_eq!(p.idp.count("/p/jwks"), 3, "each replica fetches at start-up");
+    let start = Instant::now();
+    for n in 0..1500u64 {
+        let r = replicas[(n % 3) as usize].validate(&forged_kid_token(&p, n)).await;
+        assert_eq!(code(&r), pb::ErrorCode::UnknownKey);
+    }
+    let fetched = p.idp.count("/p/jwks") - 3;
+    let cooldowns = start.elapsed().as_secs_f64() / COOLDOWN.as_secs_f64();
+    println!("fleet: without shared_state: 1500 forged-kid calls over 3 replicas in {:.1?} ({cooldowns:.1} cooldowns): {fetched} JWKS fetches", start.elapsed());
+    assert!(fetched >= 3, "every replica fetches for itself: {fetched}");
+    let m = replicas[0].metrics().await;
+    assert!(
+        !m.contains("introspectd_shared_state"),
+        "no fleet metrics without shared_state"
+    );
+    assert_eq!(
+        health_of(&replicas[0], "introspect.v1.SharedState").await,
+        -1,
+        "no health entry"
+    );
+    let r = replicas[0]
+        .admin
+        .clone()
+        .revoke(pb::RevokeRequest {
+            rule: Some(pb::revoke_request::Rule::Jti(pb::RevokedJti {
+                issuer: p.issuer("/p"),
+                jti: "j-local".into(),
+            })),
+            expires_at: None,
+        })
+        .await
+        .expect("Revoke")
+        .into_inner();
+    assert!(!r.fleet_wide);
+    assert!(r.message.contains("this replica only"), "{}", r.message);
+    stop(replicas).await;
+}
+
+// ---- key fetches -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_kid_flood_costs_one_fetch_per_cooldown_and_rotations_still_land() {
+    let redis = RedisServer::start();
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &Store::Single(redis.url()), 3, "").await;
+    assert_eq!(
+        p.idp.count("/p/jwks"),
+        1,
+        "start-up: one fetch for three replicas"
+    );
+    assert_eq!(p.idp.count("/p/.well-known/openid-configuration"), 1);
+    let by = issuers(&replicas[2]).await;
+    let (fetched_by, generation, replica) = &by["plain"];
+    assert!(
+        fetched_by.starts_with('r') && *generation >= 1 && replica == "r3",
+        "{by:?}"
+    );
+
+    // 10,000 forged kids over the three replicas, with real tokens in between.
+    let before = p.idp.count("/p/jwks");
+    let start = Instant::now();
+    let mut rejected_real = 0;
+    for chunk in (0..10_000u64).collect::<Vec<_>>().chunks(100) {
+        let calls = chunk.iter().map(|n| {
+            let r = &replicas[(*n % 3) as usize];
+            let t = forged_kid_token(&p, *n);
+            async move { r.validate(&t).await }
+        });
+        for r in join_all(calls).await {
+            assert_eq!(code(&r), pb::ErrorCode::UnknownKey, "{:?}", r.error);
+        }
+        let real = p.token(&p.key, "/p");
+        if !replicas[(chunk[0] % 3) as usize]
+            .validate(&real)
+            .await
+            .valid
+        {
+            rejected_real += 1;
+        }
+    }
+    let flood = start.elapsed();
+    let fetched = p.idp.count("/p/jwks") - before;
+    let cooldowns = flood.as_secs_f64() / COOLDOWN.as_secs_f64();
+    println!(
+        "fleet: 10000 forged-kid calls over 3 replicas in {flood:.1?} ({cooldowns:.1} cooldowns of {COOLDOWN:?}): {fetched} JWKS fetches at the provider; {rejected_real} real tokens rejected"
+    );
+    assert!(
+        fetched as f64 <= cooldowns.ceil() + 1.0,
+        "at most one fetch per cooldown: {fetched}"
+    );
+    assert_eq!(rejected_real, 0);
+    let avoided = total(
+        &replicas,
+        "introspectd_shared_state_fetches_avoided_total{tenant=\"plain\",policy=\"\"}",
+    )
+    .await;
+    assert!(
+        avoided >= 1.0,
+        "the fleet's cooldown avoided fetches: {avoided}"
+    );
+
+    // A rotation: a new key, used once the cooldown is over. The replica that meets it
+    // fetches; the others take its publication.
+    tokio::time::sleep(COOLDOWN).await;
+    let k2 = TestKey::rsa("k2", "RS256");
+    p.idp.publish("/p/jwks", &[&p.key, &k2]);
+    let fetches = p.idp.count("/p/jwks");
+    let rotated = p.token(&k2, "/p");
+    assert!(
+        replicas[1].validate(&rotated).await.valid,
+        "the new key is fetched on a kid miss"
+    );
+    for r in &replicas {
+        assert!(
+            r.validate(&p.token(&k2, "/p")).await.valid,
+            "no false rejection on any replica"
+        );
+        assert!(r.validate(&p.token(&p.key, "/p")).await.valid);
+    }
+    assert_eq!(
+        p.idp.count("/p/jwks"),
+        fetches + 1,
+        "one fetch for the fleet"
+    );
+    let by = issuers(&replicas[0]).await;
+    assert_eq!(
+        by["plain"].0, "r2",
+        "issuers shows which replica fetched last: {by:?}"
+    );
+    stop(replicas).await;
+}
+
+// ---- introspection answers ---------------------------------------------------------
+
+async fn answers_case(store: Store, label: &str) {
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &store, 3, "").await;
+    let opaque = format!("opaque-{}", fastrand::u64(..));
+    // 300 introspections over the replicas: 100 concurrent bursts of three.
+    for _ in 0..100 {
+        let answers = join_all(replicas.iter().map(|r| r.introspect(&opaque))).await;
+        assert!(answers.iter().all(|a| a.active && a.sub == "opaque-user"));
+    }
+    let calls = p.idp.count("/p/introspect");
+    println!(
+        "fleet: {label}: 300 introspections of one opaque token over 3 replicas: {calls} upstream call(s) within one TTL of {CACHE_TTL:?}"
+    );
+    assert_eq!(calls, 1, "one upstream call per TTL");
+    tokio::time::sleep(CACHE_TTL + Duration::from_millis(200)).await;
+    for r in &replicas {
+        assert!(r.introspect(&opaque).await.active);
+    }
+    assert_eq!(
+        p.idp.count("/p/introspect"),
+        2,
+        "and one more after the TTL"
+    );
+    stop(replicas).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_token_costs_one_upstream_call_per_ttl() {
+    let redis = RedisServer::start();
+    answers_case(Store::Single(redis.url()), "standalone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_answers_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    answers_case(Store::Cluster(cluster.urls()), "cluster").await;
+}
+
+// ---- revocation --------------------------------------------------------------------
+
+/// Revokes with `rule` on replica 1; returns how long until replicas 2 and 3 refuse
+/// `token` (which they validated, twice, just before).
+async fn revoke_and_time(
+    replicas: &[Replica],
+    token: &str,
+    rule: pb::revoke_request::Rule,
+) -> Duration {
+    for r in &replicas[1..] {
+        assert!(r.validate(token).await.valid);
+        assert!(
+            r.validate(token).await.valid,
+            "in the verified cache, if any"
+        );
+    }
+    let start = Instant::now();
+    let done = replicas[0]
+        .admin
+        .clone()
+        .revoke(pb::RevokeRequest {
+            rule: Some(rule),
+            expires_at: None,
+        })
+        .await
+        .expect("Revoke")
+        .into_inner();
+    assert!(done.fleet_wide, "{}", done.message);
+    assert_eq!(
+        code(&replicas[0].validate(token).await),
+        pb::ErrorCode::Revoked
+    );
+    let mut slowest = Duration::ZERO;
+    for r in &replicas[1..] {
+        loop {
+            let c = code(&r.validate(token).await);
+            if c == pb::ErrorCode::Revoked {
+                slowest = slowest.max(start.elapsed());
+                break;
+            }
+            assert_eq!(c, pb::ErrorCode::Unspecified, "valid until revoked");
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "refused within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    slowest
+}
+
+async fn revocation_case(store: Store, label: &str) {
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &store, 3, "").await;
+    use pb::revoke_request::Rule;
+    let t1 = p.token(&p.key, "/p");
+    let jti = serde_json::from_slice::<serde_json::Value>(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            t1.split('.').nth(1).expect("payload"),
+        )
+        .expect("b64"),
+    )
+    .expect("json")["jti"]
+        .as_str()
+        .expect("jti")
+        .to_string();
+    let by_jti = revoke_and_time(
+        &replicas,
+        &t1,
+        Rule::Jti(pb::RevokedJti {
+            issuer: p.issuer("/p"),
+            jti,
+        }),
+    )
+    .await;
+    let t2 = p.token(&p.key, "/p");
+    let by_token = revoke_and_time(&replicas, &t2, Rule::Token(t2.clone())).await;
+    let t3 = p.token(&p.key, "/p");
+    let by_subject = revoke_and_time(
+        &replicas,
+        &t3,
+        Rule::Subject(pb::RevokedSubject {
+            issuer: p.issuer("/p"),
+            subject: "user-1".into(),
+            issued_before: Some(prost_types::Timestamp {
+                seconds: now() + 1,
+                nanos: 0,
+            }),
+        }),
+    )
+    .await;
+    println!(
+        "fleet: {label}: Revoke on replica 1 refused on replicas 2 and 3 after {by_jti:.1?} (jti), {by_token:.1?} (token), {by_subject:.1?} (subject)"
+    );
+    for d in [by_jti, by_token, by_subject] {
+        assert!(d < Duration::from_secs(1), "within 1 s: {d:?}");
+    }
+    // The token rule holds for a re-encoded signature too, and in Introspect.
+    let opaque = format!("opaque-{}", fastrand::u64(..));
+    assert!(replicas[2].introspect(&opaque).await.active);
+    replicas[0]
+        .admin
+        .clone()
+        .revoke(pb::RevokeRequest {
+            rule: Some(Rule::Token(opaque.clone())),
+            expires_at: None,
+        })
+        .await
+        .expect("Revoke");
+    let start = Instant::now();
+    while replicas[2].introspect(&opaque).await.active {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "opaque token revoked within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let m = replicas[2].metrics().await;
+    assert!(sample(&m, "introspectd_revocation_rules") >= 4.0);
+    assert!(
+        sample(
+            &m,
+            "introspectd_validations_total{tenant=\"plain\",result=\"revoked\"}"
+        ) >= 3.0
+    );
+    stop(replicas).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_on_one_replica_is_refused_everywhere_within_a_second() {
+    let redis = RedisServer::start();
+    revocation_case(Store::Single(redis.url()), "standalone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    revocation_case(Store::Cluster(cluster.urls()), "cluster").await;
+}
+
+// ---- Redis killed mid-run ----------------------------------------------------------
+
+fn offer(
+    accepted: &mut std::collections::HashMap<String, usize>,
+    t: &str,
+    r: &pb::ValidateResponse,
+) {
+    if r.valid {
+        *accepted.entry(t.to_string()).or_default() += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_with_local_fallback_keeps_answering_and_shares_again_when_back() {
+    let mut redis = RedisServer::start_with(Options {
+        persistent: true,
+        ..Options::default()
+    });
+    let p = Provider::start().await;
+    let replicas = start_replicas(
+        &p,
+        &Store::Single(redis.url()),
+        3,
+        "  on_unavailable: local\n",
+    )
+    .await;
+    let used = p.token(&p.key, "/r");
+    assert!(replicas[0].validate(&used).await.valid);
+
+    redis.kill();
+    let start = Instant::now();
+    let mut answered = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        for r in &replicas {
+            let fresh = r.validate(&p.token(&p.key, "/r")).await;
+            assert!(
+                fresh.valid,
+                "no false rejection while Redis is down: {:?}",
+                fresh.error
+            );
+            assert!(r.validate(&p.token(&p.key, "/p")).await.valid);
+            answered += 2;
+        }
+    }
+    assert_eq!(
+        code(&replicas[0].validate(&used).await),
+        pb::ErrorCode::Replayed,
+        "a replica remembers what it saw"
+    );
+    assert!(
+        wait_metrics(&replicas, Duration::from_secs(3), |m| sample(
+            m,
+            "introspectd_shared_state_up"
+        ) == 0.0)
+        .await
+    );
+    let fallbacks = total(
+        &replicas,
+        "introspectd_shared_state_fallbacks_total{facet=\"replay\"}",
+    )
+    .await;
+    assert!(fallbacks > 0.0, "the fallback shows in a metric");
+    assert_eq!(
+        health_of(&replicas[1], "introspect.v1.SharedState").await,
+        NOT_SERVING
+    );
+    assert_eq!(
+        health_of(&replicas[1], "introspect.v1.TokenService").await,
+        SERVING,
+        "still in rotation"
+    );
+
+    redis.restart();
+    let back = Instant::now();
+    assert!(
+        wait_metrics(&replicas, Duration::from_secs(10), |m| sample(
+            m,
+            "introspectd_shared_state_up"
+        ) == 1.0)
+        .await,
+        "sharing recovers"
+    );
+    let recovered = back.elapsed();
+    assert_eq!(
+        health_of(&replicas[1], "introspect.v1.SharedState").await,
+        SERVING
+    );
+    let t = p.token(&p.key, "/r");
+    assert!(replicas[2].validate(&t).await.valid);
+    assert_eq!(
+        code(&replicas[0].validate(&t).await),
+        pb::ErrorCode::Replayed,
+        "shared again"
+    );
+    assert_eq!(
+        code(&replicas[1].validate(&used).await),
+        pb::ErrorCode::Replayed,
+        "the record survived (AOF)"
+    );
+    println!(
+        "fleet: Redis killed with on_unavailable: local: {answered} validations answered, none falsely rejected, {fallbacks} replay fallbacks counted; sharing again {recovered:.1?} after Redis returned"
+    );
+    stop(replicas).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_with_fail_closed_refuses_and_nothing_is_accepted_twice() {
+    let mut redis = RedisServer::start_with(Options {
+        persistent: true,
+        ..Options::default()
+    });
+    let p = Provider::start().await;
+    let replicas = start_replicas(
+        &p,
+        &Store::Single(redis.url()),
+        3,
+        "  on_unavailable: fail_closed\n",
+    )
+    .await;
+    let mut accepted: std::collections::HashMap<String, usize> = Default::default();
+    let mut tokens = Vec::new();
+    for _ in 0..30 {
+        tokens.push(p.token(&p.key, "/r"));
+    }
+    for t in &tokens[..10] {
+        let r = replicas[0].validate(t).await;
+        offer(&mut accepted, t, &r);
+    }
+    redis.kill();
+    assert!(
+        wait_metrics(&replicas, Duration::from_secs(3), |m| sample(
+            m,
+            "introspectd_shared_state_up"
+        ) == 0.0)
+        .await
+    );
+    let mut refused = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let r = replicas[i % 3].validate(t).await;
+        if code(&r) == pb::ErrorCode::StateUnavailable {
+            refused += 1;
+        }
+        offer(&mut accepted, t, &r);
+    }
+    assert_eq!(
+        refused,
+        tokens.len(),
+        "every replay-detecting answer is STATE_UNAVAILABLE while Redis is down"
+    );
+    assert_eq!(
+        code(&replicas[1].validate(&p.token(&p.key, "/p")).await),
+        pb::ErrorCode::StateUnavailable,
+        "revocation checks refuse too"
+    );
+    let refusals = total(
+        &replicas,
+        "introspectd_shared_state_refusals_total{facet=\"revocation\"}",
+    )
+    .await;
+    assert!(refusals > 0.0);
+
+    redis.restart();
+    assert!(
+        wait_metrics(&replicas, Duration::from_secs(10), |m| sample(
+            m,
+            "introspectd_shared_state_up"
+        ) == 1.0)
+        .await
+    );
+    for round in 0..2 {
+        for (i, t) in tokens.iter().enumerate() {
+            let r = replicas[(i + round) % 3].validate(t).await;
+            offer(&mut accepted, t, &r);
+        }
+    }
+    let twice = accepted.values().filter(|n| **n > 1).count();
+    println!(
+        "fleet: Redis killed with on_unavailable: fail_closed: {refused} of {} refused with STATE_UNAVAILABLE while down; {} tokens accepted once, {twice} accepted twice",
+        tokens.len(),
+        accepted.len()
+    );
+    assert_eq!(twice, 0, "nothing is accepted twice");
+    assert_eq!(
+        accepted.len(),
+        tokens.len(),
+        "a refusal did not use a token up: each is accepted once after recovery"
+    );
+    stop(replicas).await;
+}
