@@ -100,6 +100,7 @@ def default(objs):
           f"readiness probe: {c['readinessProbe']}")
     check(c["image"] == "ghcr.io/introspectd/introspectd:0.1.0", f"default image is {c['image']}")
     check("tls" not in config["server"], "server.tls rendered without tls.enabled")
+    check("shared_state" not in config, "shared_state rendered without sharedState.enabled")
     kinds = sorted(o["kind"] for o in objs)
     check(kinds == sorted(["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]),
           f"default render has {kinds}")
@@ -138,6 +139,26 @@ def all_features(objs):
     netpol = one(objs, "NetworkPolicy")
     egress_ports = {(p["port"], p.get("protocol")) for r in netpol["spec"]["egress"] for p in r.get("ports", [])}
     check({(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress_ports, "egress must allow DNS and 443")
+    shared_state(config, c, env, mounts, netpol)
+
+
+def shared_state(config, c, env, mounts, netpol):
+    """sharedState: rendered config, password by reference, CA mounted, egress to Redis."""
+    ss = config.get("shared_state")
+    check(isinstance(ss, dict), "sharedState.enabled must render config.shared_state")
+    if not isinstance(ss, dict):
+        return
+    check(bool(ss.get("cluster_nodes")) != bool(ss.get("redis_url")), "exactly one of redis_url and cluster_nodes")
+    check(not any("@" in u for u in ss.get("cluster_nodes", []) + [ss.get("redis_url", "")]),
+          "no credentials in a Redis URL")
+    var = ss.get("redis_password_env")
+    check(var and "secretKeyRef" in env.get(var, {}).get("valueFrom", {}),
+          f"the Redis password ({var}) must come from a secretKeyRef")
+    ca = ss.get("tls_ca_file", "")
+    check(any(ca.startswith(m + "/") for m in mounts), f"shared_state.tls_ca_file {ca!r} is not under a mount")
+    redis_rules = [r for r in netpol["spec"]["egress"]
+                   if any(p.get("port") == 6379 for p in r.get("ports", []))]
+    check(len(redis_rules) == 1 and redis_rules[0].get("to"), "egress to Redis (6379) limited to sharedState.networkPolicy.to")
 
 
 def main() -> int:
