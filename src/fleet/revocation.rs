@@ -60,8 +60,52 @@ impl Fleet {
         }
     }
 
-    /// Reads every live rule and makes it this replica's whole set.
+    /// Reads every live rule and makes it this replica's whole set. When the shared
+    /// state has lost rules this replica applied (a restart without persistence, a
+    /// flush: its sequence number went back), this replica's rules are recorded again
+    /// first, so one replica that remembers keeps them in force for the fleet.
     pub(super) async fn sync_revocations(&self) -> Result<u64, SharedError> {
+        // Read before the server's: the server's number never goes below it unless
+        // the server lost state (announcements may raise ours meanwhile).
+        let applied = self.inner.applied_seq.load(Ordering::Acquire);
+        let (seq, rules) = self.read_revocations().await?;
+        if seq >= applied {
+            return Ok(self.apply_all(seq, &rules, false));
+        }
+        let mine = self.inner.revocations.snapshot(now());
+        warn!(
+            rules = mine.len(),
+            "the shared state lost revocation rules; recording this replica's again"
+        );
+        for r in &mine {
+            self.record_rule(r).await?;
+        }
+        let (seq, rules) = self.read_revocations().await?;
+        Ok(self.apply_all(seq, &rules, true))
+    }
+
+    /// Makes `rules` this replica's set as of `seq`; `reset` lets the sequence number
+    /// go back (after the server lost state).
+    fn apply_all(&self, seq: u64, rules: &[Revocation], reset: bool) -> u64 {
+        let fresh = self.inner.revocations.replace_all(rules, now());
+        if reset {
+            self.inner.applied_seq.store(seq, Ordering::Release);
+        } else if self.inner.applied_seq.fetch_max(seq, Ordering::AcqRel) > seq {
+            // A rule announced while this read was under way may have been replaced
+            // away: read again.
+            self.request_resync();
+        }
+        if fresh > 0 {
+            info!(
+                fresh,
+                total = rules.len(),
+                "revocation rules re-read from the shared state"
+            );
+        }
+        seq
+    }
+
+    async fn read_revocations(&self) -> Result<(u64, Vec<Revocation>), SharedError> {
         let set = self.inner.layout.revocations();
         let seq_key = self.inner.layout.revocation_seq();
         let now_ms = SystemTime::now()
@@ -95,49 +139,44 @@ impl Fleet {
                 Err(_) => warn!("skipping a revocation rule this version cannot read"),
             }
         }
-        let fresh = self.inner.revocations.replace_all(&rules, now());
-        let seq = seq.unwrap_or(0);
-        self.inner.applied_seq.store(seq, Ordering::Release);
-        if fresh > 0 {
-            info!(
-                fresh,
-                total = rules.len(),
-                "revocation rules re-read from the shared state"
-            );
-        }
-        Ok(seq)
+        Ok((seq.unwrap_or(0), rules))
+    }
+
+    /// Records one rule and announces it; returns its sequence number.
+    async fn record_rule(&self, revocation: &Revocation) -> Result<u64, SharedError> {
+        let json = serde_json::to_string(&revocation.rule)
+            .map_err(|e| SharedError::Invalid(format!("rule: {e}")))?;
+        let expires_ms = revocation.expires_at.saturating_mul(1000);
+        let set = self.inner.layout.revocations();
+        let seq_key = self.inner.layout.revocation_seq();
+        let channel = self.inner.layout.channel();
+        let seq: i64 = self
+            .inner
+            .link
+            .exec(Op::Revoke, |mut c| async move {
+                scripts::REVOKE
+                    .key(set)
+                    .key(seq_key)
+                    .arg(json)
+                    .arg(expires_ms)
+                    .arg(MAX_REVOCATION_RULES)
+                    .arg(channel)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        u64::try_from(seq).map_err(|_| {
+            SharedError::Full(format!(
+                "{MAX_REVOCATION_RULES} revocation rules are in force; no more can be added"
+            ))
+        })
     }
 }
 
 impl RevocationStore for Fleet {
     fn add<'a>(&'a self, revocation: &'a Revocation) -> BoxFuture<'a, Result<(), SharedError>> {
         async move {
-            let json = serde_json::to_string(&revocation.rule)
-                .map_err(|e| SharedError::Invalid(format!("rule: {e}")))?;
-            let expires_ms = revocation.expires_at.saturating_mul(1000);
-            let set = self.inner.layout.revocations();
-            let seq_key = self.inner.layout.revocation_seq();
-            let channel = self.inner.layout.channel();
-            let seq: i64 = self
-                .inner
-                .link
-                .exec(Op::Revoke, |mut c| async move {
-                    scripts::REVOKE
-                        .key(set)
-                        .key(seq_key)
-                        .arg(json)
-                        .arg(expires_ms)
-                        .arg(MAX_REVOCATION_RULES)
-                        .arg(channel)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await?;
-            let Ok(seq) = u64::try_from(seq) else {
-                return Err(SharedError::Full(format!(
-                    "{MAX_REVOCATION_RULES} revocation rules are in force; no more can be added"
-                )));
-            };
+            let seq = self.record_rule(revocation).await?;
             self.apply_announced(&Announced {
                 seq,
                 revocation: revocation.clone(),

@@ -95,6 +95,38 @@ impl RuleSet {
         }
     }
 
+    fn rules(&self, now: i64) -> Vec<Revocation> {
+        let tokens = self.tokens.iter().map(|(sha256, e)| Revocation {
+            rule: RevocationRule::Token {
+                sha256: sha256.clone(),
+            },
+            expires_at: *e,
+        });
+        let jtis = self.jtis.iter().map(|((iss, jti), e)| Revocation {
+            rule: RevocationRule::Jti {
+                iss: iss.clone(),
+                jti: jti.clone(),
+            },
+            expires_at: *e,
+        });
+        let subjects = self
+            .subjects
+            .iter()
+            .map(|((iss, sub), (before, e))| Revocation {
+                rule: RevocationRule::Subject {
+                    iss: iss.clone(),
+                    sub: sub.clone(),
+                    issued_before: *before,
+                },
+                expires_at: *e,
+            });
+        tokens
+            .chain(jtis)
+            .chain(subjects)
+            .filter(|r| r.expires_at > now)
+            .collect()
+    }
+
     fn prune(&mut self, now: i64) {
         self.tokens.retain(|_, e| *e > now);
         self.jtis.retain(|_, e| *e > now);
@@ -163,6 +195,11 @@ impl Revocations {
     /// True when no rule is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every live rule held (rules for one subject combined into one).
+    pub fn snapshot(&self, now: i64) -> Vec<Revocation> {
+        self.rules.load().rules(now)
     }
 
     /// Whether a live rule matches the token (lock-free; the digest is computed only
@@ -351,6 +388,10 @@ mod tests {
         assert_eq!(n, 1, "only b is new; old has expired");
         assert_eq!(heard.lock().expect("lock").len(), 3);
         assert_eq!(r.len(), 2);
+        let mut kept = r.snapshot(10);
+        kept.sort_by_key(|k| format!("{:?}", k.rule));
+        assert_eq!(kept, vec![jti("i", "a", 200), jti("i", "b", 100)]);
+        assert!(r.snapshot(200).is_empty(), "expired rules are not kept");
     }
 
     #[test]

@@ -70,15 +70,24 @@ async fn without_shared_state_each_replica_is_an_island() {
     let replicas = start_replicas(&p, &Store::None, 3, "").await;
     let (accepted, _) = replay_numbers(&p, &replicas, 20, 0).await;
     assert_eq!(accepted, 40, "every replay on another replica is accepted");
-    assert_eq!(p.idp.count("/p/jwks"), 3, "each replica fetches at start-up");
+    assert_eq!(
+        p.idp.count("/p/jwks"),
+        3,
+        "each replica fetches at start-up"
+    );
     let start = Instant::now();
     for n in 0..1500u64 {
-        let r = replicas[(n % 3) as usize].validate(&forged_kid_token(&p, n)).await;
+        let r = replicas[(n % 3) as usize]
+            .validate(&forged_kid_token(&p, n))
+            .await;
         assert_eq!(code(&r), pb::ErrorCode::UnknownKey);
     }
     let fetched = p.idp.count("/p/jwks") - 3;
     let cooldowns = start.elapsed().as_secs_f64() / COOLDOWN.as_secs_f64();
-    println!("fleet: without shared_state: 1500 forged-kid calls over 3 replicas in {:.1?} ({cooldowns:.1} cooldowns): {fetched} JWKS fetches", start.elapsed());
+    println!(
+        "fleet: without shared_state: 1500 forged-kid calls over 3 replicas in {:.1?} ({cooldowns:.1} cooldowns): {fetched} JWKS fetches",
+        start.elapsed()
+    );
     assert!(fetched >= 3, "every replica fetches for itself: {fetched}");
     let m = replicas[0].metrics().await;
     assert!(

@@ -403,3 +403,45 @@ async fn a_killed_server_is_noticed_and_sharing_resumes_when_it_returns() {
         "the probe's re-read picks it up"
     );
 }
+
+#[tokio::test]
+async fn revocation_rules_outlive_a_restart_that_lost_them() {
+    // No persistence: the restarted server is empty. The replicas that remember the
+    // rules record them again, so a replica that joins later still gets them.
+    let mut redis = RedisServer::start();
+    let a = member(settings(RedisEndpoints::Single(redis.url()), "a")).await;
+    let b = member(settings(RedisEndpoints::Single(redis.url()), "b")).await;
+    revocations(&a, &b).await;
+    revocations(&b, &a).await;
+    assert_eq!(a.revocations.len(), 2);
+    redis.restart();
+    assert_eq!(
+        redis.cli(&["ZCARD", "test:revocation:{rules}:set"]).trim(),
+        "0",
+        "the server lost them"
+    );
+    assert!(
+        wait(Duration::from_secs(10), || a.fleet.health().is_up()
+            && b.fleet.health().is_up())
+        .await,
+        "both recover"
+    );
+    assert!(
+        wait(Duration::from_secs(3), || redis
+            .cli(&["ZCARD", "test:revocation:{rules}:set"])
+            .trim()
+            == "2")
+        .await,
+        "recorded again"
+    );
+    assert_eq!(
+        (a.revocations.len(), b.revocations.len()),
+        (2, 2),
+        "still in force"
+    );
+    let c = member(settings(RedisEndpoints::Single(redis.url()), "c")).await;
+    assert!(
+        wait(Duration::from_secs(2), || c.revocations.len() == 2).await,
+        "a new replica gets them"
+    );
+}
