@@ -7,11 +7,18 @@
 //! - [`config`]: typed configuration, defaults, environment overrides, validation errors.
 //! - [`jwt`]: compact JWS framing, strict JSON, claim checks (no keys, no network).
 //! - [`keys`]: JWK ingestion and hygiene, verifying keys, `KeySet` snapshots.
-//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline.
-//! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
+//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline, revocation
+//!   rules and `Revoke`.
+//! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop
+//!   (coordinated with the fleet when it shares state).
 //! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
 //!   opaque tokens, the client-credentials token cache and the answer cache.
 //! - [`events`]: key-rotation events and their bus.
+//! - [`shared`]: what a fleet of replicas may share (replay store, introspection answer
+//!   store, fetch coordination, revocation rules) as small traits, and the replica's
+//!   view of their health; no Redis client.
+//! - [`fleet`]: those traits on Redis (standalone or cluster): connection, key layout,
+//!   scripts, pub/sub, the monitor; built by `app` only with `shared_state`.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
 //!   AdminService, and the one error-to-Status mapping.
 //! - [`app`]: wiring: registry, refreshers, services, serve, shutdown.

@@ -175,7 +175,7 @@ async fn fetch_turns(a: &Member, b: &Member) {
     };
     assert_eq!(
         (p.generation, p.replica.as_str(), p.jwks.as_str()),
-        (generation, "a", "{\"keys\":[]}")
+        (generation, fa.replica(), "{\"keys\":[]}")
     );
     assert!(
         wait(Duration::from_secs(1), || *announced.borrow_and_update()
@@ -344,6 +344,26 @@ async fn password_from_the_settings() {
         a.fleet.record("jti", "k", in_secs(5), false).await,
         Ok(ReplayOutcome::Fresh)
     );
+    // An ACL user limited to the prefix's keys and channel is enough.
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "fleet",
+        "on",
+        ">u5er-pass",
+        "resetkeys",
+        "~test:*",
+        "resetchannels",
+        "&test:events",
+        "+@all",
+    ]);
+    let mut user = settings(
+        RedisEndpoints::Single(format!("redis://fleet@127.0.0.1:{}", redis.port)),
+        "u",
+    );
+    user.password = Some(introspectd::config::Secret::new("u5er-pass"));
+    let u = member(user).await;
+    suite(&u, &a).await;
     s.password = Some(introspectd::config::Secret::new("wrong"));
     let wrong = Fleet::new(&s, [], Revocations::new()).expect("fleet");
     let cancel = CancellationToken::new();
