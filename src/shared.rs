@@ -180,8 +180,11 @@ pub trait ReplayStore: Send + Sync + fmt::Debug {
         key: &'a str,
         expires: SystemTime,
         peek: bool,
-    ) -> BoxFuture<'a, Result<ReplayOutcome, SharedError>>;
+    ) -> SharedFuture<'a, ReplayOutcome>;
 }
+
+/// What a shared operation returns: a boxed future of its result.
+pub type SharedFuture<'a, T> = BoxFuture<'a, Result<T, SharedError>>;
 
 /// SHA-256 of an opaque token: the only form in which a token is ever stored.
 pub type TokenDigest = [u8; 32];
@@ -195,7 +198,7 @@ pub trait AnswerStore: Send + Sync + fmt::Debug {
         &'a self,
         tenant: &'a str,
         digest: &'a TokenDigest,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, SharedError>>;
+    ) -> SharedFuture<'a, Option<Vec<u8>>>;
 
     /// Stores an answer for `ttl` and releases the fill claim.
     fn put<'a>(
@@ -204,7 +207,7 @@ pub trait AnswerStore: Send + Sync + fmt::Debug {
         digest: &'a TokenDigest,
         answer: Vec<u8>,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), SharedError>>;
+    ) -> SharedFuture<'a, ()>;
 
     /// Claims the right to ask the upstream for `lease`; false when another replica
     /// holds it.
@@ -213,14 +216,11 @@ pub trait AnswerStore: Send + Sync + fmt::Debug {
         tenant: &'a str,
         digest: &'a TokenDigest,
         lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, SharedError>>;
+    ) -> SharedFuture<'a, bool>;
 
     /// Releases a fill claim without an answer (the upstream failed).
-    fn release_fill<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-    ) -> BoxFuture<'a, Result<(), SharedError>>;
+    fn release_fill<'a>(&'a self, tenant: &'a str, digest: &'a TokenDigest)
+    -> SharedFuture<'a, ()>;
 }
 
 /// A key set as one replica fetched it and published it for the others.
@@ -283,18 +283,10 @@ pub enum Turn {
 pub trait FetchCoordination: Send + Sync + fmt::Debug {
     /// Decides whether this replica fetches `set` now (waiting, bounded, for a fetch
     /// another replica is doing).
-    fn turn<'a>(
-        &'a self,
-        set: &'a str,
-        request: TurnRequest,
-    ) -> BoxFuture<'a, Result<Turn, SharedError>>;
+    fn turn<'a>(&'a self, set: &'a str, request: TurnRequest) -> SharedFuture<'a, Turn>;
 
     /// The current publication of `set`, if newer than `known`.
-    fn published<'a>(
-        &'a self,
-        set: &'a str,
-        known: u64,
-    ) -> BoxFuture<'a, Result<Option<Published>, SharedError>>;
+    fn published<'a>(&'a self, set: &'a str, known: u64) -> SharedFuture<'a, Option<Published>>;
 
     /// Publishes what this replica fetched and announces it; returns its generation.
     fn publish<'a>(
@@ -302,14 +294,10 @@ pub trait FetchCoordination: Send + Sync + fmt::Debug {
         set: &'a str,
         jwks: String,
         metadata: Option<PublishedMetadata>,
-    ) -> BoxFuture<'a, Result<u64, SharedError>>;
+    ) -> SharedFuture<'a, u64>;
 
     /// Records that this replica's fetch failed, so others waiting stop waiting.
-    fn publish_failure<'a>(
-        &'a self,
-        set: &'a str,
-        message: &'a str,
-    ) -> BoxFuture<'a, Result<(), SharedError>>;
+    fn publish_failure<'a>(&'a self, set: &'a str, message: &'a str) -> SharedFuture<'a, ()>;
 
     /// Announced generations of `set` (changes when any replica publishes).
     fn announcements(&self, set: &str) -> Option<watch::Receiver<u64>>;
@@ -359,7 +347,7 @@ pub struct Revocation {
 /// every call without a round trip); the store records them and tells every replica.
 pub trait RevocationStore: Send + Sync + fmt::Debug {
     /// Records a rule and announces it to every replica.
-    fn add<'a>(&'a self, revocation: &'a Revocation) -> BoxFuture<'a, Result<(), SharedError>>;
+    fn add<'a>(&'a self, revocation: &'a Revocation) -> SharedFuture<'a, ()>;
 }
 
 /// Everything a fleet shares, as handed to the core.

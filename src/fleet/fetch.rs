@@ -9,7 +9,7 @@ use futures::{FutureExt as _, future::BoxFuture};
 use redis::Value;
 use tokio::{sync::watch, time::Instant};
 
-use super::{Fleet, scripts, stats::Op};
+use super::{Fleet, millis, scripts, stats::Op};
 use crate::shared::{
     FetchCoordination, Published, PublishedMetadata, SharedError, Turn, TurnRequest,
 };
@@ -22,10 +22,6 @@ pub const PUBLICATION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const WAIT_POLL: Duration = Duration::from_millis(100);
 /// Longest failure message recorded for the others.
 const MAX_FAILURE_MESSAGE: usize = 256;
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 fn text(v: &Value) -> Option<String> {
     match v {

@@ -47,6 +47,11 @@ use crate::{
     shared::{Shared, SharedHealth},
 };
 
+/// Milliseconds of `d`, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Reads the CA bundle of `shared_state.tls_ca_file`: at least one PEM certificate.
 fn read_ca(path: &Path) -> Result<Vec<u8>, ConfigError> {
     const KEY: &str = "shared_state.tls_ca_file";

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use futures::{FutureExt as _, future::BoxFuture};
 use redis::AsyncCommands as _;
 
-use super::{Fleet, scripts, stats::Op};
+use super::{Fleet, millis, scripts, stats::Op};
 use crate::shared::{AnswerStore, ReplayOutcome, ReplayStore, SharedError, TokenDigest};
 
 /// Shortest life of a replay record: a value that has just expired is still kept this
@@ -22,8 +22,31 @@ pub fn replay_ttl_ms(expires: SystemTime, now: SystemTime) -> u64 {
     u64::try_from(left.max(MIN_REPLAY_TTL).as_millis()).unwrap_or(u64::MAX)
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+impl Fleet {
+    /// `SET key value NX PX ttl_ms`: true when this call set it.
+    async fn set_new(
+        &self,
+        op: Op,
+        key: String,
+        value: String,
+        ttl_ms: u64,
+    ) -> Result<bool, SharedError> {
+        let set: Option<String> = self
+            .inner
+            .link
+            .exec(op, |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
 }
 
 impl ReplayStore for Fleet {
@@ -49,21 +72,8 @@ impl ReplayStore for Fleet {
                 });
             }
             let ttl = replay_ttl_ms(expires, SystemTime::now());
-            let set: Option<String> = self
-                .inner
-                .link
-                .exec(Op::Replay, |mut c| async move {
-                    redis::cmd("SET")
-                        .arg(k)
-                        .arg(1)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            Ok(if set.is_some() {
+            let fresh = self.set_new(Op::Replay, k, "1".into(), ttl).await?;
+            Ok(if fresh {
                 ReplayOutcome::Fresh
             } else {
                 ReplayOutcome::Replayed
@@ -99,7 +109,7 @@ impl AnswerStore for Fleet {
         async move {
             let value = self.inner.layout.answer(tenant, digest);
             let fill = self.inner.layout.answer_fill(tenant, digest);
-            let ttl = millis(ttl);
+            let ttl = millis(ttl).max(1);
             self.inner
                 .link
                 .exec(Op::AnswerPut, |mut c| async move {
@@ -130,22 +140,8 @@ impl AnswerStore for Fleet {
         async move {
             let k = self.inner.layout.answer_fill(tenant, digest);
             let replica = self.inner.replica.clone();
-            let lease = millis(lease);
-            let set: Option<String> = self
-                .inner
-                .link
-                .exec(Op::AnswerClaim, |mut c| async move {
-                    redis::cmd("SET")
-                        .arg(k)
-                        .arg(replica)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(lease)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            Ok(set.is_some())
+            self.set_new(Op::AnswerClaim, k, replica, millis(lease))
+                .await
         }
         .boxed()
     }

@@ -51,17 +51,28 @@ async fn replay_case(store: Store, label: &str) {
     stop(replicas).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_used_on_one_replica_is_replayed_on_the_others() {
-    let redis = RedisServer::start();
-    replay_case(Store::Single(redis.url()), "standalone").await;
+/// One test of `case` on a standalone server and one on the 3-master cluster.
+macro_rules! on_standalone_and_cluster {
+    ($case:ident, $standalone:ident, $cluster:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $standalone() {
+            let redis = RedisServer::start();
+            $case(Store::Single(redis.url()), "standalone").await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cluster() {
+            let cluster = RedisCluster::start();
+            $case(Store::Cluster(cluster.urls()), "cluster").await;
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_detection_on_a_redis_cluster() {
-    let cluster = RedisCluster::start();
-    replay_case(Store::Cluster(cluster.urls()), "cluster").await;
-}
+on_standalone_and_cluster!(
+    replay_case,
+    a_token_used_on_one_replica_is_replayed_on_the_others,
+    replay_detection_on_a_redis_cluster
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_shared_state_each_replica_is_an_island() {
@@ -239,17 +250,11 @@ async fn answers_case(store: Store, label: &str) {
     stop(replicas).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_opaque_token_costs_one_upstream_call_per_ttl() {
-    let redis = RedisServer::start();
-    answers_case(Store::Single(redis.url()), "standalone").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_answers_on_a_redis_cluster() {
-    let cluster = RedisCluster::start();
-    answers_case(Store::Cluster(cluster.urls()), "cluster").await;
-}
+on_standalone_and_cluster!(
+    answers_case,
+    an_opaque_token_costs_one_upstream_call_per_ttl,
+    shared_answers_on_a_redis_cluster
+);
 
 // ---- revocation --------------------------------------------------------------------
 
@@ -380,17 +385,11 @@ async fn revocation_case(store: Store, label: &str) {
     stop(replicas).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoke_on_one_replica_is_refused_everywhere_within_a_second() {
-    let redis = RedisServer::start();
-    revocation_case(Store::Single(redis.url()), "standalone").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_on_a_redis_cluster() {
-    let cluster = RedisCluster::start();
-    revocation_case(Store::Cluster(cluster.urls()), "cluster").await;
-}
+on_standalone_and_cluster!(
+    revocation_case,
+    revoke_on_one_replica_is_refused_everywhere_within_a_second,
+    revocation_on_a_redis_cluster
+);
 
 // ---- Redis killed mid-run ----------------------------------------------------------
 
@@ -404,20 +403,21 @@ fn offer(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_with_local_fallback_keeps_answering_and_shares_again_when_back() {
-    let mut redis = RedisServer::start_with(Options {
+/// A persistent Redis (so a kill keeps its data), the provider, three replicas.
+async fn persistent_fleet(on_unavailable: &str) -> (RedisServer, Provider, Vec<Replica>) {
+    let redis = RedisServer::start_with(Options {
         persistent: true,
         ..Options::default()
     });
     let p = Provider::start().await;
-    let replicas = start_replicas(
-        &p,
-        &Store::Single(redis.url()),
-        3,
-        "  on_unavailable: local\n",
-    )
-    .await;
+    let extra = format!("  on_unavailable: {on_unavailable}\n");
+    let replicas = start_replicas(&p, &Store::Single(redis.url()), 3, &extra).await;
+    (redis, p, replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_with_local_fallback_keeps_answering_and_shares_again_when_back() {
+    let (mut redis, p, replicas) = persistent_fleet("local").await;
     let used = p.token(&p.key, "/r");
     assert!(replicas[0].validate(&used).await.valid);
 
@@ -499,18 +499,7 @@ async fn redis_killed_with_local_fallback_keeps_answering_and_shares_again_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_with_fail_closed_refuses_and_nothing_is_accepted_twice() {
-    let mut redis = RedisServer::start_with(Options {
-        persistent: true,
-        ..Options::default()
-    });
-    let p = Provider::start().await;
-    let replicas = start_replicas(
-        &p,
-        &Store::Single(redis.url()),
-        3,
-        "  on_unavailable: fail_closed\n",
-    )
-    .await;
+    let (mut redis, p, replicas) = persistent_fleet("fail_closed").await;
     let mut accepted: std::collections::HashMap<String, usize> = Default::default();
     let mut tokens = Vec::new();
     for _ in 0..30 {
