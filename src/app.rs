@@ -380,7 +380,8 @@ async fn start_fleet(
         warn!(on_unavailable = ?shared.on_unavailable, "the shared state does not answer yet; serving without it until it does");
     }
     registry.attach_shared(fleet.shared());
-    info!(replica = %fleet.replica(), prefix = %fleet.key_prefix(), "sharing state with the fleet");
+    info!(replica = %fleet.replica(), prefix = %fleet.key_prefix(),
+        integrity = fleet.integrity_enabled(), "sharing state with the fleet");
     Ok(Some((fleet, tasks)))
 }
 

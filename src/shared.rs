@@ -234,8 +234,8 @@ pub struct Published {
     pub metadata: Option<PublishedMetadata>,
     /// The replica that fetched it.
     pub replica: String,
-    /// When it was fetched (seconds since the epoch).
-    pub fetched_at: u64,
+    /// When it was fetched (milliseconds since the epoch, the fetching replica's clock).
+    pub fetched_at_ms: u64,
 }
 
 /// Discovery metadata in published form (checked again by every replica that takes it).

@@ -151,9 +151,10 @@ def shared_state(config, c, env, mounts, netpol):
     check(bool(ss.get("cluster_nodes")) != bool(ss.get("redis_url")), "exactly one of redis_url and cluster_nodes")
     check(not any("@" in u for u in ss.get("cluster_nodes", []) + [ss.get("redis_url", "")]),
           "no credentials in a Redis URL")
-    var = ss.get("redis_password_env")
-    check(var and "secretKeyRef" in env.get(var, {}).get("valueFrom", {}),
-          f"the Redis password ({var}) must come from a secretKeyRef")
+    for key in ("redis_password_env", "integrity_key_env"):
+        var = ss.get(key)
+        check(var and "secretKeyRef" in env.get(var, {}).get("valueFrom", {}),
+              f"shared_state.{key} ({var}) must come from a secretKeyRef")
     ca = ss.get("tls_ca_file", "")
     check(any(ca.startswith(m + "/") for m in mounts), f"shared_state.tls_ca_file {ca!r} is not under a mount")
     redis_rules = [r for r in netpol["spec"]["egress"]

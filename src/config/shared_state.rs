@@ -16,6 +16,8 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(50);
 pub const MAX_OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `key_prefix` accepted, in bytes.
 pub const MAX_KEY_PREFIX_BYTES: usize = 64;
+/// Shortest integrity key accepted, in bytes.
+pub const MIN_INTEGRITY_KEY_BYTES: usize = 32;
 /// Environment variables that name the replica when `replica_name` is not set, in order
 /// (Kubernetes sets `HOSTNAME` to the pod's name).
 pub const REPLICA_NAME_ENV: [&str; 2] = ["POD_NAME", "HOSTNAME"];
@@ -58,6 +60,9 @@ pub struct SharedStateSettings {
     /// PEM CA bundle that signs the server's certificate (`rediss://`); `None`: the
     /// system's roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// The key that tags published key sets and introspection answers, read from
+    /// `integrity_key_env`; `None`: Redis is trusted with them.
+    pub integrity_key: Option<Secret>,
 }
 
 /// `shared_state:` as written in the file.
@@ -73,6 +78,7 @@ pub(super) struct RawSharedState {
     on_unavailable: Option<String>,
     replica_name: Option<String>,
     tls_ca_file: Option<PathBuf>,
+    integrity_key_env: Option<String>,
 }
 
 const KEY: &str = "shared_state";
@@ -186,24 +192,51 @@ fn replica_name(
     Ok(name)
 }
 
+fn secret(
+    key: &str,
+    var: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    min_bytes: usize,
+) -> Result<Option<Secret>, ConfigError> {
+    let Some(var) = var else {
+        return Ok(None);
+    };
+    let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+        ConfigError::new(
+            key,
+            format!("environment variable `{var}` is not set or empty"),
+        )
+    })?;
+    if value.len() < min_bytes {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "environment variable `{var}` holds {} bytes; at least {min_bytes} are needed",
+                value.len()
+            ),
+        ));
+    }
+    Ok(Some(Secret::new(value.into_bytes())))
+}
+
 /// Resolves and checks `shared_state:`.
 pub(super) fn resolve(
     raw: RawSharedState,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<SharedStateSettings, ConfigError> {
     let endpoints = endpoints(&raw)?;
-    let password = match &raw.redis_password_env {
-        None => None,
-        Some(var) => {
-            let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                ConfigError::new(
-                    "shared_state.redis_password_env",
-                    format!("environment variable `{var}` is not set or empty"),
-                )
-            })?;
-            Some(Secret::new(value.into_bytes()))
-        }
-    };
+    let password = secret(
+        "shared_state.redis_password_env",
+        &raw.redis_password_env,
+        env,
+        1,
+    )?;
+    let integrity_key = secret(
+        "shared_state.integrity_key_env",
+        &raw.integrity_key_env,
+        env,
+        MIN_INTEGRITY_KEY_BYTES,
+    )?;
     let op_timeout = duration(
         "shared_state.op_timeout",
         &raw.op_timeout,
@@ -236,6 +269,7 @@ pub(super) fn resolve(
         on_unavailable,
         replica_name: replica_name(&raw.replica_name, env)?,
         tls_ca_file: raw.tls_ca_file,
+        integrity_key,
     })
 }
 
@@ -247,6 +281,8 @@ mod tests {
         let raw: RawSharedState = serde_yaml_ng::from_str(yaml).expect("yaml");
         let env = |name: &str| match name {
             "REDIS_PASSWORD" => Some("s3cret".to_string()),
+            "FLEET_KEY" => Some("k".repeat(32)),
+            "SHORT_KEY" => Some("k".repeat(31)),
             "HOSTNAME" => Some("pod-7".to_string()),
             _ => None,
         };
@@ -293,6 +329,9 @@ mod tests {
         assert_eq!(s.op_timeout, Duration::from_millis(20));
         assert_eq!(s.key_prefix, "prod:iam:");
         assert_eq!(s.replica_name, "r1");
+        assert!(s.integrity_key.is_none());
+        let tagged = load("redis_url: redis://a\nintegrity_key_env: FLEET_KEY").expect("valid");
+        assert_eq!(tagged.integrity_key.map(|k| k.expose().len()), Some(32));
     }
 
     #[test]
@@ -339,6 +378,14 @@ mod tests {
         assert_eq!(
             key_of("redis_url: redis://a\nreplica_name: \"a b\""),
             "shared_state.replica_name"
+        );
+        assert_eq!(
+            key_of("redis_url: redis://a\nintegrity_key_env: SHORT_KEY"),
+            "shared_state.integrity_key_env"
+        );
+        assert_eq!(
+            key_of("redis_url: redis://a\nintegrity_key_env: MISSING"),
+            "shared_state.integrity_key_env"
         );
     }
 }

@@ -9,7 +9,7 @@ use futures::{FutureExt as _, future::BoxFuture};
 use redis::Value;
 use tokio::{sync::watch, time::Instant};
 
-use super::{Fleet, millis, scripts, stats::Op};
+use super::{Fleet, integrity::Integrity, millis, scripts, stats::Op};
 use crate::shared::{
     FetchCoordination, Published, PublishedMetadata, SharedError, Turn, TurnRequest,
 };
@@ -33,13 +33,27 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// Reads `{generation, jwks, metadata, replica, at_ms}` into a publication.
-pub fn parse_published(fields: &[Value]) -> Result<Option<Published>, SharedError> {
+/// The fields of a publication, in the order every read asks for them.
+pub const PUBLISHED_FIELDS: [&str; 6] =
+    ["generation", "jwks", "metadata", "replica", "at_ms", "tag"];
+
+/// Reads `{generation, jwks, metadata, replica, at_ms, tag}` (stored under `context`)
+/// into a publication; its tag must check out when integrity is on.
+pub fn parse_published(
+    fields: &[Value],
+    integrity: &Integrity,
+    context: &str,
+) -> Result<Option<Published>, SharedError> {
     let field = |i: usize| fields.get(i).and_then(text).unwrap_or_default();
     let invalid = |what: &str| SharedError::Invalid(format!("published key set: {what}"));
     let generation: u64 = field(0).parse().unwrap_or(0);
     if generation == 0 {
         return Ok(None);
+    }
+    let parts = [field(1), field(2), field(3), field(4)];
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    if !integrity.verify(context, &parts, &field(5)) {
+        return Err(invalid("integrity check failed"));
     }
     let metadata = match field(2).as_str() {
         "" => None,
@@ -51,7 +65,7 @@ pub fn parse_published(fields: &[Value]) -> Result<Option<Published>, SharedErro
         jwks: field(1),
         metadata,
         replica: field(3),
-        fetched_at: at_ms / 1000,
+        fetched_at_ms: at_ms,
     }))
 }
 
@@ -78,10 +92,14 @@ pub fn parse_turn(value: &str) -> Held {
     }
 }
 
-fn parse_turn_reply(reply: &[Value]) -> Result<Result<Turn, Held>, SharedError> {
+fn parse_turn_reply(
+    reply: &[Value],
+    integrity: &Integrity,
+    context: &str,
+) -> Result<Result<Turn, Held>, SharedError> {
     match reply.first().and_then(text).as_deref() {
         Some("fetch") => Ok(Ok(Turn::Fetch)),
-        Some("adopt") => match parse_published(&reply[1..])? {
+        Some("adopt") => match parse_published(&reply[1..], integrity, context)? {
             Some(p) => Ok(Ok(Turn::Adopt(Box::new(p)))),
             None => Ok(Err(Held::Done)),
         },
@@ -102,6 +120,7 @@ impl Fleet {
     /// The publication and the turn value of `set`, in one round trip.
     async fn state_of(&self, set: &str) -> Result<(Option<Published>, Held), SharedError> {
         let published = self.inner.layout.jwks(set);
+        let context = published.clone();
         let turn = self.inner.layout.jwks_turn(set);
         let (fields, turn): (Vec<Value>, Option<String>) = self
             .inner
@@ -110,7 +129,7 @@ impl Fleet {
                 redis::pipe()
                     .cmd("HMGET")
                     .arg(published)
-                    .arg(&["generation", "jwks", "metadata", "replica", "at_ms"])
+                    .arg(&PUBLISHED_FIELDS)
                     .cmd("GET")
                     .arg(turn)
                     .query_async(&mut c)
@@ -118,7 +137,7 @@ impl Fleet {
             })
             .await?;
         Ok((
-            parse_published(&fields)?,
+            parse_published(&fields, &self.inner.integrity, &context)?,
             parse_turn(turn.as_deref().unwrap_or("")),
         ))
     }
@@ -165,6 +184,7 @@ impl FetchCoordination for Fleet {
     ) -> BoxFuture<'a, Result<Turn, SharedError>> {
         async move {
             let published = self.inner.layout.jwks(set);
+            let context = published.clone();
             let turn = self.inner.layout.jwks_turn(set);
             let replica = self.inner.replica.clone();
             let reply: Vec<Value> = self
@@ -182,7 +202,7 @@ impl FetchCoordination for Fleet {
                         .await
                 })
                 .await?;
-            let decided = match parse_turn_reply(&reply)? {
+            let decided = match parse_turn_reply(&reply, &self.inner.integrity, &context)? {
                 Ok(t) => t,
                 Err(Held::Fetching) => {
                     self.wait_for_fetch(set, request.known, request.wait)
@@ -227,6 +247,21 @@ impl FetchCoordination for Fleet {
             let turn = self.inner.layout.jwks_turn(set);
             let replica = self.inner.replica.clone();
             let channel = self.inner.layout.channel();
+            let at_ms = millis(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            )
+            .to_string();
+            let tag = self.inner.integrity.tag(
+                &published,
+                &[
+                    jwks.as_bytes(),
+                    metadata.as_bytes(),
+                    replica.as_bytes(),
+                    at_ms.as_bytes(),
+                ],
+            );
             let generation: u64 = self
                 .inner
                 .link
@@ -240,6 +275,8 @@ impl FetchCoordination for Fleet {
                         .arg(channel)
                         .arg(set)
                         .arg(millis(PUBLICATION_RETENTION))
+                        .arg(at_ms)
+                        .arg(tag)
                         .invoke_async(&mut c)
                         .await
                 })
@@ -317,12 +354,14 @@ mod tests {
 
     #[test]
     fn turn_replies() {
-        assert_eq!(parse_turn_reply(&[bulk("fetch")]), Ok(Ok(Turn::Fetch)));
+        let none = Integrity::new(None);
+        let parse = |reply: &[Value]| parse_turn_reply(reply, &none, "k");
+        assert_eq!(parse(&[bulk("fetch")]), Ok(Ok(Turn::Fetch)));
         assert_eq!(
-            parse_turn_reply(&[bulk("held"), bulk("fetching r2")]),
+            parse(&[bulk("held"), bulk("fetching r2")]),
             Ok(Err(Held::Fetching))
         );
-        let adopt = parse_turn_reply(&[
+        let adopt = parse(&[
             bulk("adopt"),
             bulk("3"),
             bulk("{\"keys\":[]}"),
@@ -331,19 +370,52 @@ mod tests {
             ),
             bulk("r2"),
             bulk("1700000000123"),
+            bulk(""),
         ]);
         let Ok(Ok(Turn::Adopt(p))) = adopt else {
             panic!("{adopt:?}");
         };
         assert_eq!(p.generation, 3);
         assert_eq!(p.replica, "r2");
-        assert_eq!(p.fetched_at, 1_700_000_000);
+        assert_eq!(p.fetched_at_ms, 1_700_000_000_123);
         assert_eq!(p.metadata.map(|m| m.jwks_uri), Some("https://i/k".into()));
-        assert!(parse_turn_reply(&[bulk("what")]).is_err());
+        assert!(parse(&[bulk("what")]).is_err());
         assert_eq!(
-            parse_published(&[Value::Nil, Value::Nil, Value::Nil, Value::Nil, Value::Nil]),
+            parse_published(&vec![Value::Nil; 6], &none, "k"),
             Ok(None),
             "nothing published yet"
+        );
+    }
+
+    #[test]
+    fn with_integrity_a_publication_must_carry_its_tag() {
+        let on = Integrity::new(Some(&[1u8; 32]));
+        let parts: [&[u8]; 4] = [b"{\"keys\":[]}", b"", b"r2", b"1700000000123"];
+        let tag = on.tag("p:jwks:{x}:published", &parts);
+        let fields = |tag: &str, jwks: &str| {
+            vec![
+                bulk("3"),
+                bulk(jwks),
+                bulk(""),
+                bulk("r2"),
+                bulk("1700000000123"),
+                bulk(tag),
+            ]
+        };
+        let good = parse_published(&fields(&tag, "{\"keys\":[]}"), &on, "p:jwks:{x}:published");
+        assert!(matches!(good, Ok(Some(_))), "{good:?}");
+        let planted = fields(&tag, "{\"keys\":[{\"kty\":\"RSA\"}]}");
+        assert!(
+            parse_published(&planted, &on, "p:jwks:{x}:published").is_err(),
+            "keys changed"
+        );
+        assert!(
+            parse_published(&fields("", "{\"keys\":[]}"), &on, "p:jwks:{x}:published").is_err(),
+            "no tag"
+        );
+        assert!(
+            parse_published(&fields(&tag, "{\"keys\":[]}"), &on, "p:jwks:{y}:published").is_err(),
+            "another key set's"
         );
     }
 }

@@ -10,6 +10,7 @@
 
 mod conn;
 mod fetch;
+mod integrity;
 pub mod keys;
 mod monitor;
 mod records;
@@ -82,6 +83,7 @@ struct Inner {
     /// announcement for an unknown name creates nothing).
     announced: HashMap<String, watch::Sender<u64>>,
     revocations: Arc<Revocations>,
+    integrity: integrity::Integrity,
     applied_seq: AtomicU64,
     subscribed: AtomicBool,
     resync: Arc<AtomicBool>,
@@ -133,6 +135,9 @@ impl Fleet {
                 stats,
                 announced,
                 revocations,
+                integrity: integrity::Integrity::new(
+                    settings.integrity_key.as_ref().map(|k| k.expose()),
+                ),
                 applied_seq: AtomicU64::new(0),
                 subscribed: AtomicBool::new(false),
                 resync: Arc::new(AtomicBool::new(true)),
@@ -194,6 +199,16 @@ impl Fleet {
     /// Operation counters and latencies.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.inner.stats
+    }
+
+    /// True when values read back are checked against integrity tags.
+    pub fn integrity_enabled(&self) -> bool {
+        self.inner.integrity.enabled()
+    }
+
+    /// Values in Redis refused for a missing or wrong integrity tag.
+    pub fn integrity_refusals(&self) -> u64 {
+        self.inner.integrity.refused()
     }
 
     /// This replica's name.

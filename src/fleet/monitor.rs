@@ -204,13 +204,19 @@ impl Fleet {
                     d
                 }
             };
+            // A wake-up (a failed operation, a lost connection) steps at once, but not
+            // more often than every DOWN_PROBE_INTERVAL, however many operations fail.
+            let woken = async {
+                tokio::time::sleep(DOWN_PROBE_INTERVAL.min(delay)).await;
+                self.inner.wake.notified().await;
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {
                     debug!("shared-state monitor stopped");
                     return;
                 }
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.inner.wake.notified() => {}
+                _ = woken => {}
             }
         }
     }

@@ -91,10 +91,13 @@ impl AnswerStore for Fleet {
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, SharedError>> {
         async move {
             let k = self.inner.layout.answer(tenant, digest);
-            self.inner
+            let key = k.clone();
+            let stored: Option<Vec<u8>> = self
+                .inner
                 .link
-                .exec(Op::AnswerGet, |mut c| async move { c.get(k).await })
-                .await
+                .exec(Op::AnswerGet, |mut c| async move { c.get(key).await })
+                .await?;
+            Ok(stored.and_then(|v| self.inner.integrity.open(&k, v)))
         }
         .boxed()
     }
@@ -108,6 +111,7 @@ impl AnswerStore for Fleet {
     ) -> BoxFuture<'a, Result<(), SharedError>> {
         async move {
             let value = self.inner.layout.answer(tenant, digest);
+            let answer = self.inner.integrity.seal(&value, &answer);
             let fill = self.inner.layout.answer_fill(tenant, digest);
             let ttl = millis(ttl).max(1);
             self.inner

@@ -1,6 +1,7 @@
 //! The Lua scripts that make multi-step decisions atomic on the server (each touches keys
-//! of one hash slot only, so they run on Redis Cluster too). Time comes from the server's
-//! own clock (`TIME`), so replicas with skewed clocks agree.
+//! of one hash slot only, so they run on Redis Cluster too). Expiry decisions read the
+//! server's own clock (`TIME`), so replicas with skewed clocks agree; a publication's
+//! fetch time is the fetching replica's, so that its integrity tag can cover it.
 
 use std::sync::LazyLock;
 
@@ -10,20 +11,20 @@ use redis::Script;
 ///
 /// KEYS: published hash, turn key. ARGV: replica, known generation, max age (ms; a
 /// publication younger than this is taken instead of fetching, 0: never), cooldown (ms).
-/// Returns `{'adopt', generation, jwks, metadata, replica, at_ms}`, `{'fetch'}` (the
-/// turn is this replica's until the cooldown ends), or `{'held', turn value}`.
+/// Returns `{'adopt', generation, jwks, metadata, replica, at_ms, tag}`, `{'fetch'}`
+/// (the turn is this replica's until the cooldown ends), or `{'held', turn value}`.
 pub static TURN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local p = redis.call('HMGET', KEYS[1], 'generation', 'jwks', 'metadata', 'replica', 'at_ms')
+local p = redis.call('HMGET', KEYS[1], 'generation', 'jwks', 'metadata', 'replica', 'at_ms', 'tag')
 local gen = tonumber(p[1] or '0') or 0
 local at = tonumber(p[5] or '0') or 0
 local known = tonumber(ARGV[2])
 local max_age = tonumber(ARGV[3])
 local function adopt()
-  return {'adopt', tostring(gen), p[2] or '', p[3] or '', p[4] or '', tostring(at)}
+  return {'adopt', tostring(gen), p[2] or '', p[3] or '', p[4] or '', tostring(at), p[6] or ''}
 end
 if gen > known and max_age > 0 and now - at < max_age then
   return adopt()
@@ -42,14 +43,13 @@ return {'held', redis.call('GET', KEYS[2]) or ''}
 /// Publishes a fetched key set and announces it.
 ///
 /// KEYS: published hash, turn key. ARGV: jwks, metadata (JSON or empty), replica,
-/// channel, key set name, retention (ms). Returns the new generation.
+/// channel, key set name, retention (ms), fetch time (ms, the replica's clock), integrity
+/// tag (or empty). Returns the new generation.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gen = redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('HSET', KEYS[1], 'jwks', ARGV[1], 'metadata', ARGV[2], 'replica', ARGV[3], 'at_ms', now)
+redis.call('HSET', KEYS[1], 'jwks', ARGV[1], 'metadata', ARGV[2], 'replica', ARGV[3], 'at_ms', ARGV[7], 'tag', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('SET', KEYS[2], 'done ' .. gen .. ' ' .. ARGV[3], 'XX', 'KEEPTTL')
 redis.call('PUBLISH', ARGV[4], 'jwks ' .. gen .. ' ' .. ARGV[5])

@@ -16,8 +16,11 @@ use crate::{
     shared::{Facet, Shared, TokenDigest, unix_secs},
 };
 
-/// While another replica asks the provider, its answer is looked for this often.
-pub const FILL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// While another replica asks the provider, its answer is looked for after this long,
+/// then at doubling intervals up to [`FILL_POLL_MAX`].
+pub const FILL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest interval between two looks for another replica's answer.
+pub const FILL_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Introspector {
     /// An answer from the fleet's store, else from the provider once for the fleet.
@@ -121,8 +124,10 @@ impl Introspector {
     /// Waits, at most the fetch timeout, for the answer another replica is getting.
     async fn wait_for_fill(&self, shared: &Shared, digest: &TokenDigest) -> Option<Answer> {
         let deadline = Instant::now() + self.timeout;
+        let mut pause = FILL_POLL;
         while Instant::now() < deadline {
-            tokio::time::sleep(FILL_POLL).await;
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(FILL_POLL_MAX);
             match self.stored(shared, digest).await {
                 Ok(Some(a)) => return Some(a),
                 Ok(None) => {}

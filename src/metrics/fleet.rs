@@ -121,6 +121,13 @@ impl FleetCollector {
                 ConstCounter::new(n).encode(avoided.encode_family(&labels)?)?;
             }
         }
+        let refused = encoder.encode_descriptor(
+            "introspectd_shared_state_integrity_refusals",
+            "Published key sets and introspection answers read from Redis and refused for a missing or wrong integrity tag (integrity_key_env)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(fleet.integrity_refusals()).encode(refused)?;
         let announcements = encoder.encode_descriptor(
             "introspectd_shared_state_announcements",
             "Announcements received from the fleet (publications, failures, revocation rules)",

@@ -188,6 +188,7 @@ pub async fn obtain(
     }
     match turn {
         Turn::Fetch => fetch_and_publish(shared, http, state, kind).await,
+        Turn::Adopt(from) if older_than_in_use(state, &from) => Ok(Obtained::Unchanged),
         Turn::Adopt(from) => {
             let (set, skipped) = adopt(state, &from)?;
             Ok(Obtained::Adopted { set, skipped, from })
@@ -213,6 +214,13 @@ pub async fn take_announced(registry: &Registry, state: &Arc<KeySetState>) -> Op
             return None;
         }
     };
+    if older_than_in_use(state, &published) {
+        debug!(
+            generation = published.generation,
+            "an announced publication is older than the keys in use"
+        );
+        return None;
+    }
     match adopt(state, &published) {
         Ok((set, skipped)) => {
             info!(generation = published.generation, fetched_by = %published.replica,
@@ -233,7 +241,17 @@ pub async fn take_announced(registry: &Registry, state: &Arc<KeySetState>) -> Op
 
 /// When a publication's keys were fetched.
 pub fn fetched_at(p: &Published) -> SystemTime {
-    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(p.fetched_at)
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(p.fetched_at_ms)
+}
+
+/// True when `p` was fetched before the keys `state` uses now: taking it would roll the
+/// keys back (a replayed old publication, or one that lost a race with this replica's
+/// own fetch).
+fn older_than_in_use(state: &KeySetState, p: &Published) -> bool {
+    state
+        .status()
+        .fetched_at
+        .is_some_and(|in_use| fetched_at(p) < in_use)
 }
 
 /// Records in the status where the keys in use came from.

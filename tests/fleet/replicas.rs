@@ -24,6 +24,8 @@ use crate::common::*;
 
 /// Environment variable holding the introspection client secret in these tests.
 pub const SECRET_ENV: &str = "FLEET_TEST_SECRET";
+/// Environment variable holding the replicas' integrity key in these tests.
+pub const INTEGRITY_ENV: &str = "FLEET_TEST_INTEGRITY";
 /// Cooldown of kid-miss fetches in these tests.
 pub const COOLDOWN: Duration = Duration::from_secs(1);
 /// Lifetime of a cached active introspection answer in these tests.
@@ -187,7 +189,11 @@ pub fn replica_settings(
         "server:\n  admin: true\n{shared}{}",
         provider.tenants_yaml()
     );
-    let mut s = settings_with_env(&yaml, &[(SECRET_ENV, "fleet-secret")]);
+    let integrity = "an integrity key every replica holds, and Redis never sees";
+    let mut s = settings_with_env(
+        &yaml,
+        &[(SECRET_ENV, "fleet-secret"), (INTEGRITY_ENV, integrity)],
+    );
     s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     s
 }

@@ -222,6 +222,76 @@ async fn a_forged_kid_flood_costs_one_fetch_per_cooldown_and_rotations_still_lan
     stop(replicas).await;
 }
 
+/// Plants a publication of the `plain` key set with an attacker's key directly in Redis
+/// and announces it; returns how many replicas then accept the attacker's token.
+async fn plant_a_key(redis: &RedisServer, p: &Provider, replicas: &[Replica]) -> usize {
+    let evil = TestKey::rsa("evil", "RS256");
+    let jwks = serde_json::json!({"keys": [evil.jwk.clone(), p.key.jwk.clone()]}).to_string();
+    let at_ms = (now() + 5) * 1000;
+    redis.cli(&[
+        "HSET",
+        "introspectd:jwks:{plain}:published",
+        "generation",
+        "999",
+        "jwks",
+        &jwks,
+        "metadata",
+        "",
+        "replica",
+        "mallory",
+        "at_ms",
+        &at_ms.to_string(),
+        "tag",
+        "",
+    ]);
+    redis.cli(&["PUBLISH", "introspectd:events", "jwks 999 plain"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let forged = p.token(&evil, "/p");
+    let mut accepted = 0;
+    for r in replicas {
+        if r.validate(&forged).await.valid {
+            accepted += 1;
+        }
+        assert!(
+            r.validate(&p.token(&p.key, "/p")).await.valid,
+            "the real key still works"
+        );
+    }
+    accepted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_planted_in_redis_is_refused_with_an_integrity_key() {
+    let redis = RedisServer::start();
+    let p = Provider::start().await;
+    let extra = format!("  integrity_key_env: {INTEGRITY_ENV}\n");
+    let replicas = start_replicas(&p, &Store::Single(redis.url()), 3, &extra).await;
+    // The fleet works as before: publications are tagged, checked and taken.
+    assert_eq!(p.idp.count("/p/jwks"), 1, "one fetch for three replicas");
+    assert_eq!(
+        plant_a_key(&redis, &p, &replicas).await,
+        0,
+        "no replica trusts the planted key"
+    );
+    let refused = total(
+        &replicas,
+        "introspectd_shared_state_integrity_refusals_total",
+    )
+    .await;
+    assert!(refused >= 1.0, "the refusals are counted: {refused}");
+    stop(replicas).await;
+
+    // The trust model without the key: whoever can write to Redis can plant keys.
+    let redis = RedisServer::start();
+    let replicas = start_replicas(&p, &Store::Single(redis.url()), 3, "").await;
+    assert_eq!(
+        plant_a_key(&redis, &p, &replicas).await,
+        3,
+        "without integrity_key_env Redis is trusted"
+    );
+    stop(replicas).await;
+}
+
 // ---- introspection answers ---------------------------------------------------------
 
 async fn answers_case(store: Store, label: &str) {

@@ -30,6 +30,7 @@ fn settings(endpoints: RedisEndpoints, replica: &str) -> SharedStateSettings {
         on_unavailable: OnUnavailable::Local,
         replica_name: replica.into(),
         tls_ca_file: None,
+        integrity_key: None,
     }
 }
 
@@ -463,5 +464,78 @@ async fn revocation_rules_outlive_a_restart_that_lost_them() {
     assert!(
         wait(Duration::from_secs(2), || c.revocations.len() == 2).await,
         "a new replica gets them"
+    );
+}
+
+#[tokio::test]
+async fn with_an_integrity_key_values_planted_in_redis_are_refused() {
+    let redis = RedisServer::start();
+    let mut s = settings(RedisEndpoints::Single(redis.url()), "a");
+    s.integrity_key = Some(introspectd::config::Secret::new(vec![9u8; 32]));
+    let a = member(s.clone()).await;
+    let b = member(SharedStateSettings {
+        replica_name: "b".into(),
+        ..s.clone()
+    })
+    .await;
+    // What the replicas write themselves round-trips.
+    replay_and_answers(&a, &b).await;
+    fetch_turns(&a, &b).await;
+
+    // A planted answer and a planted publication are refused, as if absent.
+    let digest = [3u8; 32];
+    let key = format!(
+        "test:answer:{{t:{}}}:value",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest)
+    );
+    redis.cli(&["SET", &key, "{\"active\":true,\"sub\":\"mallory\"}"]);
+    assert_eq!(a.fleet.get("t", &digest).await, Ok(None));
+    redis.cli(&[
+        "HSET",
+        "test:jwks:{okta}:published",
+        "generation",
+        "999",
+        "jwks",
+        "{\"keys\":[]}",
+        "metadata",
+        "",
+        "replica",
+        "mallory",
+        "at_ms",
+        "1",
+        "tag",
+        "",
+    ]);
+    assert!(a.fleet.published("okta", 0).await.is_err());
+    let request = TurnRequest {
+        known: 0,
+        max_age: Duration::from_secs(60),
+        cooldown: Duration::from_secs(30),
+        wait: Duration::from_millis(100),
+    };
+    assert!(
+        a.fleet.turn("okta", request).await.is_err(),
+        "the caller fetches alone instead"
+    );
+    assert!(a.fleet.integrity_refusals() >= 3);
+
+    // A replica without the key (misconfigured) cannot read the others' answers either.
+    let mut keyless = s.clone();
+    keyless.integrity_key = None;
+    keyless.replica_name = "c".into();
+    let c = member(keyless).await;
+    let digest = [4u8; 32];
+    a.fleet
+        .put(
+            "t",
+            &digest,
+            b"{\"active\":true}".to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("put");
+    assert_ne!(
+        c.fleet.get("t", &digest).await,
+        Ok(Some(b"{\"active\":true}".to_vec()))
     );
 }

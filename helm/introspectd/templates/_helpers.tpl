@@ -164,6 +164,9 @@ The shared_state section from sharedState.* (empty when off).
 {{- if $ss.password.secretName }}
 {{- $_ := set $out "redis_password_env" "REDIS_PASSWORD" }}
 {{- end }}
+{{- if $ss.integrityKey.secretName }}
+{{- $_ := set $out "integrity_key_env" "SHARED_STATE_INTEGRITY_KEY" }}
+{{- end }}
 {{- if $ss.tls.caSecretName }}
 {{- $_ := set $out "tls_ca_file" (printf "%s/%s" $ss.tls.mountPath $ss.tls.caKey) }}
 {{- end }}
@@ -195,6 +198,7 @@ Names of the environment variables the pod gets from secretEnv and extraEnv.
 {{- range .Values.secretEnv }}{{ $names = append $names .name }}{{ end }}
 {{- range .Values.extraEnv }}{{ $names = append $names .name }}{{ end }}
 {{- if and .Values.sharedState.enabled .Values.sharedState.password.secretName }}{{ $names = append $names "REDIS_PASSWORD" }}{{ end }}
+{{- if and .Values.sharedState.enabled .Values.sharedState.integrityKey.secretName }}{{ $names = append $names "SHARED_STATE_INTEGRITY_KEY" }}{{ end }}
 {{- join "," $names }}
 {{- end }}
 
