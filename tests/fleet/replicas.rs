@@ -174,10 +174,10 @@ pub fn replica_settings(
     let shared = match store {
         Store::None => String::new(),
         Store::Single(url) => format!(
-            "shared_state:\n  redis_url: \"{url}\"\n  replica_name: r{i}\n  op_timeout: 250ms\n{extra_shared}"
+            "shared_state:\n  redis_url: \"{url}\"\n  replica_name: r{i}\n  op_timeout: 2s\n{extra_shared}"
         ),
         Store::Cluster(nodes) => format!(
-            "shared_state:\n  cluster_nodes: [{}]\n  replica_name: r{i}\n  op_timeout: 250ms\n{extra_shared}",
+            "shared_state:\n  cluster_nodes: [{}]\n  replica_name: r{i}\n  op_timeout: 2s\n{extra_shared}",
             nodes
                 .iter()
                 .map(|n| format!("\"{n}\""))

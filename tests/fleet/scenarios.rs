@@ -21,6 +21,15 @@ async fn replay_case(store: Store, label: &str) {
     let p = Provider::start().await;
     let replicas = start_replicas(&p, &store, 3, "").await;
     let (accepted, twice) = replay_numbers(&p, &replicas, 500, 100).await;
+    let fallbacks = total(
+        &replicas,
+        "introspectd_shared_state_fallbacks_total{facet=\"replay\"}",
+    )
+    .await;
+    assert_eq!(
+        fallbacks, 0.0,
+        "Redis answered within op_timeout throughout (else the numbers below are the fallback's)"
+    );
     println!(
         "fleet: {label}: {accepted} of 1000 replays accepted on replicas 2 and 3; {twice} of 100 tokens raced on three replicas accepted more than once"
     );
