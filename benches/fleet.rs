@@ -183,6 +183,11 @@ fn main() {
     );
     println!(
         "{:<58} {:>9.1} µs",
+        "the fleet's replay record alone (SET NX PX)",
+        record / 1000.0
+    );
+    println!(
+        "{:<58} {:>9.1} µs",
         "Redis PING round trip (the floor)",
         ping / 1000.0
     );
