@@ -137,6 +137,51 @@ async fn without_shared_state_each_replica_is_an_island() {
     stop(replicas).await;
 }
 
+/// Redis operations a replica made, by kind, except the monitor's own (probe, re-reads).
+async fn operations_on_the_call_path(r: &Replica) -> f64 {
+    let m = r.metrics().await;
+    m.lines()
+        .filter(|l| l.starts_with("introspectd_shared_state_operations_total{"))
+        .filter(|l| {
+            !l.contains("operation=\"probe\"")
+                && !l.contains("operation=\"revocation_sync\"")
+                && !l.contains("operation=\"fetch_published\"")
+                && !l.contains("operation=\"subscribe\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_replay_detection_costs_a_round_trip() {
+    let redis = RedisServer::start();
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &Store::Single(redis.url()), 3, "").await;
+    let r = &replicas[1];
+    let plain = p.token(&p.key, "/p");
+    let before = operations_on_the_call_path(r).await;
+    for _ in 0..100 {
+        assert!(r.validate(&plain).await.valid);
+    }
+    for _ in 0..20 {
+        assert!(r.validate(&p.token(&p.key, "/p")).await.valid);
+    }
+    assert_eq!(
+        operations_on_the_call_path(r).await,
+        before,
+        "no Redis call for a tenant without replay detection (revocation rules are in memory)"
+    );
+    for _ in 0..20 {
+        assert!(r.validate(&p.token(&p.key, "/r")).await.valid);
+    }
+    assert_eq!(
+        operations_on_the_call_path(r).await,
+        before + 20.0,
+        "one round trip per replay-detecting Validate"
+    );
+    stop(replicas).await;
+}
+
 // ---- key fetches -------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
