@@ -6,6 +6,8 @@
 //! and the shared path with 64 calls in flight (throughput). Prints medians of timed
 //! batches and the ratios; quote them from one run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 #[path = "../tests/fleet/servers.rs"]
 mod servers;
 
@@ -25,7 +27,7 @@ use introspectd::{
 };
 use serde_json::json;
 use tokio::runtime::Runtime;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 const BATCHES: usize = 15;
 const PER_BATCH: usize = 400;
@@ -122,7 +124,11 @@ fn main() {
     )
     .expect("fleet");
     let cancel = CancellationToken::new();
-    let _tasks = rt.block_on(fleet.spawn(&cancel));
+    let tasks = TaskTracker::new();
+    {
+        let _in_runtime = rt.enter();
+        fleet.spawn(&tasks, &cancel);
+    }
     assert!(
         rt.block_on(fleet.wait_ready(Duration::from_secs(5))),
         "redis answers"

@@ -4,6 +4,9 @@
 //! per operation over timed batches, and the ratio. Run on an idle machine; quote
 //! medians and ratios from one run.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::{hint::black_box, time::Instant};
 
 use aws_lc_rs::{

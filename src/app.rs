@@ -1,27 +1,41 @@
-//! Wiring only: builds the registry, starts the refreshers, mounts the gRPC services
-//! (TokenService, health, reflection, and AdminService when `server.admin`), serves on
-//! a listener it is given (so tests bind port 0), and shuts down in order: health
-//! NOT_SERVING, streams and refreshers cancelled, in-flight calls drained within the
-//! grace period. Also wires metrics (the `/metrics` listener, the gRPC layers), TLS,
-//! and the overload limits.
+//! Wiring only, in the order a server starts: [`run_with_listeners`] reads like a table
+//! of contents. It loads TLS and builds the registry (a bad file or key is a
+//! configuration error before anything starts), connects the fleet's shared state when
+//! `shared_state` is configured (`start_fleet`), starts the background work (key
+//! refreshers, readiness, the TLS reloader), mounts the gRPC services on one router
+//! (`services`, with the metrics and overload layers), starts the side listeners
+//! (`/metrics`, plaintext health) through `spawn_side_listener`, serves on a listener
+//! it is given (so tests bind port 0), and shuts down in one sequence
+//! (`serve_until_shutdown`): health NOT_SERVING, every background task and stream
+//! cancelled, in-flight calls and tracked tasks drained within `server.shutdown_grace`.
+//!
+//! Every task is spawned on the one [`TaskTracker`] with its span, and stops when the
+//! one [`CancellationToken`] fires; a new capability's background work joins them by
+//! taking both.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    net::TcpListener,
-    task::{JoinHandle, JoinSet},
-};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::StreamExt as _;
-use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::server::Router;
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
+use tower::{
+    layer::util::{Identity, Stack},
+    util::Either,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    config::Settings,
+    config::{ServerSettings, Settings},
     fleet::Fleet,
     grpc::{
-        AdminServiceImpl, TokenServiceImpl,
+        AdminServiceImpl, Limits, TokenServiceImpl,
         layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{
             self, admin_service_server::AdminServiceServer,
@@ -30,9 +44,10 @@ use crate::{
     },
     introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
-    oidc::{self, HttpClient},
+    oidc,
     registry::Registry,
     transport::{self, ConnectionLimits, Incoming, TlsConfig},
+    upstream::{HttpClient, Redirects},
 };
 
 /// Name of the TokenService in grpc.health.v1.
@@ -43,19 +58,6 @@ pub const TOKEN_SERVICE_NAME: &str = "introspect.v1.TokenService";
 pub const SHARED_STATE_SERVICE_NAME: &str = "introspect.v1.SharedState";
 /// Longest start-up wait for the shared state before serving without it.
 pub const SHARED_STATE_STARTUP_WAIT: Duration = Duration::from_secs(3);
-
-/// The shared parts of a running service.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The registry.
-    pub registry: Registry,
-    /// The HTTP client.
-    pub http: HttpClient,
-    /// Cancelled when shutdown begins.
-    pub shutdown: CancellationToken,
-    /// The settings.
-    pub settings: Arc<Settings>,
-}
 
 /// Serves until `shutdown` resolves, then shuts down gracefully. Binds
 /// `server.metrics_listen` and `server.health_listen` itself (when set).
@@ -115,155 +117,233 @@ pub async fn run_with_listeners(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Listeners {
-        grpc: listener,
-        metrics: metrics_listener,
-        health: health_listener,
-    } = listeners;
     crate::install_crypto();
+    let server = &settings.server;
     // A bad certificate or key is a configuration error (exit 2), found before anything starts.
-    let tls = match &settings.server.tls {
+    let tls = match &server.tls {
         Some(t) => Some(TlsConfig::load(t).context("loading server.tls")?),
         None => None,
     };
     let registry = Registry::new(&settings).context("building the tenant registry")?;
-    let http = HttpClient::new().context("building the HTTP client")?;
-    let cancel = CancellationToken::new();
-    // Attached before anything reads the registry's shared state (introspectors,
-    // refreshers); without `shared_state` no Redis code runs at all.
-    let (fleet, mut fleet_tasks) = match start_fleet(&settings, &registry, &cancel).await? {
-        Some((f, t)) => (Some(f), t),
-        None => (None, JoinSet::new()),
-    };
-    let state = AppState {
-        registry: registry.clone(),
-        http: http.clone(),
-        shutdown: cancel.clone(),
-        settings: Arc::new(settings),
-    };
-    let server = &state.settings.server;
-
-    let methods = Arc::new(
-        GrpcMethods::from_descriptor_sets(&[
-            pb::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ])
-        .context("reading the gRPC descriptors")?,
-    );
+    let methods = Arc::new(grpc_methods()?);
     let metrics = Arc::new(Metrics::new(&registry, &methods));
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    // Whatever way this function returns, what it started stops.
+    let _stop_on_return = cancel.clone().drop_guard();
+    // Attached before anything reads the registry's shared state (refreshers,
+    // introspectors); without `shared_state` no Redis code runs at all.
+    let fleet = start_fleet(&settings, &registry, &tasks, &cancel).await?;
     if let Some(f) = &fleet {
         metrics.observe_fleet(f.clone());
     }
-    if let Some(l) = metrics_listener {
-        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!(%addr, "serving Prometheus metrics at /metrics");
-        let metrics = metrics.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(
-            async move {
-                if let Err(e) = crate::metrics::serve(l, metrics, cancel).await {
-                    warn!(error = %e, "metrics endpoint failed");
-                }
-            }
-            .instrument(info_span!("metrics")),
-        );
+
+    let http = HttpClient::new(Redirects::NoDowngrade).context("building the HTTP client")?;
+    oidc::spawn_refreshers(
+        &registry,
+        &http,
+        &tasks,
+        &cancel,
+        Some(metrics.fetch_observer()),
+    );
+    let health = start_health(&registry, &tasks, &cancel).await;
+    if let Some(f) = &fleet {
+        report_shared_state(f, &health, &tasks, &cancel);
+    }
+    if let Some(t) = &tls {
+        t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
 
-    let mut refreshers =
-        oidc::spawn_refreshers(&registry, &http, &cancel, Some(metrics.fetch_observer()));
+    let router = services(server, &registry, &metrics, &methods, &health, &cancel)?;
+    if let Some(l) = listeners.metrics {
+        info!(addr = %local_addr(&l), "serving Prometheus metrics at /metrics");
+        let serve = crate::metrics::serve(l, metrics.clone(), cancel.clone());
+        spawn_side_listener(&tasks, info_span!("metrics"), serve);
+    }
+    if let Some(l) = listeners.health {
+        // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
+        // the reporter, so it answers exactly what the main listener answers.
+        info!(addr = %local_addr(&l), "serving plaintext grpc.health.v1 for probes");
+        let serve = tonic::transport::Server::builder()
+            .add_service(health_service(&health, server))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(l),
+                cancel.clone().cancelled_owned(),
+            );
+        spawn_side_listener(&tasks, info_span!("health_listener"), serve);
+    }
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let addr = local_addr(&listeners.grpc);
+    info!(%addr, tenants = registry.tenants().len(), tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "serving gRPC");
+    let limits = ConnectionLimits {
+        max_age: server.max_connection_age,
+        grace: server.max_connection_age_grace,
+    };
+    let incoming = transport::spawn_incoming(
+        listeners.grpc,
+        tls,
+        limits,
+        Some(metrics.clone()),
+        &tasks,
+        cancel.clone(),
+    );
+    let grace = server.shutdown_grace;
+    serve_until_shutdown(router, incoming, shutdown, health, grace, tasks, cancel).await
+}
+
+/// Every gRPC method the server knows, for the metrics' labels and the overload layer.
+fn grpc_methods() -> anyhow::Result<GrpcMethods> {
+    GrpcMethods::from_descriptor_sets(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .context("reading the gRPC descriptors")
+}
+
+/// grpc.health.v1: the whole server serving, TokenService NOT_SERVING until every
+/// tenant's first key fetch has finished (a task waits for that).
+async fn start_health(
+    registry: &Registry,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> HealthReporter {
+    let reporter = HealthReporter::new();
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
     reporter
         .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
         .await;
-    if let Some(f) = &fleet {
-        spawn_shared_state_health(f, reporter.clone(), cancel.clone());
-    }
-    {
+    let ready = {
         let reporter = reporter.clone();
         let registry = registry.clone();
         let cancel = cancel.clone();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    _ = registry.wait_first_fetches() => {
-                        if !cancel.is_cancelled() {
-                            reporter.set_service_status(TOKEN_SERVICE_NAME, ServingStatus::Serving).await;
-                            info!("every tenant's first key fetch has finished; serving");
-                        }
+        async move {
+            tokio::select! {
+                _ = registry.wait_first_fetches() => {
+                    if !cancel.is_cancelled() {
+                        reporter.set_service_status(TOKEN_SERVICE_NAME, ServingStatus::Serving).await;
+                        info!("every tenant's first key fetch has finished; serving");
                     }
-                    _ = cancel.cancelled() => {}
                 }
+                _ = cancel.cancelled() => {}
             }
-            .instrument(info_span!("readiness")),
-        );
-    }
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection v1")?
-        .max_decoding_message_size(server.max_message_bytes);
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building reflection v1alpha")?
-        .max_decoding_message_size(server.max_message_bytes);
-
-    let limits = crate::grpc::Limits {
-        max_token_bytes: server.max_token_bytes,
-        max_watchers: server.max_watchers,
+        }
     };
+    tasks.spawn(ready.instrument(info_span!("readiness")));
+    reporter
+}
+
+/// Connects to the fleet's shared state when `shared_state` is configured: starts its
+/// tasks, waits a little for it (serving without it if it does not answer: the
+/// `on_unavailable` policy applies until it does), and hands it to the registry.
+async fn start_fleet(
+    settings: &Settings,
+    registry: &Registry,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<Fleet>> {
+    let Some(shared) = &settings.shared_state else {
+        return Ok(None);
+    };
+    let coordinated = registry
+        .key_sets()
+        .iter()
+        .filter(|s| matches!(s.source, crate::registry::Source::Discovery { .. }))
+        .map(|s| s.id.to_string())
+        .collect::<Vec<_>>();
+    let fleet = Fleet::new(shared, coordinated, registry.revocations().clone())?;
+    fleet.spawn(tasks, cancel);
+    if !fleet.wait_ready(SHARED_STATE_STARTUP_WAIT).await {
+        warn!(on_unavailable = ?shared.on_unavailable,
+            "the shared state does not answer yet; serving without it until it does");
+    }
+    registry.attach_shared(fleet.shared());
+    info!(replica = %fleet.replica(), prefix = %fleet.key_prefix(),
+        integrity = fleet.integrity_enabled(), "sharing state with the fleet");
+    Ok(Some(fleet))
+}
+
+/// Reports the shared state's availability in grpc.health.v1 as it changes.
+fn report_shared_state(
+    fleet: &Fleet,
+    reporter: &HealthReporter,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let mut rx = fleet.health().watch();
+    let reporter = reporter.clone();
+    let cancel = cancel.clone();
+    let follow = async move {
+        loop {
+            let status = if *rx.borrow_and_update() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status(SHARED_STATE_SERVICE_NAME, status)
+                .await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = rx.changed() => if changed.is_err() { return },
+            }
+        }
+    };
+    tasks.spawn(follow.instrument(info_span!("shared_state_health")));
+}
+
+/// The health service answering from `reporter`.
+fn health_service(
+    reporter: &HealthReporter,
+    server: &ServerSettings,
+) -> HealthServer<HealthService> {
+    HealthServer::new(HealthService::from_health_reporter(reporter.clone()))
+        .max_decoding_message_size(server.decoding_limit())
+}
+
+/// Reflection for grpcurl and friends, v1 and v1alpha, over the same descriptors.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// The router of the gRPC listener: the transport options (keepalive, deadline,
+/// connection age), the metrics and overload layers, and every service.
+fn services(
+    server: &ServerSettings,
+    registry: &Registry,
+    metrics: &Arc<Metrics>,
+    methods: &Arc<GrpcMethods>,
+    health: &HealthReporter,
+    cancel: &CancellationToken,
+) -> anyhow::Result<GrpcRouter> {
+    let limit = server.decoding_limit();
     // One introspector per tenant with `introspection`, built once and shared by calls.
     let introspection =
-        Introspection::new(&registry).context("building the introspection client")?;
+        Introspection::new(registry).context("building the introspection client")?;
     for i in introspection.introspectors() {
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
     metrics.observe_introspection(introspection.clone());
-    let token_impl = TokenServiceImpl::new(registry.clone(), limits)
+    let limits = Limits {
+        max_token_bytes: server.max_token_bytes,
+        max_watchers: server.max_watchers,
+    };
+    let token = TokenServiceImpl::new(registry.clone(), limits)
         .with_introspector(introspection)
         .with_shutdown(cancel.clone())
         .with_metrics(metrics.clone());
-    let watchers = token_impl.watchers().clone();
+    let watchers = token.watchers().clone();
     metrics.observe_watchers(move || watchers.active());
-    let token_service =
-        TokenServiceServer::new(token_impl).max_decoding_message_size(server.max_message_bytes);
-    let health_service = health_service.max_decoding_message_size(server.max_message_bytes);
-    if let Some(l) = health_listener {
-        // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
-        // the reporter, so it answers exactly what the main listener answers.
-        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!(%addr, "serving plaintext grpc.health.v1 for probes");
-        let svc = health_service.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(
-            async move {
-                let r = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(l),
-                        cancel.cancelled_owned(),
-                    )
-                    .await;
-                if let Err(e) = r {
-                    warn!(error = %e, "health listener failed");
-                }
-            }
-            .instrument(info_span!("health_listener")),
-        );
-    }
     // Not in health: the operator view does not decide whether the pod takes traffic.
-    let admin_service = server.admin.then(|| {
+    let admin = server.admin.then(|| {
         AdminServiceServer::new(AdminServiceImpl::new(registry.clone()))
-            .max_decoding_message_size(server.max_message_bytes)
+            .max_decoding_message_size(limit)
     });
 
     // tonic's `timeout` answers CANCELLED ("Timeout expired") and also honours a shorter
@@ -276,53 +356,81 @@ pub async fn run_with_listeners(
     if let Some(age) = server.max_connection_age {
         builder = builder.max_connection_age(age);
     }
-    let limit = (server.concurrency_limit > 0)
+    let overload = (server.concurrency_limit > 0)
         .then(|| ConcurrencyLimitLayer::new(server.concurrency_limit, methods.clone()));
-    let mut builder = builder
+    Ok(builder
         .layer(MetricsLayer::new(metrics.clone()))
-        .layer(tower::util::option_layer(limit));
+        .layer(tower::util::option_layer(overload))
+        .add_service(health_service(health, server))
+        .add_service(
+            reflection()
+                .build_v1()
+                .context("building reflection v1")?
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            reflection()
+                .build_v1alpha()
+                .context("building reflection v1alpha")?
+                .max_decoding_message_size(limit),
+        )
+        .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit))
+        .add_optional_service(admin))
+}
 
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    info!(%addr, tenants = registry.tenants().len(), tls = tls.is_some(),
-        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "serving gRPC");
-    if let Some(t) = &tls {
-        t.spawn_reloader(Some(metrics.clone()), cancel.clone());
-    }
-    let incoming = transport::spawn_incoming(
-        listener,
-        tls,
-        ConnectionLimits {
-            max_age: server.max_connection_age,
-            grace: server.max_connection_age_grace,
-        },
-        Some(metrics.clone()),
-        cancel.clone(),
+/// Serves a side listener on the tracker until its own shutdown (the cancel token it
+/// was given); a failure is logged, never fatal to the gRPC listener.
+fn spawn_side_listener<E: std::fmt::Display>(
+    tasks: &TaskTracker,
+    span: tracing::Span,
+    serve: impl Future<Output = Result<(), E>> + Send + 'static,
+) {
+    tasks.spawn(
+        async move {
+            if let Err(e) = serve.await {
+                warn!(error = %e, "listener failed");
+            }
+        }
+        .instrument(span),
     );
+}
 
+fn local_addr(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// The router of the gRPC listener, with its layers (metrics outermost, then the
+/// optional concurrency limit).
+type GrpcRouter =
+    Router<Stack<Either<ConcurrencyLimitLayer, Identity>, Stack<MetricsLayer, Identity>>>;
+
+/// Serves until `shutdown` resolves, then shuts down in one sequence: health
+/// NOT_SERVING, everything cancelled (streams end, refreshers and side listeners stop,
+/// no new connections), in-flight calls drained, and the tracked tasks awaited, all
+/// within `grace` of the signal.
+async fn serve_until_shutdown(
+    router: GrpcRouter,
+    incoming: Incoming,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    health: HealthReporter,
+    grace: Duration,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let signal = {
-        let reporter = reporter.clone();
         let cancel = cancel.clone();
         async move {
             shutdown.await;
             info!("shutdown begins: health NOT_SERVING, draining calls");
-            reporter
+            health
                 .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
                 .await;
-            reporter
+            health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
             cancel.cancel();
         }
     };
-    let router = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(token_service)
-        .add_optional_service(admin_service);
     let serve = async move {
         match incoming {
             Incoming::Plain(s) => {
@@ -337,80 +445,39 @@ pub async fn run_with_listeners(
             }
         }
     };
-
-    let grace = server.shutdown_grace;
-    let drained = {
+    // The grace runs from the moment everything is cancelled (the signal, or a failed
+    // server).
+    let grace_over = {
         let cancel = cancel.clone();
         async move {
             cancel.cancelled().await;
             tokio::time::sleep(grace).await;
         }
     };
-    tokio::select! {
-        r = serve => r.context("gRPC server failed")?,
-        _ = drained => warn!(?grace, "grace period over; closing the remaining connections"),
-    }
-    cancel.cancel();
-    refreshers.shutdown().await;
-    fleet_tasks.shutdown().await;
-    info!("stopped");
-    Ok(())
-}
-
-/// Connects to the fleet's shared state when `shared_state` is configured: starts its
-/// tasks, waits a little for it (serving without it if it does not answer: the
-/// `on_unavailable` policy applies), and hands it to the registry.
-async fn start_fleet(
-    settings: &Settings,
-    registry: &Registry,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Option<(Fleet, JoinSet<()>)>> {
-    let Some(shared) = &settings.shared_state else {
-        return Ok(None);
-    };
-    let coordinated = registry
-        .key_sets()
-        .iter()
-        .filter(|s| matches!(s.source, crate::registry::Source::Discovery { .. }))
-        .map(|s| s.id.to_string())
-        .collect::<Vec<_>>();
-    let fleet = Fleet::new(shared, coordinated, registry.revocations().clone())?;
-    let tasks = fleet.spawn(cancel).await;
-    if !fleet.wait_ready(SHARED_STATE_STARTUP_WAIT).await {
-        warn!(on_unavailable = ?shared.on_unavailable, "the shared state does not answer yet; serving without it until it does");
-    }
-    registry.attach_shared(fleet.shared());
-    info!(replica = %fleet.replica(), prefix = %fleet.key_prefix(),
-        integrity = fleet.integrity_enabled(), "sharing state with the fleet");
-    Ok(Some((fleet, tasks)))
-}
-
-/// Reports the shared state's availability in grpc.health.v1 as it changes.
-fn spawn_shared_state_health(
-    fleet: &Fleet,
-    reporter: tonic_health::server::HealthReporter,
-    cancel: CancellationToken,
-) {
-    let mut rx = fleet.health().watch();
-    tokio::spawn(
-        async move {
-            loop {
-                let status = if *rx.borrow_and_update() {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                reporter
-                    .set_service_status(SHARED_STATE_SERVICE_NAME, status)
-                    .await;
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    changed = rx.changed() => if changed.is_err() { return },
-                }
-            }
+    tokio::pin!(grace_over);
+    let (served, mut expired) = tokio::select! {
+        r = serve => (r.context("gRPC server failed"), false),
+        _ = &mut grace_over => {
+            warn!(?grace, "grace period over; closing the remaining connections");
+            (Ok(()), true)
         }
-        .instrument(info_span!("shared_state_health")),
-    );
+    };
+    cancel.cancel();
+    tasks.close();
+    if !expired {
+        tokio::select! {
+            _ = tasks.wait() => {}
+            _ = &mut grace_over => expired = true,
+        }
+    }
+    if expired && !tasks.is_empty() {
+        warn!(
+            tasks = tasks.len(),
+            "grace period over; abandoning the background tasks still running"
+        );
+    }
+    info!("stopped");
+    served
 }
 
 /// A server started in the background, for tests and embedding.

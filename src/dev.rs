@@ -3,7 +3,7 @@
 
 use std::{
     io::Write as _,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -18,13 +18,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::config::{
-    DEFAULT_CLOCK_SKEW, DEFAULT_CONCURRENCY_LIMIT, DEFAULT_FETCH_TIMEOUT,
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_WATCHERS, DEFAULT_REFRESH_INTERVAL,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UNKNOWN_KID_COOLDOWN, KeySource,
-    RefreshSettings, ServerSettings, Settings, TenantSettings, ValidationPolicy,
-};
+use crate::config::{KeySource, ServerSettings, Settings, TenantSettings, ValidationPolicy};
 
 /// Issuer of development tokens.
 pub const DEV_ISSUER: &str = "https://introspectd.localhost/dev";
@@ -33,7 +27,7 @@ pub const DEV_AUDIENCE: &str = "introspectd-dev";
 /// Tenant id of the development issuer.
 pub const DEV_TENANT: &str = "dev";
 /// Default listen address of `serve --dev` (loopback only).
-pub const DEV_LISTEN: &str = "127.0.0.1:50051";
+pub const DEV_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 50051));
 
 /// The development signing key.
 pub struct DevKey {
@@ -178,57 +172,33 @@ impl DevKey {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
-        crate::install_crypto();
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&self.pkcs8))
             .context("signing the token")
     }
 
-    /// Settings that trust only the dev issuer, listening on `listen`.
+    /// Settings that trust only the dev issuer, listening on `listen`, without a
+    /// metrics listener; everything else at its default.
     pub fn settings(&self, listen: SocketAddr) -> Settings {
+        let keys = KeySource::Static {
+            jwks: json!({"keys": [self.public_jwk.clone()]}),
+        };
+        // `..Settings::default()`: a section added to the configuration needs nothing here.
+        #[allow(clippy::needless_update)]
         Settings {
             server: ServerSettings {
                 listen,
                 metrics_listen: None,
-                health_listen: None,
-                max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-                max_watchers: DEFAULT_MAX_WATCHERS,
-                admin: true,
-                tls: None,
-                concurrency_limit: DEFAULT_CONCURRENCY_LIMIT,
-                request_timeout: DEFAULT_REQUEST_TIMEOUT,
-                keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
-                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
-                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-                max_connection_age: None,
-                max_connection_age_grace: Duration::from_secs(30),
-                shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                ..ServerSettings::default()
             },
             tenants: vec![TenantSettings {
-                id: DEV_TENANT.into(),
-                issuer: DEV_ISSUER.into(),
                 audiences: vec![DEV_AUDIENCE.into()],
-                allowed_tenant_ids: None,
-                explicit: false,
                 policy: ValidationPolicy {
-                    clock_skew: DEFAULT_CLOCK_SKEW,
                     algorithms: vec![Algorithm::ES256],
-                    required_claims: vec!["exp".into()],
-                    types: None,
-                    max_lifetime: None,
-                    replay_detection: false,
+                    ..ValidationPolicy::default()
                 },
-                refresh: RefreshSettings {
-                    refresh_interval: DEFAULT_REFRESH_INTERVAL,
-                    unknown_kid_cooldown: DEFAULT_UNKNOWN_KID_COOLDOWN,
-                    fetch_timeout: DEFAULT_FETCH_TIMEOUT,
-                    require_https: true,
-                },
-                keys: KeySource::Static {
-                    jwks: json!({"keys": [self.public_jwk.clone()]}),
-                },
-                introspection: None,
+                ..TenantSettings::new(DEV_TENANT, DEV_ISSUER, keys)
             }],
-            shared_state: None,
+            ..Settings::default()
         }
     }
 }

@@ -4,33 +4,46 @@
 //! during a rotation, and streams key changes to subscribers.
 //!
 //! # Layout
-//! - [`config`]: typed configuration, defaults, environment overrides, validation errors.
+//! - [`config`]: typed configuration, one file per section (`server.rs`, `tenant.rs`,
+//!   `policy.rs` for the keys `defaults:` shares with tenants, `key_source.rs`,
+//!   `introspection.rs`), `DEFAULT_*` constants, `env.rs` overrides, validation errors
+//!   naming the key. Its module docs say how to add a section or a key.
 //! - [`jwt`]: compact JWS framing, strict JSON, claim checks (no keys, no network).
-//! - [`keys`]: JWK ingestion and hygiene, verifying keys, `KeySet` snapshots.
-//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline, revocation
-//!   rules and `Revoke`.
-//! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop
-//!   (coordinated with the fleet when it shares state).
-//! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
-//!   opaque tokens, the client-credentials token cache and the answer cache.
+//! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
+//!   `KeySet` snapshots.
 //! - [`events`]: key-rotation events and their bus.
 //! - [`shared`]: what a fleet of replicas may share (replay store, introspection answer
 //!   store, fetch coordination, revocation rules) as small traits, and the replica's
 //!   view of their health; no Redis client.
-//! - [`fleet`]: those traits on Redis (standalone or cluster): connection, key layout,
-//!   scripts, pub/sub, the monitor; built by `app` only with `shared_state`.
+//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline (with the
+//!   revocation and replay checks), what operators ask (`operator.rs`: key-set lookup,
+//!   forced refresh with its diff), and revocation rules with `Revoke`.
+//! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop
+//!   (coordinated with the fleet when it shares state: `coordinated.rs`).
+//! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
+//!   opaque tokens, the client-credentials token cache and the answer cache (the
+//!   fleet's, with `shared_state`).
+//! - [`upstream`]: the one upstream HTTP module (the only one that knows reqwest):
+//!   clients with rustls, timeouts, the body cap and a redirect policy each, used by
+//!   `oidc` and `introspect`.
+//! - [`fleet`]: the `shared` traits on Redis (standalone or cluster): connection, key
+//!   layout, scripts, integrity tags, pub/sub, the monitor; the only module that knows
+//!   the Redis client, built by `app` only with `shared_state`.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
-//!   AdminService, and the one error-to-Status mapping.
-//! - [`app`]: wiring: registry, refreshers, services, serve, shutdown.
+//!   AdminService adapter, `to_proto` conversions, and the one error-to-Status mapping.
+//! - [`app`]: wiring: registry, background tasks (one tracker, one cancel token),
+//!   services, side listeners, serve, the one shutdown sequence.
 //! - [`dev`]: the `--dev` issuer and its signing key.
 //! - [`cli`]: the command line (`serve`, `check-config`, `token`, `validate`, `watch`,
-//!   `issuers`).
+//!   `issuers`) and the JSON it prints (`json.rs`).
 //! - [`telemetry`]: the tracing subscriber.
-//! - [`metrics`]: Prometheus families, bounded labels, the `/metrics` endpoint.
+//! - [`metrics`]: Prometheus families, bounded labels, scrape-time collectors, the
+//!   `/metrics` endpoint.
 //! - [`transport`]: the gRPC listener's accept loop, TLS with hot reload, connection age.
-
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
+//!
+//! Dependencies go one way: `jwt`, `keys`, `shared` <- `events` <- `registry` <- `oidc`,
+//! `introspect` <- `fleet`, `grpc` <- `app` <- `cli`; `config` is read by all of them
+//! and reads only `jwt` and `keys`.
 
 pub mod app;
 pub mod cli;
@@ -48,9 +61,12 @@ pub mod registry;
 pub mod shared;
 pub mod telemetry;
 pub mod transport;
+pub mod upstream;
 
 /// Installs the process-wide crypto providers (jsonwebtoken and rustls on aws-lc-rs).
-/// Safe to call more than once.
+/// Safe to call more than once. Serving calls it ([`app::run_with_listeners`]); code
+/// that signs or verifies without a server (the `token` command, tests) gets the same
+/// providers from the crates' features, which name aws-lc-rs alone.
 pub fn install_crypto() {
     let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
         &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,

@@ -1,13 +1,10 @@
 //! The `introspectd` binary: parses the command line and hands over to the library.
 
-#![forbid(unsafe_code)]
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    introspectd::install_crypto();
     introspectd::cli::run(introspectd::cli::Cli::parse()).await
 }

@@ -1,6 +1,9 @@
 //! The binary from the outside: configuration errors exit 2 naming the key; the README's
 //! quick start (`serve --dev`, `token`, `validate`) works end to end; SIGTERM exits 0.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::{
     io::Read as _,
     process::{Command, Stdio},

@@ -3,6 +3,9 @@
 //! authentication (Basic with form-urlencoded id and secret, form post, bearer) and count
 //! calls; JWTs validated locally; tenant selection; caching; faults; the concurrency cap.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::{

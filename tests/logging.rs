@@ -3,6 +3,9 @@
 //! (Multi-threaded runtimes: the fake IdP must answer while a test thread blocks reading
 //! the child's stderr.)
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::{

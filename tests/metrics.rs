@@ -1,6 +1,9 @@
 //! Metrics end to end: real calls against the real server, then the exposition scraped
 //! over HTTP from `server.metrics_listen`.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;
@@ -420,4 +423,25 @@ async fn watchers_gauge_follows_open_watchkeys_streams() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(zero, "a closed stream still counted as a watcher");
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_side_listeners_before_it_returns() {
+    let mut s = settings("tenants: []\n");
+    s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    s.server.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let server = introspectd::app::spawn(s).await.expect("starts");
+    let metrics = server.metrics_addr.expect("metrics listener bound");
+    let health = server.health_addr.expect("health listener bound");
+    let up = reqwest::get(format!("http://{metrics}/healthz"))
+        .await
+        .expect("metrics listener answers");
+    assert_eq!(up.status(), 200);
+    tokio::net::TcpStream::connect(health)
+        .await
+        .expect("health listener accepts");
+    server.shutdown().await.expect("clean shutdown");
+    // Both are tracked tasks drained by the shutdown sequence, not left running.
+    assert!(tokio::net::TcpStream::connect(metrics).await.is_err());
+    assert!(tokio::net::TcpStream::connect(health).await.is_err());
 }

@@ -3,6 +3,9 @@
 //! request timeout, message size limits, HTTP/2 keepalive, and max connection age with
 //! its grace period.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;
@@ -160,7 +163,7 @@ async fn a_call_past_the_request_timeout_is_cancelled() {
 async fn oversized_messages_are_refused_before_decoding() {
     let (_idp, _key, h) = setup("", |s| {
         s.server.max_token_bytes = 1024;
-        s.server.max_message_bytes = 2048;
+        s.server.max_message_bytes = Some(2048);
     })
     .await;
     let mut client = h.client.clone();

@@ -1,6 +1,9 @@
 //! Dependency rules that no advisory database states: jsonwebtoken older than 10.3.0
 //! (GHSA-h395-gr6q-cpjc, absent from RustSec) must not be anywhere in the tree.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 fn versions_of(lock: &str, name: &str) -> Vec<(u64, u64, u64)> {
     let mut out = Vec::new();
     let mut current: Option<&str> = None;

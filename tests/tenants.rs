@@ -2,6 +2,9 @@
 //! chosen by `tfp`/`acr` with one key set per policy, first-party HMAC and `jwks_file`
 //! keys, ID-token `nonce` and `azp`, replay detection, and tenants sharing an issuer.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;

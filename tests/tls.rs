@@ -2,6 +2,9 @@
 //! test, refusal of clients without an acceptable certificate, bounded handshakes,
 //! certificate reload without a restart, and bad files at start-up as config errors.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::{

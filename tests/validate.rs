@@ -1,6 +1,9 @@
 //! Validate end to end: the real server on port 0, a fake OpenID Connect provider over
 //! real HTTP with request counters and programmable faults.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;

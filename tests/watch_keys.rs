@@ -2,6 +2,9 @@
 //! providers over real HTTP, rotations by unknown kid, schedule, forced refresh and
 //! `jwks_file` reload; thumbprints checked against an RFC 7638 computation done here.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod common;
 
 #[path = "../examples/watch_keys/mirror.rs"]

@@ -3,6 +3,9 @@
 //! nothing panics. Each case goes through the service's own path: compact framing,
 //! header rules, key ingestion with hygiene, key selection and signature verification.
 
+// Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::collections::HashMap;
 
 use introspectd::{

@@ -22,13 +22,13 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use serde_json::Value;
 
 /// Names a key: tenant, B2C policy (empty when none), kid.
-pub type KeyId = (String, String, String);
+pub(crate) type KeyId = (String, String, String);
 
 /// What the mirror is keyed by: the name plus the thumbprint.
 type Slot = (KeyId, String);
 
 /// One mirrored key.
-pub struct MirroredKey {
+pub(crate) struct MirroredKey {
     /// The issuer whose tokens it verifies.
     pub issuer: String,
     /// The one algorithm it verifies.
@@ -38,7 +38,7 @@ pub struct MirroredKey {
 
 /// What applying an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// A key joined the snapshot being received.
     Staged(KeyId),
     /// A snapshot was installed; it holds this many keys.
@@ -53,7 +53,7 @@ pub enum Change {
 
 /// The mirror.
 #[derive(Default)]
-pub struct KeyMirror {
+pub(crate) struct KeyMirror {
     live: HashMap<Slot, MirroredKey>,
     staging: Option<HashMap<Slot, MirroredKey>>,
     synced: bool,
@@ -91,24 +91,24 @@ fn parse_key(e: &KeyEvent) -> Result<MirroredKey, String> {
 
 impl KeyMirror {
     /// An empty mirror.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// True once a first snapshot is installed.
-    pub fn is_synced(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         self.synced
     }
 
     /// The installed keys' ids and thumbprints, sorted.
-    pub fn keys(&self) -> Vec<(KeyId, String)> {
+    pub(crate) fn keys(&self) -> Vec<(KeyId, String)> {
         let mut v: Vec<(KeyId, String)> = self.live.keys().cloned().collect();
         v.sort();
         v
     }
 
     /// Applies one event of the stream.
-    pub fn apply(&mut self, e: &KeyEvent) -> Result<Change, String> {
+    pub(crate) fn apply(&mut self, e: &KeyEvent) -> Result<Change, String> {
         let kind = KeyEventType::try_from(e.r#type)
             .map_err(|_| format!("unknown event type {}", e.r#type))?;
         match kind {
@@ -141,7 +141,7 @@ impl KeyMirror {
     /// Verifies `token` locally: a key with the token's kid, bound to the token's
     /// algorithm, of the issuer the token claims; then `exp`, `iss` and, when given,
     /// `audiences` (any one must match).
-    pub fn verify(&self, token: &str, audiences: &[&str]) -> Result<Value, String> {
+    pub(crate) fn verify(&self, token: &str, audiences: &[&str]) -> Result<Value, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
         let kid = header.kid.ok_or("the token has no kid")?;
         let mut last = format!("no mirrored key has kid `{kid}` for {:?}", header.alg);

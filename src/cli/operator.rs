@@ -1,6 +1,6 @@
 //! The operator commands: `watch` (WatchKeys as JSON lines) and `issuers` (ListIssuers as
-//! an aligned table). The conversions live in [`crate::grpc::convert`]; this module owns
-//! the arguments, the client calls and the table layout.
+//! an aligned table). The JSON lives in [`super::json`]; this module owns the arguments,
+//! the client calls and the table layout.
 
 use std::{
     io::Write as _,
@@ -10,12 +10,9 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 
-use super::DEFAULT_ADDR;
-use crate::grpc::{
-    convert,
-    pb::{
-        self, admin_service_client::AdminServiceClient, token_service_client::TokenServiceClient,
-    },
+use super::{DEFAULT_ADDR, json};
+use crate::grpc::pb::{
+    self, admin_service_client::AdminServiceClient, token_service_client::TokenServiceClient,
 };
 
 /// `watch` options.
@@ -72,7 +69,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         let Some(event) = event else {
             return Ok(());
         };
-        let line = serde_json::to_string(&convert::key_event_json(&event))?;
+        let line = serde_json::to_string(&json::key_event_json(&event))?;
         let written = writeln!(out, "{line}").and_then(|_| out.flush());
         match written {
             Ok(()) => {}
@@ -111,7 +108,7 @@ pub fn compact_duration(d: Duration) -> String {
 }
 
 fn ago(now: SystemTime, t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = convert::timestamp_to_system_time(t?)?;
+    let t = json::timestamp_to_system_time(t?)?;
     Some(match now.duration_since(t) {
         Ok(d) => format!("{} ago", compact_duration(d)),
         Err(_) => "just now".to_string(),
@@ -119,7 +116,7 @@ fn ago(now: SystemTime, t: Option<&prost_types::Timestamp>) -> Option<String> {
 }
 
 fn until(now: SystemTime, t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = convert::timestamp_to_system_time(t?)?;
+    let t = json::timestamp_to_system_time(t?)?;
     Some(match t.duration_since(now) {
         Ok(d) => format!("in {}", compact_duration(d)),
         Err(_) => "due".to_string(),
@@ -254,7 +251,7 @@ mod tests {
     fn the_table_is_aligned_and_says_what_an_operator_needs() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let at = |offset: i64| {
-            Some(convert::system_time(
+            Some(crate::grpc::convert::system_time(
                 SystemTime::UNIX_EPOCH + Duration::from_secs((1_000_000 + offset) as u64),
             ))
         };

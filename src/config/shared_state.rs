@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{ConfigError, Secret, duration};
+use super::{ConfigError, EnvLookup, Secret, de};
 
 /// Default prefix of every key.
 pub const DEFAULT_KEY_PREFIX: &str = "introspectd:";
@@ -67,8 +67,8 @@ pub struct SharedStateSettings {
 
 /// `shared_state:` as written in the file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawSharedState {
+#[serde(deny_unknown_fields, expecting = "a mapping of shared_state keys")]
+pub(super) struct SharedStateFile {
     redis_url: Option<String>,
     #[serde(default)]
     cluster_nodes: Vec<String>,
@@ -108,7 +108,7 @@ fn check_redis_url(key: &str, url: &str) -> Result<bool, ConfigError> {
     Ok(tls)
 }
 
-fn endpoints(raw: &RawSharedState) -> Result<RedisEndpoints, ConfigError> {
+fn endpoints(raw: &SharedStateFile) -> Result<RedisEndpoints, ConfigError> {
     match (&raw.redis_url, raw.cluster_nodes.is_empty()) {
         (Some(_), false) => Err(ConfigError::new(
             KEY,
@@ -166,10 +166,7 @@ fn key_prefix(raw: &Option<String>) -> Result<String, ConfigError> {
     Ok(prefix)
 }
 
-fn replica_name(
-    raw: &Option<String>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
+fn replica_name(raw: &Option<String>, env: EnvLookup<'_>) -> Result<String, ConfigError> {
     let name = match raw {
         Some(n) => n.trim().to_string(),
         None => REPLICA_NAME_ENV
@@ -195,7 +192,7 @@ fn replica_name(
 fn secret(
     key: &str,
     var: &Option<String>,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: EnvLookup<'_>,
     min_bytes: usize,
 ) -> Result<Option<Secret>, ConfigError> {
     let Some(var) = var else {
@@ -219,11 +216,14 @@ fn secret(
     Ok(Some(Secret::new(value.into_bytes())))
 }
 
-/// Resolves and checks `shared_state:`.
-pub(super) fn resolve(
-    raw: RawSharedState,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<SharedStateSettings, ConfigError> {
+impl SharedStateFile {
+    /// Resolves and checks `shared_state:`, reading its secrets from `env`.
+    pub(super) fn resolve(self, env: EnvLookup<'_>) -> Result<SharedStateSettings, ConfigError> {
+        resolve(self, env)
+    }
+}
+
+fn resolve(raw: SharedStateFile, env: EnvLookup<'_>) -> Result<SharedStateSettings, ConfigError> {
     let endpoints = endpoints(&raw)?;
     let password = secret(
         "shared_state.redis_password_env",
@@ -237,11 +237,12 @@ pub(super) fn resolve(
         env,
         MIN_INTEGRITY_KEY_BYTES,
     )?;
-    let op_timeout = duration(
-        "shared_state.op_timeout",
-        &raw.op_timeout,
-        DEFAULT_OP_TIMEOUT,
-    )?;
+    let op_timeout = match &raw.op_timeout {
+        None => DEFAULT_OP_TIMEOUT,
+        Some(s) => {
+            de::parse_duration(s).map_err(|m| ConfigError::new("shared_state.op_timeout", m))?
+        }
+    };
     if op_timeout.is_zero() || op_timeout > MAX_OP_TIMEOUT {
         return Err(ConfigError::new(
             "shared_state.op_timeout",
@@ -278,7 +279,7 @@ mod tests {
     use super::*;
 
     fn load(yaml: &str) -> Result<SharedStateSettings, ConfigError> {
-        let raw: RawSharedState = serde_yaml_ng::from_str(yaml).expect("yaml");
+        let raw: SharedStateFile = serde_yaml_ng::from_str(yaml).expect("yaml");
         let env = |name: &str| match name {
             "REDIS_PASSWORD" => Some("s3cret".to_string()),
             "FLEET_KEY" => Some("k".repeat(32)),

@@ -189,30 +189,23 @@ impl EventBus {
 
 #[cfg(test)]
 mod tests {
-    use aws_lc_rs::{
-        rand::SystemRandom,
-        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
-    };
     use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
     use jsonwebtoken::Algorithm;
     use serde_json::{Map, Value, json};
 
     use super::*;
-    use crate::keys::IngestOptions;
+    use crate::keys::{IngestOptions, testing};
 
     const PUBLIC_MEMBERS: [&str; 9] = ["kty", "kid", "use", "alg", "crv", "x", "y", "n", "e"];
 
+    /// A public EC JWK with members beyond the public key's, which must not be echoed.
     fn ec_jwk(kid: &str) -> Map<String, Value> {
-        let rng = SystemRandom::new();
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .expect("parse");
-        let p = kp.public_key().as_ref();
-        let v = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
-            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
-            "x5t": "bm90LWEtY2VydA", "ext": true, "custom": "z"});
-        v.as_object().expect("object").clone()
+        let mut v = testing::ec_jwk(kid);
+        let m = v.as_object_mut().expect("object");
+        m.insert("x5t".into(), "bm90LWEtY2VydA".into());
+        m.insert("ext".into(), true.into());
+        m.insert("custom".into(), "z".into());
+        m.clone()
     }
 
     fn opts(symmetric: bool) -> IngestOptions<'static> {

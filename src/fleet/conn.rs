@@ -23,16 +23,16 @@ use crate::{
 };
 
 /// Bound on establishing one connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between two reconnection attempts.
-pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+pub(super) const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// Shortest bound on operations that move whole documents (a published JWKS, every
 /// revocation rule); `op_timeout` applies when longer.
-pub const MIN_BULK_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const MIN_BULK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection to one server or to a cluster (cheap to clone: a handle).
 #[derive(Clone)]
-pub enum Conn {
+pub(super) enum Conn {
     /// One server.
     Single(ConnectionManager),
     /// A Redis Cluster.
@@ -70,7 +70,7 @@ impl ConnectionLike for Conn {
 impl Conn {
     /// Subscribes to `channel` (pushes go to the sender given at connection time, and
     /// the subscription is renewed after every reconnection).
-    pub async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+    pub(super) async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
             Conn::Single(c) => c.subscribe(channel).await,
             Conn::Cluster(c) => c.subscribe(channel).await,
@@ -79,7 +79,7 @@ impl Conn {
 }
 
 /// Where pushes (pub/sub messages, disconnections) go; must not block.
-pub type PushSink = Arc<dyn Fn(PushInfo) + Send + Sync>;
+pub(super) type PushSink = Arc<dyn Fn(PushInfo) + Send + Sync>;
 
 fn connection_info(url: &str, settings: &SharedStateSettings) -> RedisResult<ConnectionInfo> {
     let info = url.into_connection_info()?;
@@ -104,7 +104,7 @@ fn certificates(ca: Option<&[u8]>) -> TlsCertificates {
 /// Opens the connection the settings describe. A single server's connection is lazy (it
 /// connects on first use and keeps reconnecting); a cluster's needs one seed node to
 /// answer now.
-pub async fn connect(
+pub(super) async fn connect(
     settings: &SharedStateSettings,
     ca: Option<&[u8]>,
     push: PushSink,
@@ -155,7 +155,7 @@ pub async fn connect(
 
 /// The current connection (absent until a cluster's seed nodes answered) and the bounds
 /// every operation runs under.
-pub struct Link {
+pub(super) struct Link {
     conn: ArcSwapOption<Conn>,
     op_timeout: Duration,
     stats: Arc<Stats>,
@@ -174,7 +174,7 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// A link without a connection yet.
-    pub fn new(op_timeout: Duration, stats: Arc<Stats>, failed: Arc<Notify>) -> Self {
+    pub(super) fn new(op_timeout: Duration, stats: Arc<Stats>, failed: Arc<Notify>) -> Self {
         Self {
             conn: ArcSwapOption::empty(),
             op_timeout,
@@ -184,22 +184,22 @@ impl Link {
     }
 
     /// Installs the connection.
-    pub fn set(&self, conn: Conn) {
+    pub(super) fn set(&self, conn: Conn) {
         self.conn.store(Some(Arc::new(conn)));
     }
 
     /// True once a connection is installed (it may still be reconnecting).
-    pub fn is_set(&self) -> bool {
+    pub(super) fn is_set(&self) -> bool {
         self.conn.load().is_some()
     }
 
     /// A handle on the connection, if there is one.
-    pub fn conn(&self) -> Option<Conn> {
+    pub(super) fn conn(&self) -> Option<Conn> {
         self.conn.load_full().map(|c| Conn::clone(&c))
     }
 
     /// The bound of `op`.
-    pub fn timeout_of(&self, op: Op) -> Duration {
+    pub(super) fn timeout_of(&self, op: Op) -> Duration {
         if op.is_bulk() {
             self.op_timeout.max(MIN_BULK_TIMEOUT)
         } else {
@@ -209,7 +209,7 @@ impl Link {
 
     /// Runs one operation on the connection, bounded by its timeout, timed and counted.
     /// The closure gets its own handle, so nothing is held while it runs.
-    pub async fn exec<T, F, Fut>(&self, op: Op, f: F) -> Result<T, SharedError>
+    pub(super) async fn exec<T, F, Fut>(&self, op: Op, f: F) -> Result<T, SharedError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,

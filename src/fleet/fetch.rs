@@ -19,7 +19,7 @@ use crate::shared::{
 pub const PUBLICATION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// While waiting for another replica's fetch, the state is re-read at least this often
 /// (in case an announcement is lost).
-pub const WAIT_POLL: Duration = Duration::from_millis(100);
+pub(super) const WAIT_POLL: Duration = Duration::from_millis(100);
 /// Longest failure message recorded for the others.
 const MAX_FAILURE_MESSAGE: usize = 256;
 
@@ -34,12 +34,12 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// The fields of a publication, in the order every read asks for them.
-pub const PUBLISHED_FIELDS: [&str; 6] =
+pub(super) const PUBLISHED_FIELDS: [&str; 6] =
     ["generation", "jwks", "metadata", "replica", "at_ms", "tag"];
 
 /// Reads `{generation, jwks, metadata, replica, at_ms, tag}` (stored under `context`)
 /// into a publication; its tag must check out when integrity is on.
-pub fn parse_published(
+pub(super) fn parse_published(
     fields: &[Value],
     integrity: &Integrity,
     context: &str,
@@ -71,7 +71,7 @@ pub fn parse_published(
 
 /// What the turn key says about a turn another replica holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Held {
+pub(super) enum Held {
     /// Its fetch is running.
     Fetching,
     /// Its fetch succeeded (nothing newer than what the caller has, or the caller
@@ -83,7 +83,7 @@ pub enum Held {
 
 /// Parses a turn value (`fetching R`, `done G R`, `failed R message`); an expired or
 /// missing turn reads as done.
-pub fn parse_turn(value: &str) -> Held {
+pub(super) fn parse_turn(value: &str) -> Held {
     let mut parts = value.splitn(3, ' ');
     match parts.next() {
         Some("fetching") => Held::Fetching,

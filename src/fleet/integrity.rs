@@ -17,7 +17,7 @@ const TAGGED: &[u8] = b"m1:";
 const WARN_PERIOD_SECS: u64 = 60;
 
 /// Tags and checks values (a no-op without a key).
-pub struct Integrity {
+pub(super) struct Integrity {
     key: Option<hmac::Key>,
     refused: AtomicU64,
     last_warning: AtomicU64,
@@ -45,7 +45,7 @@ fn message(context: &str, parts: &[&[u8]]) -> Vec<u8> {
 
 impl Integrity {
     /// Tags with `secret` when given.
-    pub fn new(secret: Option<&[u8]>) -> Self {
+    pub(super) fn new(secret: Option<&[u8]>) -> Self {
         Self {
             key: secret.map(|s| hmac::Key::new(hmac::HMAC_SHA256, s)),
             refused: AtomicU64::new(0),
@@ -54,12 +54,12 @@ impl Integrity {
     }
 
     /// True when values are tagged.
-    pub fn enabled(&self) -> bool {
+    pub(super) fn enabled(&self) -> bool {
         self.key.is_some()
     }
 
     /// The tag of `parts` stored under `context` (empty without a key).
-    pub fn tag(&self, context: &str, parts: &[&[u8]]) -> String {
+    pub(super) fn tag(&self, context: &str, parts: &[&[u8]]) -> String {
         match &self.key {
             Some(k) => URL_SAFE_NO_PAD.encode(hmac::sign(k, &message(context, parts))),
             None => String::new(),
@@ -67,7 +67,7 @@ impl Integrity {
     }
 
     /// Whether `tag` is right for `parts` under `context` (always, without a key).
-    pub fn verify(&self, context: &str, parts: &[&[u8]], tag: &str) -> bool {
+    pub(super) fn verify(&self, context: &str, parts: &[&[u8]], tag: &str) -> bool {
         let Some(k) = &self.key else {
             return true;
         };
@@ -82,7 +82,7 @@ impl Integrity {
     }
 
     /// `payload` as stored under `context`: tagged with a key, as it is without.
-    pub fn seal(&self, context: &str, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn seal(&self, context: &str, payload: &[u8]) -> Vec<u8> {
         if self.key.is_none() {
             return payload.to_vec();
         }
@@ -94,7 +94,7 @@ impl Integrity {
     }
 
     /// The payload of a stored value, if its tag checks out (with a key).
-    pub fn open(&self, context: &str, stored: Vec<u8>) -> Option<Vec<u8>> {
+    pub(super) fn open(&self, context: &str, stored: Vec<u8>) -> Option<Vec<u8>> {
         if self.key.is_none() {
             return Some(stored);
         }
@@ -114,7 +114,7 @@ impl Integrity {
     }
 
     /// Values refused so far.
-    pub fn refused(&self) -> u64 {
+    pub(super) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 

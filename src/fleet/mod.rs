@@ -30,11 +30,8 @@ use std::{
 };
 
 use redis::PushInfo;
-use tokio::{
-    sync::{Mutex, Notify, mpsc, watch},
-    task::JoinSet,
-};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument as _, info_span};
 
 pub use fetch::PUBLICATION_RETENTION;
@@ -89,7 +86,7 @@ struct Inner {
     resync: Arc<AtomicBool>,
     wake: Arc<Notify>,
     push_tx: mpsc::Sender<PushInfo>,
-    push_rx: Mutex<Option<mpsc::Receiver<PushInfo>>>,
+    push_rx: std::sync::Mutex<Option<mpsc::Receiver<PushInfo>>>,
 }
 
 /// A handle on the fleet's shared state (cheap to clone).
@@ -143,19 +140,24 @@ impl Fleet {
                 resync: Arc::new(AtomicBool::new(true)),
                 wake,
                 push_tx,
-                push_rx: Mutex::new(Some(push_rx)),
+                push_rx: std::sync::Mutex::new(Some(push_rx)),
                 settings: settings.clone(),
                 ca,
             }),
         })
     }
 
-    /// Starts the monitor and the dispatcher; they stop when `cancel` fires. A second
-    /// call starts nothing.
-    pub async fn spawn(&self, cancel: &CancellationToken) -> JoinSet<()> {
-        let mut tasks = JoinSet::new();
-        let Some(pushes) = self.inner.push_rx.lock().await.take() else {
-            return tasks;
+    /// Starts the monitor and the dispatcher on `tasks`; they stop when `cancel` fires.
+    /// A second call starts nothing.
+    pub fn spawn(&self, tasks: &TaskTracker, cancel: &CancellationToken) {
+        let taken = self
+            .inner
+            .push_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(pushes) = taken else {
+            return;
         };
         let span = info_span!("shared_state", replica = %self.inner.replica);
         tasks.spawn(
@@ -168,7 +170,6 @@ impl Fleet {
                 .run_dispatcher(pushes, cancel.clone())
                 .instrument(span),
         );
-        tasks
     }
 
     /// The handles the core takes.

@@ -20,9 +20,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Period of the probe (and of connection attempts) while it is not.
 pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest pause between connection attempts to a cluster that does not answer.
-pub const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(5);
+pub(super) const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(5);
 /// Pushes queued for the dispatcher; past it they are dropped and a re-read is asked for.
-pub const PUSH_QUEUE: usize = 4096;
+pub(super) const PUSH_QUEUE: usize = 4096;
 
 fn text(v: &Value) -> Option<&str> {
     match v {
@@ -34,7 +34,7 @@ fn text(v: &Value) -> Option<&str> {
 
 /// A message on the announcement channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
+pub(super) enum Message {
     /// A key set was published with this generation.
     Published {
         /// Generation.
@@ -52,7 +52,7 @@ pub enum Message {
 }
 
 /// Parses an announcement; `None` for anything this version does not know.
-pub fn parse_message(payload: &str) -> Option<Message> {
+pub(super) fn parse_message(payload: &str) -> Option<Message> {
     let (kind, rest) = payload.split_once(' ')?;
     match kind {
         "jwks" | "failed" => {

@@ -17,7 +17,7 @@ pub const MIN_REPLAY_TTL: Duration = Duration::from_secs(1);
 
 /// Milliseconds a record must live to last until `expires` (at least
 /// [`MIN_REPLAY_TTL`]).
-pub fn replay_ttl_ms(expires: SystemTime, now: SystemTime) -> u64 {
+pub(super) fn replay_ttl_ms(expires: SystemTime, now: SystemTime) -> u64 {
     let left = expires.duration_since(now).unwrap_or(Duration::ZERO);
     u64::try_from(left.max(MIN_REPLAY_TTL).as_millis()).unwrap_or(u64::MAX)
 }

@@ -17,7 +17,7 @@ use crate::{
 
 /// An announced rule: `revoke <seq> <expires_ms> <rule JSON>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Announced {
+pub(super) struct Announced {
     /// The sequence number the rule got.
     pub seq: u64,
     /// The rule.
@@ -25,7 +25,7 @@ pub struct Announced {
 }
 
 /// Parses the body of a `revoke` announcement (after `revoke `).
-pub fn parse_announcement(body: &str) -> Option<Announced> {
+pub(super) fn parse_announcement(body: &str) -> Option<Announced> {
     let mut parts = body.splitn(3, ' ');
     let seq = parts.next()?.parse().ok()?;
     let expires_ms: i64 = parts.next()?.parse().ok()?;

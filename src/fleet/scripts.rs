@@ -13,7 +13,7 @@ use redis::Script;
 /// publication younger than this is taken instead of fetching, 0: never), cooldown (ms).
 /// Returns `{'adopt', generation, jwks, metadata, replica, at_ms, tag}`, `{'fetch'}`
 /// (the turn is this replica's until the cooldown ends), or `{'held', turn value}`.
-pub static TURN: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static TURN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
@@ -45,7 +45,7 @@ return {'held', redis.call('GET', KEYS[2]) or ''}
 /// KEYS: published hash, turn key. ARGV: jwks, metadata (JSON or empty), replica,
 /// channel, key set name, retention (ms), fetch time (ms, the replica's clock), integrity
 /// tag (or empty). Returns the new generation.
-pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local gen = redis.call('HINCRBY', KEYS[1], 'generation', 1)
@@ -61,7 +61,7 @@ return gen
 /// Records that the turn holder's fetch failed (while its turn lasts) and announces it.
 ///
 /// KEYS: turn key. ARGV: replica, message, channel, key set name.
-pub static PUBLISH_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static PUBLISH_FAILURE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.call('SET', KEYS[1], 'failed ' .. ARGV[1] .. ' ' .. ARGV[2], 'XX', 'KEEPTTL')
@@ -74,7 +74,7 @@ return 1
 /// Gives up a claim only if it is still this replica's.
 ///
 /// KEYS: claim key. ARGV: replica.
-pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -90,7 +90,7 @@ return 0
 ///
 /// KEYS: rule set, sequence. ARGV: rule (JSON), expiry (ms), most rules, channel.
 /// Returns the new sequence number, or -1 when the set is full.
-pub static REVOKE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')

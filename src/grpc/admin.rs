@@ -1,23 +1,18 @@
 //! `introspect.v1.AdminService`, the operator view: every key set's keys and fetch
 //! history (`ListIssuers`), a forced refresh of one key set that reports what changed
-//! (`RefreshIssuer`), and revocation rules (`Revoke`). It reads the registry and drives refreshes through the same
-//! single-flight [`crate::registry::RefreshControl`] as Validate, so an operator can
-//! never cause more than one fetch in flight per key set.
+//! (`RefreshIssuer`), and revocation rules (`Revoke`). This adapter parses requests and
+//! converts answers; the work is the registry's ([`Registry::key_sets_of`],
+//! [`Registry::force_refresh`], [`Registry::revoke`]).
 
 use std::{sync::Arc, time::SystemTime};
 
 use tonic::{Request, Response, Status};
-use tracing::info;
 
 use super::{
     BoundaryError, convert,
     pb::{self, admin_service_server::AdminService},
 };
-use crate::{
-    events::{self, Origin},
-    jwt::echo,
-    registry::{KeySetState, Registry, RequestError, RevokeError},
-};
+use crate::registry::{KeySetState, Registry, RevokeError};
 
 /// The AdminService handler (cheap to clone).
 #[derive(Debug, Clone)]
@@ -29,6 +24,44 @@ impl AdminServiceImpl {
     /// A handler over `registry`.
     pub fn new(registry: Registry) -> Self {
         Self { registry }
+    }
+
+    /// ListIssuers without the tonic wrapping.
+    pub fn list_issuers_message(
+        &self,
+        req: &pb::ListIssuersRequest,
+    ) -> Result<pb::ListIssuersResponse, BoundaryError> {
+        let issuers = self
+            .registry
+            .key_sets_of(&req.tenants)?
+            .iter()
+            .map(|s| convert::issuer_status(s, self.replica()))
+            .collect();
+        Ok(pb::ListIssuersResponse { issuers })
+    }
+
+    /// The key set a RefreshIssuer request names: a tenant, plus its policy for B2C.
+    pub fn find(&self, tenant: &str, policy: &str) -> Result<Arc<KeySetState>, BoundaryError> {
+        if tenant.is_empty() {
+            return Err(BoundaryError::Invalid("tenant is required".into()));
+        }
+        let policy = (!policy.is_empty()).then_some(policy);
+        Ok(self.registry.find_key_set(tenant, policy)?)
+    }
+
+    /// RefreshIssuer without the tonic wrapping: forces a full refresh (joining one in
+    /// flight), waits at most the tenant's `fetch_timeout`, and reports the difference
+    /// between the keys before and after, by the same rule as WatchKeys' ADDED/REMOVED.
+    pub async fn refresh_issuer_message(
+        &self,
+        req: &pb::RefreshIssuerRequest,
+    ) -> Result<pb::RefreshIssuerResponse, BoundaryError> {
+        let state = self.find(&req.tenant, &req.policy)?;
+        let report = self
+            .registry
+            .force_refresh(&state.id, state.settings.fetch_timeout)
+            .await?;
+        Ok(convert::refresh_report(&report, self.replica()))
     }
 
     /// This replica's name (empty without `shared_state`).
@@ -47,144 +80,19 @@ impl AdminServiceImpl {
             RevokeError::Unavailable(m) => BoundaryError::Unavailable(m),
             RevokeError::Full(m) => BoundaryError::Exhausted(m),
         })?;
-        let expires_at = convert::system_time(
-            SystemTime::UNIX_EPOCH
-                + std::time::Duration::from_secs(
-                    u64::try_from(done.revocation.expires_at).unwrap_or(0),
-                ),
-        );
+        let expires_at = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(
+                u64::try_from(done.revocation.expires_at).unwrap_or(0),
+            );
         let message = if done.fleet_wide {
-            "recorded for every replica of the fleet".to_string()
+            "recorded for every replica of the fleet"
         } else {
-            "recorded for this replica only: shared_state is not configured, so other replicas do not know it".to_string()
+            "recorded for this replica only: shared_state is not configured, so other replicas do not know it"
         };
         Ok(pb::RevokeResponse {
             fleet_wide: done.fleet_wide,
-            expires_at: Some(expires_at),
-            message,
-        })
-    }
-
-    /// ListIssuers without the tonic wrapping.
-    pub fn list_issuers_message(
-        &self,
-        req: &pb::ListIssuersRequest,
-    ) -> Result<pb::ListIssuersResponse, BoundaryError> {
-        for t in &req.tenants {
-            if self.registry.tenant(t).is_none() {
-                return Err(RequestError::UnknownTenant(t.clone()).into());
-            }
-        }
-        let issuers = self
-            .registry
-            .key_sets()
-            .iter()
-            .filter(|s| req.tenants.is_empty() || req.tenants.contains(&s.id.tenant))
-            .map(|s| convert::issuer_status(s, self.replica()))
-            .collect();
-        Ok(pb::ListIssuersResponse { issuers })
-    }
-
-    /// The key set a RefreshIssuer request names: a tenant, plus its policy for B2C
-    /// (compared case-insensitively, as B2C does).
-    pub fn find(&self, tenant: &str, policy: &str) -> Result<Arc<KeySetState>, BoundaryError> {
-        if tenant.is_empty() {
-            return Err(BoundaryError::Invalid("tenant is required".into()));
-        }
-        if self.registry.tenant(tenant).is_none() {
-            return Err(RequestError::UnknownTenant(tenant.to_string()).into());
-        }
-        let sets: Vec<Arc<KeySetState>> = self
-            .registry
-            .key_sets()
-            .into_iter()
-            .filter(|s| s.id.tenant == tenant)
-            .collect();
-        let policies: Vec<&str> = sets.iter().filter_map(|s| s.id.policy.as_deref()).collect();
-        match (policies.is_empty(), policy.is_empty()) {
-            (true, true) => sets
-                .first()
-                .cloned()
-                .ok_or_else(|| BoundaryError::Invalid(format!("tenant `{tenant}` has no key set"))),
-            (true, false) => Err(BoundaryError::Invalid(format!(
-                "tenant `{tenant}` is not a B2C tenant; policy {} does not apply",
-                echo(policy)
-            ))),
-            (false, true) => Err(BoundaryError::Invalid(format!(
-                "tenant `{tenant}` is a B2C tenant: name one of its policies ({})",
-                policies.join(", ")
-            ))),
-            (false, false) => sets
-                .iter()
-                .find(|s| {
-                    s.id.policy
-                        .as_deref()
-                        .is_some_and(|p| p.eq_ignore_ascii_case(policy))
-                })
-                .cloned()
-                .ok_or_else(|| {
-                    BoundaryError::Invalid(format!(
-                        "tenant `{tenant}` has no policy {}",
-                        echo(policy)
-                    ))
-                }),
-        }
-    }
-
-    /// RefreshIssuer without the tonic wrapping: forces a full refresh (joining one in
-    /// flight), waits at most the tenant's `fetch_timeout`, and reports the difference
-    /// between the keys before and after, by the same rule as WatchKeys' ADDED/REMOVED.
-    pub async fn refresh_issuer_message(
-        &self,
-        req: &pb::RefreshIssuerRequest,
-    ) -> Result<pb::RefreshIssuerResponse, BoundaryError> {
-        let state = self.find(&req.tenant, &req.policy)?;
-        let before = state.keys();
-        let generation = state.refresh.force().ok_or_else(|| {
-            BoundaryError::Precondition(format!(
-                "the keys of `{}` come from the configuration and are never fetched",
-                state.id
-            ))
-        })?;
-        info!(key_set = %state.id, generation, "operator forced a key refresh");
-        let timeout = state.settings.fetch_timeout;
-        let finished = state.refresh.wait(generation, timeout).await;
-        let after = state.keys();
-        let origin = Origin {
-            tenant: &state.id.tenant,
-            policy: state.id.policy.as_deref(),
-            issuer: &state.issuer,
-        };
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        for e in events::diff(&origin, &before, &after, SystemTime::now()) {
-            let Some(k) = e.key.as_ref() else { continue };
-            match e.kind {
-                events::KeyEventKind::Added => added.push(convert::key_info_summary(k)),
-                _ => removed.push(convert::key_info_summary(k)),
-            }
-        }
-        let status = state.status();
-        let (refreshed, error) = if !finished {
-            (
-                false,
-                format!(
-                    "the refresh did not finish within {}; it continues in the background",
-                    humantime::format_duration(timeout)
-                ),
-            )
-        } else if status.last_failed {
-            let message = status.last_error.map(|(m, _)| m).unwrap_or_default();
-            (false, message)
-        } else {
-            (true, String::new())
-        };
-        Ok(pb::RefreshIssuerResponse {
-            refreshed,
-            added,
-            removed,
-            error,
-            issuer: Some(convert::issuer_status(&state, self.replica())),
+            expires_at: Some(convert::system_time(expires_at)),
+            message: message.to_string(),
         })
     }
 }

@@ -1,7 +1,6 @@
-//! Conversions from core values to protobuf messages (`to_proto`), and of protobuf
-//! messages to JSON for the command-line tools.
+//! Conversions from core values to protobuf messages (`to_proto`).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use prost_types::{ListValue, Struct, Timestamp, Value as PValue, value::Kind};
 use serde_json::{Map, Value};
@@ -11,7 +10,9 @@ use crate::{
     events::{KeyEvent, KeyEventKind, KeyInfo},
     jwt::ErrorCode,
     keys::{KeyType, VerifyingKey},
-    registry::{KeySetState, RevokeInput, RevokeTarget, Source, ValidateError, Validated},
+    registry::{
+        KeySetState, RefreshReport, RevokeInput, RevokeTarget, Source, ValidateError, Validated,
+    },
 };
 
 /// A JSON value as a protobuf `Value`.
@@ -37,35 +38,6 @@ pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
             .map(|(k, v)| (k.clone(), json_to_value(v)))
             .collect(),
     }
-}
-
-/// A protobuf `Value` as JSON.
-pub fn value_to_json(v: &PValue) -> Value {
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => {
-            if n.fract() == 0.0 && n.abs() < 9.0e15 {
-                Value::from(*n as i64)
-            } else {
-                serde_json::Number::from_f64(*n)
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null)
-            }
-        }
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
-        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
-    }
-}
-
-/// A protobuf `Struct` as a JSON object.
-pub fn struct_to_json(s: &Struct) -> Map<String, Value> {
-    let mut keys: Vec<&String> = s.fields.keys().collect();
-    keys.sort();
-    keys.into_iter()
-        .map(|k| (k.clone(), value_to_json(&s.fields[k])))
-        .collect()
 }
 
 /// Seconds since the epoch (possibly fractional) as a `Timestamp`.
@@ -188,59 +160,6 @@ pub fn key_event(e: &KeyEvent) -> pb::KeyEvent {
     }
 }
 
-fn ts_json(t: &Option<Timestamp>) -> Value {
-    match t {
-        Some(t) => Value::from(t.seconds),
-        None => Value::Null,
-    }
-}
-
-/// A ValidateResponse as JSON, for the command-line tools.
-pub fn validate_response_json(r: &pb::ValidateResponse) -> Value {
-    let mut m = Map::new();
-    m.insert("valid".into(), r.valid.into());
-    if let Some(e) = &r.error {
-        let code = pb::ErrorCode::try_from(e.code)
-            .map(|c| c.as_str_name().to_string())
-            .unwrap_or_else(|_| e.code.to_string());
-        m.insert(
-            "error".into(),
-            serde_json::json!({"code": code, "message": e.message}),
-        );
-    }
-    for (k, v) in [
-        ("tenant", &r.tenant),
-        ("policy", &r.policy),
-        ("issuer", &r.issuer),
-        ("subject", &r.subject),
-        ("key_id", &r.key_id),
-        ("algorithm", &r.algorithm),
-    ] {
-        if !v.is_empty() {
-            m.insert(k.into(), v.clone().into());
-        }
-    }
-    if !r.audiences.is_empty() {
-        m.insert("audiences".into(), r.audiences.clone().into());
-    }
-    if !r.scopes.is_empty() {
-        m.insert("scopes".into(), r.scopes.clone().into());
-    }
-    for (k, v) in [
-        ("expires_at", &r.expires_at),
-        ("issued_at", &r.issued_at),
-        ("not_before", &r.not_before),
-    ] {
-        if v.is_some() {
-            m.insert(k.into(), ts_json(v));
-        }
-    }
-    if let Some(c) = &r.claims {
-        m.insert("claims".into(), Value::Object(struct_to_json(c)));
-    }
-    Value::Object(m)
-}
-
 /// A key as operators see it; a symmetric key shows no thumbprint (it would be a hash
 /// of the secret).
 pub fn key_summary(k: &VerifyingKey) -> pb::KeySummary {
@@ -263,6 +182,19 @@ pub fn key_info_summary(k: &KeyInfo) -> pb::KeySummary {
         algorithm: k.algorithm.clone(),
         key_type: k.key_type.clone(),
         thumbprint: k.thumbprint.clone(),
+    }
+}
+
+/// A forced refresh's report as a RefreshIssuer answer; `replica` as for
+/// [`issuer_status`].
+pub fn refresh_report(r: &RefreshReport, replica: &str) -> pb::RefreshIssuerResponse {
+    let error = r.outcome.error();
+    pb::RefreshIssuerResponse {
+        refreshed: error.is_none(),
+        added: r.added.iter().map(key_info_summary).collect(),
+        removed: r.removed.iter().map(key_info_summary).collect(),
+        error: error.unwrap_or_default(),
+        issuer: Some(issuer_status(&r.key_set, replica)),
     }
 }
 
@@ -302,12 +234,19 @@ pub fn issuer_status(s: &KeySetState, replica: &str) -> pb::IssuerStatus {
     }
 }
 
+/// Seconds since the epoch of a request's timestamp, when it is one protobuf allows
+/// (0001-01-01 to 9999-12-31, nanos in range) and not before the epoch.
+fn timestamp_secs(t: &Timestamp) -> Option<i64> {
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    ((0..=MAX_SECONDS).contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos))
+        .then_some(t.seconds)
+}
+
 /// A Revoke request as the core's input: exactly one rule, timestamps in range.
 pub fn revoke_input(req: &pb::RevokeRequest) -> Result<RevokeInput, BoundaryError> {
     use pb::revoke_request::Rule;
     let secs = |t: &Timestamp, name: &str| {
-        timestamp_to_system_time(t)
-            .map(crate::shared::unix_secs)
+        timestamp_secs(t)
             .ok_or_else(|| BoundaryError::Invalid(format!("{name} is not a valid time")))
     };
     let target = match &req.rule {
@@ -342,85 +281,9 @@ pub fn revoke_input(req: &pb::RevokeRequest) -> Result<RevokeInput, BoundaryErro
     })
 }
 
-/// A `Timestamp` as a `SystemTime` (`None` before the epoch or out of range).
-pub fn timestamp_to_system_time(t: &Timestamp) -> Option<SystemTime> {
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-}
-
-/// A `Timestamp` in RFC 3339 (UTC, millisecond precision), or JSON null.
-pub fn timestamp_json(t: &Option<Timestamp>) -> Value {
-    match t.as_ref().and_then(timestamp_to_system_time) {
-        Some(st) => Value::String(humantime::format_rfc3339_millis(st).to_string()),
-        None => Value::Null,
-    }
-}
-
-/// A streamed key event as one JSON object, for `introspectd watch`: `type` is the enum
-/// value's name, `jwk` the parsed public JWK (null when the event has none).
-pub fn key_event_json(e: &pb::KeyEvent) -> Value {
-    let kind = pb::KeyEventType::try_from(e.r#type)
-        .map(|k| k.as_str_name().to_string())
-        .unwrap_or_else(|_| e.r#type.to_string());
-    let jwk = if e.jwk.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&e.jwk).unwrap_or_else(|_| Value::String(e.jwk.clone()))
-    };
-    serde_json::json!({
-        "type": kind,
-        "tenant": e.tenant,
-        "policy": e.policy,
-        "issuer": e.issuer,
-        "key_id": e.key_id,
-        "algorithm": e.algorithm,
-        "key_type": e.key_type,
-        "thumbprint": e.thumbprint,
-        "jwk": jwk,
-        "observed_at": timestamp_json(&e.observed_at),
-        "message": e.message,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_round_trips_through_struct() {
-        let v = serde_json::json!({"a": 1, "b": [true, null, "x"], "c": {"d": 1.5}});
-        let s = json_to_struct(v.as_object().expect("obj"));
-        assert_eq!(Value::Object(struct_to_json(&s)), v);
-    }
-
-    #[test]
-    fn key_events_as_json_lines() {
-        let e = pb::KeyEvent {
-            r#type: pb::KeyEventType::Added as i32,
-            tenant: "demo".into(),
-            key_id: "k1".into(),
-            jwk: r#"{"kty":"EC","crv":"P-256","x":"AA","y":"BB"}"#.into(),
-            observed_at: Some(Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 250_000_000,
-            }),
-            ..Default::default()
-        };
-        let v = key_event_json(&e);
-        assert_eq!(v["type"], "KEY_EVENT_TYPE_ADDED");
-        assert_eq!(v["jwk"]["kty"], "EC", "the jwk is parsed, not a string");
-        assert_eq!(v["observed_at"], "2023-11-14T22:13:20.250Z");
-        assert_eq!(v["policy"], "");
-        let synced = key_event_json(&pb::KeyEvent {
-            r#type: pb::KeyEventType::Synced as i32,
-            ..Default::default()
-        });
-        assert_eq!(synced["jwk"], Value::Null);
-        assert_eq!(synced["observed_at"], Value::Null);
-        let line = serde_json::to_string(&v).expect("json");
-        assert!(!line.contains('\n'), "one event per line");
-    }
 
     #[test]
     fn symmetric_keys_show_no_thumbprint() {

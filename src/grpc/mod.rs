@@ -25,7 +25,7 @@ pub mod pb {
 
 use tonic::Status;
 
-use crate::registry::{RequestError, ValidateError};
+use crate::registry::{RefreshError, RequestError, ValidateError};
 
 /// A request rejected at the boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +70,15 @@ pub fn to_status(err: &BoundaryError) -> Status {
         BoundaryError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
         BoundaryError::Unavailable(_) => Status::unavailable(err.to_string()),
         BoundaryError::Precondition(_) => Status::failed_precondition(err.to_string()),
+    }
+}
+
+impl From<RefreshError> for BoundaryError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Request(r) => Self::Request(r),
+            RefreshError::NotFetched(_) => Self::Precondition(e.to_string()),
+        }
     }
 }
 

@@ -230,11 +230,6 @@ mod tests {
         time::Duration,
     };
 
-    use aws_lc_rs::{
-        rand::SystemRandom,
-        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
-    };
-    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
     use futures::StreamExt as _;
     use serde_json::{Value, json};
     use tonic::{Request, Status};
@@ -243,20 +238,9 @@ mod tests {
     use crate::{
         config,
         grpc::{Limits, TokenServiceImpl, pb::token_service_server::TokenService as _},
-        keys::KeySet,
+        keys::{KeySet, testing::ec_jwk},
         registry::{KeySetId, KeySetState},
     };
-
-    fn ec_jwk(kid: &str) -> Value {
-        let rng = SystemRandom::new();
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .expect("parse");
-        let p = kp.public_key().as_ref();
-        json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
-               "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])})
-    }
 
     /// Two tenants whose keys come from files (refreshable, but nothing runs the
     /// refreshers here: the tests install key sets themselves).

@@ -7,18 +7,16 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use base64::Engine as _;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::HeaderValue;
 use serde_json::Value;
+use url::Url;
 
 use super::answer::{self, Answer};
 use crate::{
     config::Secret,
-    oidc::http::{self, FetchError},
     registry::{KeySetState, Metadata},
+    upstream::{self, FetchError, HttpClient},
 };
-
-/// `Content-Type` of RFC 7662 and RFC 6749 requests.
-const FORM: &str = "application/x-www-form-urlencoded";
 
 /// Why an upstream call did not produce an answer. `reason` is terse and safe to return
 /// to callers; `detail` is the full cause, for logs. Neither holds a token or a secret.
@@ -84,27 +82,11 @@ impl fmt::Display for Failure {
     }
 }
 
-/// The HTTP client of introspection (cheap to clone): rustls and a per-request timeout
-/// like `oidc::HttpClient`, but it never follows a redirect. A 307 or 308 would re-send
-/// the POST body, the token (and in `client_secret_post` the secret), to wherever the
-/// redirect points; a redirect is answered as an upstream fault instead.
-#[derive(Debug, Clone)]
-pub struct UpstreamHttp {
-    client: reqwest::Client,
-}
-
-impl UpstreamHttp {
-    /// Builds the client.
-    pub fn new() -> Result<Self, FetchError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("introspectd/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| FetchError::Connect(e.to_string()))?;
-        Ok(Self { client })
-    }
+/// The HTTP client of introspection: it never follows a redirect. A 307 or 308 would
+/// re-send the POST body, the token (and in `client_secret_post` the secret), to
+/// wherever the redirect points; a redirect is answered as an upstream fault instead.
+pub fn http_client() -> Result<HttpClient, FetchError> {
+    HttpClient::new(upstream::Redirects::Never)
 }
 
 /// Form-urlencodes bytes (`application/x-www-form-urlencoded`, space as `+`).
@@ -126,7 +108,7 @@ pub fn basic_authorization(client_id: &str, secret: &[u8]) -> String {
     )
 }
 
-/// A header value that hyper and reqwest treat as sensitive (never logged or indexed).
+/// A header value that the HTTP stack treats as sensitive (never logged or indexed).
 pub fn sensitive_header(value: &str) -> Result<HeaderValue, Failure> {
     let mut v = HeaderValue::from_str(value)
         .map_err(|_| Failure::configuration("the credential cannot be sent in an HTTP header"))?;
@@ -162,14 +144,10 @@ impl fmt::Debug for Endpoint {
 impl Endpoint {
     /// The address to call. When it comes from metadata that the start-up fetch has not
     /// delivered yet, waits for that fetch at most `timeout`.
-    pub async fn resolve(
-        &self,
-        timeout: Duration,
-        require_https: bool,
-    ) -> Result<reqwest::Url, Failure> {
+    pub async fn resolve(&self, timeout: Duration, require_https: bool) -> Result<Url, Failure> {
         let refused = |e: FetchError| Failure::configuration(format!("{}: {e}", self.what));
         if let Some(url) = &self.configured {
-            return http::check_url(url, require_https).map_err(refused);
+            return upstream::check_url(url, require_https).map_err(refused);
         }
         let Some(ks) = &self.key_set else {
             return Err(Failure::configuration(format!(
@@ -187,7 +165,7 @@ impl Endpoint {
             )));
         };
         match (self.from_metadata)(&metadata) {
-            Some(url) => http::check_url(url, require_https).map_err(refused),
+            Some(url) => upstream::check_url(url, require_https).map_err(refused),
             None => Err(Failure::configuration(format!(
                 "no {} is configured ({}) and the provider's metadata names none",
                 self.what, self.key
@@ -216,6 +194,25 @@ pub enum ClientAuth<'a> {
     Bearer(&'a str),
 }
 
+impl fmt::Debug for ClientAuth<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret redacts itself; the bearer token is a credential too.
+        match self {
+            Self::Basic { client_id, secret } => f
+                .debug_struct("Basic")
+                .field("client_id", client_id)
+                .field("secret", secret)
+                .finish(),
+            Self::Post { client_id, secret } => f
+                .debug_struct("Post")
+                .field("client_id", client_id)
+                .field("secret", secret)
+                .finish(),
+            Self::Bearer(_) => f.write_str("Bearer([redacted])"),
+        }
+    }
+}
+
 /// Builds a form body from pairs (values as bytes, so a secret is never copied into an
 /// intermediate `String` other than the body itself).
 pub fn form_body(pairs: &[(&str, &[u8])]) -> String {
@@ -229,38 +226,31 @@ pub fn form_body(pairs: &[(&str, &[u8])]) -> String {
 /// POSTs a form with client authentication; returns the status and the body (every
 /// status is returned: the caller classifies it).
 pub async fn post_form(
-    http: &UpstreamHttp,
-    url: reqwest::Url,
+    http: &HttpClient,
+    url: Url,
     pairs: &[(&str, &[u8])],
     auth: &ClientAuth<'_>,
     timeout: Duration,
     what: &str,
 ) -> Result<(u16, Vec<u8>), Failure> {
     let mut pairs = pairs.to_vec();
-    let mut req = http
-        .client
-        .post(url)
-        .header(ACCEPT, "application/json")
-        .timeout(timeout);
-    match auth {
-        ClientAuth::Basic { client_id, secret } => {
-            req = req.header(
-                AUTHORIZATION,
-                sensitive_header(&basic_authorization(client_id, secret.expose()))?,
-            );
-        }
+    let authorization = match auth {
+        ClientAuth::Basic { client_id, secret } => Some(sensitive_header(&basic_authorization(
+            client_id,
+            secret.expose(),
+        ))?),
         ClientAuth::Post { client_id, secret } => {
             pairs.push(("client_id", client_id.as_bytes()));
             pairs.push(("client_secret", secret.expose()));
+            None
         }
-        ClientAuth::Bearer(token) => {
-            req = req.header(AUTHORIZATION, sensitive_header(&format!("Bearer {token}"))?);
-        }
-    }
-    let req = req.header(CONTENT_TYPE, FORM).body(form_body(&pairs));
-    http::send_capped_with(req, timeout, |_| true)
+        ClientAuth::Bearer(token) => Some(sensitive_header(&format!("Bearer {token}"))?),
+    };
+    let reply = http
+        .post_form(url, authorization, form_body(&pairs), timeout)
         .await
-        .map_err(|e| Failure::fetch(what, &e))
+        .map_err(|e| Failure::fetch(what, &e))?;
+    Ok((reply.status, reply.body))
 }
 
 /// The OAuth `error` code of a 4xx body, when it is a plain identifier.
@@ -290,7 +280,7 @@ pub fn credentials_refused(status: u16, body: &[u8]) -> bool {
 pub fn interpret(status: u16, body: &[u8], tenant: &str) -> Result<Answer, Failure> {
     const WHAT: &str = "introspection endpoint";
     if (200..300).contains(&status) {
-        let doc = http::parse_json(body).map_err(|e| Failure::fetch(WHAT, &e))?;
+        let doc = upstream::parse_json(body).map_err(|e| Failure::fetch(WHAT, &e))?;
         return answer::from_upstream(doc, tenant)
             .map_err(|e| Failure::fetch(WHAT, &FetchError::Invalid(e.to_string())));
     }

@@ -3,7 +3,7 @@
 //! cached client-credentials token of `bearer` mode and the answer cache), tenant
 //! selection, bounded upstream work, and the classification of upstream faults.
 //!
-//! Knows reqwest (through `oidc::http`), never tonic: `grpc` turns an
+//! Calls upstream through [`crate::upstream`], never tonic: `grpc` turns an
 //! [`IntrospectError`] into a status and an [`Answer`] into a response.
 
 pub mod answer;
@@ -18,7 +18,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tokio::{sync::Semaphore, time::Instant};
@@ -30,15 +30,15 @@ pub use client::Failure;
 pub use token::{ClientCredentials, renew_at, renewal_margin};
 
 use self::{
-    client::{ClientAuth, Endpoint, UpstreamHttp},
+    client::{ClientAuth, Endpoint},
     token::ClientCredentialsConfig,
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
-    jwt::{ErrorCode, jws},
-    oidc::FetchError,
+    jwt::{ErrorCode, claims::now_secs, jws},
     registry::{Metadata, Registry, RequestError, Revocations, ValidateError, ValidateInput},
     shared::Shared,
+    upstream::{FetchError, HttpClient},
 };
 
 /// The `token_type_hint` that marks a token as not locally verifiable (RFC 7662 2.1).
@@ -148,7 +148,7 @@ pub struct Introspector {
     settings: IntrospectionSettings,
     timeout: Duration,
     require_https: bool,
-    http: UpstreamHttp,
+    http: HttpClient,
     endpoint: Endpoint,
     tokens: Option<ClientCredentials>,
     cache: AnswerCache,
@@ -184,7 +184,7 @@ fn token_endpoint(m: &Metadata) -> Option<&str> {
 impl Introspector {
     /// The client of `tenant`, when it has `introspection`; metadata comes from its
     /// first key set (for B2C, the first policy's).
-    pub fn new(tenant: &TenantSettings, registry: &Registry, http: &UpstreamHttp) -> Option<Self> {
+    pub fn new(tenant: &TenantSettings, registry: &Registry, http: &HttpClient) -> Option<Self> {
         let settings = tenant.introspection.clone()?;
         let key_set = registry
             .key_sets()
@@ -298,10 +298,7 @@ impl Introspector {
         };
         match self.call(token, hint).await {
             Ok(answer) => {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
+                let now = now_secs();
                 let ttl = answer_ttl(
                     &answer,
                     now,
@@ -369,7 +366,7 @@ impl Introspector {
 
     async fn post(
         &self,
-        url: &reqwest::Url,
+        url: &url::Url,
         pairs: &[(&str, &[u8])],
         auth: ClientAuth<'_>,
     ) -> Result<(u16, Vec<u8>), Failure> {
@@ -435,7 +432,7 @@ impl Introspection {
     /// Builds one introspector per tenant with `introspection`, in configuration order,
     /// sharing one HTTP client.
     pub fn new(registry: &Registry) -> Result<Self, FetchError> {
-        let http = UpstreamHttp::new()?;
+        let http = client::http_client()?;
         let http = &http;
         let introspectors = registry
             .tenants()

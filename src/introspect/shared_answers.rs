@@ -18,9 +18,9 @@ use crate::{
 
 /// While another replica asks the provider, its answer is looked for after this long,
 /// then at doubling intervals up to [`FILL_POLL_MAX`].
-pub const FILL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+pub(super) const FILL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// Longest interval between two looks for another replica's answer.
-pub const FILL_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+pub(super) const FILL_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Introspector {
     /// An answer from the fleet's store, else from the provider once for the fleet.

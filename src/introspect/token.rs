@@ -18,8 +18,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{Instrument as _, debug, info_span};
 
-use super::client::{self, ClientAuth, Endpoint, Failure, UpstreamHttp};
-use crate::config::Secret;
+use super::client::{self, ClientAuth, Endpoint, Failure};
+use crate::{
+    config::Secret,
+    upstream::{self, FetchError, HttpClient},
+};
 
 /// Longest a renewal margin gets, whatever the token's lifetime.
 pub const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
@@ -82,7 +85,7 @@ struct Inner {
     secret: Secret,
     scope: Option<String>,
     endpoint: Endpoint,
-    http: UpstreamHttp,
+    http: HttpClient,
     timeout: Duration,
     require_https: bool,
     state: Mutex<State>,
@@ -105,7 +108,8 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// What a [`ClientCredentials`] needs.
+/// What a [`ClientCredentials`] needs (`Debug` shows no secret: [`Secret`] redacts).
+#[derive(Debug)]
 pub struct ClientCredentialsConfig {
     /// Tenant id, for logs.
     pub tenant: String,
@@ -125,7 +129,7 @@ pub struct ClientCredentialsConfig {
 
 impl ClientCredentials {
     /// A token source; nothing is fetched until the first [`ClientCredentials::get`].
-    pub fn new(config: ClientCredentialsConfig, http: UpstreamHttp) -> Self {
+    pub fn new(config: ClientCredentialsConfig, http: HttpClient) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tenant: config.tenant,
@@ -259,10 +263,7 @@ impl Inner {
                     "{WHAT} refused the client-credentials grant (HTTP {status}{code})"
                 )));
             }
-            return Err(Failure::fetch(
-                WHAT,
-                &crate::oidc::FetchError::Status(status),
-            ));
+            return Err(Failure::fetch(WHAT, &FetchError::Status(status)));
         }
         let (value, lifetime) = parse_token_response(&body).map_err(|e| match e {
             TokenResponseError::Malformed(m) => {
@@ -295,8 +296,8 @@ pub enum TokenResponseError {
 /// absent is accepted), `expires_in` in seconds (a number, or a numeric string as some
 /// providers send; absent: [`DEFAULT_TOKEN_LIFETIME`]).
 pub fn parse_token_response(body: &[u8]) -> Result<(String, Duration), TokenResponseError> {
-    let doc = crate::oidc::http::parse_json(body)
-        .map_err(|e| TokenResponseError::Malformed(e.to_string()))?;
+    let doc =
+        upstream::parse_json(body).map_err(|e| TokenResponseError::Malformed(e.to_string()))?;
     let token = match doc.get("access_token") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err(TokenResponseError::Malformed("no access_token".into())),

@@ -2,7 +2,7 @@
 //! checks of BEHAVIOUR.md steps 5-7 (type, time, required claims, audience and `azp`,
 //! scopes, nonce), each a pure function of the claims, a policy and the current time.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
@@ -109,6 +109,20 @@ impl Claims {
     }
 }
 
+/// Lower-cases a `typ` value and removes an `application/` prefix (RFC 7515 4.1.9).
+pub fn normalize_type(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
+}
+
+/// True for a GUID in its 36-character form (an Entra ID `tid`).
+pub fn is_guid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
+}
+
 /// The `typ` rule: absent list accepts anything; otherwise the header's `typ` must be one
 /// of them, compared case-insensitively with an optional `application/` prefix.
 pub fn check_type(typ: Option<&str>, accepted: Option<&[String]>) -> Result<(), Rejection> {
@@ -121,7 +135,7 @@ pub fn check_type(typ: Option<&str>, accepted: Option<&[String]>) -> Result<(), 
             format!("typ is missing; accepted: {}", accepted.join(", ")),
         ));
     };
-    let norm = crate::config::normalize_type(typ);
+    let norm = normalize_type(typ);
     if accepted.contains(&norm) {
         Ok(())
     } else {
@@ -145,6 +159,14 @@ pub struct TimePolicy<'a> {
     pub max_lifetime: Option<Duration>,
     /// Claims that must be present.
     pub required_claims: &'a [String],
+}
+
+/// Now, in seconds since the epoch (fractional), the unit of `exp`, `nbf` and `iat`.
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// `exp` (when required), `nbf`, `iat`, the lifetime bound, then the other required

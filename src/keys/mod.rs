@@ -3,7 +3,13 @@
 //! verifier bound to its algorithms; RFC 7638 thumbprints; and [`KeySet`], the immutable
 //! snapshot that validation reads lock-free through an `Arc`.
 
+mod error;
+mod jwk;
 mod roca;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use error::KeyError;
 
 use std::{collections::HashMap, fmt, sync::Arc};
 
@@ -13,11 +19,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_json::{Map, Value, json};
 
-/// Every signature algorithm this service can verify (jsonwebtoken's closed set).
-pub const SUPPORTED_ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
+/// The HMAC algorithms (first-party keys configured by the operator).
+pub const HMAC_ALGORITHMS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+/// The asymmetric signature algorithms this service can verify.
+pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
@@ -28,6 +33,21 @@ pub const SUPPORTED_ALGORITHMS: [Algorithm; 12] = [
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
+/// Every signature algorithm this service can verify (jsonwebtoken's closed set): the
+/// HMAC ones, then the asymmetric ones.
+pub const SUPPORTED_ALGORITHMS: [Algorithm; 12] = {
+    let mut all = [Algorithm::HS256; 12];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = if i < HMAC_ALGORITHMS.len() {
+            HMAC_ALGORITHMS[i]
+        } else {
+            ASYMMETRIC_ALGORITHMS[i - HMAC_ALGORITHMS.len()]
+        };
+        i += 1;
+    }
+    all
+};
 
 /// Smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -47,9 +67,6 @@ pub fn min_hmac_key_bytes(alg: Algorithm) -> usize {
     }
 }
 
-/// JWK members that only a private or symmetric key has.
-const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
-
 /// Where a key set comes from, which decides what it may contain.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestOptions<'a> {
@@ -67,7 +84,7 @@ pub struct SkippedKey {
     /// Its `kid`, when it had a readable one.
     pub kid: Option<String>,
     /// Why.
-    pub reason: String,
+    pub reason: KeyError,
 }
 
 /// Key type, as in the JWK `kty`.
@@ -180,7 +197,7 @@ impl VerifyingKey {
         kid: Option<String>,
         secret: &[u8],
         algorithms: &[Algorithm],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyError> {
         let mut bound = Vec::new();
         let mut keys = Vec::new();
         for alg in algorithms
@@ -189,11 +206,11 @@ impl VerifyingKey {
             .filter(|a| a.family() == AlgorithmFamily::Hmac)
         {
             if secret.len() < min_hmac_key_bytes(alg) {
-                return Err(format!(
-                    "{alg:?} needs a key of at least {} bytes, got {}",
-                    min_hmac_key_bytes(alg),
-                    secret.len()
-                ));
+                return Err(KeyError::HmacTooShort {
+                    alg,
+                    min: min_hmac_key_bytes(alg),
+                    got: secret.len(),
+                });
             }
             let h = match alg {
                 Algorithm::HS256 => hmac::HMAC_SHA256,
@@ -204,7 +221,7 @@ impl VerifyingKey {
             keys.push((alg, hmac::Key::new(h, secret)));
         }
         if bound.is_empty() {
-            return Err("no HMAC algorithm is allowed for this key".into());
+            return Err(KeyError::NoHmacAlgorithm);
         }
         let thumbprint = thumbprint(&json!({"k": URL_SAFE_NO_PAD.encode(secret), "kty": "oct"}));
         Ok(Self {
@@ -215,313 +232,6 @@ impl VerifyingKey {
             public_jwk: None,
             verifier: Verifier::Hmac(keys),
         })
-    }
-
-    /// Ingests one JWK, applying every hygiene rule.
-    pub fn from_jwk(jwk: &Map<String, Value>, opts: &IngestOptions<'_>) -> Result<Self, String> {
-        let kty = match jwk.get("kty").and_then(Value::as_str) {
-            Some("RSA") => KeyType::Rsa,
-            Some("EC") => KeyType::Ec,
-            Some("OKP") => KeyType::Okp,
-            Some("oct") => KeyType::Oct,
-            Some(other) => return Err(format!("kty `{other}` is not supported")),
-            None => return Err("no kty".into()),
-        };
-        let kid = match jwk.get("kid") {
-            None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err("kid is not a string".into()),
-        };
-        if let Some(u) = jwk.get("use")
-            && u.as_str() != Some("sig")
-        {
-            return Err("use is not `sig`".into());
-        }
-        if let Some(ops) = jwk.get("key_ops") {
-            let verifies = ops
-                .as_array()
-                .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
-            if !verifies {
-                return Err("key_ops does not include `verify`".into());
-            }
-        }
-        let declared = match jwk.get("alg") {
-            None => None,
-            Some(Value::String(s)) => Some(
-                s.parse::<Algorithm>()
-                    .map_err(|_| format!("alg `{s}` is not a supported signature algorithm"))?,
-            ),
-            Some(_) => return Err("alg is not a string".into()),
-        };
-        if kty == KeyType::Oct {
-            if !opts.allow_symmetric {
-                return Err("symmetric (oct) keys are never taken from a fetched key set".into());
-            }
-            let k = b64_member(jwk, "k")?;
-            let algs = bind(declared, AlgorithmFamily::Hmac, opts.algorithms)?;
-            return Self::hmac(kid, &k, &algs);
-        }
-        if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
-            return Err(format!("has the private member `{m}`"));
-        }
-        match kty {
-            KeyType::Rsa => rsa_key(jwk, kid, declared, opts),
-            KeyType::Ec => ec_key(jwk, kid, declared, opts),
-            KeyType::Okp => okp_key(jwk, kid, declared, opts),
-            KeyType::Oct => Err("unreachable".into()),
-        }
-    }
-}
-
-fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
-    let s = jwk
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("no `{name}`"))?;
-    URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| format!("`{name}` is not base64url"))
-}
-
-/// Binds a key to one algorithm: its declared `alg` (which must fit the family and be
-/// allowed), or every allowed algorithm of its family.
-fn bind(
-    declared: Option<Algorithm>,
-    family: AlgorithmFamily,
-    allowed: &[Algorithm],
-) -> Result<Vec<Algorithm>, String> {
-    match declared {
-        Some(alg) if alg.family() != family => {
-            Err(format!("alg {alg:?} does not fit the key type"))
-        }
-        Some(alg) if !allowed.contains(&alg) => Err(format!("alg {alg:?} is not allowed")),
-        Some(alg) => Ok(vec![alg]),
-        None => {
-            let algs: Vec<Algorithm> = allowed
-                .iter()
-                .copied()
-                .filter(|a| a.family() == family)
-                .collect();
-            if algs.is_empty() {
-                Err("no allowed algorithm fits the key type".into())
-            } else {
-                Ok(algs)
-            }
-        }
-    }
-}
-
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    &b[i..]
-}
-
-/// DER of a PKCS#1 `RSAPublicKey` (RFC 8017 A.1.1).
-fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    fn integer(out: &mut Vec<u8>, v: &[u8]) {
-        let mut body = Vec::with_capacity(v.len() + 1);
-        if v.first().is_some_and(|b| b & 0x80 != 0) {
-            body.push(0);
-        }
-        body.extend_from_slice(v);
-        out.push(0x02);
-        length(out, body.len());
-        out.extend_from_slice(&body);
-    }
-    fn length(out: &mut Vec<u8>, len: usize) {
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes = len.to_be_bytes();
-            let skip = bytes
-                .iter()
-                .position(|b| *b != 0)
-                .unwrap_or(bytes.len() - 1);
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
-        }
-    }
-    let mut body = Vec::new();
-    integer(&mut body, n);
-    integer(&mut body, e);
-    let mut out = vec![0x30];
-    length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
-}
-
-fn rsa_params(alg: Algorithm) -> &'static sig::RsaParameters {
-    match alg {
-        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-        _ => &sig::RSA_PSS_2048_8192_SHA512,
-    }
-}
-
-fn rsa_key(
-    jwk: &Map<String, Value>,
-    kid: Option<String>,
-    declared: Option<Algorithm>,
-    opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, String> {
-    let n_raw = b64_member(jwk, "n")?;
-    let e_raw = b64_member(jwk, "e")?;
-    let n = strip_leading_zeros(&n_raw);
-    let e = strip_leading_zeros(&e_raw);
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
-    if bits < MIN_RSA_BITS {
-        return Err(format!(
-            "RSA modulus of {bits} bits is under {MIN_RSA_BITS}"
-        ));
-    }
-    if bits > MAX_RSA_BITS {
-        return Err(format!("RSA modulus of {bits} bits is over {MAX_RSA_BITS}"));
-    }
-    if n.last().is_some_and(|b| b & 1 == 0) {
-        return Err("RSA modulus is even".into());
-    }
-    let e_small = e.len() == 1 && e[0] < 3;
-    if e.is_empty() || e_small || e.last().is_some_and(|b| b & 1 == 0) || e.len() > 8 {
-        return Err("RSA public exponent must be odd and at least 3".into());
-    }
-    if roca::is_vulnerable(n) {
-        return Err("RSA modulus has the ROCA fingerprint (CVE-2017-15361)".into());
-    }
-    let algs = bind(declared, AlgorithmFamily::Rsa, opts.algorithms)?;
-    let der = rsa_public_key_der(n, e);
-    let mut parsed = Vec::with_capacity(algs.len());
-    for alg in &algs {
-        let key = sig::ParsedPublicKey::new(rsa_params(*alg), &der)
-            .map_err(|e| format!("RSA key rejected: {e}"))?;
-        parsed.push((*alg, key));
-    }
-    let members =
-        json!({"e": URL_SAFE_NO_PAD.encode(e), "kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n)});
-    Ok(finish(
-        kid,
-        KeyType::Rsa,
-        algs,
-        members,
-        jwk,
-        Verifier::Public(parsed),
-    ))
-}
-
-fn ec_key(
-    jwk: &Map<String, Value>,
-    kid: Option<String>,
-    declared: Option<Algorithm>,
-    opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, String> {
-    let crv = jwk.get("crv").and_then(Value::as_str).ok_or("no crv")?;
-    let (alg, size, verify_alg): (Algorithm, usize, &'static sig::EcdsaVerificationAlgorithm) =
-        match crv {
-            "P-256" => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
-            "P-384" => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
-            other => return Err(format!("curve `{other}` is not supported")),
-        };
-    if let Some(d) = declared
-        && d != alg
-    {
-        return Err(format!("alg {d:?} does not fit curve {crv}"));
-    }
-    if !opts.algorithms.contains(&alg) {
-        return Err(format!("alg {alg:?} is not allowed"));
-    }
-    let x = b64_member(jwk, "x")?;
-    let y = b64_member(jwk, "y")?;
-    if x.len() != size || y.len() != size {
-        return Err(format!("coordinates of a {crv} key are {size} bytes each"));
-    }
-    let mut point = Vec::with_capacity(1 + 2 * size);
-    point.push(0x04);
-    point.extend_from_slice(&x);
-    point.extend_from_slice(&y);
-    // Parsing validates that the point is on the curve.
-    let parsed = sig::ParsedPublicKey::new(verify_alg, &point)
-        .map_err(|_| format!("the point is not on curve {crv}"))?;
-    let members = json!({"crv": crv, "kty": "EC", "x": URL_SAFE_NO_PAD.encode(&x), "y": URL_SAFE_NO_PAD.encode(&y)});
-    Ok(finish(
-        kid,
-        KeyType::Ec,
-        vec![alg],
-        members,
-        jwk,
-        Verifier::Public(vec![(alg, parsed)]),
-    ))
-}
-
-fn okp_key(
-    jwk: &Map<String, Value>,
-    kid: Option<String>,
-    declared: Option<Algorithm>,
-    opts: &IngestOptions<'_>,
-) -> Result<VerifyingKey, String> {
-    let crv = jwk.get("crv").and_then(Value::as_str).ok_or("no crv")?;
-    if crv != "Ed25519" {
-        return Err(format!("curve `{crv}` is not supported"));
-    }
-    let algs = bind(declared, AlgorithmFamily::Ed, opts.algorithms)?;
-    let x = b64_member(jwk, "x")?;
-    if x.len() != 32 {
-        return Err("an Ed25519 key is 32 bytes".into());
-    }
-    let parsed = sig::ParsedPublicKey::new(&sig::ED25519, &x)
-        .map_err(|_| "invalid Ed25519 key".to_string())?;
-    let members = json!({"crv": crv, "kty": "OKP", "x": URL_SAFE_NO_PAD.encode(&x)});
-    let verifier = Verifier::Public(vec![(Algorithm::EdDSA, parsed)]);
-    Ok(finish(kid, KeyType::Okp, algs, members, jwk, verifier))
-}
-
-/// Completes a public key: the RFC 7638 thumbprint of its required `members` (given in
-/// lexicographic order), and its public JWK (`members` plus `kid`, `use`, `alg`).
-fn finish(
-    kid: Option<String>,
-    kty: KeyType,
-    algorithms: Vec<Algorithm>,
-    members: Value,
-    jwk: &Map<String, Value>,
-    verifier: Verifier,
-) -> VerifyingKey {
-    let thumbprint = thumbprint(&members);
-    let mut public = Map::new();
-    public.insert("kty".into(), kty.as_str().into());
-    insert_common(&mut public, &kid, &algorithms, jwk);
-    if let Value::Object(m) = members {
-        for (k, v) in m {
-            if k != "kty" {
-                public.insert(k, v);
-            }
-        }
-    }
-    VerifyingKey {
-        kid,
-        kty,
-        algorithms,
-        thumbprint,
-        public_jwk: Some(public),
-        verifier,
-    }
-}
-
-fn insert_common(
-    out: &mut Map<String, Value>,
-    kid: &Option<String>,
-    algs: &[Algorithm],
-    jwk: &Map<String, Value>,
-) {
-    if let Some(k) = kid {
-        out.insert("kid".into(), k.clone().into());
-    }
-    out.insert("use".into(), "sig".into());
-    // The JWK's own alg when it had one; a key bound to several algorithms shows none.
-    if (jwk.contains_key("alg") || algs.len() == 1)
-        && let Some(a) = algs.first()
-    {
-        out.insert("alg".into(), format!("{a:?}").into());
     }
 }
 
@@ -561,7 +271,7 @@ impl KeySet {
                     skipped.push(SkippedKey {
                         index,
                         kid: Some(kid.clone()),
-                        reason: "exact duplicate".into(),
+                        reason: KeyError::Duplicate,
                     });
                 } else if !ambiguous.contains(kid) {
                     ambiguous.push(kid.clone());
@@ -577,7 +287,7 @@ impl KeySet {
                     skipped.push(SkippedKey {
                         index,
                         kid: Some(kid.clone()),
-                        reason: "kid is shared by different keys, so it is ambiguous".into(),
+                        reason: KeyError::AmbiguousKid,
                     });
                     continue;
                 }
@@ -593,11 +303,11 @@ impl KeySet {
     pub fn from_jwks(
         doc: &Value,
         opts: &IngestOptions<'_>,
-    ) -> Result<(Self, Vec<SkippedKey>), String> {
+    ) -> Result<(Self, Vec<SkippedKey>), KeyError> {
         let list = doc
             .get("keys")
             .and_then(Value::as_array)
-            .ok_or("the document has no `keys` array")?;
+            .ok_or(KeyError::NoKeysArray)?;
         // A kid named by two different entries is ambiguous even when one of them is
         // unusable: which key the publisher meant cannot be known.
         let mut entries_by_kid: HashMap<&str, Vec<&Value>> = HashMap::new();
@@ -622,7 +332,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid,
-                    reason: format!("more than {MAX_KEYS_PER_SET} keys"),
+                    reason: KeyError::TooManyKeys,
                 });
                 continue;
             }
@@ -630,7 +340,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid,
-                    reason: "kid is shared by different keys, so it is ambiguous".into(),
+                    reason: KeyError::AmbiguousKid,
                 });
                 continue;
             }
@@ -638,7 +348,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid,
-                    reason: "not a JSON object".into(),
+                    reason: KeyError::NotAnObject,
                 });
                 continue;
             };
@@ -654,7 +364,7 @@ impl KeySet {
                 skipped.push(SkippedKey {
                     index,
                     kid: k.kid.clone(),
-                    reason: "symmetric key in a set with public keys".into(),
+                    reason: KeyError::SymmetricBesidePublic,
                 });
             } else {
                 accepted.push(k);
@@ -754,9 +464,28 @@ impl KeySet {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{jwk::rsa_public_key_der, *};
 
     const ALL: [Algorithm; 12] = SUPPORTED_ALGORITHMS;
+
+    #[test]
+    fn supported_is_hmac_then_asymmetric_each_once() {
+        assert_eq!(ALL[..3], HMAC_ALGORITHMS);
+        assert_eq!(ALL[3..], ASYMMETRIC_ALGORITHMS);
+        assert!(
+            HMAC_ALGORITHMS
+                .iter()
+                .all(|a| a.family() == AlgorithmFamily::Hmac)
+        );
+        assert!(
+            ASYMMETRIC_ALGORITHMS
+                .iter()
+                .all(|a| a.family() != AlgorithmFamily::Hmac)
+        );
+        for (i, a) in ALL.iter().enumerate() {
+            assert!(!ALL[i + 1..].contains(a), "{a:?} twice");
+        }
+    }
 
     fn remote() -> IngestOptions<'static> {
         IngestOptions {

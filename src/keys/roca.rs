@@ -30,7 +30,7 @@ fn in_subgroup_of_65537(r: u32, p: u32) -> bool {
 }
 
 /// True when the big-endian modulus `n` has the ROCA fingerprint.
-pub fn is_vulnerable(n: &[u8]) -> bool {
+pub(super) fn is_vulnerable(n: &[u8]) -> bool {
     !n.is_empty()
         && PRIMES
             .iter()

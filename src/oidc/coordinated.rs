@@ -12,11 +12,12 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{FetchError, HttpClient, fetch_document, http, ingest, metadata_from_document};
+use super::{fetch_document, ingest, metadata_from_document};
 use crate::{
     keys::KeySet,
     registry::{KeySetState, RefreshKind, Registry, Source},
     shared::{Facet, Published, PublishedMetadata, Shared, Turn, TurnRequest},
+    upstream::{self as http, FetchError, HttpClient},
 };
 
 /// Where a refresh's keys came from.

@@ -3,7 +3,6 @@
 //! loop that keeps the last good keys when a fetch fails.
 
 pub mod coordinated;
-pub mod http;
 mod schedule;
 
 use std::{
@@ -12,17 +11,16 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use coordinated::Obtained;
-pub use http::{FetchError, HttpClient};
 pub use schedule::{MAX_BACKOFF, MIN_BACKOFF, next_refresh};
 
 use crate::{
     keys::KeySet,
     registry::{KeySetState, Metadata, RefreshKind, Registry, Source},
+    upstream::{self, FetchError, HttpClient},
 };
 
 /// How often a `jwks_file` is checked for changes (at most; `refresh_interval` if shorter).
@@ -76,7 +74,7 @@ pub fn metadata_from_document(
         )));
     }
     let jwks_uri = field("jwks_uri").ok_or_else(|| FetchError::Invalid("no jwks_uri".into()))?;
-    http::check_url(&jwks_uri, require_https)?;
+    upstream::check_url(&jwks_uri, require_https)?;
     Ok(Metadata {
         issuer,
         jwks_uri,
@@ -102,10 +100,10 @@ async fn fetch_document(
             let bytes = tokio::fs::read(path)
                 .await
                 .map_err(|e| FetchError::Connect(format!("cannot read {}: {e}", path.display())))?;
-            if bytes.len() > http::MAX_BODY_BYTES {
+            if bytes.len() > upstream::MAX_BODY_BYTES {
                 return Err(FetchError::TooLarge);
             }
-            http::parse_json(&bytes)
+            upstream::parse_json(&bytes)
         }
         Source::Discovery { metadata_url } => {
             let known = state.metadata();
@@ -133,19 +131,20 @@ async fn fetch_document(
 /// Ingests a JWKS document into a key set under the key set's hygiene rules; returns
 /// it with a description of the keys skipped.
 fn ingest(state: &KeySetState, doc: &Value) -> Result<(KeySet, String), FetchError> {
-    let (set, skipped) =
-        KeySet::from_jwks(doc, &state.ingest_options()).map_err(FetchError::Invalid)?;
+    let (set, skipped) = KeySet::from_jwks(doc, &state.ingest_options())
+        .map_err(|e| FetchError::Invalid(e.to_string()))?;
     Ok((set, Registry::describe_skipped(&skipped)))
 }
 
-/// Starts one refresher per refreshable key set; they stop when `cancel` fires.
+/// Starts one refresher per refreshable key set on `tasks`; they stop when `cancel`
+/// fires.
 pub fn spawn_refreshers(
     registry: &Registry,
     http: &HttpClient,
+    tasks: &TaskTracker,
     cancel: &CancellationToken,
     observer: Option<FetchObserver>,
-) -> JoinSet<()> {
-    let mut set = JoinSet::new();
+) {
     for state in registry.key_sets() {
         if !state.refresh.is_refreshable() {
             continue;
@@ -158,9 +157,8 @@ pub fn spawn_refreshers(
             cancel.clone(),
             observer.clone(),
         );
-        set.spawn(fut.instrument(span));
+        tasks.spawn(fut.instrument(span));
     }
-    set
 }
 
 /// The refresher loop of one key set: fetch at start-up, then on schedule, on request

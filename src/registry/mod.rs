@@ -4,6 +4,7 @@
 //! held in a `DashMap`. A claim is only ever a lookup key into configuration here: no
 //! claim creates an entry or names a URL.
 
+mod operator;
 mod refresh;
 mod replay;
 mod revocation;
@@ -23,6 +24,7 @@ use dashmap::DashMap;
 use jsonwebtoken::Algorithm;
 use tokio::sync::broadcast;
 
+pub use operator::{RefreshError, RefreshOutcome, RefreshReport};
 pub use refresh::{RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
 pub use revocation::{Candidate, MAX_REVOCATION_RULES, Revocations, RevocationsFull, token_digest};
@@ -30,18 +32,60 @@ pub use revoke::{
     DEFAULT_REVOCATION_LIFETIME, MAX_REVOCATION_LIFETIME, MAX_RULE_FIELD_BYTES, RevokeError,
     RevokeInput, RevokeTarget, Revoked,
 };
-pub use validate::{RequestError, ValidateError, ValidateInput, Validated};
+pub use validate::{ValidateError, ValidateInput, Validated};
 
 use crate::{
     config::{
-        DEFAULT_REPLAY_CACHE_ENTRIES, KeySource, RefreshSettings, Settings, TENANT_ID_PLACEHOLDER,
-        TenantSettings,
+        DEFAULT_REPLAY_CACHE_ENTRIES, KeySource, POLICY_PLACEHOLDER, RefreshSettings, Settings,
+        TENANT_ID_PLACEHOLDER, TenantSettings,
     },
     events::{self, EventBus, KeyEvent, KeyEventKind, KeyInfo, Origin},
-    jwt::{ErrorCode, Rejection, claims::Claims, echo},
+    jwt::{
+        ErrorCode, Rejection,
+        claims::{Claims, is_guid},
+        echo,
+    },
     keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
     shared::Shared,
 };
+
+/// A request problem (gRPC INVALID_ARGUMENT), as opposed to a rejected token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request named a tenant that is not configured.
+    #[error("tenant `{0}` is not configured")]
+    UnknownTenant(String),
+    /// The request named a key set that does not exist.
+    #[error("no key set `{0}`")]
+    UnknownKeySet(String),
+    /// The tenant has no key set (cannot happen for a configured tenant).
+    #[error("tenant `{0}` has no key set")]
+    NoKeySet(String),
+    /// A policy was named for a tenant that is not B2C.
+    #[error("tenant `{tenant}` is not a B2C tenant; policy {} does not apply", echo(.policy))]
+    NotB2c {
+        /// Tenant id.
+        tenant: String,
+        /// The policy named.
+        policy: String,
+    },
+    /// A B2C tenant was named without one of its policies.
+    #[error("tenant `{tenant}` is a B2C tenant: name one of its policies ({policies})")]
+    PolicyRequired {
+        /// Tenant id.
+        tenant: String,
+        /// Its policies, comma-separated.
+        policies: String,
+    },
+    /// A B2C tenant was named with a policy it does not have.
+    #[error("tenant `{tenant}` has no policy {}", echo(.policy))]
+    UnknownPolicy {
+        /// Tenant id.
+        tenant: String,
+        /// The policy named.
+        policy: String,
+    },
+}
 
 /// Identifies one key set: a tenant, and for B2C one of its policies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -249,8 +293,7 @@ impl Tenant {
                 let Some(tid) = claims.str("tid") else {
                     return false;
                 };
-                let guid = tid.len() == 36 && uuid::Uuid::try_parse(tid).is_ok();
-                if !guid {
+                if !is_guid(tid) {
                     return false;
                 }
                 let allowed = match &self.settings.allowed_tenant_ids {
@@ -278,11 +321,11 @@ impl Tenant {
         else {
             return false;
         };
-        let guid = tid.len() == 36 && uuid::Uuid::try_parse(tid).is_ok();
-        guid && match &self.settings.allowed_tenant_ids {
-            None => true,
-            Some(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
-        }
+        is_guid(tid)
+            && match &self.settings.allowed_tenant_ids {
+                None => true,
+                Some(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
+            }
     }
 
     /// The configured B2C policy a token claims (first present of `policy_claims`).
@@ -353,6 +396,81 @@ pub struct BuildError {
     pub message: String,
 }
 
+impl KeySetState {
+    /// An empty key set of `tenant`, for `policy` when B2C.
+    fn new(tenant: &TenantSettings, policy: Option<String>, source: Source) -> Self {
+        let refreshable = !matches!(source, Source::Static);
+        Self {
+            id: KeySetId {
+                tenant: tenant.id.clone(),
+                policy,
+            },
+            issuer: tenant.issuer.clone(),
+            source,
+            settings: tenant.refresh,
+            algorithms: tenant.policy.algorithms.clone(),
+            refresh: RefreshControl::new(refreshable),
+            keys: ArcSwap::from_pointee(KeySet::empty()),
+            metadata: ArcSwapOption::empty(),
+            status: Mutex::new(FetchStatus::default()),
+        }
+    }
+
+    /// Installs keys that never change, as if fetched once at start-up.
+    fn with_static_keys(self, set: KeySet) -> Self {
+        self.keys.store(Arc::new(set));
+        self.update_status(|s| {
+            s.last_success = Some(SystemTime::now());
+            s.successes = 1;
+        });
+        self
+    }
+}
+
+/// The key sets of one tenant: one per B2C policy, else one; static keys ingested now,
+/// fetched ones left empty for their refreshers.
+fn key_sets_of(ts: &TenantSettings) -> Result<Vec<KeySetState>, String> {
+    let sets = match &ts.keys {
+        KeySource::Discovery { metadata_url } => {
+            let source = Source::Discovery {
+                metadata_url: metadata_url.clone(),
+            };
+            vec![KeySetState::new(ts, None, source)]
+        }
+        KeySource::B2c(b2c) => b2c
+            .policies
+            .iter()
+            .map(|p| {
+                let metadata_url = b2c.metadata_url.replace(POLICY_PLACEHOLDER, p);
+                KeySetState::new(ts, Some(p.clone()), Source::Discovery { metadata_url })
+            })
+            .collect(),
+        KeySource::JwksFile { path } => {
+            vec![KeySetState::new(
+                ts,
+                None,
+                Source::JwksFile { path: path.clone() },
+            )]
+        }
+        KeySource::Hmac { secret } => {
+            let key = VerifyingKey::hmac(None, secret.expose(), &ts.policy.algorithms)
+                .map_err(|e| e.to_string())?;
+            let (set, _) = KeySet::from_keys(vec![key]);
+            vec![KeySetState::new(ts, None, Source::Static).with_static_keys(set)]
+        }
+        KeySource::Static { jwks } => {
+            let state = KeySetState::new(ts, None, Source::Static);
+            let (set, skipped) =
+                KeySet::from_jwks(jwks, &state.ingest_options()).map_err(|e| e.to_string())?;
+            if let Some(s) = skipped.first() {
+                return Err(format!("static key {} skipped: {}", s.index, s.reason));
+            }
+            vec![state.with_static_keys(set)]
+        }
+    };
+    Ok(sets)
+}
+
 impl Registry {
     /// Builds every tenant and key set; static keys are ingested now, fetched ones are
     /// left empty for their refreshers.
@@ -370,77 +488,10 @@ impl Registry {
         };
         for ts in &settings.tenants {
             let tenant = Arc::new(Tenant::new(ts.clone()));
-            let err = |message: String| BuildError {
+            let sets = key_sets_of(ts).map_err(|message| BuildError {
                 tenant: ts.id.clone(),
                 message,
-            };
-            let mut sets = Vec::new();
-            let make = |policy: Option<String>, source: Source, refreshable: bool| KeySetState {
-                id: KeySetId {
-                    tenant: ts.id.clone(),
-                    policy,
-                },
-                issuer: ts.issuer.clone(),
-                source,
-                settings: ts.refresh,
-                algorithms: ts.policy.algorithms.clone(),
-                refresh: RefreshControl::new(refreshable),
-                keys: ArcSwap::from_pointee(KeySet::empty()),
-                metadata: ArcSwapOption::empty(),
-                status: Mutex::new(FetchStatus::default()),
-            };
-            match &ts.keys {
-                KeySource::Discovery { metadata_url } => {
-                    sets.push(make(
-                        None,
-                        Source::Discovery {
-                            metadata_url: metadata_url.clone(),
-                        },
-                        true,
-                    ));
-                }
-                KeySource::B2c(b2c) => {
-                    for p in &b2c.policies {
-                        let url = b2c
-                            .metadata_url
-                            .replace(crate::config::POLICY_PLACEHOLDER, p);
-                        sets.push(make(
-                            Some(p.clone()),
-                            Source::Discovery { metadata_url: url },
-                            true,
-                        ));
-                    }
-                }
-                KeySource::JwksFile { path } => {
-                    sets.push(make(None, Source::JwksFile { path: path.clone() }, true));
-                }
-                KeySource::Hmac { secret } => {
-                    let key = VerifyingKey::hmac(None, secret.expose(), &ts.policy.algorithms)
-                        .map_err(err)?;
-                    let state = make(None, Source::Static, false);
-                    let (set, _) = KeySet::from_keys(vec![key]);
-                    state.keys.store(Arc::new(set));
-                    state.update_status(|s| {
-                        s.last_success = Some(SystemTime::now());
-                        s.successes = 1;
-                    });
-                    sets.push(state);
-                }
-                KeySource::Static { jwks } => {
-                    let state = make(None, Source::Static, false);
-                    let (set, skipped) =
-                        KeySet::from_jwks(jwks, &state.ingest_options()).map_err(err)?;
-                    if let Some(s) = skipped.first() {
-                        return Err(err(format!("static key {} skipped: {}", s.index, s.reason)));
-                    }
-                    state.keys.store(Arc::new(set));
-                    state.update_status(|s| {
-                        s.last_success = Some(SystemTime::now());
-                        s.successes = 1;
-                    });
-                    sets.push(state);
-                }
-            }
+            })?;
             for s in sets {
                 inner.key_sets.insert(s.id.clone(), Arc::new(s));
             }

@@ -3,24 +3,16 @@
 //! bounded in entries: when full after dropping expired entries, new tokens are refused
 //! rather than letting memory grow.
 
-use std::time::SystemTime;
-
 use dashmap::DashMap;
 
-pub use crate::shared::ReplayOutcome;
+use crate::jwt::claims::now_secs;
+pub(super) use crate::shared::ReplayOutcome;
 
 /// A bounded `(iss, jti) -> exp` map.
 #[derive(Debug)]
 pub struct ReplayCache {
     seen: DashMap<(String, String), f64>,
     capacity: usize,
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl ReplayCache {

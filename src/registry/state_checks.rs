@@ -8,16 +8,12 @@ use std::time::{Duration, SystemTime};
 use super::{Candidate, Registry, Tenant, replay::ReplayOutcome};
 use crate::{
     config::OnUnavailable,
-    jwt::{ErrorCode, Rejection, claims::Claims},
+    jwt::{
+        ErrorCode, Rejection,
+        claims::{Claims, now_secs},
+    },
     shared::{Facet, REPLAY_NAMESPACE_JTI, Shared, unix_secs},
 };
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 fn unavailable(what: &str) -> Rejection {
     Rejection::new(
@@ -27,7 +23,7 @@ fn unavailable(what: &str) -> Rejection {
 }
 
 /// The key of an `(iss, jti)` replay record.
-pub fn replay_key(iss: &str, jti: &str) -> String {
+pub(super) fn replay_key(iss: &str, jti: &str) -> String {
     format!("{iss}\0{jti}")
 }
 

@@ -3,27 +3,19 @@
 //! the key (with at most one refresh on a kid miss, bounded by `fetch_timeout`), the
 //! signature, revocation and replay.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
 
-use super::{KeySetId, KeySetState, Registry, Tenant};
+use super::{KeySetId, KeySetState, Registry, RequestError, Tenant};
 use crate::{
     jwt::{
         ErrorCode, Rejection,
-        claims::{self, Claims, TimePolicy},
+        claims::{self, Claims, TimePolicy, now_secs},
         jws,
     },
     keys::{KeyLookup, VerifyingKey},
 };
-
-/// A request problem (gRPC INVALID_ARGUMENT), as opposed to a rejected token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// The request named a tenant that is not configured.
-    #[error("tenant `{0}` is not configured")]
-    UnknownTenant(String),
-}
 
 /// Why Validate did not accept a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,13 +87,6 @@ pub struct Validated {
     pub algorithm: Algorithm,
     /// `kid` from the header.
     pub kid: Option<String>,
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Registry {

@@ -28,7 +28,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{Instrument, debug, debug_span, info_span, warn};
 
@@ -171,6 +171,7 @@ pub fn spawn_incoming(
     tls: Option<Arc<TlsConfig>>,
     limits: ConnectionLimits,
     metrics: Option<Arc<Metrics>>,
+    tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> Incoming {
     let addr = listener.local_addr().ok();
@@ -178,7 +179,7 @@ pub fn spawn_incoming(
     match tls {
         None => {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(
+            tasks.spawn(
                 async move {
                     while let Some((stream, _)) = accept(&listener, &tx, &cancel).await {
                         let conn =
@@ -195,7 +196,8 @@ pub fn spawn_incoming(
         Some(tls) => {
             let (tx, rx) = mpsc::channel(QUEUE);
             let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-            tokio::spawn(
+            let handshakes = tasks.clone();
+            tasks.spawn(
                 async move {
                     loop {
                         let permit = tokio::select! {
@@ -215,7 +217,7 @@ pub fn spawn_incoming(
                         let tx = tx.clone();
                         let metrics = metrics.clone();
                         let cancel = cancel.clone();
-                        tokio::spawn(
+                        handshakes.spawn(
                             async move {
                                 let outcome = tokio::select! {
                                     _ = cancel.cancelled() => return,

@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use rustls::{RootCertStore, ServerConfig, crypto::CryptoProvider, server::WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
@@ -185,11 +185,12 @@ impl TlsConfig {
     pub fn spawn_reloader(
         self: &Arc<Self>,
         metrics: Option<Arc<Metrics>>,
+        tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         let span = info_span!("tls_reloader", cert_file = %self.settings.cert_file.display());
-        tokio::spawn(
+        tasks.spawn(
             async move {
                 // What the running configuration was built from (or the last bad attempt),
                 // so each distinct content is tried and logged once.

@@ -3,6 +3,8 @@
 //! of introspectd on loopback sharing them. Built only with `--features redis-tests`
 //! (`.ci/run` installs redis-server and runs it); plain `cargo test` does not build it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 #[path = "../common/mod.rs"]
 mod common;
 mod replicas;

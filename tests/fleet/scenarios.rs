@@ -353,22 +353,28 @@ async fn answers_case(store: Store, label: &str) {
     let replicas = start_replicas(&p, &store, 3, "").await;
     let opaque = format!("opaque-{}", fastrand::u64(..));
     // 300 introspections over the replicas: 100 concurrent bursts of three.
+    let start = std::time::Instant::now();
     for _ in 0..100 {
         let answers = join_all(replicas.iter().map(|r| r.introspect(&opaque))).await;
         assert!(answers.iter().all(|a| a.active && a.sub == "opaque-user"));
     }
+    let took = start.elapsed();
     let calls = p.idp.count("/p/introspect");
+    let ttls = (took.as_secs_f64() / CACHE_TTL.as_secs_f64()).floor() as usize + 1;
     println!(
-        "fleet: {label}: 300 introspections of one opaque token over 3 replicas: {calls} upstream call(s) within one TTL of {CACHE_TTL:?}"
+        "fleet: {label}: 300 introspections of one opaque token over 3 replicas in {took:.1?}: {calls} upstream call(s), TTL {CACHE_TTL:?}"
     );
-    assert_eq!(calls, 1, "one upstream call per TTL");
+    assert!(
+        calls <= ttls,
+        "one upstream call per TTL: {calls} calls in {took:?}"
+    );
     tokio::time::sleep(CACHE_TTL + Duration::from_millis(200)).await;
     for r in &replicas {
         assert!(r.introspect(&opaque).await.active);
     }
     assert_eq!(
         p.idp.count("/p/introspect"),
-        2,
+        calls + 1,
         "and one more after the TTL"
     );
     stop(replicas).await;

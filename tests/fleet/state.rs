@@ -17,7 +17,7 @@ use introspectd::{
         RevocationRule, RevocationStore as _, Turn, TurnRequest,
     },
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::servers::{Options, RedisCluster, RedisServer, make_tls};
 
@@ -39,7 +39,6 @@ struct Member {
     fleet: Fleet,
     revocations: Arc<Revocations>,
     cancel: CancellationToken,
-    _tasks: tokio::task::JoinSet<()>,
 }
 
 impl Drop for Member {
@@ -57,12 +56,11 @@ async fn member(s: SharedStateSettings) -> Member {
     )
     .expect("fleet");
     let cancel = CancellationToken::new();
-    let tasks = fleet.spawn(&cancel).await;
+    fleet.spawn(&TaskTracker::new(), &cancel);
     let m = Member {
         fleet,
         revocations,
         cancel,
-        _tasks: tasks,
     };
     assert!(
         wait(Duration::from_secs(10), || m.fleet.health().is_up()).await,
@@ -326,7 +324,7 @@ async fn tls_with_a_private_ca() {
     s.tls_ca_file = None;
     let untrusted = Fleet::new(&s, [], Revocations::new()).expect("fleet");
     let cancel = CancellationToken::new();
-    let _tasks = untrusted.spawn(&cancel).await;
+    untrusted.spawn(&TaskTracker::new(), &cancel);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!untrusted.health().is_up());
     cancel.cancel();
@@ -368,7 +366,7 @@ async fn password_from_the_settings() {
     s.password = Some(introspectd::config::Secret::new("wrong"));
     let wrong = Fleet::new(&s, [], Revocations::new()).expect("fleet");
     let cancel = CancellationToken::new();
-    let _tasks = wrong.spawn(&cancel).await;
+    wrong.spawn(&TaskTracker::new(), &cancel);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !wrong.health().is_up(),

@@ -2,6 +2,7 @@
 //! `validate`, and the operator tools `watch` and `issuers` (in [`operator`]). Parsing
 //! here, work in the library; `main` only dispatches.
 
+pub mod json;
 pub mod operator;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -13,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::{
     config::{self, ConfigError},
     dev::{self, DevKey},
-    grpc::{convert, pb},
+    grpc::pb,
     telemetry::{self, LogFormat},
 };
 
@@ -162,7 +163,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listen = args.listen.unwrap_or(DEV_LISTEN_ADDR);
+        let listen = args.listen.unwrap_or(dev::DEV_LISTEN);
         tracing::info!(key_file = %path.display(), issuer = dev::DEV_ISSUER, audience = dev::DEV_AUDIENCE,
             "development mode: mint tokens with `introspectd token`");
         key.settings(listen)
@@ -205,11 +206,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
         },
     }
 }
-
-const DEV_LISTEN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::LOCALHOST,
-    50051,
-));
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not
 /// when the future is first polled, so a SIGTERM during start-up is not fatal. Must be
@@ -273,7 +269,7 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         .into_inner();
     println!(
         "{}",
-        serde_json::to_string_pretty(&convert::validate_response_json(&resp))?
+        serde_json::to_string_pretty(&json::validate_response_json(&resp))?
     );
     Ok(())
 }

@@ -8,32 +8,25 @@
 //! recording is an atomic add on a handle that already exists; no request can create a
 //! series.
 
+mod collectors;
+mod fleet;
+
 use std::{
     collections::HashMap,
     fmt,
     sync::{Arc, OnceLock},
-    time::SystemTime,
 };
 
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        counter::Counter,
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-        histogram::Histogram,
-    },
-    registry::Registry as PromRegistry,
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Metric, Registry as PromRegistry},
 };
 use prost::Message as _;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-mod fleet;
-
+use self::collectors::{CacheCollector, KeySetCollector, WatcherCount, WatchersCollector};
 use crate::{
     fleet::Fleet,
     introspect::Introspection,
@@ -257,6 +250,171 @@ impl fmt::Debug for Metrics {
     }
 }
 
+/// Registers `metric` under `name` and returns it (its clones share the values).
+fn registered<M: Metric + Clone>(prom: &mut PromRegistry, name: &str, help: &str, metric: M) -> M {
+    prom.register(name, help, metric.clone());
+    metric
+}
+
+/// The go-grpc-prometheus families, with the series of every known method (and one for
+/// unknown methods) created up front.
+fn grpc_families(
+    prom: &mut PromRegistry,
+    methods: &GrpcMethods,
+) -> (HashMap<String, Arc<MethodMetrics>>, Arc<MethodMetrics>) {
+    let started = registered(
+        prom,
+        "grpc_server_started",
+        "Total number of RPCs started on the server",
+        Family::<MethodLabels, Counter>::default(),
+    );
+    let handled = registered(
+        prom,
+        "grpc_server_handled",
+        "Total number of RPCs completed on the server, regardless of success or failure",
+        Family::<HandledLabels, Counter>::default(),
+    );
+    let seconds = registered(
+        prom,
+        "grpc_server_handling_seconds",
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
+        Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+            Histogram::new(HANDLING_SECONDS_BUCKETS)
+        }),
+    );
+    let method_metrics = |kind: CallKind, service: Arc<str>, method: Arc<str>| {
+        let labels = MethodLabels {
+            grpc_type: kind.as_str(),
+            grpc_service: service.clone(),
+            grpc_method: method.clone(),
+        };
+        let handled = GRPC_CODE_NAMES.map(|code| {
+            handled.get_or_create_owned(&HandledLabels {
+                grpc_type: kind.as_str(),
+                grpc_service: service.clone(),
+                grpc_method: method.clone(),
+                grpc_code: code,
+            })
+        });
+        Arc::new(MethodMetrics {
+            started: started.get_or_create_owned(&labels),
+            handled,
+            seconds: seconds.get_or_create_owned(&labels),
+        })
+    };
+    let by_path = methods
+        .iter()
+        .map(|(path, m)| {
+            (
+                path.to_string(),
+                method_metrics(m.kind, m.service.clone(), m.method.clone()),
+            )
+        })
+        .collect();
+    let unknown: Arc<str> = UNKNOWN_LABEL.into();
+    let unknown_method = method_metrics(CallKind::Unary, unknown.clone(), unknown);
+    (by_path, unknown_method)
+}
+
+/// `introspectd_validations`, every tenant and result at zero.
+fn validation_family(
+    prom: &mut PromRegistry,
+    tenants: &HashMap<String, Arc<str>>,
+) -> Family<ValidationLabels, Counter> {
+    let validations = registered(
+        prom,
+        "introspectd_validations",
+        "Token validations by tenant and result (\"valid\" or the error code)",
+        Family::<ValidationLabels, Counter>::default(),
+    );
+    let results = std::iter::once(None).chain(ErrorCode::ALL.into_iter().map(Some));
+    let tenant_labels = tenants
+        .values()
+        .cloned()
+        .chain([Arc::from(NO_TENANT_LABEL)]);
+    for tenant in tenant_labels {
+        for r in results.clone() {
+            validations.get_or_create_owned(&ValidationLabels {
+                tenant: tenant.clone(),
+                result: validation_result(r),
+            });
+        }
+    }
+    validations
+}
+
+/// `introspectd_key_fetches`, both outcomes of every fetched key set at zero.
+fn key_fetch_family(
+    prom: &mut PromRegistry,
+    registry: &Registry,
+) -> Family<KeyFetchLabels, Counter> {
+    let key_fetches = registered(
+        prom,
+        "introspectd_key_fetches",
+        "Metadata and JWKS fetches by key set and outcome (success or failure)",
+        Family::<KeyFetchLabels, Counter>::default(),
+    );
+    for state in registry.key_sets() {
+        if state.refresh.is_refreshable() {
+            for outcome in ["success", "failure"] {
+                let (tenant, policy) = key_set_labels(&state.id);
+                key_fetches.get_or_create_owned(&KeyFetchLabels {
+                    tenant,
+                    policy,
+                    outcome,
+                });
+            }
+        }
+    }
+    key_fetches
+}
+
+/// The gRPC listener's connection and TLS families.
+struct ListenerMetrics {
+    connections: Gauge,
+    accepted: Counter,
+    tls_handshake_failures: Counter,
+    tls_reloads: Family<OutcomeLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    fn register(prom: &mut PromRegistry) -> Self {
+        let connections = registered(
+            prom,
+            "introspectd_grpc_connections",
+            "Open connections on the gRPC listener (including those still in their TLS handshake)",
+            Gauge::default(),
+        );
+        let connections_accepted = registered(
+            prom,
+            "introspectd_grpc_connections_accepted",
+            "Connections accepted on the gRPC listener",
+            Counter::default(),
+        );
+        let tls_handshake_failures = registered(
+            prom,
+            "introspectd_tls_handshake_failures",
+            "TLS handshakes on the gRPC listener that failed or timed out (e.g. a client without an acceptable certificate under mutual TLS)",
+            Counter::default(),
+        );
+        let tls_reloads = registered(
+            prom,
+            "introspectd_tls_reloads",
+            "Reloads of changed TLS files by outcome; on failure the previous certificate stays in use",
+            Family::<OutcomeLabels, Counter>::default(),
+        );
+        for outcome in ["success", "failure"] {
+            tls_reloads.get_or_create_owned(&OutcomeLabels { outcome });
+        }
+        Self {
+            connections,
+            accepted: connections_accepted,
+            tls_handshake_failures,
+            tls_reloads,
+        }
+    }
+}
+
 fn validation_result(code: Option<ErrorCode>) -> &'static str {
     code.map_or("valid", ErrorCode::as_str)
 }
@@ -266,144 +424,26 @@ impl Metrics {
     /// tenant and key set created (at zero) up front.
     pub fn new(registry: &Registry, methods: &GrpcMethods) -> Self {
         let mut prom = PromRegistry::default();
-
-        let started = Family::<MethodLabels, Counter>::default();
-        let handled = Family::<HandledLabels, Counter>::default();
-        let seconds =
-            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
-                Histogram::new(HANDLING_SECONDS_BUCKETS)
-            });
-        prom.register(
-            "grpc_server_started",
-            "Total number of RPCs started on the server",
-            started.clone(),
-        );
-        prom.register(
-            "grpc_server_handled",
-            "Total number of RPCs completed on the server, regardless of success or failure",
-            handled.clone(),
-        );
-        prom.register(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
-            seconds.clone(),
-        );
-        let method_metrics = |kind: CallKind, service: Arc<str>, method: Arc<str>| {
-            let labels = MethodLabels {
-                grpc_type: kind.as_str(),
-                grpc_service: service.clone(),
-                grpc_method: method.clone(),
-            };
-            let handled = GRPC_CODE_NAMES.map(|code| {
-                handled.get_or_create_owned(&HandledLabels {
-                    grpc_type: kind.as_str(),
-                    grpc_service: service.clone(),
-                    grpc_method: method.clone(),
-                    grpc_code: code,
-                })
-            });
-            Arc::new(MethodMetrics {
-                started: started.get_or_create_owned(&labels),
-                handled,
-                seconds: seconds.get_or_create_owned(&labels),
-            })
-        };
-        let by_path = methods
-            .iter()
-            .map(|(path, m)| {
-                (
-                    path.to_string(),
-                    method_metrics(m.kind, m.service.clone(), m.method.clone()),
-                )
-            })
-            .collect();
-        let unknown: Arc<str> = UNKNOWN_LABEL.into();
-        let unknown_method = method_metrics(CallKind::Unary, unknown.clone(), unknown);
-
+        let (methods, unknown_method) = grpc_families(&mut prom, methods);
         let tenants: HashMap<String, Arc<str>> = registry
             .tenants()
             .iter()
             .map(|t| (t.id().to_string(), Arc::from(t.id())))
             .collect();
-
-        let validations = Family::<ValidationLabels, Counter>::default();
-        prom.register(
-            "introspectd_validations",
-            "Token validations by tenant and result (\"valid\" or the error code)",
-            validations.clone(),
-        );
-        let results = std::iter::once(None).chain(ErrorCode::ALL.into_iter().map(Some));
-        let tenant_labels = tenants
-            .values()
-            .cloned()
-            .chain([Arc::from(NO_TENANT_LABEL)]);
-        for tenant in tenant_labels {
-            for r in results.clone() {
-                validations.get_or_create_owned(&ValidationLabels {
-                    tenant: tenant.clone(),
-                    result: validation_result(r),
-                });
-            }
-        }
-
-        let key_fetches = Family::<KeyFetchLabels, Counter>::default();
-        prom.register(
-            "introspectd_key_fetches",
-            "Metadata and JWKS fetches by key set and outcome (success or failure)",
-            key_fetches.clone(),
-        );
-        for state in registry.key_sets() {
-            if state.refresh.is_refreshable() {
-                for outcome in ["success", "failure"] {
-                    let (tenant, policy) = key_set_labels(&state.id);
-                    key_fetches.get_or_create_owned(&KeyFetchLabels {
-                        tenant,
-                        policy,
-                        outcome,
-                    });
-                }
-            }
-        }
+        let validations = validation_family(&mut prom, &tenants);
+        let key_fetches = key_fetch_family(&mut prom, registry);
 
         let introspection = Arc::new(OnceLock::new());
         prom.register_collector(Box::new(CacheCollector {
             introspection: introspection.clone(),
         }));
-
         let watchers = Gauge::default();
         let watcher_source: Arc<OnceLock<WatcherCount>> = Arc::new(OnceLock::new());
         prom.register_collector(Box::new(WatchersCollector {
             counted: watchers.clone(),
             observed: watcher_source.clone(),
         }));
-        let connections = Gauge::default();
-        prom.register(
-            "introspectd_grpc_connections",
-            "Open connections on the gRPC listener (including those still in their TLS handshake)",
-            connections.clone(),
-        );
-        let connections_accepted = Counter::default();
-        prom.register(
-            "introspectd_grpc_connections_accepted",
-            "Connections accepted on the gRPC listener",
-            connections_accepted.clone(),
-        );
-        let tls_handshake_failures = Counter::default();
-        prom.register(
-            "introspectd_tls_handshake_failures",
-            "TLS handshakes on the gRPC listener that failed or timed out (e.g. a client without an acceptable certificate under mutual TLS)",
-            tls_handshake_failures.clone(),
-        );
-        let tls_reloads = Family::<OutcomeLabels, Counter>::default();
-        prom.register(
-            "introspectd_tls_reloads",
-            "Reloads of changed TLS files by outcome; on failure the previous certificate stays in use",
-            tls_reloads.clone(),
-        );
-        for outcome in ["success", "failure"] {
-            tls_reloads.get_or_create_owned(&OutcomeLabels { outcome });
-        }
-
+        let listener = ListenerMetrics::register(&mut prom);
         prom.register_collector(Box::new(KeySetCollector {
             registry: registry.clone(),
         }));
@@ -412,7 +452,7 @@ impl Metrics {
 
         Self {
             registry: prom,
-            methods: by_path,
+            methods,
             unknown_method,
             tenants,
             validations,
@@ -420,10 +460,10 @@ impl Metrics {
             introspection,
             watchers,
             watcher_source,
-            connections,
-            connections_accepted,
-            tls_handshake_failures,
-            tls_reloads,
+            connections: listener.connections,
+            connections_accepted: listener.accepted,
+            tls_handshake_failures: listener.tls_handshake_failures,
+            tls_reloads: listener.tls_reloads,
             fleet,
         }
     }
@@ -611,150 +651,6 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// Key-set gauges computed from the registry at scrape time.
-#[derive(Debug)]
-struct KeySetCollector {
-    registry: Registry,
-}
-
-impl Collector for KeySetCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let mut sets = self.registry.key_sets();
-        sets.sort_by(|a, b| a.id.cmp(&b.id));
-        let now = SystemTime::now();
-        {
-            let mut keys = encoder.encode_descriptor(
-                "introspectd_keys",
-                "Verification keys currently held, by key set",
-                None,
-                MetricType::Gauge,
-            )?;
-            for s in &sets {
-                let (tenant, policy) = key_set_labels(&s.id);
-                let n = i64::try_from(s.keys().len()).unwrap_or(i64::MAX);
-                ConstGauge::new(n).encode(keys.encode_family(&KeySetLabels { tenant, policy })?)?;
-            }
-        }
-        {
-            let rules = encoder.encode_descriptor(
-                "introspectd_revocation_rules",
-                "Revocation rules in force on this replica",
-                None,
-                MetricType::Gauge,
-            )?;
-            let n = i64::try_from(self.registry.revocations().len()).unwrap_or(i64::MAX);
-            ConstGauge::new(n).encode(rules)?;
-        }
-        let mut age = encoder.encode_descriptor(
-            "introspectd_key_set_last_success_age_seconds",
-            "Seconds since the last successful fetch of a fetched key set; absent until the first success",
-            None,
-            MetricType::Gauge,
-        )?;
-        for s in sets.iter().filter(|s| s.refresh.is_refreshable()) {
-            let Some(last) = s.status().last_success else {
-                continue;
-            };
-            let secs = now
-                .duration_since(last)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            let (tenant, policy) = key_set_labels(&s.id);
-            ConstGauge::new(secs).encode(age.encode_family(&KeySetLabels { tenant, policy })?)?;
-        }
-        Ok(())
-    }
-}
-
-/// Introspection cache counters read from the caches at scrape time, so that the
-/// cache's own counters stay the one source of truth.
-#[derive(Debug)]
-struct CacheCollector {
-    introspection: Arc<OnceLock<Introspection>>,
-}
-
-impl Collector for CacheCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let introspectors = self
-            .introspection
-            .get()
-            .map(|i| i.introspectors())
-            .unwrap_or_default();
-        {
-            let mut requests = encoder.encode_descriptor(
-                "introspectd_introspection_cache_requests",
-                "Introspection answer cache lookups by tenant and result (hit or miss)",
-                None,
-                MetricType::Counter,
-            )?;
-            for i in introspectors {
-                for (result, n) in [("hit", i.cache().hits()), ("miss", i.cache().misses())] {
-                    let labels = [("tenant", i.tenant()), ("result", result)];
-                    ConstCounter::new(n).encode(requests.encode_family(&labels)?)?;
-                }
-            }
-        }
-        {
-            let mut evictions = encoder.encode_descriptor(
-                "introspectd_introspection_cache_evictions",
-                "Introspection answers dropped from a full cache before their time",
-                None,
-                MetricType::Counter,
-            )?;
-            for i in introspectors {
-                let labels = [("tenant", i.tenant())];
-                ConstCounter::new(i.cache().evictions())
-                    .encode(evictions.encode_family(&labels)?)?;
-            }
-        }
-        let mut entries = encoder.encode_descriptor(
-            "introspectd_introspection_cache_entries",
-            "Introspection answers currently cached",
-            None,
-            MetricType::Gauge,
-        )?;
-        for i in introspectors {
-            let n = i64::try_from(i.cache().len()).unwrap_or(i64::MAX);
-            ConstGauge::new(n).encode(entries.encode_family(&[("tenant", i.tenant())])?)?;
-        }
-        Ok(())
-    }
-}
-
-type WatcherCount = Box<dyn Fn() -> usize + Send + Sync>;
-
-/// `introspectd_watchers`: streams counted here plus those an observed handler reports.
-struct WatchersCollector {
-    counted: Gauge,
-    observed: Arc<OnceLock<WatcherCount>>,
-}
-
-impl fmt::Debug for WatchersCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WatchersCollector")
-            .field("counted", &self.counted.get())
-            .field("observed", &self.observed.get().is_some())
-            .finish()
-    }
-}
-
-impl Collector for WatchersCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let observed = self.observed.get().map_or(0, |f| f());
-        let n = self
-            .counted
-            .get()
-            .saturating_add(i64::try_from(observed).unwrap_or(i64::MAX));
-        let gauge = encoder.encode_descriptor(
-            "introspectd_watchers",
-            "Open WatchKeys streams",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(n).encode(gauge)
     }
 }
 
