@@ -23,7 +23,7 @@ use introspectd::{
     config,
     fleet::Fleet,
     registry::{Registry, ValidateInput},
-    shared::ReplayStore as _,
+    shared::{ReplayRecord, ReplayStore as _},
 };
 use serde_json::json;
 use tokio::runtime::Runtime;
@@ -162,7 +162,13 @@ fn main() {
             for _ in 0..PER_BATCH {
                 let key = format!("iss\0{}", fastrand::u64(..));
                 let expires = std::time::SystemTime::now() + Duration::from_secs(60);
-                let r = rt.block_on(fleet.record("jti", &key, expires, false));
+                let record = ReplayRecord {
+                    namespace: "jti",
+                    key: &key,
+                    expires,
+                    peek: false,
+                };
+                let r = rt.block_on(fleet.record(record));
                 black_box(r.expect("record"));
             }
             start.elapsed().as_nanos() as f64 / PER_BATCH as f64

@@ -169,18 +169,24 @@ pub enum ReplayOutcome {
     Full,
 }
 
+/// One replay record to make, or (with `peek`) to look for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayRecord<'a> {
+    /// What kind of value it is (`jti` for tokens; DPoP proofs have their own).
+    pub namespace: &'a str,
+    /// The value, e.g. `iss` NUL `jti`; only its digest is stored.
+    pub key: &'a str,
+    /// Until when it must be remembered.
+    pub expires: SystemTime,
+    /// Only ask whether it was recorded.
+    pub peek: bool,
+}
+
 /// Replay detection shared by a fleet: a value recorded once per namespace until it
 /// expires. Generic over what it records (token `jti`s, DPoP proof `jti`s).
 pub trait ReplayStore: Send + Sync + fmt::Debug {
-    /// Records `key` in `namespace` until `expires` (first sighting: `Fresh`); with
-    /// `peek`, only says whether it was recorded.
-    fn record<'a>(
-        &'a self,
-        namespace: &'a str,
-        key: &'a str,
-        expires: SystemTime,
-        peek: bool,
-    ) -> SharedFuture<'a, ReplayOutcome>;
+    /// Records a value (first sighting: `Fresh`), or says whether it was recorded.
+    fn record<'a>(&'a self, record: ReplayRecord<'a>) -> SharedFuture<'a, ReplayOutcome>;
 }
 
 /// What a shared operation returns: a boxed future of its result.
@@ -189,38 +195,30 @@ pub type SharedFuture<'a, T> = BoxFuture<'a, Result<T, SharedError>>;
 /// SHA-256 of an opaque token: the only form in which a token is ever stored.
 pub type TokenDigest = [u8; 32];
 
-/// Introspection answers shared by a fleet, keyed by tenant and token digest; values are
-/// the encoded answers. A fill claim makes one replica ask the upstream while the others
-/// wait for its answer.
+/// Which answer: a tenant and the digest of the token it answers for.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerKey<'a> {
+    /// Tenant id.
+    pub tenant: &'a str,
+    /// SHA-256 of the token.
+    pub digest: &'a TokenDigest,
+}
+
+/// Introspection answers shared by a fleet; values are the encoded answers. A fill claim
+/// makes one replica ask the upstream while the others wait for its answer.
 pub trait AnswerStore: Send + Sync + fmt::Debug {
     /// The stored answer, if one is live.
-    fn get<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-    ) -> SharedFuture<'a, Option<Vec<u8>>>;
+    fn get<'a>(&'a self, key: AnswerKey<'a>) -> SharedFuture<'a, Option<Vec<u8>>>;
 
-    /// Stores an answer for `ttl` and releases the fill claim.
-    fn put<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-        answer: Vec<u8>,
-        ttl: Duration,
-    ) -> SharedFuture<'a, ()>;
+    /// Stores an answer (`data`) for `ttl` and releases the fill claim.
+    fn put<'a>(&'a self, key: AnswerKey<'a>, data: Vec<u8>, ttl: Duration) -> SharedFuture<'a, ()>;
 
     /// Claims the right to ask the upstream for `lease`; false when another replica
     /// holds it.
-    fn claim_fill<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-        lease: Duration,
-    ) -> SharedFuture<'a, bool>;
+    fn claim_fill<'a>(&'a self, key: AnswerKey<'a>, lease: Duration) -> SharedFuture<'a, bool>;
 
     /// Releases a fill claim without an answer (the upstream failed).
-    fn release_fill<'a>(&'a self, tenant: &'a str, digest: &'a TokenDigest)
-    -> SharedFuture<'a, ()>;
+    fn release_fill<'a>(&'a self, key: AnswerKey<'a>) -> SharedFuture<'a, ()>;
 }
 
 /// A key set as one replica fetched it and published it for the others.
@@ -236,6 +234,15 @@ pub struct Published {
     pub replica: String,
     /// When it was fetched (milliseconds since the epoch, the fetching replica's clock).
     pub fetched_at_ms: u64,
+}
+
+/// What a replica publishes after a fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// The JWKS document, as fetched.
+    pub jwks: String,
+    /// The discovery metadata the keys came from.
+    pub metadata: Option<PublishedMetadata>,
 }
 
 /// Discovery metadata in published form (checked again by every replica that takes it).
@@ -289,12 +296,7 @@ pub trait FetchCoordination: Send + Sync + fmt::Debug {
     fn published<'a>(&'a self, set: &'a str, known: u64) -> SharedFuture<'a, Option<Published>>;
 
     /// Publishes what this replica fetched and announces it; returns its generation.
-    fn publish<'a>(
-        &'a self,
-        set: &'a str,
-        jwks: String,
-        metadata: Option<PublishedMetadata>,
-    ) -> SharedFuture<'a, u64>;
+    fn publish<'a>(&'a self, set: &'a str, doc: Publication) -> SharedFuture<'a, u64>;
 
     /// Records that this replica's fetch failed, so others waiting stop waiting.
     fn publish_failure<'a>(&'a self, set: &'a str, message: &'a str) -> SharedFuture<'a, ()>;

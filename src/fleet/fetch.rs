@@ -11,7 +11,8 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{Fleet, integrity::Integrity, millis, scripts, stats::Op};
 use crate::shared::{
-    FetchCoordination, Published, PublishedMetadata, SharedError, Turn, TurnRequest,
+    FetchCoordination, Publication, Published, PublishedMetadata, SharedError, SharedFuture, Turn,
+    TurnRequest,
 };
 
 /// How long a publication is kept without being renewed (a fleet republishes at least
@@ -231,13 +232,9 @@ impl FetchCoordination for Fleet {
         .boxed()
     }
 
-    fn publish<'a>(
-        &'a self,
-        set: &'a str,
-        jwks: String,
-        metadata: Option<PublishedMetadata>,
-    ) -> BoxFuture<'a, Result<u64, SharedError>> {
+    fn publish<'a>(&'a self, set: &'a str, doc: Publication) -> SharedFuture<'a, u64> {
         async move {
+            let Publication { jwks, metadata } = doc;
             let metadata = match metadata {
                 Some(m) => serde_json::to_string(&m)
                     .map_err(|e| SharedError::Invalid(format!("metadata: {e}")))?,

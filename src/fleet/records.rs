@@ -5,11 +5,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use futures::{FutureExt as _, future::BoxFuture};
+use futures::FutureExt as _;
 use redis::AsyncCommands as _;
 
 use super::{Fleet, millis, scripts, stats::Op};
-use crate::shared::{AnswerStore, ReplayOutcome, ReplayStore, SharedError, TokenDigest};
+use crate::shared::{
+    AnswerKey, AnswerStore, ReplayOutcome, ReplayRecord, ReplayStore, SharedError, SharedFuture,
+};
 
 /// Shortest life of a replay record: a value that has just expired is still kept this
 /// long, so that clocks a little apart never let it through twice.
@@ -50,16 +52,10 @@ impl Fleet {
 }
 
 impl ReplayStore for Fleet {
-    fn record<'a>(
-        &'a self,
-        namespace: &'a str,
-        key: &'a str,
-        expires: SystemTime,
-        peek: bool,
-    ) -> BoxFuture<'a, Result<ReplayOutcome, SharedError>> {
+    fn record<'a>(&'a self, r: ReplayRecord<'a>) -> SharedFuture<'a, ReplayOutcome> {
         async move {
-            let k = self.inner.layout.replay(namespace, key);
-            if peek {
+            let k = self.inner.layout.replay(r.namespace, r.key);
+            if r.peek {
                 let seen: bool = self
                     .inner
                     .link
@@ -71,7 +67,7 @@ impl ReplayStore for Fleet {
                     ReplayOutcome::Fresh
                 });
             }
-            let ttl = replay_ttl_ms(expires, SystemTime::now());
+            let ttl = replay_ttl_ms(r.expires, SystemTime::now());
             let fresh = self.set_new(Op::Replay, k, "1".into(), ttl).await?;
             Ok(if fresh {
                 ReplayOutcome::Fresh
@@ -84,13 +80,9 @@ impl ReplayStore for Fleet {
 }
 
 impl AnswerStore for Fleet {
-    fn get<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, SharedError>> {
+    fn get<'a>(&'a self, key: AnswerKey<'a>) -> SharedFuture<'a, Option<Vec<u8>>> {
         async move {
-            let k = self.inner.layout.answer(tenant, digest);
+            let k = self.inner.layout.answer(key.tenant, key.digest);
             let key = k.clone();
             let stored: Option<Vec<u8>> = self
                 .inner
@@ -102,25 +94,19 @@ impl AnswerStore for Fleet {
         .boxed()
     }
 
-    fn put<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-        answer: Vec<u8>,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), SharedError>> {
+    fn put<'a>(&'a self, key: AnswerKey<'a>, data: Vec<u8>, ttl: Duration) -> SharedFuture<'a, ()> {
         async move {
-            let value = self.inner.layout.answer(tenant, digest);
-            let answer = self.inner.integrity.seal(&value, &answer);
-            let fill = self.inner.layout.answer_fill(tenant, digest);
+            let answer = self.inner.layout.answer(key.tenant, key.digest);
+            let sealed = self.inner.integrity.seal(&answer, &data);
+            let fill = self.inner.layout.answer_fill(key.tenant, key.digest);
             let ttl = millis(ttl).max(1);
             self.inner
                 .link
                 .exec(Op::AnswerPut, |mut c| async move {
                     redis::pipe()
                         .cmd("SET")
-                        .arg(value)
                         .arg(answer)
+                        .arg(sealed)
                         .arg("PX")
                         .arg(ttl)
                         .ignore()
@@ -135,14 +121,9 @@ impl AnswerStore for Fleet {
         .boxed()
     }
 
-    fn claim_fill<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+    fn claim_fill<'a>(&'a self, key: AnswerKey<'a>, lease: Duration) -> SharedFuture<'a, bool> {
         async move {
-            let k = self.inner.layout.answer_fill(tenant, digest);
+            let k = self.inner.layout.answer_fill(key.tenant, key.digest);
             let replica = self.inner.replica.clone();
             self.set_new(Op::AnswerClaim, k, replica, millis(lease))
                 .await
@@ -150,13 +131,9 @@ impl AnswerStore for Fleet {
         .boxed()
     }
 
-    fn release_fill<'a>(
-        &'a self,
-        tenant: &'a str,
-        digest: &'a TokenDigest,
-    ) -> BoxFuture<'a, Result<(), SharedError>> {
+    fn release_fill<'a>(&'a self, key: AnswerKey<'a>) -> SharedFuture<'a, ()> {
         async move {
-            let k = self.inner.layout.answer_fill(tenant, digest);
+            let k = self.inner.layout.answer_fill(key.tenant, key.digest);
             let replica = self.inner.replica.clone();
             self.inner
                 .link

@@ -13,7 +13,7 @@ use super::{Answer, IntrospectError, Introspector, cache::key_of};
 use crate::{
     config::OnUnavailable,
     registry::Candidate,
-    shared::{Facet, Shared, TokenDigest, unix_secs},
+    shared::{AnswerKey, Facet, Shared, TokenDigest, unix_secs},
 };
 
 /// While another replica asks the provider, its answer is looked for after this long,
@@ -23,6 +23,13 @@ pub(super) const FILL_POLL: std::time::Duration = std::time::Duration::from_mill
 pub(super) const FILL_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Introspector {
+    fn answer_key<'a>(&'a self, digest: &'a TokenDigest) -> AnswerKey<'a> {
+        AnswerKey {
+            tenant: &self.tenant,
+            digest,
+        }
+    }
+
     /// An answer from the fleet's store, else from the provider once for the fleet.
     pub(super) async fn introspect_shared(
         &self,
@@ -46,7 +53,7 @@ impl Introspector {
         let lease = self.timeout;
         match shared
             .answers
-            .claim_fill(&self.tenant, &digest, lease)
+            .claim_fill(self.answer_key(&digest), lease)
             .await
         {
             Ok(true) => self.fill(shared, &digest, token, hint).await,
@@ -66,7 +73,7 @@ impl Introspector {
 
     /// The stored answer; `Err` when the store failed (counted as a fallback).
     async fn stored(&self, shared: &Shared, digest: &TokenDigest) -> Result<Option<Answer>, ()> {
-        match shared.answers.get(&self.tenant, digest).await {
+        match shared.answers.get(self.answer_key(digest)).await {
             Ok(Some(bytes)) => match serde_json::from_slice::<Answer>(&bytes) {
                 Ok(a) => Ok(Some(a)),
                 Err(e) => {
@@ -99,7 +106,7 @@ impl Introspector {
                         Ok(bytes) => {
                             if shared
                                 .answers
-                                .put(&self.tenant, digest, bytes, ttl)
+                                .put(self.answer_key(digest), bytes, ttl)
                                 .await
                                 .is_err()
                             {
@@ -109,13 +116,13 @@ impl Introspector {
                         Err(e) => debug!(error = %e, "answer not stored"),
                     }
                 } else {
-                    let _ = shared.answers.release_fill(&self.tenant, digest).await;
+                    let _ = shared.answers.release_fill(self.answer_key(digest)).await;
                 }
                 self.cache.insert(token, Arc::new(answer.clone()), ttl);
                 Ok(answer)
             }
             Err(e) => {
-                let _ = shared.answers.release_fill(&self.tenant, digest).await;
+                let _ = shared.answers.release_fill(self.answer_key(digest)).await;
                 Err(e)
             }
         }

@@ -16,7 +16,7 @@ use super::{fetch_document, ingest, metadata_from_document};
 use crate::{
     keys::KeySet,
     registry::{KeySetState, RefreshKind, Registry, Source},
-    shared::{Facet, Published, PublishedMetadata, Shared, Turn, TurnRequest},
+    shared::{Facet, Publication, Published, PublishedMetadata, Shared, Turn, TurnRequest},
     upstream::{self as http, FetchError, HttpClient},
 };
 
@@ -127,7 +127,11 @@ async fn fetch_and_publish(
                 introspection_endpoint: m.introspection_endpoint.clone(),
                 token_endpoint: m.token_endpoint.clone(),
             });
-            let generation = match shared.fetch.publish(&name, doc.to_string(), metadata).await {
+            let publication = Publication {
+                jwks: doc.to_string(),
+                metadata,
+            };
+            let generation = match shared.fetch.publish(&name, publication).await {
                 Ok(g) => Some(g),
                 Err(e) => {
                     shared.health.note_fallback(Facet::Fetch);

@@ -12,7 +12,7 @@ use crate::{
         ErrorCode, Rejection,
         claims::{Claims, now_secs},
     },
-    shared::{Facet, REPLAY_NAMESPACE_JTI, Shared, unix_secs},
+    shared::{Facet, REPLAY_NAMESPACE_JTI, ReplayRecord, Shared, unix_secs},
 };
 
 fn unavailable(what: &str) -> Rejection {
@@ -128,16 +128,14 @@ impl Registry {
             return Ok(ReplayOutcome::Replayed);
         }
         let answer = if shared.health.is_up() {
-            shared
-                .replay
-                .record(
-                    REPLAY_NAMESPACE_JTI,
-                    &replay_key(iss, jti),
-                    system_time(expires),
-                    peek,
-                )
-                .await
-                .ok()
+            let key = replay_key(iss, jti);
+            let record = ReplayRecord {
+                namespace: REPLAY_NAMESPACE_JTI,
+                key: &key,
+                expires: system_time(expires),
+                peek,
+            };
+            shared.replay.record(record).await.ok()
         } else {
             None
         };

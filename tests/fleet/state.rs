@@ -13,8 +13,9 @@ use introspectd::{
     fleet::Fleet,
     registry::Revocations,
     shared::{
-        AnswerStore as _, FetchCoordination as _, ReplayOutcome, ReplayStore as _, Revocation,
-        RevocationRule, RevocationStore as _, Turn, TurnRequest,
+        AnswerKey, AnswerStore as _, FetchCoordination as _, Publication, ReplayOutcome,
+        ReplayRecord, ReplayStore as _, Revocation, RevocationRule, RevocationStore as _, Turn,
+        TurnRequest,
     },
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -80,6 +81,22 @@ async fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+fn rec<'a>(namespace: &'a str, key: &'a str, expires: SystemTime, peek: bool) -> ReplayRecord<'a> {
+    ReplayRecord {
+        namespace,
+        key,
+        expires,
+        peek,
+    }
+}
+
+fn answer_key(digest: &[u8; 32]) -> AnswerKey<'_> {
+    AnswerKey {
+        tenant: "t",
+        digest,
+    }
+}
+
 fn in_secs(s: u64) -> SystemTime {
     SystemTime::now() + Duration::from_secs(s)
 }
@@ -92,59 +109,62 @@ async fn replay_and_answers(a: &Member, b: &Member) {
     let (fa, fb) = (&a.fleet, &b.fleet);
     let key = format!("https://i\0{}", fastrand::u64(..));
     assert_eq!(
-        fa.record("jti", &key, in_secs(60), true).await,
+        fa.record(rec("jti", &key, in_secs(60), true)).await,
         Ok(ReplayOutcome::Fresh)
     );
     assert_eq!(
-        fa.record("jti", &key, in_secs(60), false).await,
+        fa.record(rec("jti", &key, in_secs(60), false)).await,
         Ok(ReplayOutcome::Fresh)
     );
     assert_eq!(
-        fb.record("jti", &key, in_secs(60), false).await,
+        fb.record(rec("jti", &key, in_secs(60), false)).await,
         Ok(ReplayOutcome::Replayed)
     );
     assert_eq!(
-        fb.record("jti", &key, in_secs(60), true).await,
+        fb.record(rec("jti", &key, in_secs(60), true)).await,
         Ok(ReplayOutcome::Replayed)
     );
     assert_eq!(
-        fb.record("dpop", &key, in_secs(60), false).await,
+        fb.record(rec("dpop", &key, in_secs(60), false)).await,
         Ok(ReplayOutcome::Fresh),
         "namespaces are apart"
     );
 
     let digest = [fastrand::u8(..); 32];
-    assert_eq!(fa.get("t", &digest).await, Ok(None));
+    assert_eq!(fa.get(answer_key(&digest)).await, Ok(None));
     assert_eq!(
-        fa.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        fa.claim_fill(answer_key(&digest), Duration::from_secs(5))
+            .await,
         Ok(true)
     );
     assert_eq!(
-        fb.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        fb.claim_fill(answer_key(&digest), Duration::from_secs(5))
+            .await,
         Ok(false),
         "one filler"
     );
-    fb.release_fill("t", &digest)
+    fb.release_fill(answer_key(&digest))
         .await
         .expect("release is a no-op for a non-owner");
     assert_eq!(
-        fb.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        fb.claim_fill(answer_key(&digest), Duration::from_secs(5))
+            .await,
         Ok(false)
     );
     fa.put(
-        "t",
-        &digest,
+        answer_key(&digest),
         b"{\"active\":true}".to_vec(),
         Duration::from_secs(5),
     )
     .await
     .expect("put");
     assert_eq!(
-        fb.get("t", &digest).await,
+        fb.get(answer_key(&digest)).await,
         Ok(Some(b"{\"active\":true}".to_vec()))
     );
     assert_eq!(
-        fb.claim_fill("t", &digest, Duration::from_secs(5)).await,
+        fb.claim_fill(answer_key(&digest), Duration::from_secs(5))
+            .await,
         Ok(true),
         "put released the claim"
     );
@@ -166,7 +186,13 @@ async fn fetch_turns(a: &Member, b: &Member) {
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     let generation = fa
-        .publish("okta", "{\"keys\":[]}".into(), None)
+        .publish(
+            "okta",
+            Publication {
+                jwks: "{\"keys\":[]}".into(),
+                metadata: None,
+            },
+        )
         .await
         .expect("publish");
     let Ok(Ok(Turn::Adopt(p))) = waiting.await else {
@@ -340,7 +366,7 @@ async fn password_from_the_settings() {
     s.password = Some(introspectd::config::Secret::new("pa55"));
     let a = member(s.clone()).await;
     assert_eq!(
-        a.fleet.record("jti", "k", in_secs(5), false).await,
+        a.fleet.record(rec("jti", "k", in_secs(5), false)).await,
         Ok(ReplayOutcome::Fresh)
     );
     // An ACL user limited to the prefix's keys and channel is enough.
@@ -390,7 +416,7 @@ async fn a_killed_server_is_noticed_and_sharing_resumes_when_it_returns() {
         .await,
         "both notice"
     );
-    let err = a.fleet.record("jti", "k1", in_secs(60), false).await;
+    let err = a.fleet.record(rec("jti", "k1", in_secs(60), false)).await;
     assert!(err.is_err(), "operations fail fast: {err:?}");
     // A rule recorded while b is cut off reaches b through the re-read, not pub/sub.
     redis.restart();
@@ -487,7 +513,7 @@ async fn with_an_integrity_key_values_planted_in_redis_are_refused() {
         base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest)
     );
     redis.cli(&["SET", &key, "{\"active\":true,\"sub\":\"mallory\"}"]);
-    assert_eq!(a.fleet.get("t", &digest).await, Ok(None));
+    assert_eq!(a.fleet.get(answer_key(&digest)).await, Ok(None));
     redis.cli(&[
         "HSET",
         "test:jwks:{okta}:published",
@@ -525,15 +551,14 @@ async fn with_an_integrity_key_values_planted_in_redis_are_refused() {
     let digest = [4u8; 32];
     a.fleet
         .put(
-            "t",
-            &digest,
+            answer_key(&digest),
             b"{\"active\":true}".to_vec(),
             Duration::from_secs(5),
         )
         .await
         .expect("put");
     assert_ne!(
-        c.fleet.get("t", &digest).await,
+        c.fleet.get(answer_key(&digest)).await,
         Ok(Some(b"{\"active\":true}".to_vec()))
     );
 }
