@@ -1,21 +1,39 @@
-//! Compiles `proto/introspect/v1/introspect.proto` with protox (pure Rust, no system
-//! `protoc`) and writes the file descriptor set that server reflection serves.
+//! Compiles the protobuf definitions with protox (pure Rust, no system `protoc`):
+//! `proto/introspect/v1/introspect.proto` (introspectd's own API) and the vendored
+//! Envoy external-authorization API (`envoy/service/auth/v3/external_auth.proto` and
+//! its imports), and writes the file descriptor sets that server reflection serves.
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 use prost::Message;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/introspect/v1/introspect.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["proto"])?;
+fn compile(root: &str, descriptor: &str, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let fds = protox::compile([root], ["proto"])?;
     // `compile_fds` ignores `file_descriptor_set_path`, so the set that reflection
     // serves is written here by hand.
-    let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("introspect_descriptor.bin"), fds.encode_to_vec())?;
+    fs::write(out.join(descriptor), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    compile(
+        "proto/introspect/v1/introspect.proto",
+        "introspect_descriptor.bin",
+        &out,
+    )?;
+    compile(
+        "envoy/service/auth/v3/external_auth.proto",
+        "envoy_ext_authz_descriptor.bin",
+        &out,
+    )?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The chart and the binary agree: the configuration the chart renders (default and
-# all-features values) passes `introspectd check-config`. Needs .ci/helm.sh to have
+# The chart and the binary agree: the configuration the chart renders (default,
+# all-features and the ext_authz example values) passes `introspectd check-config`. Needs .ci/helm.sh to have
 # installed helm and `cargo build` to have built the binary.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +11,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 passed=0
 failed=0
-for values in "" "$CHART/ci/all-features-values.yaml"; do
+for values in "" "$CHART/ci/all-features-values.yaml" "$CHART/examples/ext-authz-values.yaml"; do
     name="${values:-default}"
     args=()
     [ -n "$values" ] && args=(-f "$values")

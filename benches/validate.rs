@@ -1,8 +1,8 @@
-//! `cargo bench --bench validate`: the in-process Validate pipeline per algorithm, and
-//! signature verification with a key parsed once (as the service does) against
-//! `jsonwebtoken::decode`, which parses the key on every call. Prints the median time
-//! per operation over timed batches, and the ratio. Run on an idle machine; quote
-//! medians and ratios from one run.
+//! `cargo bench --bench validate`: the in-process Validate pipeline per algorithm, Envoy's
+//! ext_authz Check around it (no RPC), and signature verification with a key parsed
+//! once (as the service does) against `jsonwebtoken::decode`, which parses the key on
+//! every call. Prints the median time per operation over timed batches, and the ratio.
+//! Run on an idle machine; quote medians and ratios from one run.
 
 // Tests and benches: a failed assumption is a failed test, and shared helpers are `pub`.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
@@ -16,7 +16,11 @@ use aws_lc_rs::{
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use introspectd::{
-    config::{self, KeySource},
+    config::{self, ExtAuthzSettings, KeySource},
+    grpc::ext_authz::{
+        ExtAuthzService, pb::envoy::service::auth::v3::CheckRequest, request::http_check_request,
+    },
+    introspect::Introspection,
     registry::{Registry, ValidateInput},
 };
 use serde_json::{Value, json};
@@ -49,6 +53,25 @@ fn token(header: Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> Stri
     );
     let s = URL_SAFE_NO_PAD.encode(sign(input.as_bytes()));
     format!("{input}.{s}")
+}
+
+/// A CheckRequest as Envoy sends it for a plain GET from curl.
+fn check_request(token: &str) -> CheckRequest {
+    let authorization = format!("Bearer {token}");
+    http_check_request(
+        &[
+            (":authority", "api.example.com"),
+            (":method", "GET"),
+            (":path", "/orders/42"),
+            (":scheme", "http"),
+            ("accept", "*/*"),
+            ("user-agent", "curl/8.5.0"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "0b5c4b9e-6d0e-4a1e-9f1c-2f0d4c1e8a77"),
+            ("authorization", &authorization),
+        ],
+        &[],
+    )
 }
 
 fn main() {
@@ -131,6 +154,27 @@ fn main() {
         "reject malformed (no crypto)",
         ns / 1000.0
     );
+
+    // Envoy's Check without the RPC: the adapter (parse the CheckRequest, build the
+    // answer with identity headers, claims header and metadata) around the same Validate.
+    let ext_authz = ExtAuthzService::new(
+        registry.clone(),
+        Introspection::local_only(registry.clone()),
+        ExtAuthzSettings::default(),
+        16 * 1024,
+    );
+    for (name, t) in [
+        ("ext_authz Check RS256 (adapter + Validate)", &rs),
+        ("ext_authz Check ES256 (adapter + Validate)", &es),
+    ] {
+        let req = check_request(t);
+        let ns = median_ns(2000, || {
+            let r = rt.block_on(ext_authz.check_message(&req));
+            assert_eq!(r.status.as_ref().map(|s| s.code), Some(0), "{r:?}");
+            black_box(r);
+        });
+        println!("{name:<44} {:>9.1} µs", ns / 1000.0);
+    }
 
     // Parsed once vs jsonwebtoken::decode building its verifier from the components.
     let ours = median_ns(2000, || {

@@ -3,7 +3,8 @@
 //! configuration error before anything starts), connects the fleet's shared state when
 //! `shared_state` is configured (`start_fleet`), starts the background work (key
 //! refreshers, readiness, the TLS reloader), mounts the gRPC services on one router
-//! (`services`, with the metrics and overload layers), starts the side listeners
+//! (`services`, with the metrics and overload layers; Envoy's Authorization service
+//! when `ext_authz.enabled`), starts the side listeners
 //! (`/metrics`, plaintext health) through `spawn_side_listener`, serves on a listener
 //! it is given (so tests bind port 0), and shuts down in one sequence
 //! (`serve_until_shutdown`): health NOT_SERVING, every background task and stream
@@ -32,10 +33,14 @@ use tower::{
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    config::{ServerSettings, Settings},
+    config::{ExtAuthzSettings, ServerSettings, Settings},
     fleet::Fleet,
     grpc::{
         AdminServiceImpl, Limits, TokenServiceImpl,
+        ext_authz::{
+            self, ExtAuthzService,
+            pb::envoy::service::auth::v3::authorization_server::AuthorizationServer,
+        },
         layers::{ConcurrencyLimitLayer, MetricsLayer},
         pb::{
             self, admin_service_server::AdminServiceServer,
@@ -146,7 +151,8 @@ pub async fn run_with_listeners(
         &cancel,
         Some(metrics.fetch_observer()),
     );
-    let health = start_health(&registry, &tasks, &cancel).await;
+    let gated = gated_services(&settings);
+    let health = start_health(&registry, gated, &tasks, &cancel).await;
     if let Some(f) = &fleet {
         report_shared_state(f, &health, &tasks, &cancel);
     }
@@ -154,7 +160,7 @@ pub async fn run_with_listeners(
         t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
 
-    let router = services(server, &registry, &metrics, &methods, &health, &cancel)?;
+    let router = services(&settings, &registry, &metrics, &methods, &health, &cancel)?;
     if let Some(l) = listeners.metrics {
         info!(addr = %local_addr(&l), "serving Prometheus metrics at /metrics");
         let serve = crate::metrics::serve(l, metrics.clone(), cancel.clone());
@@ -189,6 +195,7 @@ pub async fn run_with_listeners(
         cancel.clone(),
     );
     let grace = server.shutdown_grace;
+    let health = (health, gated);
     serve_until_shutdown(router, incoming, shutdown, health, grace, tasks, cancel).await
 }
 
@@ -196,6 +203,7 @@ pub async fn run_with_listeners(
 fn grpc_methods() -> anyhow::Result<GrpcMethods> {
     GrpcMethods::from_descriptor_sets(&[
         pb::FILE_DESCRIPTOR_SET,
+        ext_authz::pb::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -203,10 +211,28 @@ fn grpc_methods() -> anyhow::Result<GrpcMethods> {
     .context("reading the gRPC descriptors")
 }
 
-/// grpc.health.v1: the whole server serving, TokenService NOT_SERVING until every
-/// tenant's first key fetch has finished (a task waits for that).
+/// The services whose health waits for every tenant's first key fetch: TokenService,
+/// and Envoy's Authorization service (it decides with the same keys) when it is on.
+fn gated_services(settings: &Settings) -> &'static [&'static str] {
+    if settings.ext_authz.enabled {
+        &[TOKEN_SERVICE_NAME, ext_authz::SERVICE_NAME]
+    } else {
+        &[TOKEN_SERVICE_NAME]
+    }
+}
+
+/// Sets every service of `names` to `status`.
+async fn set_statuses(reporter: &HealthReporter, names: &[&str], status: ServingStatus) {
+    for name in names {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// grpc.health.v1: the whole server serving, the `gated` services NOT_SERVING until
+/// every tenant's first key fetch has finished (a task waits for that).
 async fn start_health(
     registry: &Registry,
+    gated: &'static [&'static str],
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> HealthReporter {
@@ -214,9 +240,7 @@ async fn start_health(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    reporter
-        .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    set_statuses(&reporter, gated, ServingStatus::NotServing).await;
     let ready = {
         let reporter = reporter.clone();
         let registry = registry.clone();
@@ -225,7 +249,7 @@ async fn start_health(
             tokio::select! {
                 _ = registry.wait_first_fetches() => {
                     if !cancel.is_cancelled() {
-                        reporter.set_service_status(TOKEN_SERVICE_NAME, ServingStatus::Serving).await;
+                        set_statuses(&reporter, gated, ServingStatus::Serving).await;
                         info!("every tenant's first key fetch has finished; serving");
                     }
                 }
@@ -309,19 +333,42 @@ fn health_service(
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(ext_authz::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Envoy's Authorization service over the same registry and introspectors, when
+/// `ext_authz.enabled`.
+fn ext_authz_server(
+    settings: &ExtAuthzSettings,
+    server: &ServerSettings,
+    registry: &Registry,
+    introspection: &Introspection,
+    metrics: &Arc<Metrics>,
+) -> Option<AuthorizationServer<ExtAuthzService>> {
+    settings.enabled.then(|| {
+        let svc = ExtAuthzService::new(
+            registry.clone(),
+            introspection.clone(),
+            settings.clone(),
+            server.max_token_bytes,
+        )
+        .with_metrics(metrics.clone());
+        AuthorizationServer::new(svc).max_decoding_message_size(server.decoding_limit())
+    })
 }
 
 /// The router of the gRPC listener: the transport options (keepalive, deadline,
 /// connection age), the metrics and overload layers, and every service.
 fn services(
-    server: &ServerSettings,
+    settings: &Settings,
     registry: &Registry,
     metrics: &Arc<Metrics>,
     methods: &Arc<GrpcMethods>,
     health: &HealthReporter,
     cancel: &CancellationToken,
 ) -> anyhow::Result<GrpcRouter> {
+    let server = &settings.server;
     let limit = server.decoding_limit();
     // One introspector per tenant with `introspection`, built once and shared by calls.
     let introspection =
@@ -330,6 +377,13 @@ fn services(
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
     metrics.observe_introspection(introspection.clone());
+    let authorization = ext_authz_server(
+        &settings.ext_authz,
+        server,
+        registry,
+        &introspection,
+        metrics,
+    );
     let limits = Limits {
         max_token_bytes: server.max_token_bytes,
         max_watchers: server.max_watchers,
@@ -375,6 +429,7 @@ fn services(
                 .max_decoding_message_size(limit),
         )
         .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit))
+        .add_optional_service(authorization)
         .add_optional_service(admin))
 }
 
@@ -412,7 +467,7 @@ async fn serve_until_shutdown(
     router: GrpcRouter,
     incoming: Incoming,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    health: HealthReporter,
+    (health, gated): (HealthReporter, &'static [&'static str]),
     grace: Duration,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -422,9 +477,7 @@ async fn serve_until_shutdown(
         async move {
             shutdown.await;
             info!("shutdown begins: health NOT_SERVING, draining calls");
-            health
-                .set_service_status(TOKEN_SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            set_statuses(&health, gated, ServingStatus::NotServing).await;
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;

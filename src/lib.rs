@@ -6,9 +6,10 @@
 //! # Layout
 //! - [`config`]: typed configuration, one file per section (`server.rs`, `tenant.rs`,
 //!   `policy.rs` for the keys `defaults:` shares with tenants, `key_source.rs`,
-//!   `introspection.rs`), `DEFAULT_*` constants, `env.rs` overrides, validation errors
-//!   naming the key. Its module docs say how to add a section or a key.
-//! - [`jwt`]: compact JWS framing, strict JSON, claim checks (no keys, no network).
+//!   `introspection.rs`, `ext_authz.rs`), `DEFAULT_*` constants, `env.rs` overrides,
+//!   validation errors naming the key. Its module docs say how to add a section or a key.
+//! - [`jwt`]: compact JWS framing, strict JSON, claim checks, the `WWW-Authenticate`
+//!   challenges (`challenge.rs`; no keys, no network).
 //! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
 //!   `KeySet` snapshots.
 //! - [`events`]: key-rotation events and their bus.
@@ -30,7 +31,9 @@
 //!   layout, scripts, integrity tags, pub/sub, the monitor; the only module that knows
 //!   the Redis client, built by `app` only with `shared_state`.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
-//!   AdminService adapter, `to_proto` conversions, and the one error-to-Status mapping.
+//!   AdminService adapter, Envoy's external authorization service (`ext_authz/`, over
+//!   the vendored Envoy protos), `to_proto` conversions, and the one error-to-Status
+//!   mapping.
 //! - [`app`]: wiring: registry, background tasks (one tracker, one cancel token),
 //!   services, side listeners, serve, the one shutdown sequence.
 //! - [`dev`]: the `--dev` issuer and its signing key.
@@ -38,7 +41,7 @@
 //!   `issuers`) and the JSON it prints (`json.rs`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus families, bounded labels, scrape-time collectors, the
-//!   `/metrics` endpoint.
+//!   ext_authz checks (`checks.rs`), the `/metrics` endpoint.
 //! - [`transport`]: the gRPC listener's accept loop, TLS with hot reload, connection age.
 //!
 //! Dependencies go one way: `jwt`, `keys`, `shared` <- `events` <- `registry` <- `oidc`,

@@ -11,8 +11,8 @@
 //! environment, and every rule between keys checked. Each failure is a [`ConfigError`]
 //! whose `key` is the path an operator would edit (`tenants[2].clock_skew`).
 //!
-//! One file per section. To add a top-level section (`ext_authz:`, `shared_state:`),
-//! give it a file with its settings type (`#[derive(Deserialize)]` with
+//! One file per section (`ext_authz:` is `ext_authz`). To add a top-level section
+//! (`shared_state:`), give it a file with its settings type (`#[derive(Deserialize)]` with
 //! `#[serde(default, deny_unknown_fields)]`, a `Default` built from its `DEFAULT_*`
 //! constants, durations through `de::duration`, and a `validated(self)` for rules
 //! between keys), then one field in `File`, one in [`Settings`] and one line in
@@ -29,6 +29,7 @@
 
 mod de;
 mod env;
+mod ext_authz;
 mod introspection;
 mod key_source;
 mod policy;
@@ -42,6 +43,9 @@ use serde::Deserialize;
 use serde_yaml_ng::Value as Yaml;
 
 pub use env::{ENV_PREFIX, env_overrides};
+pub use ext_authz::{
+    DEFAULT_CLAIMS_HEADER, DEFAULT_HEADERS, DEFAULT_TOKEN_HEADER, ExtAuthzSettings, HeaderMapping,
+};
 pub use introspection::{
     DEFAULT_CACHE_TTL, DEFAULT_INTROSPECTION_CACHE_ENTRIES, DEFAULT_INTROSPECTION_MAX_CONCURRENCY,
     DEFAULT_NEGATIVE_CACHE_TTL, IntrospectionAuth, IntrospectionSettings,
@@ -120,6 +124,8 @@ pub struct Settings {
     pub tenants: Vec<TenantSettings>,
     /// State shared by a fleet of replicas (Redis); `None`: everything per replica.
     pub shared_state: Option<SharedStateSettings>,
+    /// Envoy external authorization (`ext_authz:`).
+    pub ext_authz: ExtAuthzSettings,
 }
 
 /// The file as written: one field per top-level section.
@@ -133,14 +139,20 @@ struct File {
     #[serde(default)]
     tenants: Vec<tenant::TenantFile>,
     shared_state: Option<shared_state::SharedStateFile>,
+    #[serde(default)]
+    ext_authz: ext_authz::ExtAuthzFile,
 }
 
 impl File {
     fn resolve(self, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
+        let tenants = tenant::resolve_all(self.tenants, &self.defaults, env)?;
+        let is_tenant = |id: &str| tenants.iter().any(|t| t.id == id);
+        let ext_authz = ext_authz::resolve(self.ext_authz, &is_tenant)?;
         Ok(Settings {
             server: self.server.validated()?,
-            tenants: tenant::resolve_all(self.tenants, &self.defaults, env)?,
+            tenants,
             shared_state: self.shared_state.map(|s| s.resolve(env)).transpose()?,
+            ext_authz,
         })
     }
 }

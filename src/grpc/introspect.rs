@@ -78,21 +78,13 @@ mod tests {
     use super::*;
     use crate::{
         config,
-        grpc::{TokenServiceImpl, pb::token_service_server::TokenService},
+        grpc::{
+            TokenServiceImpl,
+            pb::token_service_server::TokenService,
+            testing::{SECRET, hs256},
+        },
         registry::Registry,
     };
-
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
-
-    fn hs256(claims: &serde_json::Value) -> String {
-        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            claims,
-            &key,
-        )
-        .expect("sign")
-    }
 
     fn service() -> TokenServiceImpl {
         crate::install_crypto();

@@ -1,10 +1,12 @@
 //! The gRPC adapter: generated code fenced in [`pb`], the `TokenService` implementation
 //! (its `WatchKeys` stream in [`watch`]), the operator `AdminService` in [`admin`],
+//! Envoy's external authorization service in [`ext_authz`],
 //! parsing of requests at the boundary, conversion of core values `to_proto`, and the ONE
 //! mapping from errors to `tonic::Status`.
 
 pub mod admin;
 pub mod convert;
+pub mod ext_authz;
 pub mod introspect;
 pub mod layers;
 mod token_service;
@@ -119,6 +121,24 @@ pub fn split_validate_error(err: ValidateError) -> Result<ValidateError, Boundar
 /// An empty string means "not given".
 pub fn non_empty(s: &str) -> Option<&str> {
     if s.is_empty() { None } else { Some(s) }
+}
+
+/// Helpers shared by the handler tests of this module's services.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The HMAC secret of the handler tests' first-party tenant.
+    pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// `claims` signed HS256 with [`SECRET`].
+    pub(crate) fn hs256(claims: &serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+            &key,
+        )
+        .expect("sign")
+    }
 }
 
 #[cfg(test)]

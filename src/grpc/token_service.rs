@@ -17,7 +17,7 @@ use super::{
 use crate::{
     introspect::Introspection,
     metrics::Metrics,
-    registry::{Registry, ValidateError, ValidateInput},
+    registry::{Registry, ValidateInput},
 };
 
 /// Limits applied at the boundary.
@@ -109,13 +109,7 @@ impl TokenServiceImpl {
         };
         let outcome = self.registry.validate(&input).await;
         if let Some(m) = &self.metrics {
-            match &outcome {
-                Ok(v) => m.record_validation(Some(v.tenant.id()), None),
-                Err(e @ ValidateError::Rejected { tenant, .. }) => {
-                    m.record_validation(tenant.as_deref(), e.code())
-                }
-                Err(ValidateError::Request(_)) => {}
-            }
+            m.record_validate_outcome(&outcome);
         }
         match outcome {
             Ok(v) => Ok(convert::validated(&v)),

@@ -121,14 +121,14 @@ pub fn fault_log_due(last: Option<Instant>, now: Instant, period: Duration) -> b
 /// Rate-limits the log lines of one kind of fault: one per period, the rest counted and
 /// reported with the next line.
 #[derive(Debug, Default)]
-struct FaultLog {
+pub struct FaultLog {
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
 }
 
 impl FaultLog {
     /// `Some(suppressed since the last line)` when this occurrence is to be logged.
-    fn admit(&self, period: Duration) -> Option<u64> {
+    pub fn admit(&self, period: Duration) -> Option<u64> {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if fault_log_due(*last, now, period) {

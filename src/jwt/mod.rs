@@ -1,7 +1,8 @@
 //! Token parsing and claim checks: compact JWS framing, strict JSON, registered claim
-//! types, and the time, audience, scope, type and nonce rules. Knows nothing of keys'
-//! origin, the network or gRPC.
+//! types, and the time, audience, scope, type and nonce rules; and the `WWW-Authenticate`
+//! challenge a rejection maps to. Knows nothing of keys' origin, the network or gRPC.
 
+pub mod challenge;
 pub mod claims;
 pub mod json;
 pub mod jws;

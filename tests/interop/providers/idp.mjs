@@ -131,6 +131,8 @@ function buildProvider(issuer, name, keys) {
 async function startIssuer(name, initialKeys) {
   const stats = {};
   let keys = initialKeys;
+  // Kids are numbered by rotation, so a second rotation never reuses a retired kid.
+  let rotations = 0;
   let callback;
   const server = createServer((req, res) => {
     const path = req.url.split('?')[0];
@@ -158,7 +160,8 @@ async function startIssuer(name, initialKeys) {
       const others = keys.filter((k) => k.kty !== 'RSA');
       if (step === 'rotate') {
         // oidc-provider signs with the first key that fits the algorithm.
-        const next = await signingKey('RS256', `${name}-rsa-${rsa.length + 1}`);
+        rotations += 1;
+        const next = await signingKey('RS256', `${name}-rsa-${rotations + 1}`);
         keys = [next, ...rsa, ...others];
       } else if (step === 'retire') {
         keys = [rsa[0], ...others];

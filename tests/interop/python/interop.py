@@ -173,6 +173,15 @@ def b2c_mint(b2c: dict, sign_with: str, claims: dict, kid: str | None = None) ->
     return answer["token"]
 
 
+def rotate_keys(issuer: dict, step: str) -> list[str]:
+    """Rotates an idp.mjs issuer's signing key (`rotate`: new key signing, old kept;
+    `retire`: old removed); returns the kids it publishes now."""
+    status, body = http("POST", f"http://127.0.0.1:{issuer['port']}/__admin/rotate?step={step}")
+    if status != 200:
+        raise AssertionError(f"provider rotate {step}: {status} {body}")
+    return body["kids"]
+
+
 def fetch_jwks(url: str) -> list[dict]:
     status, body = http("GET", url)
     if status != 200:

@@ -96,6 +96,18 @@ tenants:
       auth: client_secret_post
       cache_ttl: 1s
       negative_cache_ttl: 1s
+
+# Envoy's ext_authz (tests/interop/envoy/): the token never reaches the upstream, and
+# an identity header no token carries (x-auth-email) shows that absent values are
+# removed rather than passed through from the client.
+ext_authz:
+  strip_token: true
+  headers:
+    sub: x-auth-subject
+    tenant: x-auth-tenant
+    scope: x-auth-scope
+    client_id: x-auth-client-id
+    email: x-auth-email
 """
 
 env = {

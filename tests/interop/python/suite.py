@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from interop import (
     RPC_TIMEOUT, Fields, Report, access_token, b2c_mint, fetch_jwks, http, jwt_parts, load_env,
-    provider_introspect, public_members, revoke, tamper, thumbprint, wait_until,
+    provider_introspect, public_members, revoke, rotate_keys, tamper, thumbprint, wait_until,
 )
 
 env = load_env(sys.argv[1])
@@ -597,10 +597,7 @@ def validate_continuously(stop):
 
 
 def rotate(step):
-    status, body = http("POST", f"http://127.0.0.1:{ROT['port']}/__admin/rotate?step={step}")
-    if status != 200:
-        raise AssertionError(f"provider rotate {step}: {status} {body}")
-    return body["kids"]
+    return rotate_keys(ROT, step)
 
 
 def synced():
