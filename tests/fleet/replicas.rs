@@ -13,8 +13,18 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::future::join_all;
 use introspectd::{
     app::RunningServer,
-    grpc::pb::{
-        self, admin_service_client::AdminServiceClient, token_service_client::TokenServiceClient,
+    grpc::{
+        ext_authz::{
+            pb::envoy::service::auth::v3::{
+                CheckResponse, authorization_client::AuthorizationClient,
+                check_response::HttpResponse,
+            },
+            request::http_check_request,
+        },
+        pb::{
+            self, admin_service_client::AdminServiceClient,
+            token_service_client::TokenServiceClient,
+        },
     },
 };
 use serde_json::json;
@@ -115,6 +125,7 @@ pub struct Replica {
     pub server: RunningServer,
     pub tokens: TokenServiceClient<Channel>,
     pub admin: AdminServiceClient<Channel>,
+    pub envoy: AuthorizationClient<Channel>,
 }
 
 impl Replica {
@@ -159,6 +170,31 @@ impl Replica {
             .into_inner()
     }
 
+    /// Envoy's ext_authz Check of a request carrying `token`: (HTTP status the client
+    /// would get, `error_description` of a denial).
+    pub async fn check(&self, token: &str) -> (u32, String) {
+        let bearer = format!("Bearer {token}");
+        let r: CheckResponse = self
+            .envoy
+            .clone()
+            .check(http_check_request(&[("authorization", &bearer)], &[]))
+            .await
+            .expect("Check RPC ok")
+            .into_inner();
+        match r.http_response {
+            Some(HttpResponse::OkResponse(_)) => (200, String::new()),
+            Some(HttpResponse::DeniedResponse(d)) => {
+                let body: serde_json::Value =
+                    serde_json::from_str(&d.body).expect("denial body is JSON");
+                (
+                    d.status.map_or(0, |s| s.code as u32),
+                    body["error_description"].as_str().unwrap_or("").to_string(),
+                )
+            }
+            other => panic!("no HTTP response: {other:?}"),
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         scrape_metrics(self.metrics_addr()).await
     }
@@ -186,7 +222,7 @@ pub fn replica_settings(
         ),
     };
     let yaml = format!(
-        "server:\n  admin: true\n{shared}{}",
+        "server:\n  admin: true\next_authz:\n  enabled: true\n{shared}{}",
         provider.tenants_yaml()
     );
     let integrity = "an integrity key every replica holds, and Redis never sees";
@@ -234,7 +270,8 @@ pub async fn start_replicas(
         replicas.push(Replica {
             server,
             tokens: TokenServiceClient::new(channel.clone()),
-            admin: AdminServiceClient::new(channel),
+            admin: AdminServiceClient::new(channel.clone()),
+            envoy: AuthorizationClient::new(channel),
         });
     }
     replicas

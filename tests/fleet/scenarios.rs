@@ -41,6 +41,17 @@ async fn replay_case(store: Store, label: &str) {
         twice, 0,
         "raced on all three, a token is accepted exactly once"
     );
+    // Envoy's Check goes through the same replay record as Validate, on any replica.
+    let t = p.token(&p.key, "/r");
+    assert!(replicas[0].validate(&t).await.valid);
+    assert_eq!(replicas[1].check(&t).await, (401, "replayed".into()));
+    let t = p.token(&p.key, "/r");
+    assert_eq!(replicas[2].check(&t).await.0, 200);
+    assert_eq!(
+        code(&replicas[0].validate(&t).await),
+        pb::ErrorCode::Replayed,
+        "a Check uses the token up for the fleet"
+    );
     // Introspect asks about a token without using it up, on any replica.
     let t = p.token(&p.key, "/r");
     assert!(replicas[1].introspect_jwt(&t).await.active);
@@ -401,6 +412,7 @@ async fn revoke_and_time(
             r.validate(token).await.valid,
             "in the verified cache, if any"
         );
+        assert_eq!(r.check(token).await.0, 200, "Envoy's Check allows it too");
     }
     let start = Instant::now();
     let done = replicas[0]
@@ -433,6 +445,7 @@ async fn revoke_and_time(
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        assert_eq!(r.check(token).await, (401, "revoked".into()), "and Check");
     }
     slowest
 }
@@ -664,6 +677,11 @@ async fn redis_killed_with_fail_closed_refuses_and_nothing_is_accepted_twice() {
         code(&replicas[1].validate(&p.token(&p.key, "/p")).await),
         pb::ErrorCode::StateUnavailable,
         "revocation checks refuse too"
+    );
+    assert_eq!(
+        replicas[2].check(&p.token(&p.key, "/r")).await,
+        (503, "state_unavailable".into()),
+        "Envoy's Check: the server's fault, not the token's"
     );
     let refusals = total(
         &replicas,
