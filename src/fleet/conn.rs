@@ -193,6 +193,11 @@ impl Link {
         self.conn.load().is_some()
     }
 
+    /// True when the connection is to a Redis Cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.conn.load().as_deref(), Some(Conn::Cluster(_)))
+    }
+
     /// A handle on the connection, if there is one.
     pub(super) fn conn(&self) -> Option<Conn> {
         self.conn.load_full().map(|c| Conn::clone(&c))

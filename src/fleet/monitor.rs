@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Fleet, conn, revocation, stats::Op};
+use super::{Fleet, conn, revocation, scripts, stats::Op};
 use crate::shared::SharedError;
 
 /// Period of the probe while the shared state is available.
@@ -131,6 +131,21 @@ impl Fleet {
         Ok(())
     }
 
+    /// Loads every script (on every master of a cluster), so that after a restart or a
+    /// failover no caller pays the NOSCRIPT round trip and the load within its own
+    /// `op_timeout`.
+    async fn load_scripts(&self) -> Result<(), SharedError> {
+        for script in scripts::all() {
+            self.inner
+                .link
+                .exec(Op::ScriptLoad, |mut c| async move {
+                    script.prepare_invoke().load_async(&mut c).await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Re-reads the published generation of every key set (after a gap in the
     /// subscription), waking the refreshers of those that moved.
     async fn sync_announcements(&self) -> Result<(), SharedError> {
@@ -159,6 +174,17 @@ impl Fleet {
     async fn step(&self) -> Result<(), SharedError> {
         self.ensure_connected().await?;
         self.ensure_subscribed().await?;
+        if self.inner.link.is_cluster() {
+            // Every master, not only the one holding the sequence number: available
+            // means every slot answers, and a connection a restart broke is remade here
+            // rather than on a caller's operation.
+            self.inner
+                .link
+                .exec(Op::Probe, |mut c| async move {
+                    redis::cmd("PING").query_async::<()>(&mut c).await
+                })
+                .await?;
+        }
         let key = self.inner.layout.revocation_seq();
         let seq: Option<u64> = self
             .inner
@@ -169,6 +195,7 @@ impl Fleet {
         let wanted = self.inner.resync.swap(false, Ordering::AcqRel);
         if wanted || behind || !self.inner.health.is_up() {
             let synced = async {
+                self.load_scripts().await?;
                 self.sync_revocations().await?;
                 self.sync_announcements().await
             };

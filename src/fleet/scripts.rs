@@ -7,6 +7,11 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// Every script, for loading them ahead of the first caller.
+pub(super) fn all() -> [&'static Script; 5] {
+    [&TURN, &PUBLISH, &PUBLISH_FAILURE, &RELEASE, &REVOKE]
+}
+
 /// Decides a replica's fetch turn of one key set.
 ///
 /// KEYS: published hash, turn key. ARGV: replica, known generation, max age (ms; a

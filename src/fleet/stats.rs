@@ -50,11 +50,13 @@ pub enum Op {
     Revoke,
     /// Reading every revocation rule.
     RevocationSync,
+    /// Loading the Lua scripts (on every master) when Redis becomes available.
+    ScriptLoad,
 }
 
 impl Op {
     /// Every kind, in label order.
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 15] = [
         Op::Probe,
         Op::Subscribe,
         Op::Replay,
@@ -69,6 +71,7 @@ impl Op {
         Op::PublishFailure,
         Op::Revoke,
         Op::RevocationSync,
+        Op::ScriptLoad,
     ];
 
     /// Outcome label values, in index order.
@@ -91,6 +94,7 @@ impl Op {
             Op::PublishFailure => "publish_failure",
             Op::Revoke => "revoke",
             Op::RevocationSync => "revocation_sync",
+            Op::ScriptLoad => "script_load",
         }
     }
 
@@ -98,7 +102,12 @@ impl Op {
     pub fn is_bulk(self) -> bool {
         matches!(
             self,
-            Op::FetchTurn | Op::FetchPublished | Op::Publish | Op::RevocationSync | Op::Subscribe
+            Op::FetchTurn
+                | Op::FetchPublished
+                | Op::Publish
+                | Op::RevocationSync
+                | Op::Subscribe
+                | Op::ScriptLoad
         )
     }
 

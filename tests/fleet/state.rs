@@ -49,6 +49,16 @@ impl Drop for Member {
 }
 
 async fn member(s: SharedStateSettings) -> Member {
+    let m = started(s);
+    assert!(
+        wait(Duration::from_secs(10), || m.fleet.health().is_up()).await,
+        "shared state becomes available"
+    );
+    m
+}
+
+/// A member whose tasks run, whether or not its Redis answers yet.
+fn started(s: SharedStateSettings) -> Member {
     let revocations = Revocations::new();
     let fleet = Fleet::new(
         &s,
@@ -58,16 +68,11 @@ async fn member(s: SharedStateSettings) -> Member {
     .expect("fleet");
     let cancel = CancellationToken::new();
     fleet.spawn(&TaskTracker::new(), &cancel);
-    let m = Member {
+    Member {
         fleet,
         revocations,
         cancel,
-    };
-    assert!(
-        wait(Duration::from_secs(10), || m.fleet.health().is_up()).await,
-        "shared state becomes available"
-    );
-    m
+    }
 }
 
 async fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -561,4 +566,70 @@ async fn with_an_integrity_key_values_planted_in_redis_are_refused() {
         c.fleet.get(answer_key(&digest)).await,
         Ok(Some(b"{\"active\":true}".to_vec()))
     );
+}
+
+/// A member started while its Redis does not answer starts anyway, says so, fails
+/// operations within `op_timeout`, and shares once Redis is there.
+async fn start_without_redis_then_join(s: SharedStateSettings, up: impl FnOnce()) -> Member {
+    let m = started(s);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!m.fleet.health().is_up(), "reported unavailable");
+    let start = std::time::Instant::now();
+    let r = m.fleet.record(rec("jti", "k0", in_secs(60), false)).await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "fails fast: {:?}",
+        start.elapsed()
+    );
+    up();
+    assert!(
+        wait(Duration::from_secs(20), || m.fleet.health().is_up()).await,
+        "available once Redis answers"
+    );
+    m
+}
+
+#[tokio::test]
+async fn a_replica_started_before_its_redis_joins_when_it_answers() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let s = settings(RedisEndpoints::Single(redis.url()), "a");
+    let a = start_without_redis_then_join(s, || redis.restart()).await;
+    let b = member(settings(RedisEndpoints::Single(redis.url()), "b")).await;
+    replay_and_answers(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_whole_cluster_killed_and_restarted_is_rejoined_by_old_and_new_members() {
+    let mut cluster = RedisCluster::start();
+    let a = member(settings(RedisEndpoints::Cluster(cluster.urls()), "a")).await;
+    for n in &mut cluster.nodes {
+        n.kill();
+    }
+    assert!(
+        wait(Duration::from_secs(5), || !a.fleet.health().is_up()).await,
+        "the outage is noticed"
+    );
+    let s = settings(RedisEndpoints::Cluster(cluster.urls()), "b");
+    let b = start_without_redis_then_join(s, || {
+        for n in &mut cluster.nodes {
+            n.restart();
+        }
+    })
+    .await;
+    assert!(
+        wait(Duration::from_secs(20), || a.fleet.health().is_up()).await,
+        "the old member reconnects"
+    );
+    // The restarted nodes may need a moment to agree the cluster is whole again.
+    assert!(
+        wait(Duration::from_secs(20), || cluster.nodes.iter().all(|n| n
+            .cli(&["cluster", "info"])
+            .contains("cluster_state:ok")))
+        .await
+    );
+    // Every operation succeeds within op_timeout at once: the probe remade each
+    // master's connection, not the first caller to need it.
+    replay_and_answers(&a, &b).await;
 }
