@@ -26,6 +26,13 @@ use crate::{
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between two reconnection attempts.
 pub(super) const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// Cluster: retries of one command (a redirection, a node that went away) and the
+/// shortest and longest pause before one, in milliseconds. Short, so that a command to
+/// a dead node fails well within `op_timeout` instead of waiting out the client's
+/// default schedule (over a second); the monitor's probes do the patient reconnecting.
+const CLUSTER_RETRIES: u32 = 2;
+const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 5;
+const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 50;
 /// Shortest bound on operations that move whole documents (a published JWKS, every
 /// revocation rule); `op_timeout` applies when longer.
 pub(super) const MIN_BULK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -120,9 +127,14 @@ pub(super) async fn connect(
                 Some(_) => redis::Client::build_with_tls(info, certificates(ca))?,
                 None => redis::Client::open(info)?,
             };
+            // One connection attempt per reconnection, no retries inside: a command
+            // sent while the server is gone would otherwise wait out the whole retry
+            // schedule (seconds) and stall its caller until `op_timeout`. It fails at
+            // once instead, and the monitor's probes drive the next attempts.
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(None)
+                .set_number_of_retries(0)
                 .set_max_delay(MAX_RECONNECT_DELAY)
                 .set_push_sender(sender)
                 .set_automatic_resubscription();
@@ -139,8 +151,9 @@ pub(super) async fn connect(
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(sender)
                 .connection_timeout(CONNECT_TIMEOUT)
-                .retries(2)
-                .max_retry_wait(MAX_RECONNECT_DELAY.as_millis() as u64);
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
+                .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS);
             if let Some(p) = &settings.password {
                 builder = builder.password(String::from_utf8_lossy(p.expose()));
             }
@@ -227,6 +240,14 @@ impl Link {
         let start = Instant::now();
         let outcome = tokio::time::timeout(timeout, f(conn)).await;
         let elapsed = start.elapsed();
+        if elapsed > Duration::from_millis(30) {
+            eprintln!(
+                "DEBUGOP {} {:?} {:?}",
+                op.as_str(),
+                elapsed,
+                outcome.as_ref().map(|r| r.as_ref().err())
+            );
+        }
         match outcome {
             Ok(Ok(v)) => {
                 self.stats.record_op(op, "ok", elapsed);

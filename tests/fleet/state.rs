@@ -607,6 +607,20 @@ async fn a_whole_cluster_killed_and_restarted_is_rejoined_by_old_and_new_members
     for n in &mut cluster.nodes {
         n.kill();
     }
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let start = std::time::Instant::now();
+        let r = a
+            .fleet
+            .record(rec("jti", &format!("k{i}"), in_secs(60), false))
+            .await;
+        assert!(r.is_err(), "{r:?}");
+        slowest = slowest.max(start.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a dead cluster fails operations at once, not at op_timeout (200 ms): {slowest:?}"
+    );
     assert!(
         wait(Duration::from_secs(5), || !a.fleet.health().is_up()).await,
         "the outage is noticed"
