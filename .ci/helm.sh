@@ -234,6 +234,12 @@ run_must_fail "schema rejects a sharedState.url that is not redis://" "sharedSta
   "$HELM" template introspectd "$CHART" --set sharedState.url=http://r:6379
 run_must_fail "schema rejects sharedState.onUnavailable: open" "onUnavailable" \
   "$HELM" template introspectd "$CHART" --set sharedState.onUnavailable=open
+run_must_fail "a non-loopback admin port without admin_auth is refused" "admin_auth" \
+  "$HELM" template introspectd "$CHART" --set admin.enabled=true --set admin.bindAddress=0.0.0.0
+run_must_fail "AdminService on the gRPC port without admin_auth is refused" "admin_auth" \
+  "$HELM" template introspectd "$CHART" --set config.server.admin=true
+run_must_fail "admin.expose on a loopback admin port is refused" "admin.expose" \
+  "$HELM" template introspectd "$CHART" --set admin.enabled=true --set admin.expose=true
 run_must_fail "Kubernetes older than $K8S_MIN_VERSION is refused" "kubeVersion|incompatible" \
   "$HELM" template introspectd "$CHART" --kube-version 1.26.0
 

@@ -9,6 +9,8 @@
 //! it is given (so tests bind port 0), and shuts down in one sequence
 //! (`serve_until_shutdown`): health NOT_SERVING, every background task and stream
 //! cancelled, in-flight calls and tracked tasks drained within `server.shutdown_grace`.
+//! Every gRPC listener (main, admin, health) is served by [`transport::serve`] with the
+//! same connection limits.
 //!
 //! Every task is spawned on the one [`TaskTracker`] with its span, and stops when the
 //! one [`CancellationToken`] fires; a new capability's background work joins them by
@@ -18,17 +20,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::StreamExt as _;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::server::Router;
+use tonic::service::Routes;
 use tonic_health::{
     ServingStatus,
     pb::health_server::HealthServer,
     server::{HealthReporter, HealthService},
-};
-use tower::{
-    layer::util::{Identity, Stack},
-    util::Either,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -37,6 +34,7 @@ use crate::{
     fleet::Fleet,
     grpc::{
         AdminServiceImpl, Limits, TokenServiceImpl,
+        deadline::DeadlineLayer,
         ext_authz::{
             self, ExtAuthzService,
             pb::envoy::service::auth::v3::authorization_server::AuthorizationServer,
@@ -46,12 +44,13 @@ use crate::{
             self, admin_service_server::AdminServiceServer,
             token_service_server::TokenServiceServer,
         },
+        watch::WatcherLimits,
     },
     introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
     oidc,
     registry::Registry,
-    transport::{self, ConnectionLimits, Incoming, TlsConfig},
+    transport::{self, ConnectionLimits, GrpcService, ServeOptions, TlsConfig},
     upstream::{HttpClient, Redirects},
 };
 
@@ -71,10 +70,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let server = &settings.server;
     let listeners = Listeners {
         grpc: listener,
-        metrics: bind_optional(settings.server.metrics_listen, "server.metrics_listen").await?,
-        health: bind_optional(settings.server.health_listen, "server.health_listen").await?,
+        metrics: bind_optional(server.metrics_listen, "server.metrics_listen").await?,
+        health: bind_optional(server.health_listen, "server.health_listen").await?,
+        admin: bind_optional(server.admin_listen, "server.admin_listen").await?,
     };
     run_with_listeners(settings, listeners, shutdown).await
 }
@@ -100,6 +101,8 @@ pub struct Listeners {
     /// Plaintext grpc.health.v1 only (`server.health_listen`), for kubelet gRPC probes
     /// when the main listener uses TLS.
     pub health: Option<TcpListener>,
+    /// AdminService and grpc.health.v1 alone (`server.admin_listen`).
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -112,6 +115,7 @@ impl Listeners {
                 .with_context(|| format!("binding server.listen {}", server.listen))?,
             metrics: bind_optional(server.metrics_listen, "server.metrics_listen").await?,
             health: bind_optional(server.health_listen, "server.health_listen").await?,
+            admin: bind_optional(server.admin_listen, "server.admin_listen").await?,
         })
     }
 }
@@ -124,6 +128,8 @@ pub async fn run_with_listeners(
 ) -> anyhow::Result<()> {
     crate::install_crypto();
     let server = &settings.server;
+    // Settings changed after loading (`--listen`, tests) get the same check as a file.
+    crate::config::check_admin_exposure(server)?;
     // A bad certificate or key is a configuration error (exit 2), found before anything starts.
     let tls = match &server.tls {
         Some(t) => Some(TlsConfig::load(t).context("loading server.tls")?),
@@ -160,43 +166,112 @@ pub async fn run_with_listeners(
         t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
 
-    let router = services(&settings, &registry, &metrics, &methods, &health, &cancel)?;
+    let options = serve_options(server, tls.clone());
+    let ctx = Wiring {
+        server,
+        ext_authz: &settings.ext_authz,
+        registry: &registry,
+        metrics: &metrics,
+        health: &health,
+        tasks: &tasks,
+        cancel: &cancel,
+    };
+    let main = services(&ctx, &methods)?;
     if let Some(l) = listeners.metrics {
         info!(addr = %local_addr(&l), "serving Prometheus metrics at /metrics");
         let serve = crate::metrics::serve(l, metrics.clone(), cancel.clone());
         spawn_side_listener(&tasks, info_span!("metrics"), serve);
     }
     if let Some(l) = listeners.health {
-        // Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares
-        // the reporter, so it answers exactly what the main listener answers.
-        info!(addr = %local_addr(&l), "serving plaintext grpc.health.v1 for probes");
-        let serve = tonic::transport::Server::builder()
-            .add_service(health_service(&health, server))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(l),
-                cancel.clone().cancelled_owned(),
-            );
-        spawn_side_listener(&tasks, info_span!("health_listener"), serve);
+        spawn_health_listener(&ctx, l, &options);
     }
-
-    let addr = local_addr(&listeners.grpc);
-    info!(%addr, tenants = registry.tenants().len(), tls = tls.is_some(),
-        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "serving gRPC");
-    let limits = ConnectionLimits {
-        max_age: server.max_connection_age,
-        grace: server.max_connection_age_grace,
-    };
-    let incoming = transport::spawn_incoming(
+    if let Some(l) = listeners.admin {
+        spawn_admin_listener(&ctx, l, &options);
+    }
+    info!(addr = %local_addr(&listeners.grpc), tenants = registry.tenants().len(), tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), admin = server.admin, "serving gRPC");
+    let serve = transport::serve(
         listeners.grpc,
-        tls,
-        limits,
+        main,
+        options,
         Some(metrics.clone()),
-        &tasks,
         cancel.clone(),
     );
     let grace = server.shutdown_grace;
     let health = (health, gated);
-    serve_until_shutdown(router, incoming, shutdown, health, grace, tasks, cancel).await
+    serve_until_shutdown(serve, shutdown, health, grace, tasks, cancel).await
+}
+
+/// What every listener's connections are served with; `tls` for the main and admin
+/// listeners.
+fn serve_options(server: &ServerSettings, tls: Option<Arc<TlsConfig>>) -> ServeOptions {
+    ServeOptions {
+        tls,
+        limits: ConnectionLimits {
+            max_age: server.max_connection_age,
+            grace: server.max_connection_age_grace,
+        },
+        handshake_timeout: server.handshake_timeout,
+        max_connections: server.max_connections,
+        max_concurrent_streams: server.max_concurrent_streams,
+        keepalive_interval: Some(server.keepalive_interval),
+        keepalive_timeout: server.keepalive_timeout,
+        shutdown_grace: server.shutdown_grace,
+    }
+}
+
+/// What the listeners are wired from.
+struct Wiring<'a> {
+    server: &'a ServerSettings,
+    ext_authz: &'a ExtAuthzSettings,
+    registry: &'a Registry,
+    metrics: &'a Arc<Metrics>,
+    health: &'a HealthReporter,
+    tasks: &'a TaskTracker,
+    cancel: &'a CancellationToken,
+}
+
+/// The layers of the main and admin listeners' services: per-call metrics (outermost)
+/// and the call deadline.
+fn layered(ctx: &Wiring<'_>, svc: impl GrpcService<Body = tonic::body::Body>) -> impl GrpcService {
+    tower::ServiceBuilder::new()
+        .layer(MetricsLayer::new(ctx.metrics.clone()))
+        .layer(DeadlineLayer::new(Some(ctx.server.request_timeout)))
+        .service(svc)
+}
+
+/// Plaintext and health only: kubelet's gRPC probes cannot speak TLS. It shares the
+/// reporter, so it answers exactly what the main listener answers.
+fn spawn_health_listener(ctx: &Wiring<'_>, l: TcpListener, options: &ServeOptions) {
+    info!(addr = %local_addr(&l), "serving plaintext grpc.health.v1 for probes");
+    let svc = tower::ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Some(ctx.server.request_timeout)))
+        .service(Routes::new(health_service(ctx.health, ctx.server)).prepare());
+    let options = ServeOptions {
+        tls: None,
+        ..options.clone()
+    };
+    let serve = transport::serve(l, svc, options, None, ctx.cancel.clone());
+    ctx.tasks
+        .spawn(serve.instrument(info_span!("health_listener")));
+}
+
+/// AdminService alone (and health, so it can be probed), with the main listener's TLS;
+/// never TokenService.
+fn spawn_admin_listener(ctx: &Wiring<'_>, l: TcpListener, options: &ServeOptions) {
+    info!(addr = %local_addr(&l), auth = ctx.server.admin_auth.is_some(), "serving AdminService");
+    let routes = Routes::new(health_service(ctx.health, ctx.server))
+        .add_service(admin_service(ctx.server, ctx.registry))
+        .prepare();
+    let serve = transport::serve(
+        l,
+        layered(ctx, routes),
+        options.clone(),
+        None,
+        ctx.cancel.clone(),
+    );
+    ctx.tasks
+        .spawn(serve.instrument(info_span!("admin_listener")));
 }
 
 /// Every gRPC method the server knows, for the metrics' labels and the overload layer.
@@ -340,82 +415,62 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// Envoy's Authorization service over the same registry and introspectors, when
 /// `ext_authz.enabled`.
 fn ext_authz_server(
-    settings: &ExtAuthzSettings,
-    server: &ServerSettings,
-    registry: &Registry,
+    ctx: &Wiring<'_>,
     introspection: &Introspection,
-    metrics: &Arc<Metrics>,
 ) -> Option<AuthorizationServer<ExtAuthzService>> {
-    settings.enabled.then(|| {
+    ctx.ext_authz.enabled.then(|| {
         let svc = ExtAuthzService::new(
-            registry.clone(),
+            ctx.registry.clone(),
             introspection.clone(),
-            settings.clone(),
-            server.max_token_bytes,
+            ctx.ext_authz.clone(),
+            ctx.server.max_token_bytes,
         )
-        .with_metrics(metrics.clone());
-        AuthorizationServer::new(svc).max_decoding_message_size(server.decoding_limit())
+        .with_metrics(ctx.metrics.clone());
+        AuthorizationServer::new(svc).max_decoding_message_size(ctx.server.decoding_limit())
     })
 }
 
-/// The router of the gRPC listener: the transport options (keepalive, deadline,
-/// connection age), the metrics and overload layers, and every service.
-fn services(
-    settings: &Settings,
+/// AdminService over `registry`, with `server.admin_auth` when set.
+fn admin_service(
+    server: &ServerSettings,
     registry: &Registry,
-    metrics: &Arc<Metrics>,
-    methods: &Arc<GrpcMethods>,
-    health: &HealthReporter,
-    cancel: &CancellationToken,
-) -> anyhow::Result<GrpcRouter> {
-    let server = &settings.server;
+) -> AdminServiceServer<AdminServiceImpl> {
+    AdminServiceServer::new(
+        AdminServiceImpl::new(registry.clone())
+            .with_auth(server.admin_auth.clone(), server.max_token_bytes),
+    )
+    .max_decoding_message_size(server.decoding_limit())
+}
+
+/// The service of the gRPC listener: health, reflection, TokenService, Envoy's
+/// Authorization service when `ext_authz.enabled`, and AdminService when `server.admin`,
+/// behind the concurrency limit, the deadline and the metrics.
+fn services(ctx: &Wiring<'_>, methods: &Arc<GrpcMethods>) -> anyhow::Result<impl GrpcService> {
+    let server = ctx.server;
     let limit = server.decoding_limit();
     // One introspector per tenant with `introspection`, built once and shared by calls.
     let introspection =
-        Introspection::new(registry).context("building the introspection client")?;
+        Introspection::new(ctx.registry).context("building the introspection client")?;
     for i in introspection.introspectors() {
         info!(tenant = %i.tenant(), "introspection of opaque tokens enabled");
     }
-    metrics.observe_introspection(introspection.clone());
-    let authorization = ext_authz_server(
-        &settings.ext_authz,
-        server,
-        registry,
-        &introspection,
-        metrics,
-    );
+    ctx.metrics.observe_introspection(introspection.clone());
+    let authorization = ext_authz_server(ctx, &introspection);
     let limits = Limits {
         max_token_bytes: server.max_token_bytes,
-        max_watchers: server.max_watchers,
+        watchers: WatcherLimits {
+            total: server.max_watchers,
+            per_connection: server.max_watchers_per_connection,
+            per_peer: server.max_watchers_per_peer,
+        },
     };
-    let token = TokenServiceImpl::new(registry.clone(), limits)
+    let token = TokenServiceImpl::new(ctx.registry.clone(), limits)
         .with_introspector(introspection)
-        .with_shutdown(cancel.clone())
-        .with_metrics(metrics.clone());
+        .with_shutdown(ctx.cancel.clone())
+        .with_metrics(ctx.metrics.clone());
     let watchers = token.watchers().clone();
-    metrics.observe_watchers(move || watchers.active());
-    // Not in health: the operator view does not decide whether the pod takes traffic.
-    let admin = server.admin.then(|| {
-        AdminServiceServer::new(AdminServiceImpl::new(registry.clone()))
-            .max_decoding_message_size(limit)
-    });
-
-    // tonic's `timeout` answers CANCELLED ("Timeout expired") and also honours a shorter
-    // grpc-timeout from the client. `max_connection_age` here only sends GOAWAY: tonic's
-    // own grace option skips the GOAWAY, so the forced close is `transport::Conn`'s.
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(server.keepalive_interval))
-        .http2_keepalive_timeout(Some(server.keepalive_timeout))
-        .timeout(server.request_timeout);
-    if let Some(age) = server.max_connection_age {
-        builder = builder.max_connection_age(age);
-    }
-    let overload = (server.concurrency_limit > 0)
-        .then(|| ConcurrencyLimitLayer::new(server.concurrency_limit, methods.clone()));
-    Ok(builder
-        .layer(MetricsLayer::new(metrics.clone()))
-        .layer(tower::util::option_layer(overload))
-        .add_service(health_service(health, server))
+    ctx.metrics.observe_watchers(move || watchers.active());
+    let mut routes = Routes::new(health_service(ctx.health, server))
         .add_service(
             reflection()
                 .build_v1()
@@ -428,9 +483,20 @@ fn services(
                 .context("building reflection v1alpha")?
                 .max_decoding_message_size(limit),
         )
-        .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit))
-        .add_optional_service(authorization)
-        .add_optional_service(admin))
+        .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit));
+    if let Some(a) = authorization {
+        routes = routes.add_service(a);
+    }
+    // Not in health: the operator view does not decide whether the pod takes traffic.
+    if server.admin {
+        routes = routes.add_service(admin_service(server, ctx.registry));
+    }
+    let overload = (server.concurrency_limit > 0)
+        .then(|| ConcurrencyLimitLayer::new(server.concurrency_limit, methods.clone(), limit));
+    let limited = tower::ServiceBuilder::new()
+        .option_layer(overload)
+        .service(routes.prepare());
+    Ok(layered(ctx, limited))
 }
 
 /// Serves a side listener on the tracker until its own shutdown (the cancel token it
@@ -454,18 +520,12 @@ fn local_addr(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// The router of the gRPC listener, with its layers (metrics outermost, then the
-/// optional concurrency limit).
-type GrpcRouter =
-    Router<Stack<Either<ConcurrencyLimitLayer, Identity>, Stack<MetricsLayer, Identity>>>;
-
 /// Serves until `shutdown` resolves, then shuts down in one sequence: health
 /// NOT_SERVING, everything cancelled (streams end, refreshers and side listeners stop,
-/// no new connections), in-flight calls drained, and the tracked tasks awaited, all
-/// within `grace` of the signal.
+/// no new connections, GOAWAY on every connection), in-flight calls drained, and the
+/// tracked tasks awaited, all within `grace` of the signal.
 async fn serve_until_shutdown(
-    router: GrpcRouter,
-    incoming: Incoming,
+    serve: impl Future<Output = ()> + Send,
     shutdown: impl Future<Output = ()> + Send + 'static,
     (health, gated): (HealthReporter, &'static [&'static str]),
     grace: Duration,
@@ -484,22 +544,8 @@ async fn serve_until_shutdown(
             cancel.cancel();
         }
     };
-    let serve = async move {
-        match incoming {
-            Incoming::Plain(s) => {
-                router
-                    .serve_with_incoming_shutdown(s.map(Ok::<_, std::io::Error>), signal)
-                    .await
-            }
-            Incoming::Tls(s) => {
-                router
-                    .serve_with_incoming_shutdown(s.map(Ok::<_, std::io::Error>), signal)
-                    .await
-            }
-        }
-    };
-    // The grace runs from the moment everything is cancelled (the signal, or a failed
-    // server).
+    // transport::serve drains its connections within the grace itself; the same grace,
+    // counted from the cancellation, bounds the tracked tasks.
     let grace_over = {
         let cancel = cancel.clone();
         async move {
@@ -508,21 +554,13 @@ async fn serve_until_shutdown(
         }
     };
     tokio::pin!(grace_over);
-    let (served, mut expired) = tokio::select! {
-        r = serve => (r.context("gRPC server failed"), false),
-        _ = &mut grace_over => {
-            warn!(?grace, "grace period over; closing the remaining connections");
-            (Ok(()), true)
-        }
-    };
+    tokio::join!(serve, signal);
     cancel.cancel();
     tasks.close();
-    if !expired {
-        tokio::select! {
-            _ = tasks.wait() => {}
-            _ = &mut grace_over => expired = true,
-        }
-    }
+    let expired = tokio::select! {
+        _ = tasks.wait() => false,
+        _ = &mut grace_over => true,
+    };
     if expired && !tasks.is_empty() {
         warn!(
             tasks = tasks.len(),
@@ -530,7 +568,7 @@ async fn serve_until_shutdown(
         );
     }
     info!("stopped");
-    served
+    Ok(())
 }
 
 /// A server started in the background, for tests and embedding.
@@ -542,6 +580,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The bound plaintext health address, when `server.health_listen` is set.
     pub health_addr: Option<SocketAddr>,
+    /// The bound admin address, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     stop: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -571,6 +611,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
     let addr = listeners.grpc.local_addr()?;
     let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
     let health_addr = listeners.health.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
     let stop = CancellationToken::new();
     let signal = {
         let stop = stop.clone();
@@ -583,6 +624,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
         addr,
         metrics_addr,
         health_addr,
+        admin_addr,
         stop,
         handle,
     })

@@ -188,6 +188,9 @@ impl DevKey {
             server: ServerSettings {
                 listen,
                 metrics_listen: None,
+                // The operator view on a loopback dev server (`introspectd issuers`);
+                // elsewhere it would need server.admin_auth.
+                admin: listen.ip().is_loopback(),
                 ..ServerSettings::default()
             },
             tenants: vec![TenantSettings {

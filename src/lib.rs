@@ -4,10 +4,11 @@
 //! during a rotation, and streams key changes to subscribers.
 //!
 //! # Layout
-//! - [`config`]: typed configuration, one file per section (`server.rs`, `tenant.rs`,
-//!   `policy.rs` for the keys `defaults:` shares with tenants, `key_source.rs`,
-//!   `introspection.rs`, `ext_authz.rs`), `DEFAULT_*` constants, `env.rs` overrides,
-//!   validation errors naming the key. Its module docs say how to add a section or a key.
+//! - [`config`]: typed configuration, one file per section (`server.rs`, `admin.rs` for
+//!   where AdminService is served and who may call it, `tenant.rs`, `policy.rs` for the
+//!   keys `defaults:` shares with tenants, `key_source.rs`, `introspection.rs`,
+//!   `ext_authz.rs`), `DEFAULT_*` constants, `env.rs` overrides, validation errors
+//!   naming the key. Its module docs say how to add a section or a key.
 //! - [`jwt`]: compact JWS framing, strict JSON, claim checks, the `WWW-Authenticate`
 //!   challenges (`challenge.rs`; no keys, no network).
 //! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
@@ -30,10 +31,12 @@
 //! - [`fleet`]: the `shared` traits on Redis (standalone or cluster): connection, key
 //!   layout, scripts, integrity tags, pub/sub, the monitor; the only module that knows
 //!   the Redis client, built by `app` only with `shared_state`.
-//! - [`grpc`]: the TokenService adapter (with the WatchKeys stream), the operator
-//!   AdminService adapter, Envoy's external authorization service (`ext_authz/`, over
-//!   the vendored Envoy protos), `to_proto` conversions, and the one error-to-Status
-//!   mapping.
+//! - [`grpc`]: the TokenService adapter (with the WatchKeys stream and its per-caller
+//!   caps), the operator AdminService adapter (with `admin_auth`; `Revoke`), Envoy's external
+//!   authorization service (`ext_authz/`, over the vendored Envoy protos), `to_proto`
+//!   conversions, request bounds, the one error-to-Status mapping, and the tower layers
+//!   (`layers.rs`: metrics and the concurrency limit taken after the request message;
+//!   `deadline.rs`: the call deadline).
 //! - [`app`]: wiring: registry, background tasks (one tracker, one cancel token),
 //!   services, side listeners, serve, the one shutdown sequence.
 //! - [`dev`]: the `--dev` issuer and its signing key.
@@ -42,7 +45,10 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus families, bounded labels, scrape-time collectors, the
 //!   ext_authz checks (`checks.rs`), the `/metrics` endpoint.
-//! - [`transport`]: the gRPC listener's accept loop, TLS with hot reload, connection age.
+//! - [`transport`]: every gRPC listener's connections, served with hyper's HTTP/2 server:
+//!   the connection cap with eviction of idle connections (`admission.rs`), TLS with hot
+//!   reload, the first-request deadline, HTTP/2 stream and reset limits, connection age
+//!   and graceful shutdown (`conn.rs`).
 //!
 //! Dependencies go one way: `jwt`, `keys`, `shared` <- `events` <- `registry` <- `oidc`,
 //! `introspect` <- `fleet`, `grpc` <- `app` <- `cli`; `config` is read by all of them

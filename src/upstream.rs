@@ -35,7 +35,19 @@ pub enum FetchError {
     /// The body exceeded [`MAX_BODY_BYTES`].
     #[error("response body exceeds {MAX_BODY_BYTES} bytes")]
     TooLarge,
-    /// The body is not the JSON expected.
+    /// The body is not JSON (or not a JSON object).
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// A discovery document declares another issuer than the configured one.
+    #[error("metadata issuer `{declared}` is not the configured `{expected}`")]
+    IssuerMismatch {
+        /// What the document says.
+        declared: String,
+        /// What the configuration says.
+        expected: String,
+    },
+    /// The body is JSON, but not the document expected (a member missing, no usable
+    /// key).
     #[error("invalid document: {0}")]
     Invalid(String),
     /// A URL that policy forbids (http while https is required, bad scheme).
@@ -45,6 +57,29 @@ pub enum FetchError {
     /// did not finish in time); this replica did not call the upstream itself.
     #[error("the fleet's fetch failed: {0}")]
     Fleet(String),
+    /// A local file (`jwks_file`) could not be read.
+    #[error("cannot read {0}")]
+    File(String),
+}
+
+impl FetchError {
+    /// What callers may see of this failure: a category (`timeout`, `http 503`,
+    /// `invalid json`, `issuer mismatch`, ...), never a URL, a path or an error chain.
+    /// The full error (its `Display`) is for the log.
+    pub fn category(&self) -> String {
+        match self {
+            Self::Timeout(_) => "timeout".into(),
+            Self::Connect(_) => "connection failed".into(),
+            Self::Status(s) => format!("http {s}"),
+            Self::TooLarge => "too large".into(),
+            Self::Json(_) => "invalid json".into(),
+            Self::IssuerMismatch { .. } => "issuer mismatch".into(),
+            Self::Invalid(_) => "invalid document".into(),
+            Self::Insecure(_) => "url refused".into(),
+            Self::File(_) => "file unreadable".into(),
+            Self::Fleet(_) => "another replica's fetch failed".into(),
+        }
+    }
 }
 
 /// Which redirects a client follows.
@@ -96,6 +131,24 @@ pub struct Reply {
     pub status: u16,
     /// The body, at most [`MAX_BODY_BYTES`].
     pub body: Vec<u8>,
+    /// `Retry-After` in its delta-seconds form (an HTTP-date is ignored), capped at
+    /// [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
+}
+
+/// Longest `Retry-After` honoured: a provider cannot silence a client for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The `Retry-After` delay of a response, when given in seconds.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// Checks a URL against the https policy.
@@ -168,10 +221,9 @@ const FORM: &str = "application/x-www-form-urlencoded";
 
 /// Parses a JSON body that must be an object.
 pub fn parse_json(body: &[u8]) -> Result<Value, FetchError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| FetchError::Invalid(format!("not JSON ({e})")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| FetchError::Json(e.to_string()))?;
     if !v.is_object() {
-        return Err(FetchError::Invalid("not a JSON object".into()));
+        return Err(FetchError::Json("not an object".into()));
     }
     Ok(v)
 }
@@ -204,6 +256,7 @@ async fn send_capped(
     let work = async {
         let mut resp = req.send().await.map_err(|e| classify(&e, timeout))?;
         let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
         if !resp.status().is_success() && !accept_status(status) {
             return Err(FetchError::Status(status));
         }
@@ -220,11 +273,77 @@ async fn send_capped(
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body,
+            retry_after,
+        })
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| FetchError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod category_tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_is_read_and_capped() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, " 7 ".parse().expect("value"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "86400".parse().expect("value"),
+        );
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("value"),
+        );
+        assert_eq!(retry_after(&h), None, "HTTP-dates are not honoured");
+    }
+
+    #[test]
+    fn categories_hold_no_url_path_or_cause() {
+        let cases = [
+            (FetchError::Timeout(Duration::from_secs(5)), "timeout"),
+            (
+                FetchError::Connect("tcp connect error: http://10.0.0.1/x".into()),
+                "connection failed",
+            ),
+            (FetchError::Status(503), "http 503"),
+            (FetchError::TooLarge, "too large"),
+            (
+                FetchError::Json("expected value at line 1".into()),
+                "invalid json",
+            ),
+            (
+                FetchError::IssuerMismatch {
+                    declared: "https://evil".into(),
+                    expected: "https://good".into(),
+                },
+                "issuer mismatch",
+            ),
+            (
+                FetchError::Invalid("no jwks_uri".into()),
+                "invalid document",
+            ),
+            (
+                FetchError::Insecure("http://x is not https".into()),
+                "url refused",
+            ),
+            (
+                FetchError::File("/etc/secret/keys.json: denied".into()),
+                "file unreadable",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.category(), want, "{err}");
+        }
+    }
 }
 
 #[cfg(test)]

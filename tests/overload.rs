@@ -311,3 +311,84 @@ async fn keepalive_pings_and_closes_a_peer_that_never_answers() {
     const PING: u8 = 6;
     assert!(types.contains(&PING), "the server pinged: {types:?}");
 }
+
+/// About twice the capacity offered: calls beyond the limit are refused at once (never
+/// after a timeout), health stays SERVING throughout, and admitted calls keep a bounded
+/// latency. Capacity here is `concurrency_limit` calls held by a slow (1 s) JWKS
+/// refresh: each call presents an unknown kid and waits for the refresh in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_twice_the_capacity_excess_calls_are_refused_at_once_and_admitted_ones_stay_fast() {
+    const LIMIT: usize = 8;
+    const HOLD: Duration = Duration::from_secs(1);
+    let (idp, _key, h) = setup(
+        "    fetch_timeout: 5s\n    unknown_kid_cooldown: 0s\n",
+        |s| s.server.concurrency_limit = LIMIT,
+    )
+    .await;
+    idp.set_delay("/jwks", Some(HOLD));
+    let iss = idp.issuer();
+    let stranger = TestKey::rsa("stranger", "RS256");
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+
+    let mut workers = Vec::new();
+    for w in 0..2 * LIMIT {
+        let mut client = h.client.clone();
+        let token = stranger.token(&claims(&iss, "api://demo"));
+        workers.push(tokio::spawn(async move {
+            let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+            while tokio::time::Instant::now() < until {
+                let t0 = tokio::time::Instant::now();
+                let r = client
+                    .validate(pb::ValidateRequest {
+                        token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                let took = t0.elapsed();
+                match r {
+                    Ok(_) => admitted.push(took),
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        refused.push(took);
+                        tokio::time::sleep(Duration::from_millis(10 + w as u64)).await;
+                    }
+                    Err(s) => panic!("unexpected {s:?}"),
+                }
+            }
+            (admitted, refused)
+        }));
+    }
+    let mut health = HealthClient::new(h.channel.clone());
+    let mut probes = 0;
+    while tokio::time::Instant::now() < until {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "introspect.v1.TokenService".into(),
+            })
+            .await
+            .expect("health answers under overload")
+            .into_inner()
+            .status;
+        assert_eq!(status, SERVING);
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+    for w in workers {
+        let (a, r) = w.await.expect("worker");
+        admitted.extend(a);
+        refused.extend(r);
+    }
+    assert!(probes >= 10, "health was probed throughout: {probes}");
+    assert!(!refused.is_empty() && !admitted.is_empty(), "both happened");
+    let slowest_refusal = refused.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest_refusal < HOLD / 2,
+        "refusals come at once, not after waiting: slowest {slowest_refusal:?} of {}",
+        refused.len()
+    );
+    let slowest_admitted = admitted.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest_admitted < 3 * HOLD,
+        "admitted calls wait at most about one refresh: slowest {slowest_admitted:?}"
+    );
+}

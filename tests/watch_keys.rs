@@ -122,15 +122,6 @@ async fn refresh(channel: &Channel, tenant: &str, policy: &str) -> pb::RefreshIs
         .into_inner()
 }
 
-async fn issuers(channel: &Channel) -> Vec<pb::IssuerStatus> {
-    admin(channel)
-        .list_issuers(pb::ListIssuersRequest::default())
-        .await
-        .expect("ListIssuers")
-        .into_inner()
-        .issuers
-}
-
 fn refs(keys: &[TestKey]) -> Vec<&TestKey> {
     keys.iter().collect()
 }
@@ -157,10 +148,22 @@ fn assert_describes(e: &pb::KeyEvent, key: &TestKey, tenant: &str, issuer: &str)
     assert!(e.message.is_empty());
 }
 
+/// Tenant settings for tests that force refreshes back to back: RefreshIssuer fetches at
+/// most once per `unknown_kid_cooldown`.
+const FORCE_ANY_TIME: &str = "    unknown_kid_cooldown: 0s\n";
+
+/// The `server:` section of this suite: AdminService on the (loopback) main listener,
+/// which it has to ask for.
+const WITH_ADMIN: &str = "server:\n  listen: \"127.0.0.1:0\"\n  admin: true\n";
+
 async fn setup(keys: &[&TestKey], extra: &str) -> (FakeIdp, Harness) {
     let idp = FakeIdp::start().await;
     idp.serve_oidc(keys);
-    let h = start(settings(&oidc_tenant(&idp, extra))).await;
+    let h = start(settings(&format!(
+        "{WITH_ADMIN}{}",
+        oidc_tenant(&idp, extra)
+    )))
+    .await;
     h.wait_health(TOKEN_SERVICE, SERVING).await;
     (idp, h)
 }
@@ -285,7 +288,7 @@ async fn tenant_filters_and_unknown_tenants() {
     demo.serve_oidc(&[&d1]);
     other.serve_oidc(&[&o1]);
     let yaml = format!(
-        "{}  - id: other\n    issuer: \"{}\"\n    audiences: [\"x\"]\n    require_https: false\n",
+        "{WITH_ADMIN}{}  - id: other\n    issuer: \"{}\"\n    audiences: [\"x\"]\n    require_https: false\n",
         oidc_tenant(&demo, ""),
         other.issuer()
     );
@@ -331,7 +334,7 @@ async fn b2c_key_events_and_issuers_carry_their_policy() {
         idp.publish(&jwks_path, &[key]);
     }
     let yaml = format!(
-        "tenants:\n  - id: b2c\n    issuer: \"{issuer}\"\n    audiences: [\"app\"]\n    require_https: false\n    b2c:\n      metadata_url: \"{}/{{policy}}/v2.0/.well-known/openid-configuration\"\n      policies: [B2C_1_A, B2C_1_B]\n",
+        "{WITH_ADMIN}tenants:\n  - id: b2c\n    issuer: \"{issuer}\"\n    audiences: [\"app\"]\n    require_https: false\n    b2c:\n      metadata_url: \"{}/{{policy}}/v2.0/.well-known/openid-configuration\"\n      policies: [B2C_1_A, B2C_1_B]\n",
         idp.issuer()
     );
     let h = start(settings(&yaml)).await;
@@ -364,7 +367,7 @@ async fn b2c_key_events_and_issuers_carry_their_policy() {
     );
     assert_describes(&e, &a2, "b2c", &issuer);
 
-    let list = issuers(&h.channel).await;
+    let list = list_issuers(&h.channel).await;
     let shown: Vec<(&str, &str, usize)> = list
         .iter()
         .map(|i| (i.policy.as_str(), i.metadata_url.as_str(), i.keys.len()))
@@ -418,7 +421,7 @@ async fn a_stalled_subscriber_is_resynchronised_while_a_reading_one_sees_every_e
     // 100 keys per set (the most a set holds): each rotation is 100 ADDED + 100 REMOVED.
     let set_a: Vec<TestKey> = (0..100).map(|i| TestKey::ec(&format!("a{i}"))).collect();
     let set_b: Vec<TestKey> = (0..100).map(|i| TestKey::ec(&format!("b{i}"))).collect();
-    let (idp, h) = setup(&refs(&set_a), "").await;
+    let (idp, h) = setup(&refs(&set_a), FORCE_ANY_TIME).await;
 
     let mut reader = watch(&h.channel, &[]).await.expect("reader");
     // The stalled client has its own connection with a tiny HTTP/2 window, so the
@@ -499,7 +502,7 @@ async fn a_failed_refresh_is_streamed_once_per_failure_not_per_caller() {
         TestKey::ec("k2"),
         TestKey::ec("stranger"),
     );
-    let (idp, h) = setup(&[&k1], "").await;
+    let (idp, h) = setup(&[&k1], FORCE_ANY_TIME).await;
     let mut s = watch(&h.channel, &[]).await.expect("WatchKeys");
     assert_eq!(snapshot(&mut s).await.len(), 1);
 
@@ -662,8 +665,8 @@ async fn list_issuers_and_refresh_issuer_report_state_and_changes() {
         TestKey::ec("k2"),
         TestKey::ec("k3"),
     );
-    let (idp, h) = setup(&[&k1], "").await;
-    let list = issuers(&h.channel).await;
+    let (idp, h) = setup(&[&k1], FORCE_ANY_TIME).await;
+    let list = list_issuers(&h.channel).await;
     assert_eq!(list.len(), 1);
     let i = &list[0];
     assert_eq!(
@@ -748,7 +751,7 @@ async fn list_issuers_and_refresh_issuer_report_state_and_changes() {
         failed.added.is_empty() && failed.removed.is_empty(),
         "the last good keys stay"
     );
-    let i = issuers(&h.channel).await.remove(0);
+    let i = list_issuers(&h.channel).await.remove(0);
     assert!(i.last_failed);
     assert!(i.last_error.contains("503"));
     assert!(i.last_error_at.is_some());
@@ -836,7 +839,7 @@ async fn admin_is_listed_by_reflection_and_can_be_turned_off() {
 async fn the_example_mirror_verifies_a_token_signed_by_a_rotated_in_key() {
     introspectd::install_crypto();
     let (k1, k2) = (TestKey::rsa("k1", "RS256"), TestKey::ec("k2"));
-    let (idp, h) = setup(&[&k1], "").await;
+    let (idp, h) = setup(&[&k1], FORCE_ANY_TIME).await;
     let mut s = watch(&h.channel, &["demo"]).await.expect("WatchKeys");
     let mut keys = mirror::KeyMirror::new();
     while !keys.is_synced() {

@@ -101,6 +101,9 @@ def default(objs):
     check(c["image"] == "ghcr.io/introspectd/introspectd:0.1.0", f"default image is {c['image']}")
     check("tls" not in config["server"], "server.tls rendered without tls.enabled")
     check("shared_state" not in config, "shared_state rendered without sharedState.enabled")
+    check(config["server"].get("admin") is False, "AdminService must be off on the gRPC port by default")
+    check("admin_listen" not in config["server"], "no admin listener unless admin.enabled")
+    check(all(p["name"] != "admin" for p in c["ports"]), "the admin port must not be declared by default")
     kinds = sorted(o["kind"] for o in objs)
     check(kinds == sorted(["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]),
           f"default render has {kinds}")
@@ -136,7 +139,15 @@ def all_features(objs):
     headless = [o for o in objs if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None"]
     check(headless and all(p["name"] != "metrics" for p in headless[0]["spec"]["ports"]),
           "the headless Service must not carry the metrics port (double scraping)")
+    admin_port = int(config["server"]["admin_listen"].rsplit(":", 1)[1])
+    check("admin_auth" in config["server"], "an exposed admin port needs server.admin_auth")
+    check(any(p["name"] == "admin" and p["containerPort"] == admin_port for p in c["ports"]),
+          "admin.expose declares the admin port")
     netpol = one(objs, "NetworkPolicy")
+    admin_rules = [r for r in netpol["spec"]["ingress"]
+                   if any(p.get("port") == "admin" for p in r.get("ports", []))]
+    check(len(admin_rules) == 1 and admin_rules[0].get("from"),
+          "the admin port is open only to networkPolicy.ingress.adminFrom")
     egress_ports = {(p["port"], p.get("protocol")) for r in netpol["spec"]["egress"] for p in r.get("ports", [])}
     check({(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress_ports, "egress must allow DNS and 443")
     shared_state(config, c, env, mounts, netpol)

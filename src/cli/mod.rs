@@ -178,6 +178,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Ok(mut s) => {
                 if let Some(l) = args.listen {
                     s.server.listen = l;
+                    if let Err(e) = config::check_admin_exposure(&s.server) {
+                        return config_failure(&e);
+                    }
                 }
                 s
             }

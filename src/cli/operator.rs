@@ -29,20 +29,53 @@ pub struct WatchArgs {
 /// `issuers` options.
 #[derive(Debug, Args)]
 pub struct IssuersArgs {
-    /// Server address.
+    /// Address serving AdminService: `server.admin_listen` (e.g. after
+    /// `kubectl port-forward deploy/introspectd 50053`), or `server.listen` when
+    /// `server.admin` is true.
     #[arg(long, default_value = DEFAULT_ADDR)]
     pub addr: String,
     /// Only this tenant (repeatable; default every tenant).
     #[arg(long = "tenant")]
     pub tenants: Vec<String>,
+    /// The admin token (`server.admin_auth`), sent as `authorization: Bearer`.
+    #[arg(long, env = "INTROSPECTD_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the admin token (instead of --token; keeps it out of `ps`).
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl IssuersArgs {
+    /// The admin token, from --token, the environment or --token-file.
+    fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --token-file {}", path.display()))?;
+            return Ok(Some(text.trim().to_string()));
+        }
+        Ok(self.token.as_ref().map(|t| t.trim().to_string()))
+    }
+}
+
+/// An AdminService call's failure, with what an operator can do about it.
+fn admin_error(call: &str, s: &tonic::Status) -> anyhow::Error {
+    let hint = match s.code() {
+        tonic::Code::Unimplemented => {
+            "this address does not serve AdminService: it is off on server.listen unless \
+             server.admin is true; point --addr at server.admin_listen"
+        }
+        tonic::Code::Unauthenticated => {
+            "the server requires an admin token (server.admin_auth): pass --token, \
+             --token-file or INTROSPECTD_ADMIN_TOKEN"
+        }
+        tonic::Code::PermissionDenied => "the admin token lacks a scope server.admin_auth requires",
+        _ => return rpc_error(call, s),
+    };
+    anyhow::anyhow!("{call}: {hint} ({:?}: {})", s.code(), s.message())
 }
 
 fn rpc_error(call: &str, s: &tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::Unimplemented {
-        anyhow::anyhow!("{call}: the server does not serve it (is `server.admin` false?)")
-    } else {
-        anyhow::anyhow!("{call} failed: {:?}: {}", s.code(), s.message())
-    }
+    anyhow::anyhow!("{call} failed: {:?}: {}", s.code(), s.message())
 }
 
 /// Streams WatchKeys and prints one JSON object per event until the server ends the
@@ -80,17 +113,25 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Calls ListIssuers and prints the table.
+/// Calls ListIssuers (with the admin token, when given) and prints the table.
 pub async fn issuers(args: IssuersArgs) -> anyhow::Result<()> {
+    let token = args.admin_token()?;
     let mut client = AdminServiceClient::connect(args.addr.clone())
         .await
         .with_context(|| format!("connecting to {}", args.addr))?;
+    let mut request = tonic::Request::new(pb::ListIssuersRequest {
+        tenants: args.tenants,
+    });
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("the admin token cannot be sent as metadata")?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let resp = client
-        .list_issuers(pb::ListIssuersRequest {
-            tenants: args.tenants,
-        })
+        .list_issuers(request)
         .await
-        .map_err(|s| rpc_error("ListIssuers", &s))?
+        .map_err(|s| admin_error("ListIssuers", &s))?
         .into_inner();
     print!("{}", issuers_table(&resp.issuers, SystemTime::now()));
     Ok(())

@@ -13,8 +13,9 @@ use serde_yaml_ng::Value as Yaml;
 
 /// Keys that have no default: a `null` there stays, so the error names the key itself
 /// ("invalid type: unit value") rather than its section ("missing field").
-const KEYS_WITHOUT_DEFAULT: [&str; 8] = [
+const KEYS_WITHOUT_DEFAULT: [&str; 9] = [
     "id",
+    "tenant",
     "issuer",
     "cert_file",
     "key_file",

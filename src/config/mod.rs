@@ -27,6 +27,7 @@
 //! for free; a new key without a default joins `de::KEYS_WITHOUT_DEFAULT` so that its
 //! `null` is reported at the key itself.
 
+mod admin;
 mod de;
 mod env;
 mod ext_authz;
@@ -42,6 +43,7 @@ use std::{fmt, path::Path};
 use serde::Deserialize;
 use serde_yaml_ng::Value as Yaml;
 
+pub use admin::{AdminAuthSettings, check_exposure as check_admin_exposure};
 pub use env::{ENV_PREFIX, env_overrides};
 pub use ext_authz::{
     DEFAULT_CLAIMS_HEADER, DEFAULT_HEADERS, DEFAULT_TOKEN_HEADER, ExtAuthzSettings, HeaderMapping,
@@ -59,9 +61,11 @@ pub use policy::{
     RefreshSettings, ValidationPolicy,
 };
 pub use server::{
-    DEFAULT_CONCURRENCY_LIMIT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_WATCHERS, DEFAULT_METRICS_LISTEN, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_CONCURRENCY_LIMIT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_CONNECTION,
+    DEFAULT_MAX_WATCHERS_PER_PEER, DEFAULT_METRICS_LISTEN, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL,
     ServerSettings, TlsSettings,
 };
@@ -145,11 +149,13 @@ struct File {
 
 impl File {
     fn resolve(self, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
+        let server = self.server.validated()?;
         let tenants = tenant::resolve_all(self.tenants, &self.defaults, env)?;
+        admin::check_tenant(&server, &tenants)?;
         let is_tenant = |id: &str| tenants.iter().any(|t| t.id == id);
         let ext_authz = ext_authz::resolve(self.ext_authz, &is_tenant)?;
         Ok(Settings {
-            server: self.server.validated()?,
+            server,
             tenants,
             shared_state: self.shared_state.map(|s| s.resolve(env)).transpose()?,
             ext_authz,

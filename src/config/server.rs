@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{ConfigError, de};
+use super::{ConfigError, admin::AdminAuthSettings, de};
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -43,6 +43,17 @@ pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Default bound on one TLS handshake.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.handshake_timeout`: from accept (or the end of the TLS handshake) to
+/// the first request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `server.max_connections`: open connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `server.max_concurrent_streams`: HTTP/2 streams per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Default `server.max_watchers_per_connection`.
+pub const DEFAULT_MAX_WATCHERS_PER_CONNECTION: usize = 16;
+/// Default `server.max_watchers_per_peer` (per client IP address).
+pub const DEFAULT_MAX_WATCHERS_PER_PEER: usize = 64;
 
 /// `server:` settings. Every key is optional; [`Default`] holds the built-in values.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,10 +71,29 @@ pub struct ServerSettings {
     pub health_listen: Option<SocketAddr>,
     /// Larger tokens are INVALID_ARGUMENT, never parsed.
     pub max_token_bytes: usize,
-    /// Cap on concurrent `WatchKeys` streams.
+    /// Cap on concurrent `WatchKeys` streams, over every caller.
     pub max_watchers: usize,
-    /// Serve `introspect.v1.AdminService`.
+    /// Cap on concurrent `WatchKeys` streams on one connection.
+    pub max_watchers_per_connection: usize,
+    /// Cap on concurrent `WatchKeys` streams from one client IP address.
+    pub max_watchers_per_peer: usize,
+    /// Serve `introspect.v1.AdminService` on `listen` (default off).
     pub admin: bool,
+    /// A listener serving AdminService and grpc.health.v1 alone; `None`: none.
+    #[serde(deserialize_with = "de::optional_address")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The token admin calls must carry; required when AdminService listens on a
+    /// non-loopback address.
+    pub admin_auth: Option<AdminAuthSettings>,
+    /// Open connections per listener; at the cap a connection that has made no request
+    /// yet is closed for the new one, else the new one is refused.
+    pub max_connections: usize,
+    /// HTTP/2 MAX_CONCURRENT_STREAMS, advertised and enforced per connection.
+    pub max_concurrent_streams: u32,
+    /// Deadline for a connection's HTTP/2 preface and first request, from accept (or
+    /// from the end of the TLS handshake, which `tls.handshake_timeout` bounds).
+    #[serde(deserialize_with = "de::duration")]
+    pub handshake_timeout: Duration,
     /// TLS on the gRPC listener; plaintext when `None`.
     pub tls: Option<TlsSettings>,
     /// In-flight unary calls, across all connections, beyond which a call is answered
@@ -100,7 +130,14 @@ impl Default for ServerSettings {
             health_listen: None,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             max_watchers: DEFAULT_MAX_WATCHERS,
-            admin: true,
+            max_watchers_per_connection: DEFAULT_MAX_WATCHERS_PER_CONNECTION,
+            max_watchers_per_peer: DEFAULT_MAX_WATCHERS_PER_PEER,
+            admin: false,
+            admin_listen: None,
+            admin_auth: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             tls: None,
             concurrency_limit: DEFAULT_CONCURRENCY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -138,9 +175,32 @@ impl ServerSettings {
                 "must be at least server.max_token_bytes",
             ));
         }
+        for (key, value) in [
+            ("server.max_connections", self.max_connections),
+            (
+                "server.max_concurrent_streams",
+                self.max_concurrent_streams as usize,
+            ),
+            (
+                "server.max_watchers_per_connection",
+                self.max_watchers_per_connection,
+            ),
+            ("server.max_watchers_per_peer", self.max_watchers_per_peer),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "server.handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
+        super::admin::check_exposure(&self)?;
         Ok(self)
     }
 }

@@ -280,3 +280,74 @@ fn environment_overrides_reach_every_top_level_section() {
         Some(OnUnavailable::FailClosed)
     );
 }
+
+#[test]
+fn limits_that_protect_callers_have_defaults_and_refuse_zero() {
+    let s = load("tenants:\n  - id: a\n    issuer: https://a\n").expect("loads");
+    assert!(!s.server.admin, "AdminService is off unless asked for");
+    assert_eq!(s.server.admin_listen, None);
+    assert_eq!(s.server.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(s.server.max_concurrent_streams, 128);
+    assert_eq!(s.server.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(s.server.max_watchers_per_connection, 16);
+    assert_eq!(s.server.max_watchers_per_peer, 64);
+    for key in [
+        "max_connections",
+        "max_concurrent_streams",
+        "max_watchers_per_connection",
+        "max_watchers_per_peer",
+    ] {
+        let err = load(&format!("server:\n  {key}: 0\n")).unwrap_err();
+        assert_eq!(err.key, format!("server.{key}"), "{err}");
+    }
+    let err = load("server:\n  handshake_timeout: 0s\n").unwrap_err();
+    assert_eq!(err.key, "server.handshake_timeout");
+}
+
+#[test]
+fn admin_off_loopback_needs_admin_auth() {
+    let tenant = "tenants:\n  - id: ops\n    issuer: https://ops\n";
+    for server in [
+        "server:\n  admin: true\n",
+        "server:\n  listen: 127.0.0.1:1\n  admin_listen: 0.0.0.0:2\n",
+        "server:\n  listen: \"[::]:1\"\n  admin: true\n",
+    ] {
+        let err = load(&format!("{server}{tenant}")).unwrap_err();
+        assert_eq!(err.key, "server.admin_auth", "{server}: {err}");
+    }
+    for server in [
+        "server:\n  listen: 127.0.0.1:1\n  admin: true\n",
+        "server:\n  admin_listen: 127.0.0.1:2\n",
+        "server:\n  admin_listen: \"[::1]:2\"\n",
+        "server:\n  admin: true\n  admin_listen: 0.0.0.0:2\n  admin_auth:\n    tenant: ops\n    required_scopes: [admin]\n",
+    ] {
+        let s = load(&format!("{server}{tenant}")).expect(server);
+        assert!(s.server.admin || s.server.admin_listen.is_some());
+    }
+    let err = load(&format!(
+        "server:\n  admin_auth:\n    tenant: nobody\n    audiences: [x]\n{tenant}"
+    ))
+    .unwrap_err();
+    assert_eq!(err.key, "server.admin_auth.tenant");
+    let err = load(&format!(
+        "server:\n  admin_auth:\n    tenant: ops\n{tenant}"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        err.key, "server.admin_auth",
+        "neither audiences nor scopes: {err}"
+    );
+    let err = load(&format!(
+        "server:\n  admin_auth:\n    audiences: [x]\n{tenant}"
+    ))
+    .unwrap_err();
+    assert_eq!(err.key, "server.admin_auth", "{err}");
+    assert!(err.message.contains("tenant"), "{err}");
+    let s = load(&format!(
+        "server:\n  admin_auth:\n    tenant: ops\n    audiences: [api://ops]\n    required_scopes: [ops.admin]\n{tenant}"
+    ))
+    .expect("loads");
+    let auth = s.server.admin_auth.expect("admin_auth");
+    assert_eq!(auth.tenant, "ops");
+    assert_eq!(auth.required_scopes, vec!["ops.admin".to_string()]);
+}

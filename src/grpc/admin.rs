@@ -1,29 +1,114 @@
 //! `introspect.v1.AdminService`, the operator view: every key set's keys and fetch
 //! history (`ListIssuers`), a forced refresh of one key set that reports what changed
-//! (`RefreshIssuer`), and revocation rules (`Revoke`). This adapter parses requests and
-//! converts answers; the work is the registry's ([`Registry::key_sets_of`],
-//! [`Registry::force_refresh`], [`Registry::revoke`]).
+//! (`RefreshIssuer`), and revocation rules (`Revoke`). This adapter checks the caller's
+//! token (`server.admin_auth`, for every method), parses requests and converts answers;
+//! the work is the registry's ([`Registry::key_sets_of`], [`Registry::force_refresh`],
+//! [`Registry::revoke`]).
 
 use std::{sync::Arc, time::SystemTime};
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::warn;
 
 use super::{
     BoundaryError, convert,
     pb::{self, admin_service_server::AdminService},
 };
-use crate::registry::{KeySetState, Registry, RevokeError};
+use crate::{
+    config::AdminAuthSettings,
+    jwt::ErrorCode,
+    registry::{KeySetState, Registry, RevokeError, ValidateError, ValidateInput},
+};
 
 /// The AdminService handler (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct AdminServiceImpl {
     registry: Registry,
+    auth: Option<Arc<AdminAuth>>,
+}
+
+#[derive(Debug)]
+struct AdminAuth {
+    settings: AdminAuthSettings,
+    max_token_bytes: usize,
+}
+
+/// The token of an `authorization` value: scheme `Bearer` (case-insensitive), then the
+/// token.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl AdminServiceImpl {
-    /// A handler over `registry`.
+    /// A handler over `registry`, open to every caller (see [`Self::with_auth`]).
     pub fn new(registry: Registry) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            auth: None,
+        }
+    }
+
+    /// Every call must then carry `authorization: Bearer <token>` that Validate accepts
+    /// with `auth` (tokens up to `max_token_bytes`); `None` leaves the service open.
+    pub fn with_auth(mut self, auth: Option<AdminAuthSettings>, max_token_bytes: usize) -> Self {
+        self.auth = auth.map(|settings| {
+            Arc::new(AdminAuth {
+                settings,
+                max_token_bytes,
+            })
+        });
+        self
+    }
+
+    /// Checks a call's `authorization` metadata: UNAUTHENTICATED when it is absent or
+    /// its token is not accepted, PERMISSION_DENIED when a required scope is missing.
+    pub async fn authorize(&self, metadata: &MetadataMap) -> Result<(), BoundaryError> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let unauthenticated = |why: &str| BoundaryError::Unauthenticated(why.to_string());
+        let value = metadata.get("authorization").ok_or_else(|| {
+            unauthenticated("admin calls need `authorization: Bearer <token>` metadata")
+        })?;
+        let token =
+            value.to_str().ok().and_then(bearer).ok_or_else(|| {
+                unauthenticated("the authorization metadata is not `Bearer <token>`")
+            })?;
+        if token.len() > auth.max_token_bytes {
+            return Err(unauthenticated("the admin token is too large"));
+        }
+        let s = &auth.settings;
+        let input = ValidateInput {
+            token,
+            tenant: Some(&s.tenant),
+            audiences: &s.audiences,
+            required_scopes: &s.required_scopes,
+            peek_replay: true,
+            ..ValidateInput::default()
+        };
+        match self.registry.validate(&input).await {
+            Ok(_) => Ok(()),
+            Err(ValidateError::Rejected { rejection, .. }) => {
+                warn!(code = %rejection.code, reason = %rejection.message, "admin call refused");
+                if rejection.code == ErrorCode::InsufficientScope {
+                    Err(BoundaryError::PermissionDenied(format!(
+                        "the admin token lacks a required scope: {}",
+                        rejection.message
+                    )))
+                } else {
+                    Err(BoundaryError::Unauthenticated(format!(
+                        "the admin token is not accepted ({})",
+                        rejection.code
+                    )))
+                }
+            }
+            Err(ValidateError::Request(e)) => {
+                warn!(error = %e, "admin call refused");
+                Err(unauthenticated("the admin token is not accepted"))
+            }
+        }
     }
 
     /// ListIssuers without the tonic wrapping.
@@ -31,6 +116,7 @@ impl AdminServiceImpl {
         &self,
         req: &pb::ListIssuersRequest,
     ) -> Result<pb::ListIssuersResponse, BoundaryError> {
+        super::check_list("tenants", &req.tenants)?;
         let issuers = self
             .registry
             .key_sets_of(&req.tenants)?
@@ -45,13 +131,17 @@ impl AdminServiceImpl {
         if tenant.is_empty() {
             return Err(BoundaryError::Invalid("tenant is required".into()));
         }
+        super::check_field("tenant", tenant)?;
+        super::check_field("policy", policy)?;
         let policy = (!policy.is_empty()).then_some(policy);
         Ok(self.registry.find_key_set(tenant, policy)?)
     }
 
     /// RefreshIssuer without the tonic wrapping: forces a full refresh (joining one in
-    /// flight), waits at most the tenant's `fetch_timeout`, and reports the difference
-    /// between the keys before and after, by the same rule as WatchKeys' ADDED/REMOVED.
+    /// flight; inside the tenant's `unknown_kid_cooldown` since the last forced one,
+    /// repeating its last result instead), waits at most the tenant's `fetch_timeout`,
+    /// and reports the difference between the keys before and after, by the same rule
+    /// as WatchKeys' ADDED/REMOVED.
     pub async fn refresh_issuer_message(
         &self,
         req: &pb::RefreshIssuerRequest,
@@ -59,7 +149,11 @@ impl AdminServiceImpl {
         let state = self.find(&req.tenant, &req.policy)?;
         let report = self
             .registry
-            .force_refresh(&state.id, state.settings.fetch_timeout)
+            .force_refresh(
+                &state.id,
+                state.settings.fetch_timeout,
+                state.settings.unknown_kid_cooldown,
+            )
             .await?;
         Ok(convert::refresh_report(&report, self.replica()))
     }
@@ -103,6 +197,7 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::ListIssuersRequest>,
     ) -> Result<Response<pb::ListIssuersResponse>, Status> {
+        self.authorize(request.metadata()).await?;
         Ok(Response::new(
             self.list_issuers_message(&request.into_inner())?,
         ))
@@ -112,6 +207,7 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::RefreshIssuerRequest>,
     ) -> Result<Response<pb::RefreshIssuerResponse>, Status> {
+        self.authorize(request.metadata()).await?;
         Ok(Response::new(
             self.refresh_issuer_message(&request.into_inner()).await?,
         ))
@@ -121,6 +217,7 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        self.authorize(request.metadata()).await?;
         Ok(Response::new(
             self.revoke_message(&request.into_inner()).await?,
         ))

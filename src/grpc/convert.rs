@@ -195,6 +195,8 @@ pub fn refresh_report(r: &RefreshReport, replica: &str) -> pb::RefreshIssuerResp
         removed: r.removed.iter().map(key_info_summary).collect(),
         error: error.unwrap_or_default(),
         issuer: Some(issuer_status(&r.key_set, replica)),
+        throttled: r.retry_after.is_some(),
+        retry_after: r.retry_after.map(system_time),
     }
 }
 

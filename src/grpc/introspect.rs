@@ -4,7 +4,7 @@
 
 use tracing::debug;
 
-use super::{BoundaryError, Limits, convert, non_empty, parse_token, pb};
+use super::{BoundaryError, Limits, check_field, convert, non_empty, parse_token, pb};
 use crate::{
     introspect::{Answer, IntrospectError, IntrospectInput, Introspection},
     registry::RequestError,
@@ -56,6 +56,8 @@ pub async fn introspect_message(
     req: &pb::IntrospectRequest,
 ) -> Result<pb::IntrospectResponse, BoundaryError> {
     let token = parse_token(&req.token, limits.max_token_bytes)?;
+    check_field("tenant", &req.tenant)?;
+    check_field("token_type_hint", &req.token_type_hint)?;
     let input = IntrospectInput {
         token,
         token_type_hint: non_empty(&req.token_type_hint),
@@ -93,7 +95,7 @@ mod tests {
         let registry = Registry::new(&settings).expect("registry");
         let limits = Limits {
             max_token_bytes: 1024,
-            max_watchers: 1,
+            watchers: crate::grpc::watch::WatcherLimits::total(1),
         };
         TokenServiceImpl::new(registry.clone(), limits)
             .with_introspector(Introspection::local_only(registry))

@@ -2,9 +2,10 @@
 //! headers of a trailers-only answer, else from the trailers at the end of the body, so a
 //! stream that fails is not counted OK and its handling time runs to its end), and the
 //! global limit on in-flight unary calls that answers RESOURCE_EXHAUSTED at once instead
-//! of queueing.
+//! of queueing, taken only once the request message has arrived.
 
 use std::{
+    collections::VecDeque,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -159,21 +160,33 @@ where
 /// A global cap on in-flight unary calls: beyond it a call is answered
 /// RESOURCE_EXHAUSTED at once. Streaming calls (WatchKeys, health Watch, reflection) and
 /// the health service are never limited.
+///
+/// The permit is taken only once the whole request message has arrived (the body is
+/// read first, at most `max_request_bytes`, and replayed to the handler as it came): a
+/// stream that sends its headers and never its message holds no permit, so streams
+/// opened and left hanging cannot lock other callers out. They cost only their own
+/// connection's stream slots, until the call's deadline.
 #[derive(Debug, Clone)]
 pub struct ConcurrencyLimitLayer {
     permits: Arc<Semaphore>,
     methods: Arc<GrpcMethods>,
+    max_request_bytes: usize,
 }
 
 impl ConcurrencyLimitLayer {
-    /// At most `limit` unary calls at once.
-    pub fn new(limit: usize, methods: Arc<GrpcMethods>) -> Self {
+    /// At most `limit` unary calls at once; request bodies are read up to
+    /// `max_message_bytes` (plus the gRPC frame header) before a permit is taken.
+    pub fn new(limit: usize, methods: Arc<GrpcMethods>, max_message_bytes: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
             methods,
+            max_request_bytes: max_message_bytes.saturating_add(GRPC_FRAME_HEADER),
         }
     }
 }
+
+/// The length-prefixed message header of gRPC: one flag byte, four length bytes.
+const GRPC_FRAME_HEADER: usize = 5;
 
 impl<S> Layer<S> for ConcurrencyLimitLayer {
     type Service = ConcurrencyLimit<S>;
@@ -182,6 +195,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
             inner,
             permits: self.permits.clone(),
             methods: self.methods.clone(),
+            max_request_bytes: self.max_request_bytes,
         }
     }
 }
@@ -192,6 +206,7 @@ pub struct ConcurrencyLimit<S> {
     inner: S,
     permits: Arc<Semaphore>,
     methods: Arc<GrpcMethods>,
+    max_request_bytes: usize,
 }
 
 impl<S> ConcurrencyLimit<S> {
@@ -204,9 +219,12 @@ impl<S> ConcurrencyLimit<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ConcurrencyLimit<S>
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for ConcurrencyLimit<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     ResBody: Default + Send + 'static,
     S::Error: Send + 'static,
@@ -219,26 +237,114 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         if !self.limited(req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let fut = self.inner.call(req);
-                Box::pin(async move {
-                    let r = fut.await;
-                    drop(permit);
-                    r
-                })
-            }
-            Err(_) => {
+        // The readied service goes with this call; a clone stays for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let permits = self.permits.clone();
+        let max = self.max_request_bytes;
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = Replay::read(body, max).await;
+            let Ok(permit) = permits.try_acquire_owned() else {
                 let status = to_status(&BoundaryError::Exhausted(
                     "the server is at its limit of concurrent calls; retry with backoff".into(),
                 ));
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                return Ok(status.into_http());
+            };
+            let r = inner
+                .call(http::Request::from_parts(
+                    parts,
+                    tonic::body::Body::new(body),
+                ))
+                .await;
+            drop(permit);
+            r
+        })
+    }
+}
+
+/// A request body read ahead: the frames as they came, then (when reading stopped at the
+/// size bound or at an error) the rest of the original body or the error.
+#[derive(Debug)]
+struct Replay {
+    frames: VecDeque<Frame<Bytes>>,
+    error: Option<tonic::Status>,
+    rest: Option<tonic::body::Body>,
+}
+
+impl Replay {
+    /// Reads `body` to its end, or until more than `max` data bytes arrived.
+    async fn read(mut body: tonic::body::Body, max: usize) -> Self {
+        let mut frames = VecDeque::new();
+        let mut size = 0usize;
+        loop {
+            if body.is_end_stream() {
+                return Self::complete(frames);
+            }
+            let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            match next {
+                None => return Self::complete(frames),
+                Some(Err(e)) => {
+                    return Self {
+                        frames,
+                        error: Some(e),
+                        rest: None,
+                    };
+                }
+                Some(Ok(frame)) => {
+                    size = size.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+                    frames.push_back(frame);
+                    if size > max {
+                        // Too large: tonic refuses it (OUT_OF_RANGE) from what is here.
+                        return Self {
+                            frames,
+                            error: None,
+                            rest: Some(body),
+                        };
+                    }
+                }
             }
         }
+    }
+
+    fn complete(frames: VecDeque<Frame<Bytes>>) -> Self {
+        Self {
+            frames,
+            error: None,
+            rest: None,
+        }
+    }
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        if let Some(f) = this.frames.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match &mut this.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+            && self.error.is_none()
+            && self.rest.as_ref().is_none_or(Body::is_end_stream)
     }
 }
 

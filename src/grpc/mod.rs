@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod deadline;
 pub mod ext_authz;
 pub mod introspect;
 pub mod layers;
@@ -59,20 +60,69 @@ pub enum BoundaryError {
     /// keys that are never fetched).
     #[error("{0}")]
     Precondition(String),
+    /// An admin call without an acceptable token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// An admin call whose token lacks a required scope.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
-/// The one mapping from errors to gRPC statuses. Messages are terse and token-free;
-/// full causes are logged where they happen.
+/// The one mapping from errors to gRPC statuses. Messages are terse and token-free, and
+/// never longer than [`MAX_MESSAGE_BYTES`]; full causes are logged where they happen.
 pub fn to_status(err: &BoundaryError) -> Status {
+    let message = crate::jwt::clamp_message(err.to_string());
     match err {
         BoundaryError::EmptyToken
         | BoundaryError::TokenTooLarge { .. }
         | BoundaryError::Invalid(_)
-        | BoundaryError::Request(_) => Status::invalid_argument(err.to_string()),
-        BoundaryError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
-        BoundaryError::Unavailable(_) => Status::unavailable(err.to_string()),
-        BoundaryError::Precondition(_) => Status::failed_precondition(err.to_string()),
+        | BoundaryError::Request(_) => Status::invalid_argument(message),
+        BoundaryError::Exhausted(_) => Status::resource_exhausted(message),
+        BoundaryError::Unavailable(_) => Status::unavailable(message),
+        BoundaryError::Precondition(_) => Status::failed_precondition(message),
+        BoundaryError::Unauthenticated(_) => Status::unauthenticated(message),
+        BoundaryError::PermissionDenied(_) => Status::permission_denied(message),
     }
+}
+
+pub use crate::jwt::MAX_MESSAGE_BYTES;
+
+/// Most entries a repeated request field (`audiences`, `required_scopes`, `tenants`)
+/// may hold: matching stays cheap whatever the token holds.
+pub const MAX_LIST_ENTRIES: usize = 64;
+/// Longest entry of a request list, and longest tenant, policy, nonce or
+/// `token_type_hint`, in bytes.
+pub const MAX_ENTRY_BYTES: usize = 256;
+
+/// Checks one short request field against [`MAX_ENTRY_BYTES`].
+pub fn check_field(name: &str, value: &str) -> Result<(), BoundaryError> {
+    if value.len() > MAX_ENTRY_BYTES {
+        return Err(BoundaryError::Invalid(format!(
+            "`{name}` is {} bytes; the limit is {MAX_ENTRY_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a repeated request field against [`MAX_LIST_ENTRIES`] and each entry against
+/// [`MAX_ENTRY_BYTES`].
+pub fn check_list(name: &str, values: &[String]) -> Result<(), BoundaryError> {
+    if values.len() > MAX_LIST_ENTRIES {
+        return Err(BoundaryError::Invalid(format!(
+            "`{name}` has {} entries; the limit is {MAX_LIST_ENTRIES}",
+            values.len()
+        )));
+    }
+    for (i, v) in values.iter().enumerate() {
+        if v.len() > MAX_ENTRY_BYTES {
+            return Err(BoundaryError::Invalid(format!(
+                "`{name}[{i}]` is {} bytes; the limit is {MAX_ENTRY_BYTES}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl From<RefreshError> for BoundaryError {
@@ -162,6 +212,35 @@ mod tests {
         assert_eq!(parse_token("", 3), Err(BoundaryError::EmptyToken));
         assert_eq!(parse_token("Bearer ", 3), Err(BoundaryError::EmptyToken));
         assert_eq!(parse_token("   ", 3), Err(BoundaryError::EmptyToken));
+    }
+
+    #[test]
+    fn request_fields_are_bounded() {
+        let ok: Vec<String> = (0..MAX_LIST_ENTRIES)
+            .map(|_| "a".repeat(MAX_ENTRY_BYTES))
+            .collect();
+        assert!(check_list("audiences", &ok).is_ok());
+        let mut long = ok.clone();
+        long.push("a".into());
+        let err = check_list("audiences", &long).expect_err("65 entries");
+        assert_eq!(to_status(&err).code(), tonic::Code::InvalidArgument);
+        let err = check_list("required_scopes", &["x".repeat(MAX_ENTRY_BYTES + 1)])
+            .expect_err("257 bytes");
+        assert!(err.to_string().contains("required_scopes[0]"), "{err}");
+        assert!(check_field("nonce", &"n".repeat(MAX_ENTRY_BYTES)).is_ok());
+        assert!(check_field("nonce", &"n".repeat(MAX_ENTRY_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn status_messages_are_clamped() {
+        let huge = BoundaryError::Invalid("é".repeat(10_000));
+        let status = to_status(&huge);
+        assert!(
+            status.message().len() < MAX_MESSAGE_BYTES,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().ends_with("..."), "{}", status.message());
     }
 
     #[test]

@@ -9,15 +9,16 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use super::{
-    BoundaryError, convert, non_empty, parse_token,
+    BoundaryError, check_field, check_list, convert, non_empty, parse_token,
     pb::{self, token_service_server::TokenService},
     split_validate_error,
-    watch::{self, Watchers},
+    watch::{self, WatcherLimits, Watchers},
 };
 use crate::{
     introspect::Introspection,
     metrics::Metrics,
     registry::{Registry, ValidateInput},
+    transport::Peer,
 };
 
 /// Limits applied at the boundary.
@@ -25,8 +26,8 @@ use crate::{
 pub struct Limits {
     /// `server.max_token_bytes`.
     pub max_token_bytes: usize,
-    /// `server.max_watchers`.
-    pub max_watchers: usize,
+    /// The caps on WatchKeys streams.
+    pub watchers: WatcherLimits,
 }
 
 /// The TokenService handler (cheap to clone).
@@ -35,7 +36,7 @@ pub struct TokenServiceImpl {
     registry: Registry,
     limits: Limits,
     introspection: Option<Introspection>,
-    /// Open WatchKeys streams, capped at `limits.max_watchers`.
+    /// Open WatchKeys streams, capped by `limits.watchers`.
     watchers: Watchers,
     /// Ends every WatchKeys stream (with OK) when cancelled.
     shutdown: Option<CancellationToken>,
@@ -49,7 +50,7 @@ impl TokenServiceImpl {
             registry,
             limits,
             introspection: None,
-            watchers: Watchers::new(limits.max_watchers),
+            watchers: Watchers::new(limits.watchers),
             shutdown: None,
             metrics: None,
         }
@@ -99,6 +100,10 @@ impl TokenServiceImpl {
         req: &pb::ValidateRequest,
     ) -> Result<pb::ValidateResponse, BoundaryError> {
         let token = parse_token(&req.token, self.limits.max_token_bytes)?;
+        check_field("tenant", &req.tenant)?;
+        check_field("nonce", &req.nonce)?;
+        check_list("audiences", &req.audiences)?;
+        check_list("required_scopes", &req.required_scopes)?;
         let input = ValidateInput {
             token,
             tenant: non_empty(&req.tenant),
@@ -150,8 +155,15 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
+        let peer = request.extensions().get::<Peer>().copied();
         let req = request.into_inner();
-        let stream = watch::open(&self.registry, &self.watchers, self.shutdown.clone(), &req)?;
+        let stream = watch::open(
+            &self.registry,
+            &self.watchers,
+            self.shutdown.clone(),
+            &req,
+            peer,
+        )?;
         Ok(Response::new(stream))
     }
 }

@@ -11,11 +11,9 @@
 //! events it missed.
 
 use std::{
-    collections::VecDeque,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
 };
 
@@ -27,58 +25,136 @@ use super::{BoundaryError, KeyEventStream, convert, pb};
 use crate::{
     events::{KeyEvent, KeyEventKind},
     registry::{Registry, RequestError},
+    transport::Peer,
 };
 
-/// Counts open WatchKeys streams against `server.max_watchers` (cheap to clone; clones
-/// share the count).
-#[derive(Debug, Clone)]
-pub struct Watchers {
-    active: Arc<AtomicUsize>,
-    max: usize,
+/// The caps on open WatchKeys streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatcherLimits {
+    /// `server.max_watchers`: across every caller.
+    pub total: usize,
+    /// `server.max_watchers_per_connection`.
+    pub per_connection: usize,
+    /// `server.max_watchers_per_peer`: per client IP address.
+    pub per_peer: usize,
 }
 
-/// One open stream's place in the count; dropping it (the stream ended, or the client
+impl WatcherLimits {
+    /// Only the global cap (per connection and per peer as large as it).
+    pub fn total(total: usize) -> Self {
+        Self {
+            total,
+            per_connection: total,
+            per_peer: total,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    by_connection: HashMap<u64, usize>,
+    by_peer: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug)]
+struct WatchersInner {
+    limits: WatcherLimits,
+    counts: Mutex<Counts>,
+}
+
+impl WatchersInner {
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts open WatchKeys streams against the global, per-connection and per-peer caps
+/// (cheap to clone; clones share the counts). A connection or address is only in the
+/// maps while it has a stream open, so they are bounded by the global cap.
+#[derive(Debug, Clone)]
+pub struct Watchers {
+    inner: Arc<WatchersInner>,
+}
+
+/// One open stream's place in the counts; dropping it (the stream ended, or the client
 /// went away and tonic dropped the stream) frees the place at once.
 #[derive(Debug)]
 pub struct WatcherSlot {
-    active: Arc<AtomicUsize>,
+    inner: Arc<WatchersInner>,
+    peer: Option<(u64, IpAddr)>,
 }
 
 impl Drop for WatcherSlot {
     fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
+        let mut c = self.inner.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some((conn, ip)) = self.peer {
+            decrement(&mut c.by_connection, conn);
+            decrement(&mut c.by_peer, ip);
+        }
+    }
+}
+
+/// Lowers a count, forgetting the key at zero.
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
+    if let Some(n) = map.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&key);
+        }
     }
 }
 
 impl Watchers {
-    /// A counter allowing `max` concurrent streams.
-    pub fn new(max: usize) -> Self {
+    /// Counts against `limits`.
+    pub fn new(limits: WatcherLimits) -> Self {
         Self {
-            active: Arc::new(AtomicUsize::new(0)),
-            max,
+            inner: Arc::new(WatchersInner {
+                limits,
+                counts: Mutex::new(Counts::default()),
+            }),
         }
     }
 
-    /// Takes a place, or fails when `max` streams are open.
-    pub fn try_acquire(&self) -> Result<WatcherSlot, BoundaryError> {
-        self.active
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .map_err(|_| {
-                BoundaryError::Exhausted(format!(
-                    "at most {} WatchKeys streams may be open",
-                    self.max
-                ))
-            })?;
+    /// Takes a place for a stream on `peer`'s connection (unknown in handler tests), or
+    /// fails naming the cap that is reached.
+    pub fn try_acquire(&self, peer: Option<Peer>) -> Result<WatcherSlot, BoundaryError> {
+        let l = self.inner.limits;
+        let mut c = self.inner.lock();
+        if c.total >= l.total {
+            return Err(BoundaryError::Exhausted(format!(
+                "at most {} WatchKeys streams may be open",
+                l.total
+            )));
+        }
+        let peer = peer.map(|p| (p.connection, p.addr.ip().to_canonical()));
+        if let Some((conn, ip)) = peer {
+            if c.by_connection.get(&conn).copied().unwrap_or(0) >= l.per_connection {
+                return Err(BoundaryError::Exhausted(format!(
+                    "at most {} WatchKeys streams may be open on one connection",
+                    l.per_connection
+                )));
+            }
+            if c.by_peer.get(&ip).copied().unwrap_or(0) >= l.per_peer {
+                return Err(BoundaryError::Exhausted(format!(
+                    "at most {} WatchKeys streams may be open from one address",
+                    l.per_peer
+                )));
+            }
+            *c.by_connection.entry(conn).or_default() += 1;
+            *c.by_peer.entry(ip).or_default() += 1;
+        }
+        c.total += 1;
         Ok(WatcherSlot {
-            active: self.active.clone(),
+            inner: self.inner.clone(),
+            peer,
         })
     }
 
     /// Streams open now.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
+        self.inner.lock().total
     }
 }
 
@@ -87,6 +163,7 @@ pub fn parse_tenants(
     registry: &Registry,
     req: &pb::WatchKeysRequest,
 ) -> Result<Vec<String>, BoundaryError> {
+    super::check_list("tenants", &req.tenants)?;
     let mut tenants: Vec<String> = Vec::new();
     for t in &req.tenants {
         if registry.tenant(t).is_none() {
@@ -99,15 +176,17 @@ pub fn parse_tenants(
     Ok(tenants)
 }
 
-/// Opens a WatchKeys stream: checks the request, takes a subscriber place, subscribes.
+/// Opens a WatchKeys stream: checks the request, takes a subscriber place (on `peer`'s
+/// connection), subscribes.
 pub fn open(
     registry: &Registry,
     watchers: &Watchers,
     shutdown: Option<CancellationToken>,
     req: &pb::WatchKeysRequest,
+    peer: Option<Peer>,
 ) -> Result<KeyEventStream, BoundaryError> {
     let tenants = parse_tenants(registry, req)?;
-    let slot = watchers.try_acquire()?;
+    let slot = watchers.try_acquire(peer)?;
     debug!(tenants = ?tenants, active = watchers.active(), "WatchKeys stream opened");
     let feed = Feed::start(registry.clone(), tenants, shutdown, slot);
     Ok(Box::pin(futures::stream::unfold(
@@ -226,7 +305,7 @@ impl Feed {
 mod tests {
     use std::{
         collections::{BTreeMap, BTreeSet},
-        sync::atomic::AtomicBool,
+        sync::atomic::{AtomicBool, Ordering},
         time::Duration,
     };
 
@@ -270,7 +349,7 @@ mod tests {
             r.clone(),
             Limits {
                 max_token_bytes: 1024,
-                max_watchers,
+                watchers: WatcherLimits::total(max_watchers),
             },
         )
     }
@@ -347,6 +426,48 @@ mod tests {
         drop(s1);
         assert_eq!(svc.watchers().active(), 1);
         let _s3 = watch(&svc, &[]).await.expect("a freed place is reusable");
+    }
+
+    #[test]
+    fn per_connection_and_per_peer_caps() {
+        let w = Watchers::new(WatcherLimits {
+            total: 5,
+            per_connection: 2,
+            per_peer: 3,
+        });
+        let peer = |connection: u64, ip: [u8; 4]| {
+            Some(Peer {
+                connection,
+                addr: std::net::SocketAddr::from((ip, 1000 + connection as u16)),
+            })
+        };
+        let a1 = w.try_acquire(peer(1, [10, 0, 0, 1])).expect("1");
+        let _a2 = w.try_acquire(peer(1, [10, 0, 0, 1])).expect("2");
+        let err = w
+            .try_acquire(peer(1, [10, 0, 0, 1]))
+            .expect_err("per connection");
+        assert!(err.to_string().contains("one connection"), "{err}");
+        let _a3 = w
+            .try_acquire(peer(2, [10, 0, 0, 1]))
+            .expect("same peer, new connection");
+        let err = w.try_acquire(peer(3, [10, 0, 0, 1])).expect_err("per peer");
+        assert!(err.to_string().contains("one address"), "{err}");
+        let _b1 = w.try_acquire(peer(4, [10, 0, 0, 2])).expect("another peer");
+        let _b2 = w.try_acquire(None).expect("unknown peer: global cap only");
+        let err = w.try_acquire(peer(5, [10, 0, 0, 3])).expect_err("global");
+        assert!(err.to_string().contains("at most 5"), "{err}");
+        drop(a1);
+        assert_eq!(w.active(), 4);
+        let _a4 = w
+            .try_acquire(peer(3, [10, 0, 0, 1]))
+            .expect("a freed place");
+        assert!(
+            w.inner
+                .lock()
+                .by_connection
+                .get(&1)
+                .is_some_and(|n| *n == 1)
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //! of the token (the token itself is never stored), each kept for the time the pure
 //! [`answer_ttl`] rule gives it, bounded in entries, with hit and miss counters.
 //!
-//! Eviction policy when full: entries already expired go first; if none has, the entry
+//! Expired entries are dropped as new answers arrive (a few per insert, oldest expiry
+//! first), so memory follows the answers that are still fresh, not the capacity: random
+//! tokens from callers cannot grow it to the cap and leave it there. When full, the entry
 //! that expires soonest goes (the least time it could still have been served). Active
 //! answers all live `cache_ttl` at most, so that is close to "oldest first".
 
@@ -70,7 +72,21 @@ struct Inner {
     seq: u64,
 }
 
+/// Most expired entries one insert drops: more than the one it adds, so a backlog
+/// shrinks, and bounded, so no insert pays for a long backlog at once.
+const PURGE_PER_INSERT: usize = 16;
+
 impl Inner {
+    /// Drops up to `max` expired entries, the longest expired first.
+    fn purge_expired(&mut self, now: Instant, max: usize) {
+        for _ in 0..max {
+            match self.by_expiry.first_key_value() {
+                Some((&(expires, _), &key)) if expires <= now => self.remove(&key),
+                _ => return,
+            }
+        }
+    }
+
     fn remove(&mut self, key: &Key) {
         if let Some(e) = self.entries.remove(key) {
             self.by_expiry.remove(&(e.expires, e.seq));
@@ -169,6 +185,7 @@ impl AnswerCache {
         let evicted = {
             let mut inner = self.lock();
             inner.remove(&key);
+            inner.purge_expired(now, PURGE_PER_INSERT);
             let evicted = if inner.entries.len() >= self.capacity {
                 inner.make_room(self.capacity, now)
             } else {
@@ -214,7 +231,7 @@ impl AnswerCache {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// Entries held now (expired ones included until they are touched or evicted).
+    /// Entries held now (expired ones included until new answers or lookups drop them).
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
@@ -309,14 +326,32 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         c.insert("new1", Arc::new(active(None)), Duration::from_secs(100));
         assert_eq!(c.len(), 3);
-        assert_eq!(c.evictions(), 1);
+        assert_eq!(c.evictions(), 0, "an expired entry is dropped, not evicted");
         assert!(c.get("short").is_none(), "the expired entry went first");
         c.insert("new2", Arc::new(active(None)), Duration::from_secs(100));
         assert_eq!(c.len(), 3);
+        assert_eq!(c.evictions(), 1);
         assert!(c.get("mid").is_none(), "then the one expiring soonest");
         for kept in ["long", "new1", "new2"] {
             assert!(c.get(kept).is_some(), "{kept}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_answers_do_not_pile_up_below_the_capacity() {
+        let c = AnswerCache::new(100_000);
+        for round in 0..50 {
+            for i in 0..100 {
+                c.insert(&format!("t{round}-{i}"), Arc::new(Answer::inactive()), NEG);
+            }
+            tokio::time::advance(NEG).await;
+        }
+        assert!(
+            c.len() <= 200,
+            "memory follows the fresh answers, not the capacity: {} held",
+            c.len()
+        );
+        assert_eq!(c.evictions(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@ use super::answer::{self, Answer};
 use crate::{
     config::Secret,
     registry::{KeySetState, Metadata},
-    upstream::{self, FetchError, HttpClient},
+    upstream::{self, FetchError, HttpClient, Reply},
 };
 
 /// Why an upstream call did not produce an answer. `reason` is terse and safe to return
@@ -57,17 +57,8 @@ impl Failure {
 
     /// A failed HTTP exchange, `what` naming the endpoint ("introspection endpoint").
     pub fn fetch(what: &str, err: &FetchError) -> Self {
-        let short = match err {
-            FetchError::Timeout(t) => format!("timed out after {t:?}"),
-            FetchError::Connect(_) => "connection failed".to_string(),
-            FetchError::Status(s) => format!("HTTP status {s}"),
-            FetchError::TooLarge => "answer too large".to_string(),
-            FetchError::Invalid(m) => format!("malformed answer ({m})"),
-            FetchError::Insecure(_) => "URL refused by policy".to_string(),
-            FetchError::Fleet(_) => "another replica's fetch failed".to_string(),
-        };
         Self::Unavailable {
-            reason: format!("{what}: {short}"),
+            reason: format!("{what}: {}", err.category()),
             detail: format!("{what}: {err}"),
         }
     }
@@ -232,7 +223,7 @@ pub async fn post_form(
     auth: &ClientAuth<'_>,
     timeout: Duration,
     what: &str,
-) -> Result<(u16, Vec<u8>), Failure> {
+) -> Result<Reply, Failure> {
     let mut pairs = pairs.to_vec();
     let authorization = match auth {
         ClientAuth::Basic { client_id, secret } => Some(sensitive_header(&basic_authorization(
@@ -246,11 +237,9 @@ pub async fn post_form(
         }
         ClientAuth::Bearer(token) => Some(sensitive_header(&format!("Bearer {token}"))?),
     };
-    let reply = http
-        .post_form(url, authorization, form_body(&pairs), timeout)
+    http.post_form(url, authorization, form_body(&pairs), timeout)
         .await
-        .map_err(|e| Failure::fetch(what, &e))?;
-    Ok((reply.status, reply.body))
+        .map_err(|e| Failure::fetch(what, &e))
 }
 
 /// The OAuth `error` code of a 4xx body, when it is a plain identifier.

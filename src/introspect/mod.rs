@@ -332,9 +332,17 @@ impl Introspector {
                 if reply.0 == 401 {
                     debug!(tenant = %self.tenant, "client token rejected; renewing it and retrying once");
                     let renewed = tokens.renew_rejected(&access).await?;
-                    self.post(&url, &pairs, ClientAuth::Bearer(renewed.expose()))
-                        .await?
+                    let reply = self
+                        .post(&url, &pairs, ClientAuth::Bearer(renewed.expose()))
+                        .await?;
+                    if (200..300).contains(&reply.0) {
+                        tokens.accepted(&renewed);
+                    }
+                    reply
                 } else {
+                    if (200..300).contains(&reply.0) {
+                        tokens.accepted(&access);
+                    }
                     reply
                 }
             }
@@ -379,6 +387,7 @@ impl Introspector {
             "introspection endpoint",
         )
         .await
+        .map(|r| (r.status, r.body))
     }
 
     /// Logs a failure (at most once per [`FAULT_LOG_PERIOD`] and kind) and turns it into

@@ -3,6 +3,12 @@
 //! less than the smaller of 60 s and 10 % of its lifetime remains (the pure
 //! [`renew_at`]), single-flight (concurrent callers share one token request), and
 //! replaced once when the introspection endpoint rejects it.
+//!
+//! Nothing a caller sends makes more token requests than that: after a failed token
+//! request no other is made before the backoff ([`token_backoff`], or the provider's
+//! `Retry-After` when longer) has passed (callers meanwhile get the last failure at once), and a token obtained because the previous
+//! one was rejected, and rejected in turn before it was ever accepted, is not replaced
+//! again within [`REJECTION_RENEWAL_COOLDOWN`].
 
 use std::{
     fmt,
@@ -26,8 +32,22 @@ use crate::{
 
 /// Longest a renewal margin gets, whatever the token's lifetime.
 pub const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
-/// Least time between a failed token request and a background renewal.
-pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Wait after the first failed token request; it doubles with each further failure.
+pub const MIN_TOKEN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between token requests while they fail.
+pub const MAX_TOKEN_BACKOFF: Duration = Duration::from_secs(60);
+/// After a rejected token was replaced and the replacement was rejected before ever being
+/// accepted, no further replacement for this long: the endpoint refuses this client.
+pub const REJECTION_RENEWAL_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// How long no token request is made after `failures` consecutive failed ones:
+/// 1 s, doubling, at most [`MAX_TOKEN_BACKOFF`].
+pub fn token_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    MIN_TOKEN_BACKOFF
+        .saturating_mul(1u32 << doublings)
+        .min(MAX_TOKEN_BACKOFF)
+}
 /// Lifetime assumed when the token endpoint's answer has no `expires_in`.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -75,8 +95,28 @@ struct State {
     current: Option<Arc<AccessToken>>,
     flight: Option<Flight>,
     generation: u64,
-    /// After a failed token request, no background renewal before this.
+    /// After a failed token request, no token request before this.
     retry_after: Option<Instant>,
+    /// Consecutive failed token requests.
+    failures: u32,
+    /// What the last failed token request said, returned while backing off.
+    last_failure: Option<Failure>,
+    /// The newest generation the introspection endpoint accepted.
+    proven: u64,
+    /// The generation fetched to replace a rejected token, and when.
+    rejection_renewal: Option<(u64, Instant)>,
+}
+
+impl State {
+    /// The last failure, while token requests are backing off.
+    fn backing_off(&self, now: Instant) -> Option<Failure> {
+        let until = self.retry_after?;
+        (now < until).then(|| {
+            self.last_failure.clone().unwrap_or_else(|| {
+                Failure::unavailable("token endpoint: backing off after a failure")
+            })
+        })
+    }
 }
 
 struct Inner {
@@ -146,48 +186,81 @@ impl ClientCredentials {
     }
 
     /// A usable token. One due for renewal but not expired is returned at once while a
-    /// renewal runs in the background (at most one per [`RETRY_AFTER_FAILURE`] after a
-    /// failed one); with no usable token, the caller waits for the token request in
-    /// flight, or starts it.
+    /// renewal runs in the background; with no usable token, the caller waits for the
+    /// token request in flight, or starts it. While token requests back off after a
+    /// failure, no request is made: the last failure is returned at once.
     pub async fn get(&self) -> Result<Arc<AccessToken>, Failure> {
         let flight = {
             let mut state = self.inner.lock();
             let now = Instant::now();
+            let backing_off = state.backing_off(now);
             if let Some(t) = state.current.clone() {
                 if now < t.renew_at {
                     return Ok(t);
                 }
                 if now < t.expires_at {
-                    let backing_off = state.retry_after.is_some_and(|r| now < r);
-                    if !backing_off {
+                    if backing_off.is_none() {
                         // Not awaited: the request runs in its own task.
                         let _renewal = self.flight(&mut state);
                     }
                     return Ok(t);
                 }
             }
+            if let Some(failure) = backing_off {
+                return Err(failure);
+            }
             self.flight(&mut state)
         };
         flight.await
     }
 
+    /// The introspection endpoint accepted `token`: a later rejection of it is a
+    /// revocation worth one renewal, not a sign that this client is refused.
+    pub fn accepted(&self, token: &AccessToken) {
+        let mut state = self.inner.lock();
+        state.proven = state.proven.max(token.generation);
+    }
+
     /// The provider rejected `rejected`: returns a newer token, fetching one unless a
     /// newer one already exists or is being fetched (so N callers rejected at once make
-    /// one token request).
+    /// one token request). A replacement that was itself rejected before ever being
+    /// accepted is not replaced again within [`REJECTION_RENEWAL_COOLDOWN`].
     pub async fn renew_rejected(
         &self,
         rejected: &AccessToken,
     ) -> Result<Arc<AccessToken>, Failure> {
         let flight = {
             let mut state = self.inner.lock();
+            let now = Instant::now();
             match &state.current {
-                Some(t) if t.generation > rejected.generation && Instant::now() < t.expires_at => {
+                Some(t) if t.generation > rejected.generation && now < t.expires_at => {
                     return Ok(t.clone());
                 }
-                Some(t) if t.generation == rejected.generation => state.current = None,
+                Some(t) if t.generation == rejected.generation => {
+                    let futile = state.rejection_renewal.is_some_and(|(g, at)| {
+                        g == rejected.generation
+                            && state.proven < g
+                            && now < at + REJECTION_RENEWAL_COOLDOWN
+                    });
+                    if futile {
+                        return Err(Failure::configuration(format!(
+                            "introspection endpoint rejects introspectd's client token even when just issued; next renewal in at most {}s",
+                            REJECTION_RENEWAL_COOLDOWN.as_secs()
+                        )));
+                    }
+                    state.current = None;
+                }
                 _ => {}
             }
-            self.flight(&mut state)
+            if let Some(failure) = state.backing_off(now) {
+                return Err(failure);
+            }
+            let joined = state.flight.is_some();
+            let flight = self.flight(&mut state);
+            if !joined {
+                state.rejection_renewal = Some((state.generation, now));
+            }
+            flight
         };
         flight.await
     }
@@ -210,11 +283,20 @@ impl ClientCredentials {
                     Ok(t) => {
                         state.current = Some(t.clone());
                         state.retry_after = None;
+                        state.failures = 0;
+                        state.last_failure = None;
                     }
-                    Err(_) => state.retry_after = Some(Instant::now() + RETRY_AFTER_FAILURE),
+                    Err(r) => {
+                        state.failures = state.failures.saturating_add(1);
+                        // The provider's Retry-After when longer than our own backoff.
+                        let wait =
+                            token_backoff(state.failures).max(r.retry_after.unwrap_or_default());
+                        state.retry_after = Some(Instant::now() + wait);
+                        state.last_failure = Some(r.failure.clone());
+                    }
                 }
                 state.flight = None;
-                result
+                result.map_err(|r| r.failure)
             }
             .instrument(span),
         );
@@ -237,7 +319,7 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn fetch(&self, generation: u64) -> Result<AccessToken, Failure> {
+    async fn fetch(&self, generation: u64) -> Result<AccessToken, Refusal> {
         const WHAT: &str = "token endpoint";
         let url = self
             .endpoint
@@ -252,23 +334,29 @@ impl Inner {
             secret: &self.secret,
         };
         let started = Instant::now();
-        let (status, body) =
-            client::post_form(&self.http, url, &pairs, &auth, self.timeout, WHAT).await?;
+        let reply = client::post_form(&self.http, url, &pairs, &auth, self.timeout, WHAT).await?;
+        let status = reply.status;
         if !(200..300).contains(&status) {
-            if (400..500).contains(&status) && !matches!(status, 408 | 429) {
-                let code = client::oauth_error(&body)
+            let failure = if (400..500).contains(&status) && !matches!(status, 408 | 429) {
+                let code = client::oauth_error(&reply.body)
                     .map(|c| format!(" {c}"))
                     .unwrap_or_default();
-                return Err(Failure::configuration(format!(
+                Failure::configuration(format!(
                     "{WHAT} refused the client-credentials grant (HTTP {status}{code})"
-                )));
-            }
-            return Err(Failure::fetch(WHAT, &FetchError::Status(status)));
+                ))
+            } else {
+                Failure::fetch(WHAT, &FetchError::Status(status))
+            };
+            return Err(Refusal {
+                failure,
+                retry_after: reply.retry_after,
+            });
         }
-        let (value, lifetime) = parse_token_response(&body).map_err(|e| match e {
-            TokenResponseError::Malformed(m) => {
-                Failure::unavailable(format!("{WHAT}: malformed answer ({m})"))
-            }
+        let (value, lifetime) = parse_token_response(&reply.body).map_err(|e| match e {
+            TokenResponseError::Malformed(m) => Failure::Unavailable {
+                reason: format!("{WHAT}: invalid document"),
+                detail: format!("{WHAT}: malformed answer ({m})"),
+            },
             TokenResponseError::NotBearer(t) => Failure::configuration(format!(
                 "{WHAT} issued a `{t}` token; only Bearer tokens can be used"
             )),
@@ -280,6 +368,21 @@ impl Inner {
             renew_at: renew_at(started, lifetime),
             expires_at: started + lifetime,
         })
+    }
+}
+
+/// A failed token request, with the provider's `Retry-After` when it sent one.
+struct Refusal {
+    failure: Failure,
+    retry_after: Option<Duration>,
+}
+
+impl From<Failure> for Refusal {
+    fn from(failure: Failure) -> Self {
+        Self {
+            failure,
+            retry_after: None,
+        }
     }
 }
 
@@ -367,6 +470,16 @@ mod tests {
             t0 + Duration::from_secs(90)
         );
         assert_eq!(renew_at(t0, Duration::ZERO), t0);
+    }
+
+    #[test]
+    fn token_backoff_doubles_from_one_second_to_a_minute() {
+        let secs: Vec<u64> = [1, 2, 3, 4, 6, 7, 8, 100, u32::MAX]
+            .iter()
+            .map(|n| token_backoff(*n).as_secs())
+            .collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 32, 60, 60, 60, 60]);
+        assert_eq!(token_backoff(0), MIN_TOKEN_BACKOFF);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! checks of BEHAVIOUR.md steps 5-7 (type, time, required claims, audience and `azp`,
 //! scopes, nonce), each a pure function of the claims, a policy and the current time.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime},
+};
 
 use serde_json::{Map, Value};
 
@@ -95,19 +98,53 @@ impl Claims {
 
     /// Granted scopes from `scp`, else `scope`: a space-separated string or an array.
     pub fn scopes(&self) -> Vec<String> {
+        self.granted_scopes().map(str::to_owned).collect()
+    }
+
+    /// The granted scopes, borrowed.
+    fn granted_scopes(&self) -> impl Iterator<Item = &str> {
         let raw = self.all.get("scp").or_else(|| self.all.get("scope"));
-        match raw {
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .flat_map(str::split_whitespace)
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
+        let (text, items): (Option<&str>, &[Value]) = match raw {
+            Some(Value::String(s)) => (Some(s.as_str()), &[]),
+            Some(Value::Array(items)) => (None, items.as_slice()),
+            _ => (None, &[]),
+        };
+        text.into_iter()
+            .chain(items.iter().filter_map(Value::as_str))
+            .flat_map(str::split_whitespace)
+    }
+}
+
+/// Past this many accepted values, membership is checked through a hash set rather than
+/// by scanning (request lists are bounded, a token's lists only by its size).
+const LINEAR_MATCH_MAX: usize = 8;
+
+/// Membership in a list of accepted values, linear for short lists, hashed otherwise, so
+/// that matching costs O(n + m), never O(n·m).
+enum Accepted<'a> {
+    Few(&'a [String]),
+    Many(HashSet<&'a str>),
+}
+
+impl<'a> Accepted<'a> {
+    fn new(values: &'a [String]) -> Self {
+        if values.len() <= LINEAR_MATCH_MAX {
+            Self::Few(values)
+        } else {
+            Self::Many(values.iter().map(String::as_str).collect())
+        }
+    }
+
+    fn contains(&self, v: &str) -> bool {
+        match self {
+            Self::Few(values) => values.iter().any(|a| a == v),
+            Self::Many(set) => set.contains(v),
         }
     }
 }
+
+/// How many names an error message lists before it only counts the rest.
+const LISTED_NAMES: usize = 3;
 
 /// Lower-cases a `typ` value and removes an `application/` prefix (RFC 7515 4.1.9).
 pub fn normalize_type(typ: &str) -> String {
@@ -248,6 +285,7 @@ pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Reject
             "token has no aud",
         ));
     }
+    let accepted = Accepted::new(accepted);
     if !claims.aud.iter().any(|a| accepted.contains(a)) {
         return Err(Rejection::new(
             ErrorCode::InvalidAudience,
@@ -274,22 +312,35 @@ pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Reject
     Ok(())
 }
 
-/// Every one of `required` must be granted.
+/// Every one of `required` must be granted. The message names at most a few missing
+/// scopes and counts the rest.
 pub fn check_scopes(claims: &Claims, required: &[String]) -> Result<(), Rejection> {
     if required.is_empty() {
         return Ok(());
     }
-    let granted = claims.scopes();
-    let missing: Vec<&String> = required.iter().filter(|r| !granted.contains(r)).collect();
+    let granted: HashSet<&str> = claims.granted_scopes().collect();
+    let missing: Vec<&String> = required
+        .iter()
+        .filter(|r| !granted.contains(r.as_str()))
+        .collect();
     if missing.is_empty() {
-        Ok(())
-    } else {
-        let names: Vec<String> = missing.iter().map(|m| echo(m)).collect();
-        Err(Rejection::new(
-            ErrorCode::InsufficientScope,
-            format!("missing scope {}", names.join(", ")),
-        ))
+        return Ok(());
     }
+    let names: Vec<String> = missing.iter().take(LISTED_NAMES).map(|m| echo(m)).collect();
+    let more = missing.len().saturating_sub(LISTED_NAMES);
+    let rest = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    Err(Rejection::new(
+        ErrorCode::InsufficientScope,
+        format!(
+            "missing {} of the required scopes: {}{rest}",
+            missing.len(),
+            names.join(", ")
+        ),
+    ))
 }
 
 /// When the request carries a nonce, the token's `nonce` must equal it.
@@ -463,6 +514,21 @@ mod tests {
             ErrorCode::InsufficientScope
         );
         assert!(check_scopes(&claims("{}"), &[]).is_ok());
+        let many: Vec<String> = (0..64).map(|i| format!("s{i}")).collect();
+        let err = check_scopes(&claims(r#"{"scp":"s1 s3"}"#), &many).unwrap_err();
+        assert_eq!(
+            err.message,
+            "missing 62 of the required scopes: `s0`, `s2`, `s4` and 59 more"
+        );
+    }
+
+    #[test]
+    fn long_lists_match_through_sets() {
+        let accepted: Vec<String> = (0..20).map(|i| format!("api{i}")).collect();
+        assert!(check_audience(&claims(r#"{"aud":"api17"}"#), &accepted).is_ok());
+        assert!(check_audience(&claims(r#"{"aud":"api20"}"#), &accepted).is_err());
+        let granted = format!(r#"{{"scp":"{}"}}"#, "a ".repeat(5000).trim_end());
+        assert!(check_scopes(&claims(&granted), &["a".to_string()]).is_ok());
     }
 
     #[test]

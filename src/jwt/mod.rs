@@ -117,13 +117,32 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// Builds a rejection.
+    /// Builds a rejection; the message is clamped to [`MAX_MESSAGE_BYTES`].
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: clamp_message(message.into()),
         }
     }
+}
+
+/// Every error message a caller sees is shorter than this many bytes.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// Cuts `message` (at a character boundary, marked with `...`) so that it is shorter
+/// than [`MAX_MESSAGE_BYTES`].
+pub fn clamp_message(mut message: String) -> String {
+    const MARK: &str = "...";
+    if message.len() < MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES - 1 - MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(MARK);
+    message
 }
 
 /// Longest claim value an error message may quote.

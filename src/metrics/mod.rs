@@ -216,6 +216,15 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why the server closed (or refused) a connection, as `introspectd_grpc_connections_closed`
+/// counts it.
+pub const CONNECTION_CLOSE_REASONS: [&str; 3] = ["max_connections", "evicted", "handshake_timeout"];
+
 /// The handles of one method's series.
 #[derive(Debug)]
 struct MethodMetrics {
@@ -241,6 +250,7 @@ pub struct Metrics {
     tls_handshake_failures: Counter,
     tls_reloads: Family<OutcomeLabels, Counter>,
     fleet: Arc<OnceLock<Fleet>>,
+    connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -377,6 +387,7 @@ struct ListenerMetrics {
     accepted: Counter,
     tls_handshake_failures: Counter,
     tls_reloads: Family<OutcomeLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
 }
 
 impl ListenerMetrics {
@@ -408,11 +419,21 @@ impl ListenerMetrics {
         for outcome in ["success", "failure"] {
             tls_reloads.get_or_create_owned(&OutcomeLabels { outcome });
         }
+        let closed = registered(
+            prom,
+            "introspectd_grpc_connections_closed",
+            "Connections the gRPC listener refused or closed to protect other callers: max_connections (refused at the cap, every place held by an established connection), evicted (closed before its first request to make room for a new one), handshake_timeout (no request within server.handshake_timeout)",
+            Family::<ReasonLabels, Counter>::default(),
+        );
+        for reason in CONNECTION_CLOSE_REASONS {
+            closed.get_or_create_owned(&ReasonLabels { reason });
+        }
         Self {
             connections,
             accepted: connections_accepted,
             tls_handshake_failures,
             tls_reloads,
+            closed,
         }
     }
 }
@@ -469,6 +490,7 @@ impl Metrics {
             tls_handshake_failures: listener.tls_handshake_failures,
             tls_reloads: listener.tls_reloads,
             fleet,
+            connections_closed: listener.closed,
         }
     }
 
@@ -582,6 +604,16 @@ impl Metrics {
     pub fn connection(&self) -> GaugeGuard {
         self.connections_accepted.inc();
         GaugeGuard::new(self.connections.clone())
+    }
+
+    /// Counts a connection refused or closed for `reason` (one of
+    /// [`CONNECTION_CLOSE_REASONS`]; anything else is not counted).
+    pub fn record_connection_closed(&self, reason: &'static str) {
+        if CONNECTION_CLOSE_REASONS.contains(&reason) {
+            self.connections_closed
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
     }
 
     /// Counts a failed or timed-out TLS handshake.

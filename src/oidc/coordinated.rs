@@ -146,7 +146,7 @@ async fn fetch_and_publish(
             })
         }
         Err(err) => {
-            if let Err(e) = shared.fetch.publish_failure(&name, &err.to_string()).await {
+            if let Err(e) = shared.fetch.publish_failure(&name, &err.category()).await {
                 debug!(error = %e, "the failed fetch could not be announced");
             }
             Err(err)

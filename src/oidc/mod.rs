@@ -69,9 +69,10 @@ pub fn metadata_from_document(
     let issuer = field("issuer").ok_or_else(|| FetchError::Invalid("no issuer".into()))?;
     let tfp_form = policy.is_some_and(|p| is_b2c_tfp_issuer(&issuer, expected_issuer, p));
     if issuer != expected_issuer && !tfp_form {
-        return Err(FetchError::Invalid(format!(
-            "metadata issuer `{issuer}` is not the configured `{expected_issuer}`"
-        )));
+        return Err(FetchError::IssuerMismatch {
+            declared: issuer,
+            expected: expected_issuer.to_string(),
+        });
     }
     let jwks_uri = field("jwks_uri").ok_or_else(|| FetchError::Invalid("no jwks_uri".into()))?;
     upstream::check_url(&jwks_uri, require_https)?;
@@ -99,7 +100,7 @@ async fn fetch_document(
         Source::JwksFile { path } => {
             let bytes = tokio::fs::read(path)
                 .await
-                .map_err(|e| FetchError::Connect(format!("cannot read {}: {e}", path.display())))?;
+                .map_err(|e| FetchError::File(format!("{}: {e}", path.display())))?;
             if bytes.len() > upstream::MAX_BODY_BYTES {
                 return Err(FetchError::TooLarge);
             }
@@ -335,7 +336,7 @@ fn succeeded(
 /// Records a failed refresh (the keys stay) and returns the failures in a row.
 fn failed(registry: &Registry, state: &KeySetState, err: &FetchError, kind: RefreshKind) -> u32 {
     let failures = state.update_status(|s| {
-        s.last_error = Some((err.to_string(), SystemTime::now()));
+        s.last_error = Some((err.category(), SystemTime::now()));
         s.failures += 1;
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         s.last_failed = true;
@@ -343,7 +344,7 @@ fn failed(registry: &Registry, state: &KeySetState, err: &FetchError, kind: Refr
     });
     let keys = state.keys().len();
     warn!(error = %err, ?kind, failures, keys_kept = keys, "key refresh failed; keeping the last good keys");
-    registry.publish_failure(state, err.to_string());
+    registry.publish_failure(state, err.category());
     // After a failure the next attempt re-reads discovery too.
     state.refresh.want_full();
     failures

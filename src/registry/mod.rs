@@ -25,7 +25,7 @@ use jsonwebtoken::Algorithm;
 use tokio::sync::broadcast;
 
 pub use operator::{RefreshError, RefreshOutcome, RefreshReport};
-pub use refresh::{RefreshControl, RefreshKind};
+pub use refresh::{Forced, RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
 pub use revocation::{Candidate, MAX_REVOCATION_RULES, Revocations, RevocationsFull, token_digest};
 pub use revoke::{

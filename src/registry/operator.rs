@@ -1,7 +1,8 @@
 //! What operators ask of the registry (AdminService): the key sets of some tenants, the
 //! key set a tenant and B2C policy name, and a forced refresh that reports what changed.
 //! The refresh goes through the same single-flight [`super::RefreshControl`] as
-//! Validate's, so an operator can never cause more than one fetch in flight per key set.
+//! Validate's, so an operator can never cause more than one fetch in flight per key set,
+//! nor more than one forced fetch per `unknown_kid_cooldown`.
 
 use std::{
     sync::Arc,
@@ -10,7 +11,7 @@ use std::{
 
 use tracing::info;
 
-use super::{KeySetId, KeySetState, Registry, RequestError};
+use super::{Forced, KeySetId, KeySetState, Registry, RequestError};
 use crate::events::{self, KeyEventKind, KeyInfo};
 
 /// Why a forced refresh did not start.
@@ -60,6 +61,9 @@ pub struct RefreshReport {
     pub added: Vec<KeyInfo>,
     /// Keys it removed, by WatchKeys' rule for REMOVED.
     pub removed: Vec<KeyInfo>,
+    /// Set when nothing was fetched because the last forced refresh was less than the
+    /// cooldown ago: when one may fetch again. The outcome is then the key set's last.
+    pub retry_after: Option<SystemTime>,
 }
 
 impl Registry {
@@ -111,20 +115,27 @@ impl Registry {
     }
 
     /// Forces a full refresh of `id` (joining one in flight), waits for it at most
-    /// `bound`, and reports the keys it added and removed.
+    /// `bound`, and reports the keys it added and removed. Within `cooldown` of the last
+    /// forced refresh of the set nothing is fetched: the report repeats the set's last
+    /// outcome and says when a fetch is allowed again.
     pub async fn force_refresh(
         &self,
         id: &KeySetId,
         bound: Duration,
+        cooldown: Duration,
     ) -> Result<RefreshReport, RefreshError> {
         let state = self
             .key_set(id)
             .ok_or_else(|| RequestError::UnknownKeySet(id.to_string()))?;
         let before = state.keys();
-        let generation = state
+        let forced = state
             .refresh
-            .force()
+            .force(cooldown)
             .ok_or_else(|| RefreshError::NotFetched(id.clone()))?;
+        let generation = match forced {
+            Forced::Requested(g) => g,
+            Forced::Throttled { until } => return Ok(throttled(state, until)),
+        };
         info!(key_set = %id, generation, "operator forced a key refresh");
         let finished = state.refresh.wait(generation, bound).await;
         let after = state.keys();
@@ -150,6 +161,25 @@ impl Registry {
             outcome,
             added,
             removed,
+            retry_after: None,
         })
+    }
+}
+
+/// The report of a refresh asked for inside the cooldown: the key set's last outcome.
+fn throttled(state: Arc<KeySetState>, until: tokio::time::Instant) -> RefreshReport {
+    let status = state.status();
+    let outcome = if status.last_failed {
+        RefreshOutcome::Failed(status.last_error.map(|(m, _)| m).unwrap_or_default())
+    } else {
+        RefreshOutcome::Refreshed
+    };
+    let wait = until.saturating_duration_since(tokio::time::Instant::now());
+    RefreshReport {
+        key_set: state,
+        outcome,
+        added: Vec::new(),
+        removed: Vec::new(),
+        retry_after: Some(SystemTime::now() + wait),
     }
 }

@@ -1,6 +1,7 @@
 //! The handshake between validation and a key set's refresher: generation counters for
-//! requested and completed refreshes, the unknown-kid cooldown, and single-flight joining.
-//! Holds no I/O; the refresher (in `oidc`) does the fetching.
+//! requested and completed refreshes, the unknown-kid cooldown, the same cooldown for
+//! forced (operator) refreshes, and single-flight joining. Holds no I/O; the refresher
+//! (in `oidc`) does the fetching.
 
 use std::{
     sync::{
@@ -24,6 +25,26 @@ pub enum RefreshKind {
     KeysOnly,
 }
 
+/// When the last on-demand refreshes were started.
+#[derive(Debug, Default)]
+struct Gates {
+    kid_miss: Option<Instant>,
+    forced: Option<Instant>,
+}
+
+/// What a forced refresh request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forced {
+    /// Wait for this generation: a refresh just requested, or the one in flight joined.
+    Requested(u64),
+    /// The last forced refresh started less than the cooldown ago: nothing is fetched
+    /// before `until`.
+    Throttled {
+        /// When a forced refresh may fetch again.
+        until: Instant,
+    },
+}
+
 /// Requests and completions of one key set's refreshes.
 ///
 /// Generation 1 is the start-up fetch, requested at creation. Every later request takes
@@ -35,7 +56,7 @@ pub struct RefreshControl {
     full: AtomicBool,
     wake: Notify,
     done: watch::Sender<u64>,
-    gate: Mutex<Option<Instant>>,
+    gate: Mutex<Gates>,
     refreshable: bool,
 }
 
@@ -49,7 +70,7 @@ impl RefreshControl {
             full: AtomicBool::new(true),
             wake: Notify::new(),
             done,
-            gate: Mutex::new(None),
+            gate: Mutex::new(Gates::default()),
             refreshable,
         }
     }
@@ -82,37 +103,48 @@ impl RefreshControl {
         if !self.refreshable {
             return None;
         }
-        let mut last = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gates = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         let requested = self.requested.load(Ordering::SeqCst);
         if requested > self.completed() {
             return Some(requested);
         }
         let now = Instant::now();
-        if let Some(t) = *last
+        if let Some(t) = gates.kid_miss
             && now < t + cooldown
         {
             return None;
         }
-        *last = Some(now);
+        gates.kid_miss = Some(now);
         let generation = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         self.wake.notify_one();
         Some(generation)
     }
 
-    /// Asks for a full refresh (operator or recovery), joining one in flight.
-    pub fn force(&self) -> Option<u64> {
+    /// Asks for a full refresh (an operator's), joining one in flight; otherwise at most
+    /// one per `cooldown`, so forced refreshes never bypass the failure backoff by more
+    /// than one fetch per cooldown. `None` when nothing refreshes this set.
+    pub fn force(&self, cooldown: Duration) -> Option<Forced> {
         if !self.refreshable {
             return None;
         }
-        let _last = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gates = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         let requested = self.requested.load(Ordering::SeqCst);
         if requested > self.completed() {
-            return Some(requested);
+            return Some(Forced::Requested(requested));
         }
+        let now = Instant::now();
+        if let Some(t) = gates.forced
+            && now < t + cooldown
+        {
+            return Some(Forced::Throttled {
+                until: t + cooldown,
+            });
+        }
+        gates.forced = Some(now);
         self.full.store(true, Ordering::SeqCst);
         let generation = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         self.wake.notify_one();
-        Some(generation)
+        Some(Forced::Requested(generation))
     }
 
     /// Waits for generation `generation` to complete, at most `timeout`; true if it did.
@@ -202,6 +234,35 @@ mod tests {
         let c = RefreshControl::new(false);
         assert!(c.first_done());
         assert_eq!(c.kid_miss(Duration::ZERO), None);
-        assert_eq!(c.force(), None);
+        assert_eq!(c.force(Duration::ZERO), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forced_refreshes_join_or_wait_out_their_own_cooldown() {
+        let c = RefreshControl::new(true);
+        let cd = Duration::from_secs(30);
+        assert_eq!(c.force(cd), Some(Forced::Requested(1)), "joins start-up");
+        let (g, _) = c.begin();
+        c.complete(g);
+        assert_eq!(c.force(cd), Some(Forced::Requested(2)));
+        assert_eq!(c.force(cd), Some(Forced::Requested(2)), "in flight: joined");
+        let (g, kind) = c.begin();
+        assert_eq!(kind, RefreshKind::Full);
+        c.complete(g);
+        let t = Instant::now();
+        assert_eq!(
+            c.force(cd),
+            Some(Forced::Throttled { until: t + cd }),
+            "the start of the last forced refresh counts"
+        );
+        assert_eq!(
+            c.kid_miss(cd),
+            Some(3),
+            "kid misses have their own cooldown"
+        );
+        let (g, _) = c.begin();
+        c.complete(g);
+        tokio::time::advance(cd).await;
+        assert_eq!(c.force(cd), Some(Forced::Requested(4)));
     }
 }

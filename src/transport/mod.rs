@@ -1,268 +1,223 @@
-//! The gRPC listener's connections: our own accept loop (so that each TLS handshake uses
-//! the current, hot-reloaded certificate, runs in its own task bounded by a timeout, and
-//! never stalls accepting), and the hard end of a connection's life at
-//! `max_connection_age + max_connection_age_grace`. The GOAWAY at `max_connection_age`
-//! itself is tonic's; tonic cannot combine it with a grace period, so the forced close
-//! is done here, below HTTP/2, by failing the connection's reads and writes.
+//! The gRPC listeners' connections, served by our own accept loop with hyper's HTTP/2
+//! server, so that every limit that protects one caller from another is ours to set:
 //!
-//! This module knows tonic only for its `Connected` trait, so handlers still see the
-//! peer address and (under mutual TLS) the client's certificates.
+//! - the cap on open connections ([`admission`]): at the cap the oldest connection that
+//!   has not made a request yet is closed for the new one; when all are established the
+//!   new one is refused, so established connections are never degraded;
+//! - each TLS handshake in its own task with the current (hot-reloaded) certificate,
+//!   bounded by `server.tls.handshake_timeout`, never stalling the accept loop;
+//! - the deadline for the HTTP/2 preface and first request (`server.handshake_timeout`),
+//!   counted from accept on plaintext and from the end of the TLS handshake under TLS;
+//! - HTTP/2 settings: MAX_CONCURRENT_STREAMS advertised and enforced per connection, and
+//!   h2's bound on streams it resets because of the peer (CVE-2025-8671) kept on (tonic's
+//!   own server passes `None`, which turns it off);
+//! - connection age: GOAWAY at `max_connection_age`, closed at `+ max_connection_age_grace`;
+//! - graceful shutdown: GOAWAY on every connection, calls drained within the grace.
+//!
+//! Every request carries the connection's [`Peer`] and tonic's `TcpConnectInfo` (or
+//! `TlsConnectInfo`) extension, so handlers see the peer address and, under mutual TLS,
+//! the client's certificates, exactly as under tonic's own server.
 
+pub mod admission;
+mod conn;
 pub mod tls;
 
-use std::{
-    future::Future as _,
-    io,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
-    time::{Instant, Sleep},
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::{Instrument, debug, debug_span, info_span, warn};
+use tracing::{Instrument as _, debug, debug_span, info_span, warn};
 
+pub use admission::Admission;
 pub use tls::TlsConfig;
 
-use crate::metrics::{GaugeGuard, Metrics};
+use self::admission::Admitted;
+use crate::metrics::Metrics;
 
-/// Cap on TLS handshakes in progress at once; beyond it accepting waits (the kernel's
-/// backlog holds new connections meanwhile).
-pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Accepted connections waiting for the HTTP/2 server to pick them up.
-const QUEUE: usize = 64;
+/// h2's own default bound on streams a connection may make the server reset (the peer's
+/// protocol errors); past it the connection gets GOAWAY ENHANCE_YOUR_CALM.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// h2's own default bound on streams the peer resets before the server accepted them.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
 /// How long connections may live.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnectionLimits {
-    /// `server.max_connection_age`: when tonic sends GOAWAY.
+    /// `server.max_connection_age`: when the connection gets GOAWAY.
     pub max_age: Option<Duration>,
-    /// `server.max_connection_age_grace`: how long after that the connection is closed.
+    /// `server.max_connection_age_grace`: how long after that it is closed.
     pub grace: Duration,
 }
 
-impl ConnectionLimits {
-    fn deadline(&self) -> Option<Instant> {
-        self.max_age.map(|age| Instant::now() + age + self.grace)
-    }
+/// Everything a listener's connections are served with.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// TLS, or plaintext when `None`.
+    pub tls: Option<Arc<TlsConfig>>,
+    /// Connection age.
+    pub limits: ConnectionLimits,
+    /// `server.handshake_timeout`: preface and first request.
+    pub handshake_timeout: Duration,
+    /// `server.max_connections`.
+    pub max_connections: usize,
+    /// `server.max_concurrent_streams`: advertised and enforced per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval (`None`: no pings).
+    pub keepalive_interval: Option<Duration>,
+    /// HTTP/2 keepalive ping timeout.
+    pub keepalive_timeout: Duration,
+    /// After shutdown begins, how long calls in flight get before connections close.
+    pub shutdown_grace: Duration,
 }
 
-/// An accepted TCP connection that fails all I/O once its deadline has passed, which
-/// makes hyper drop it, in-flight streams and all.
-pub struct Conn {
-    inner: TcpStream,
-    deadline: Option<Pin<Box<Sleep>>>,
-    _open: Option<GaugeGuard>,
+/// The connection a request came on, as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Unique per connection within the process.
+    pub connection: u64,
+    /// The client's address.
+    pub addr: SocketAddr,
 }
 
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("peer", &self.inner.peer_addr().ok())
-            .finish_non_exhaustive()
-    }
+/// The service a listener serves: tonic's routes with our layers around them.
+pub trait GrpcService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<Self::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The response body.
+    type Body: http_body::Body<Data = Bytes, Error: Into<tower::BoxError>> + Send + 'static;
 }
 
-impl Conn {
-    fn new(inner: TcpStream, limits: &ConnectionLimits, open: Option<GaugeGuard>) -> Self {
-        Self {
-            inner,
-            deadline: limits
-                .deadline()
-                .map(|d| Box::pin(tokio::time::sleep_until(d))),
-            _open: open,
-        }
-    }
-
-    /// Ready(error) once the deadline has passed; otherwise registers for the wake-up.
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        let deadline = self.deadline.as_mut()?;
-        deadline.as_mut().poll(cx).is_ready().then(|| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection closed: max_connection_age + max_connection_age_grace reached",
-            )
-        })
-    }
+impl<S, B> GrpcService for S
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Body = B;
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if let Some(e) = self.expired(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.expired(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.expired(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-/// The accepted connections, ready for `serve_with_incoming_shutdown`.
-#[derive(Debug)]
-pub enum Incoming {
-    /// Plaintext.
-    Plain(ReceiverStream<Conn>),
-    /// After a successful TLS handshake.
-    Tls(ReceiverStream<TlsStream<Conn>>),
-}
-
-/// Accepts on `listener` until `cancel` fires or the consumer goes away. With `tls`,
-/// each connection is handshaken in its own task, bounded by the handshake timeout; a
-/// failed or slow handshake only costs that connection.
-pub fn spawn_incoming(
-    listener: TcpListener,
-    tls: Option<Arc<TlsConfig>>,
-    limits: ConnectionLimits,
+/// What every connection task of one listener shares.
+struct Shared<S> {
+    service: S,
+    options: ServeOptions,
+    http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     metrics: Option<Arc<Metrics>>,
-    tasks: &TaskTracker,
-    cancel: CancellationToken,
-) -> Incoming {
-    let addr = listener.local_addr().ok();
-    let span = info_span!("accept", addr = ?addr);
-    match tls {
-        None => {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tasks.spawn(
-                async move {
-                    while let Some((stream, _)) = accept(&listener, &tx, &cancel).await {
-                        let conn =
-                            Conn::new(stream, &limits, metrics.as_ref().map(|m| m.connection()));
-                        if tx.send(conn).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                .instrument(span),
-            );
-            Incoming::Plain(ReceiverStream::new(rx))
-        }
-        Some(tls) => {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-            let handshakes = tasks.clone();
-            tasks.spawn(
-                async move {
-                    loop {
-                        let permit = tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            p = pending.clone().acquire_owned() => match p {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            },
-                        };
-                        let Some((stream, peer)) = accept(&listener, &tx, &cancel).await else {
-                            return;
-                        };
-                        let conn =
-                            Conn::new(stream, &limits, metrics.as_ref().map(|m| m.connection()));
-                        let acceptor = TlsAcceptor::from(tls.current());
-                        let timeout = tls.handshake_timeout();
-                        let tx = tx.clone();
-                        let metrics = metrics.clone();
-                        let cancel = cancel.clone();
-                        handshakes.spawn(
-                            async move {
-                                let outcome = tokio::select! {
-                                    _ = cancel.cancelled() => return,
-                                    r = tokio::time::timeout(timeout, acceptor.accept(conn)) => r,
-                                };
-                                drop(permit);
-                                match outcome {
-                                    Ok(Ok(stream)) => {
-                                        let _ = tx.send(stream).await;
-                                    }
-                                    Ok(Err(e)) => {
-                                        debug!(error = %e, "TLS handshake failed");
-                                        if let Some(m) = &metrics {
-                                            m.record_tls_handshake_failure();
-                                        }
-                                    }
-                                    Err(_) => {
-                                        debug!(?timeout, "TLS handshake timed out");
-                                        if let Some(m) = &metrics {
-                                            m.record_tls_handshake_failure();
-                                        }
-                                    }
-                                }
-                            }
-                            .instrument(debug_span!("tls_handshake", %peer)),
-                        );
-                    }
-                }
-                .instrument(span),
-            );
-            Incoming::Tls(ReceiverStream::new(rx))
-        }
-    }
+    /// Graceful shutdown: GOAWAY, then the calls in flight finish.
+    shutdown: CancellationToken,
+    /// The end of the grace period: connections still open are closed.
+    force: CancellationToken,
 }
 
-/// The next connection, or `None` once shutdown began or the consumer is gone.
-async fn accept<T>(
+/// Serves `service` on `listener` until `shutdown` fires; then stops accepting, sends
+/// GOAWAY on every connection, waits for them to finish at most `shutdown_grace`, closes
+/// the rest and returns.
+pub async fn serve<S: GrpcService>(
+    listener: TcpListener,
+    service: S,
+    options: ServeOptions,
+    metrics: Option<Arc<Metrics>>,
+    shutdown: CancellationToken,
+) {
+    let addr = listener.local_addr().ok();
+    let span = info_span!("listener", addr = ?addr);
+    let admission = Admission::new(options.max_connections);
+    let shared = Arc::new(Shared {
+        http2: conn::http2_builder(&options),
+        service,
+        options,
+        metrics,
+        shutdown: shutdown.clone(),
+        force: CancellationToken::new(),
+    });
+    let tracker = TaskTracker::new();
+    let mut next_id = 0u64;
+    async {
+        while let Some((stream, peer)) = accept(&listener, &shutdown).await {
+            next_id += 1;
+            admit(
+                &shared,
+                &admission,
+                &tracker,
+                stream,
+                Peer {
+                    connection: next_id,
+                    addr: peer,
+                },
+            );
+        }
+        drop(listener);
+        tracker.close();
+        let grace = shared.options.shutdown_grace;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                ?grace,
+                open = tracker.len(),
+                "grace period over; closing the remaining connections"
+            );
+            shared.force.cancel();
+            tracker.wait().await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Gives a new connection its place and task, or refuses it.
+fn admit<S: GrpcService>(
+    shared: &Arc<Shared<S>>,
+    admission: &Arc<Admission>,
+    tracker: &TaskTracker,
+    stream: TcpStream,
+    peer: Peer,
+) {
+    let (slot, evicted) = match admission.admit() {
+        Admitted::Yes { slot, evicted } => (slot, evicted),
+        Admitted::Refused => {
+            debug!(peer = %peer.addr, "refused: every connection place is held by an established connection");
+            if let Some(m) = &shared.metrics {
+                m.record_connection_closed("max_connections");
+            }
+            drop(stream);
+            return;
+        }
+    };
+    if evicted && let Some(m) = &shared.metrics {
+        m.record_connection_closed("evicted");
+    }
+    let shared = shared.clone();
+    tracker.spawn(
+        conn::run(shared, stream, peer, slot)
+            .instrument(debug_span!("connection", peer = %peer.addr, id = peer.connection)),
+    );
+}
+
+/// The next connection, or `None` once shutdown began.
+async fn accept(
     listener: &TcpListener,
-    tx: &mpsc::Sender<T>,
-    cancel: &CancellationToken,
+    shutdown: &CancellationToken,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return None,
-            _ = tx.closed() => return None,
+            _ = shutdown.cancelled() => return None,
             r = listener.accept() => r,
         };
         match accepted {
@@ -277,7 +232,7 @@ async fn accept<T>(
                 // Usually out of file descriptors: pause rather than spin.
                 warn!(error = %e, "accept failed");
                 tokio::select! {
-                    _ = cancel.cancelled() => return None,
+                    _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
                 }
             }

@@ -27,7 +27,9 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use introspectd::{
     app::RunningServer,
     config,
-    grpc::pb::{self, token_service_client::TokenServiceClient},
+    grpc::pb::{
+        self, admin_service_client::AdminServiceClient, token_service_client::TokenServiceClient,
+    },
 };
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -475,4 +477,14 @@ pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
 /// Like [`metric_sample`], panicking with the whole text when the series is absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     metric_sample(text, series).unwrap_or_else(|| panic!("no sample `{series}` in\n{text}"))
+}
+
+/// AdminService's ListIssuers over `channel`, called without a token.
+pub async fn list_issuers(channel: &Channel) -> Vec<pb::IssuerStatus> {
+    AdminServiceClient::new(channel.clone())
+        .list_issuers(pb::ListIssuersRequest::default())
+        .await
+        .expect("ListIssuers")
+        .into_inner()
+        .issuers
 }

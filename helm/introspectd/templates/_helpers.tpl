@@ -91,6 +91,13 @@ Where the service's configuration file is mounted.
 {{- end }}
 
 {{/*
+"true" when the address (as in bindAddress) is a loopback one, else empty.
+*/}}
+{{- define "introspectd.loopback" -}}
+{{- if or (hasPrefix "127." .) (eq . "::1") (eq . "[::1]") (eq . "localhost") }}true{{ end }}
+{{- end }}
+
+{{/*
 The Secret holding the client CA bundle (mutual TLS).
 */}}
 {{- define "introspectd.clientCASecretName" -}}
@@ -105,10 +112,20 @@ Guards: secrets must not be written into the ConfigMap.
 {{- define "introspectd.config" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- $server := deepCopy (get $config "server" | default dict) }}
-{{- range $key := list "listen" "metrics_listen" "health_listen" "tls" }}
+{{- range $key := list "listen" "metrics_listen" "health_listen" "admin_listen" "tls" }}
 {{- if hasKey $server $key }}
-{{- fail (printf "config.server.%s is managed by the chart: set containerPorts/bindAddress/metrics.enabled/tls.* instead" $key) }}
+{{- fail (printf "config.server.%s is managed by the chart: set containerPorts/bindAddress/metrics.enabled/admin.*/tls.* instead" $key) }}
 {{- end }}
+{{- end }}
+{{- $authed := hasKey $server "admin_auth" }}
+{{- if and (get $server "admin") (not $authed) (not (include "introspectd.loopback" .Values.bindAddress)) }}
+{{- fail "config.server.admin puts AdminService on the gRPC port, which the network reaches: set config.server.admin_auth, or use admin.enabled (a loopback admin port for kubectl port-forward)" }}
+{{- end }}
+{{- if .Values.admin.enabled }}
+{{- if and (not $authed) (not (include "introspectd.loopback" .Values.admin.bindAddress)) }}
+{{- fail (printf "admin.bindAddress %s is not a loopback address: set config.server.admin_auth (admin calls then need a token)" .Values.admin.bindAddress) }}
+{{- end }}
+{{- $_ := set $server "admin_listen" (printf "%s:%d" .Values.admin.bindAddress (int .Values.admin.port)) }}
 {{- end }}
 {{- $_ := set $server "listen" (printf "%s:%d" .Values.bindAddress (int .Values.containerPorts.grpc)) }}
 {{- if .Values.metrics.enabled }}

@@ -9,7 +9,10 @@
 pub mod request;
 pub mod response;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, warn};
@@ -336,7 +339,8 @@ fn opaque_denial(answer: &Answer, route: &Route<'_>) -> Option<Denial> {
     if !route.audiences.is_empty() && !answer.aud.iter().any(|a| route.audiences.contains(a)) {
         return Some(Denial::OpaqueAudience);
     }
-    let granted: Vec<&str> = answer
+    // A set: the provider's scope string may be long, and matching stays O(n + m).
+    let granted: HashSet<&str> = answer
         .scope
         .as_deref()
         .map(|s| s.split_whitespace().collect())
@@ -344,7 +348,7 @@ fn opaque_denial(answer: &Answer, route: &Route<'_>) -> Option<Denial> {
     if route
         .required_scopes
         .iter()
-        .any(|r| !granted.contains(&r.as_str()))
+        .any(|r| !granted.contains(r.as_str()))
     {
         return Some(Denial::OpaqueScope);
     }

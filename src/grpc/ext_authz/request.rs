@@ -12,8 +12,10 @@ use super::pb::envoy::service::auth::v3::{
     attribute_context::{HttpRequest, Request as AttrRequest},
 };
 
-/// Most audiences or scopes a route may list.
-pub const MAX_ROUTE_LIST: usize = 64;
+/// Most audiences or scopes a route may list (the bound Validate's request lists have).
+pub const MAX_ROUTE_LIST: usize = crate::grpc::MAX_LIST_ENTRIES;
+/// Longest tenant, audience or scope a route may name, in bytes (as for Validate).
+pub const MAX_ROUTE_ENTRY_BYTES: usize = crate::grpc::MAX_ENTRY_BYTES;
 
 /// A CheckRequest as Envoy's HTTP filter sends it for a `GET /` with `headers` (names in
 /// lower case, in `attributes.request.http.headers`) on a route with
@@ -188,6 +190,9 @@ pub enum RouteError {
     /// A list is longer than [`MAX_ROUTE_LIST`].
     #[error("context extension `{0}` lists more than {MAX_ROUTE_LIST} values")]
     TooMany(&'static str),
+    /// A tenant or list entry is longer than [`MAX_ROUTE_ENTRY_BYTES`].
+    #[error("context extension `{0}` has a value longer than {MAX_ROUTE_ENTRY_BYTES} bytes")]
+    TooLong(&'static str),
 }
 
 /// Splits a comma- or space-separated list.
@@ -199,6 +204,9 @@ fn list(key: &'static str, raw: &str, separators: &[char]) -> Result<Vec<String>
         .collect();
     if items.len() > MAX_ROUTE_LIST {
         return Err(RouteError::TooMany(key));
+    }
+    if items.iter().any(|i| i.len() > MAX_ROUTE_ENTRY_BYTES) {
+        return Err(RouteError::TooLong(key));
     }
     Ok(items)
 }
@@ -215,6 +223,7 @@ pub fn route<'a>(
         .map(|t| t.trim())
         .filter(|t| !t.is_empty())
     {
+        Some(t) if t.len() > MAX_ROUTE_ENTRY_BYTES => return Err(RouteError::TooLong("tenant")),
         Some(t) if !is_tenant(t) => return Err(RouteError::UnknownTenant(t.to_string())),
         Some(t) => Some(t),
         None => defaults.tenant.as_deref(),
@@ -389,6 +398,14 @@ mod tests {
         );
         let exactly = vec!["s"; MAX_ROUTE_LIST].join(" ");
         let e = ext(&[("required_scopes", exactly.as_str())]);
+        assert!(route(&e, &d, known).is_ok());
+        let long = "a".repeat(MAX_ROUTE_ENTRY_BYTES + 1);
+        for key in ["tenant", "audiences", "required_scopes"] {
+            let e = ext(&[(key, long.as_str())]);
+            assert_eq!(route(&e, &d, known), Err(RouteError::TooLong(key)), "{key}");
+        }
+        let longest = "a".repeat(MAX_ROUTE_ENTRY_BYTES);
+        let e = ext(&[("required_scopes", longest.as_str())]);
         assert!(route(&e, &d, known).is_ok());
     }
 }
