@@ -56,7 +56,15 @@ impl Introspector {
             .claim_fill(self.answer_key(&digest), lease)
             .await
         {
-            Ok(true) => self.fill(shared, &digest, token, hint).await,
+            Ok(true) => {
+                // Another replica may have stored its answer (and released its claim)
+                // between the read above and this claim: look once more before asking.
+                if let Ok(Some(a)) = self.stored(shared, &digest).await {
+                    let _ = shared.answers.release_fill(self.answer_key(&digest)).await;
+                    return Ok(a);
+                }
+                self.fill(shared, &digest, token, hint).await
+            }
             Ok(false) => {
                 if let Some(a) = self.wait_for_fill(shared, &digest).await {
                     return Ok(a);

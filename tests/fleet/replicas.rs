@@ -222,7 +222,7 @@ pub fn replica_settings(
         ),
     };
     let yaml = format!(
-        "server:\n  admin: true\next_authz:\n  enabled: true\n{shared}{}",
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin: true\next_authz:\n  enabled: true\n{shared}{}",
         provider.tenants_yaml()
     );
     let integrity = "an integrity key every replica holds, and Redis never sees";
