@@ -240,14 +240,6 @@ impl Link {
         let start = Instant::now();
         let outcome = tokio::time::timeout(timeout, f(conn)).await;
         let elapsed = start.elapsed();
-        if elapsed > Duration::from_millis(30) {
-            eprintln!(
-                "DEBUGOP {} {:?} {:?}",
-                op.as_str(),
-                elapsed,
-                outcome.as_ref().map(|r| r.as_ref().err())
-            );
-        }
         match outcome {
             Ok(Ok(v)) => {
                 self.stats.record_op(op, "ok", elapsed);
