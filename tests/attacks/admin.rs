@@ -187,12 +187,18 @@ fn admin_token(key: &TestKey, issuer: &str, aud: &str, scope: Option<&str>) -> S
     key.token(&c)
 }
 
-async fn list_as(channel: &Channel, token: Option<&str>) -> Result<usize, tonic::Status> {
-    let mut req = tonic::Request::new(pb::ListIssuersRequest::default());
+/// `message` with `authorization: <token>` metadata when given.
+fn authorized<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
     if let Some(t) = token {
         req.metadata_mut()
             .insert("authorization", t.parse().expect("metadata"));
     }
+    req
+}
+
+async fn list_as(channel: &Channel, token: Option<&str>) -> Result<usize, tonic::Status> {
+    let req = authorized(pb::ListIssuersRequest::default(), token);
     admin(channel)
         .list_issuers(req)
         .await
@@ -359,14 +365,14 @@ async fn revoke_as(
     token: Option<&str>,
     victim: &str,
 ) -> Result<pb::RevokeResponse, tonic::Status> {
-    let mut req = tonic::Request::new(pb::RevokeRequest {
-        rule: Some(pb::revoke_request::Rule::Token(victim.into())),
-        expires_at: None,
-    });
-    if let Some(t) = token {
-        req.metadata_mut()
-            .insert("authorization", t.parse().expect("metadata"));
-    }
+    let rule = pb::revoke_request::Rule::Token(victim.into());
+    let req = authorized(
+        pb::RevokeRequest {
+            rule: Some(rule),
+            expires_at: None,
+        },
+        token,
+    );
     admin(channel).revoke(req).await.map(|r| r.into_inner())
 }
 
