@@ -144,10 +144,7 @@ pub async fn run_with_listeners(
     let _stop_on_return = cancel.clone().drop_guard();
     // Attached before anything reads the registry's shared state (refreshers,
     // introspectors); without `shared_state` no Redis code runs at all.
-    let fleet = start_fleet(&settings, &registry, &tasks, &cancel).await?;
-    if let Some(f) = &fleet {
-        metrics.observe_fleet(f.clone());
-    }
+    let fleet = start_fleet(&settings, &registry, &metrics, &tasks, &cancel).await?;
 
     let http = HttpClient::new(Redirects::NoDowngrade).context("building the HTTP client")?;
     oidc::spawn_refreshers(
@@ -338,10 +335,11 @@ async fn start_health(
 
 /// Connects to the fleet's shared state when `shared_state` is configured: starts its
 /// tasks, waits a little for it (serving without it if it does not answer: the
-/// `on_unavailable` policy applies until it does), and hands it to the registry.
+/// `on_unavailable` policy applies until it does), hands it to the registry and its figures to the metrics.
 async fn start_fleet(
     settings: &Settings,
     registry: &Registry,
+    metrics: &Metrics,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<Fleet>> {
@@ -361,6 +359,7 @@ async fn start_fleet(
             "the shared state does not answer yet; serving without it until it does");
     }
     registry.attach_shared(fleet.shared());
+    metrics.observe_fleet(fleet.clone());
     info!(replica = %fleet.replica(), prefix = %fleet.key_prefix(),
         integrity = fleet.integrity_enabled(), "sharing state with the fleet");
     Ok(Some(fleet))
