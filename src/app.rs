@@ -335,7 +335,8 @@ async fn start_health(
 
 /// Connects to the fleet's shared state when `shared_state` is configured: starts its
 /// tasks, waits a little for it (serving without it if it does not answer: the
-/// `on_unavailable` policy applies until it does), hands it to the registry and its figures to the metrics.
+/// `on_unavailable` policy applies until it does), and hands it to the registry and
+/// the metrics.
 async fn start_fleet(
     settings: &Settings,
     registry: &Registry,
