@@ -30,7 +30,7 @@ use tonic_health::{
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    config::{ExtAuthzSettings, ServerSettings, Settings},
+    config::{AllowedTenantIds, ExtAuthzSettings, ServerSettings, Settings},
     fleet::Fleet,
     grpc::{
         AdminServiceImpl, Limits, TokenServiceImpl,
@@ -120,6 +120,27 @@ impl Listeners {
     }
 }
 
+/// Logs which Entra ID tenants each `{tenantid}` issuer accepts: every tenant (an
+/// explicit `["*"]`) is a warning, since Entra's common keys sign any tenant's tokens.
+fn log_entra_trust(settings: &Settings) {
+    for t in &settings.tenants {
+        match &t.allowed_tenant_ids {
+            Some(AllowedTenantIds::Any) => warn!(
+                tenant = %t.id,
+                issuer = %t.issuer,
+                "allowed_tenant_ids: [\"*\"]: tokens of every Entra ID tenant are accepted"
+            ),
+            Some(AllowedTenantIds::Only(ids)) => info!(
+                tenant = %t.id,
+                issuer = %t.issuer,
+                allowed_tenant_ids = %ids.join(","),
+                "tokens of the listed Entra ID tenants are accepted"
+            ),
+            None => {}
+        }
+    }
+}
+
 /// Like [`run`], with every listener bound by the caller.
 pub async fn run_with_listeners(
     settings: Settings,
@@ -136,6 +157,7 @@ pub async fn run_with_listeners(
         None => None,
     };
     let registry = Registry::new(&settings).context("building the tenant registry")?;
+    log_entra_trust(&settings);
     let methods = Arc::new(grpc_methods()?);
     let metrics = Arc::new(Metrics::new(&registry, &methods));
     let tasks = TaskTracker::new();

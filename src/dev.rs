@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::config::{KeySource, ServerSettings, Settings, TenantSettings, ValidationPolicy};
+use crate::jwt::claims::MAX_NUMERIC_DATE;
 
 /// Issuer of development tokens.
 pub const DEV_ISSUER: &str = "https://introspectd.localhost/dev";
@@ -161,7 +162,11 @@ impl DevKey {
         claims.insert("aud".into(), aud);
         claims.insert("iat".into(), now.into());
         claims.insert("nbf".into(), now.into());
-        claims.insert("exp".into(), (now + ttl.as_secs()).into());
+        let exp = now
+            .checked_add(ttl.as_secs())
+            .filter(|e| i64::try_from(*e).is_ok_and(|e| e <= MAX_NUMERIC_DATE))
+            .context("the ttl reaches past the year 9999")?;
+        claims.insert("exp".into(), exp.into());
         claims.insert("jti".into(), format!("{:016x}", fastrand::u64(..)).into());
         if let Some(s) = scope {
             claims.insert("scope".into(), s.into());
@@ -224,5 +229,21 @@ mod tests {
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o077, 0, "key file is private");
         }
+    }
+
+    #[test]
+    fn a_ttl_past_9999_is_an_error_not_an_overflow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = DevKey::load_or_create(&dir.path().join("k.json")).expect("key");
+        for ttl in [Duration::MAX, Duration::from_secs(300_000_000_000)] {
+            let err = key
+                .mint("s", &[], None, ttl, &Map::new())
+                .expect_err("refused");
+            assert!(err.to_string().contains("9999"), "{err}");
+        }
+        assert!(
+            key.mint("s", &[], None, Duration::from_secs(60), &Map::new())
+                .is_ok()
+        );
     }
 }

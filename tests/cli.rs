@@ -36,6 +36,15 @@ fn check_config_exits_2_and_names_the_key() {
             "tenants:\n  - id: a\n    issuer: http://a\n",
             "tenants[0].issuer",
         ),
+        (ENTRA, "tenants[0].allowed_tenant_ids"),
+        (
+            "defaults:\n  unknown_kid_cooldown: 0s\n",
+            "defaults.unknown_kid_cooldown",
+        ),
+        (
+            "tenants:\n  - id: a\n    issuer: https://a\n    clock_skew: 31days\n",
+            "tenants[0].clock_skew",
+        ),
     ];
     for (yaml, key) in cases {
         let path = write(&dir, "c.yaml", yaml);
@@ -71,6 +80,41 @@ fn check_config_exits_2_and_names_the_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A `{tenantid}` issuer without `allowed_tenant_ids`.
+const ENTRA: &str = "tenants:\n  - id: entra\n    issuer: \"https://login.microsoftonline.com/{tenantid}/v2.0\"\n    metadata_url: https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration\n";
+
+#[test]
+fn check_config_says_which_entra_tenants_are_trusted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = [
+        ("[\"*\"]", "accepts tokens of every Entra ID tenant"),
+        (
+            "[\"72f988bf-86f1-41af-91ab-2d7cd011db47\"]",
+            "accepts tokens of 1 Entra ID tenant(s): 72f988bf-86f1-41af-91ab-2d7cd011db47",
+        ),
+    ];
+    for (list, says) in cases {
+        let path = write(
+            &dir,
+            "entra.yaml",
+            &format!("{ENTRA}    allowed_tenant_ids: {list}\n"),
+        );
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "tenant `entra` (https://login.microsoftonline.com/{{tenantid}}/v2.0) {says}"
+            )),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]

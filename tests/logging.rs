@@ -195,3 +195,35 @@ async fn text_logs_by_default_at_the_level_of_rust_log() {
         "no debug lines at info"
     );
 }
+
+/// Issue 12, finding 6: `serve` says at start-up which Entra ID tenants each `{tenantid}`
+/// issuer trusts; trusting every tenant (`["*"]`) is a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_logs_which_entra_tenants_each_tenantid_issuer_trusts() {
+    const GUID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let idp = FakeIdp::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let tenant = |id: &str, allowed: &str, explicit: bool| {
+        format!(
+            "  - id: {id}\n    issuer: \"{base}/{{tenantid}}/v2.0\"\n    metadata_url: \"{base}/common/v2.0/.well-known/openid-configuration\"\n    require_https: false\n    explicit: {explicit}\n    allowed_tenant_ids: {allowed}\n",
+            base = idp.issuer()
+        )
+    };
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  shutdown_grace: 2s\ntenants:\n{}{}",
+        tenant("any", "[\"*\"]", false),
+        tenant("one", &format!("[\"{GUID}\"]"), true),
+    );
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).expect("config");
+    let mut server = Server::start(&path, true, "info");
+    let json = |line: &str| serde_json::from_str::<Value>(line).expect("JSON line");
+    let any = json(&server.wait_for(|l| l.contains("tokens of every Entra ID tenant")));
+    assert_eq!(any["level"], "WARN", "{any}");
+    assert!(any.to_string().contains(r#""tenant":"any""#), "{any}");
+    let one = json(&server.wait_for(|l| l.contains("the listed Entra ID tenants")));
+    assert_eq!(one["level"], "INFO", "{one}");
+    assert!(one.to_string().contains(GUID), "{one}");
+    assert!(one.to_string().contains(r#""tenant":"one""#), "{one}");
+    server.stop();
+}

@@ -21,15 +21,11 @@ async fn setup(
     extra_tenant: &str,
     tune: impl FnOnce(&mut Settings),
 ) -> (FakeIdp, TestKey, Harness) {
-    let idp = FakeIdp::start().await;
-    let key = TestKey::rsa("k1", "RS256");
-    idp.serve_oidc(&[&key]);
-    let mut s = settings(&oidc_tenant(&idp, extra_tenant));
-    s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    tune(&mut s);
-    let h = start(s).await;
-    h.wait_health("introspect.v1.TokenService", SERVING).await;
-    (idp, key, h)
+    start_oidc(extra_tenant, |s| {
+        s.server.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        tune(s);
+    })
+    .await
 }
 
 async fn scrape(h: &Harness) -> String {
@@ -44,7 +40,7 @@ const VALIDATE: &str =
 #[tokio::test]
 async fn beyond_the_concurrency_limit_calls_are_refused_at_once_and_service_recovers() {
     let (idp, key, h) = setup(
-        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 0s\n",
+        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 1s\n",
         |s| {
             s.server.concurrency_limit = 1;
         },
@@ -130,7 +126,7 @@ async fn beyond_the_concurrency_limit_calls_are_refused_at_once_and_service_reco
 #[tokio::test]
 async fn a_call_past_the_request_timeout_is_cancelled() {
     let (idp, _key, h) = setup(
-        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 0s\n",
+        "    fetch_timeout: 20s\n    unknown_kid_cooldown: 1s\n",
         |s| {
             s.server.request_timeout = Duration::from_millis(300);
         },
@@ -321,7 +317,7 @@ async fn at_twice_the_capacity_excess_calls_are_refused_at_once_and_admitted_one
     const LIMIT: usize = 8;
     const HOLD: Duration = Duration::from_secs(1);
     let (idp, _key, h) = setup(
-        "    fetch_timeout: 5s\n    unknown_kid_cooldown: 0s\n",
+        "    fetch_timeout: 5s\n    unknown_kid_cooldown: 1s\n",
         |s| s.server.concurrency_limit = LIMIT,
     )
     .await;

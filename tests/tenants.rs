@@ -77,7 +77,7 @@ async fn entra_tenantid_issuers_route_by_tid_and_allow_list() {
 }
 
 #[tokio::test]
-async fn entra_without_allow_list_accepts_any_guid() {
+async fn entra_with_star_accepts_any_guid() {
     let idp = FakeIdp::start().await;
     let key = TestKey::rsa("e1", "RS256");
     idp.set_json(
@@ -85,7 +85,13 @@ async fn entra_without_allow_list_accepts_any_guid() {
         idp.discovery(&format!("{}/{{tenantid}}/v2.0", idp.issuer()), "/keys"),
     );
     idp.publish("/keys", &[&key]);
-    let mut h = start(settings(&entra_yaml(&idp, ""))).await;
+    // Without allowed_tenant_ids the configuration is refused (src/config/tests.rs);
+    // `["*"]` is the written choice to trust every Entra tenant.
+    let mut h = start(settings(&entra_yaml(
+        &idp,
+        "    allowed_tenant_ids: [\"*\"]\n",
+    )))
+    .await;
     for g in [G1, G2] {
         let r = h
             .validate_token(&key.token(&entra_claims(&idp, g, g)))
@@ -314,7 +320,7 @@ async fn jwks_file_is_reread_when_it_changes() {
     let k2 = TestKey::ec("f2");
     std::fs::write(&path, jwks(&[&k1]).to_string()).expect("write");
     let yaml = format!(
-        "tenants:\n  - id: files\n    issuer: \"https://files.example\"\n    audiences: [\"x\"]\n    jwks_file: \"{}\"\n    unknown_kid_cooldown: 0s\n",
+        "tenants:\n  - id: files\n    issuer: \"https://files.example\"\n    audiences: [\"x\"]\n    jwks_file: \"{}\"\n    unknown_kid_cooldown: 1s\n",
         path.display()
     );
     let mut h = start(settings(&yaml)).await;
@@ -368,21 +374,28 @@ async fn id_token_nonce_and_azp() {
         .await;
     assert_eq!(code(&r), E::InvalidNonce);
 
+    // The request's nonce makes it an ID token check, where azp is required.
     let mut multi = claims(&idp.issuer(), "api://demo");
     multi["aud"] = json!(["api://demo", "other"]);
+    multi["nonce"] = json!("n-123");
+    let id_token = |c: &serde_json::Value| pb::ValidateRequest {
+        token: key.token(c),
+        nonce: "n-123".into(),
+        ..Default::default()
+    };
     assert_eq!(
-        code(&h.validate_token(&key.token(&multi)).await),
+        code(&h.validate(id_token(&multi)).await),
         E::InvalidAudience,
         "no azp"
     );
     multi["azp"] = json!("other");
     assert_eq!(
-        code(&h.validate_token(&key.token(&multi)).await),
+        code(&h.validate(id_token(&multi)).await),
         E::InvalidAudience,
         "azp not accepted"
     );
     multi["azp"] = json!("api://demo");
-    assert!(h.validate_token(&key.token(&multi)).await.valid);
+    assert!(h.validate(id_token(&multi)).await.valid);
 }
 
 #[tokio::test]

@@ -18,12 +18,7 @@ const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
 async fn setup(extra: &str) -> (FakeIdp, TestKey, Harness) {
-    let idp = FakeIdp::start().await;
-    let key = TestKey::rsa("k1", "RS256");
-    idp.serve_oidc(&[&key]);
-    let h = start(settings(&oidc_tenant(&idp, extra))).await;
-    h.wait_health("introspect.v1.TokenService", SERVING).await;
-    (idp, key, h)
+    start_oidc(extra, |_| {}).await
 }
 
 #[tokio::test]
@@ -183,9 +178,14 @@ async fn every_cheap_rejection_has_its_code_and_causes_no_traffic() {
             E::InvalidAudience,
         ),
         (
-            "two audiences without azp",
-            key.token(&with(&|c| c["aud"] = json!(["api://demo", "x"]))),
+            "two audiences, none accepted",
+            key.token(&with(&|c| c["aud"] = json!(["x", "y"]))),
             E::InvalidAudience,
+        ),
+        (
+            "exp past 9999",
+            key.token(&with(&|c| c["exp"] = json!(1e300))),
+            E::Malformed,
         ),
     ];
     for (name, token, want) in cases {
@@ -405,7 +405,7 @@ async fn outage_keeps_last_good_keys() {
 
 #[tokio::test]
 async fn malformed_oversized_and_slow_documents_keep_last_good_keys() {
-    let (idp, key, mut h) = setup("    fetch_timeout: 300ms\n    unknown_kid_cooldown: 0s\n").await;
+    let (idp, key, mut h) = setup("    fetch_timeout: 300ms\n    unknown_kid_cooldown: 1s\n").await;
     let iss = idp.issuer();
     let bad: Vec<Behaviour> = vec![
         Behaviour::Raw(200, b"{not json".to_vec()),
@@ -427,6 +427,8 @@ async fn malformed_oversized_and_slow_documents_keep_last_good_keys() {
                 .await
                 .valid
         );
+        // The next kid miss may refresh once the cooldown (at least 1 s) has passed.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     idp.publish("/jwks", &[&key]);
     idp.set_delay("/jwks", Some(Duration::from_secs(2)));

@@ -148,22 +148,34 @@ fn assert_describes(e: &pb::KeyEvent, key: &TestKey, tenant: &str, issuer: &str)
     assert!(e.message.is_empty());
 }
 
-/// Tenant settings for tests that force refreshes back to back: RefreshIssuer fetches at
-/// most once per `unknown_kid_cooldown`.
-const FORCE_ANY_TIME: &str = "    unknown_kid_cooldown: 0s\n";
-
 /// The `server:` section of this suite: AdminService on the (loopback) main listener,
 /// which it has to ask for.
 const WITH_ADMIN: &str = "server:\n  listen: \"127.0.0.1:0\"\n  admin: true\n";
 
 async fn setup(keys: &[&TestKey], extra: &str) -> (FakeIdp, Harness) {
+    setup_tuned(keys, extra, |_| {}).await
+}
+
+/// For tests that force refreshes back to back: RefreshIssuer fetches at most once per
+/// `unknown_kid_cooldown`, which a configuration keeps at 1 s or more; these tests set it
+/// to zero on the loaded settings, to exercise the stream without waiting.
+async fn setup_forcing_any_time(keys: &[&TestKey]) -> (FakeIdp, Harness) {
+    setup_tuned(keys, "", |s| {
+        s.tenants[0].refresh.unknown_kid_cooldown = Duration::ZERO;
+    })
+    .await
+}
+
+async fn setup_tuned(
+    keys: &[&TestKey],
+    extra: &str,
+    tune: impl FnOnce(&mut introspectd::config::Settings),
+) -> (FakeIdp, Harness) {
     let idp = FakeIdp::start().await;
     idp.serve_oidc(keys);
-    let h = start(settings(&format!(
-        "{WITH_ADMIN}{}",
-        oidc_tenant(&idp, extra)
-    )))
-    .await;
+    let mut s = settings(&format!("{WITH_ADMIN}{}", oidc_tenant(&idp, extra)));
+    tune(&mut s);
+    let h = start(s).await;
     h.wait_health(TOKEN_SERVICE, SERVING).await;
     (idp, h)
 }
@@ -421,7 +433,7 @@ async fn a_stalled_subscriber_is_resynchronised_while_a_reading_one_sees_every_e
     // 100 keys per set (the most a set holds): each rotation is 100 ADDED + 100 REMOVED.
     let set_a: Vec<TestKey> = (0..100).map(|i| TestKey::ec(&format!("a{i}"))).collect();
     let set_b: Vec<TestKey> = (0..100).map(|i| TestKey::ec(&format!("b{i}"))).collect();
-    let (idp, h) = setup(&refs(&set_a), FORCE_ANY_TIME).await;
+    let (idp, h) = setup_forcing_any_time(&refs(&set_a)).await;
 
     let mut reader = watch(&h.channel, &[]).await.expect("reader");
     // The stalled client has its own connection with a tiny HTTP/2 window, so the
@@ -502,7 +514,7 @@ async fn a_failed_refresh_is_streamed_once_per_failure_not_per_caller() {
         TestKey::ec("k2"),
         TestKey::ec("stranger"),
     );
-    let (idp, h) = setup(&[&k1], FORCE_ANY_TIME).await;
+    let (idp, h) = setup_forcing_any_time(&[&k1]).await;
     let mut s = watch(&h.channel, &[]).await.expect("WatchKeys");
     assert_eq!(snapshot(&mut s).await.len(), 1);
 
@@ -665,7 +677,7 @@ async fn list_issuers_and_refresh_issuer_report_state_and_changes() {
         TestKey::ec("k2"),
         TestKey::ec("k3"),
     );
-    let (idp, h) = setup(&[&k1], FORCE_ANY_TIME).await;
+    let (idp, h) = setup_forcing_any_time(&[&k1]).await;
     let list = list_issuers(&h.channel).await;
     assert_eq!(list.len(), 1);
     let i = &list[0];
@@ -839,7 +851,7 @@ async fn admin_is_listed_by_reflection_and_can_be_turned_off() {
 async fn the_example_mirror_verifies_a_token_signed_by_a_rotated_in_key() {
     introspectd::install_crypto();
     let (k1, k2) = (TestKey::rsa("k1", "RS256"), TestKey::ec("k2"));
-    let (idp, h) = setup(&[&k1], FORCE_ANY_TIME).await;
+    let (idp, h) = setup_forcing_any_time(&[&k1]).await;
     let mut s = watch(&h.channel, &["demo"]).await.expect("WatchKeys");
     let mut keys = mirror::KeyMirror::new();
     while !keys.is_synced() {

@@ -127,6 +127,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig { config } => match config::load_file(&config) {
             Ok(s) => {
                 println!("configuration OK: {} tenant(s)", s.tenants.len());
+                // The choices an operator must see: which Entra tenants are trusted.
+                for t in &s.tenants {
+                    if let Some(trust) = t.entra_trust() {
+                        println!("tenant `{}` ({}) {trust}", t.id, t.issuer);
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => config_failure(&e),

@@ -45,10 +45,25 @@ pub(super) fn drop_nulls(doc: &mut Yaml) {
     }
 }
 
-/// Parses a duration like `30s`, `5m` or `1h 30m`.
+/// Longest duration any key but `max_lifetime` accepts: far beyond every sensible
+/// setting, and far enough from the limits of `Instant` and `SystemTime` arithmetic that
+/// no configured duration can overflow what it is added to.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest `max_lifetime` (a bound on tokens' lifetimes, only ever compared).
+pub const MAX_LONG_DURATION: Duration = Duration::from_secs(3660 * 24 * 3600);
+
+/// Parses a duration like `30s`, `5m` or `1h 30m`, at most [`MAX_DURATION`].
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration like \"30s\" or \"5m\": {e}"))
+    parse_bounded(s, MAX_DURATION, "30 days")
+}
+
+fn parse_bounded(s: &str, max: Duration, max_words: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like \"30s\" or \"5m\": {e}"))?;
+    if d > max {
+        return Err(format!("`{s}` is longer than the maximum of {max_words}"));
+    }
+    Ok(d)
 }
 
 /// A duration key (`#[serde(deserialize_with = "de::duration")]`).
@@ -60,6 +75,16 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 /// A duration key without a default (`None` when absent).
 pub(super) fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+/// `max_lifetime`: like [`some_duration`], up to [`MAX_LONG_DURATION`].
+pub(super) fn some_long_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bounded(&s, MAX_LONG_DURATION, "3660 days")
+        .map(Some)
+        .map_err(D::Error::custom)
 }
 
 /// A listen address key.
@@ -151,5 +176,19 @@ mod tests {
         let err = parse_duration("soon").unwrap_err();
         assert!(err.starts_with("`soon` is not a duration"), "{err}");
         assert_eq!(parse_duration(" 5m ").unwrap(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration("30days").unwrap(), MAX_DURATION);
+        for long in ["31days", "100000000y", "18446744073709551615s"] {
+            let err = parse_duration(long).unwrap_err();
+            assert!(
+                err.contains("maximum of 30 days") || err.contains("not a duration"),
+                "{err}"
+            );
+        }
+        assert!(parse_bounded("10y", MAX_LONG_DURATION, "3660 days").is_ok());
+        assert!(parse_bounded("11y", MAX_LONG_DURATION, "3660 days").is_err());
     }
 }

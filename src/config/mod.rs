@@ -44,6 +44,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value as Yaml;
 
 pub use admin::{AdminAuthSettings, check_exposure as check_admin_exposure};
+pub use de::{MAX_DURATION, MAX_LONG_DURATION};
 pub use env::{ENV_PREFIX, env_overrides};
 pub use ext_authz::{
     DEFAULT_CLAIMS_HEADER, DEFAULT_HEADERS, DEFAULT_TOKEN_HEADER, ExtAuthzSettings, HeaderMapping,
@@ -58,7 +59,7 @@ pub use key_source::{
 pub use policy::{
     DEFAULT_ALGORITHMS, DEFAULT_CLOCK_SKEW, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REPLAY_CACHE_ENTRIES, DEFAULT_REQUIRED_CLAIMS, DEFAULT_UNKNOWN_KID_COOLDOWN,
-    RefreshSettings, ValidationPolicy,
+    MAX_REPLAY_CACHE_ENTRIES, MIN_UNKNOWN_KID_COOLDOWN, RefreshSettings, ValidationPolicy,
 };
 pub use server::{
     DEFAULT_CONCURRENCY_LIMIT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
@@ -73,7 +74,7 @@ pub use shared_state::{
     DEFAULT_KEY_PREFIX, DEFAULT_OP_TIMEOUT, MAX_KEY_PREFIX_BYTES, MAX_OP_TIMEOUT,
     MIN_INTEGRITY_KEY_BYTES, OnUnavailable, REPLICA_NAME_ENV, RedisEndpoints, SharedStateSettings,
 };
-pub use tenant::TenantSettings;
+pub use tenant::{ANY_TENANT_ID, AllowedTenantIds, TenantSettings};
 
 /// Placeholder for the Entra ID tenant id in an issuer.
 pub const TENANT_ID_PLACEHOLDER: &str = "{tenantid}";
@@ -150,6 +151,7 @@ struct File {
 impl File {
     fn resolve(self, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
         let server = self.server.validated()?;
+        policy::check_defaults(&self.defaults)?;
         let tenants = tenant::resolve_all(self.tenants, &self.defaults, env)?;
         admin::check_tenant(&server, &tenants)?;
         let is_tenant = |id: &str| tenants.iter().any(|t| t.id == id);

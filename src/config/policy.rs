@@ -1,7 +1,8 @@
 //! The policy keys: the checks on every token (clock skew, algorithms, required claims,
-//! types, lifetime, replay) and the refresh schedule. `defaults:` holds them, every
-//! tenant may override them; a tenant's value wins over `defaults:`, which wins over the
-//! built-in constants, and an error names the key that was actually written.
+//! types, lifetime, token kind, replay and its cache size) and the refresh schedule.
+//! `defaults:` holds them, every tenant may override them; a tenant's value wins over
+//! `defaults:`, which wins over the built-in constants, and an error names the key that
+//! was actually written.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::jwt::claims::normalize_type;
+use crate::jwt::claims::{TokenKind, normalize_type};
 
 /// Default clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -19,14 +20,19 @@ pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default minimum time between two unknown-kid refreshes of one key set.
 pub const DEFAULT_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
+/// Shortest `unknown_kid_cooldown` accepted: anything shorter lets every unknown kid an
+/// attacker makes up cause a fetch.
+pub const MIN_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(1);
 /// Default timeout of one metadata, JWKS or introspection request.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default algorithm allow-list: every asymmetric algorithm, no HMAC.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = crate::keys::ASYMMETRIC_ALGORITHMS;
 /// Default required claims.
 pub const DEFAULT_REQUIRED_CLAIMS: [&str; 1] = ["exp"];
-/// Cap on replay-detection entries per tenant (`replay_detection: true`).
+/// Default cap on replay-detection entries per tenant (`replay_cache_entries`).
 pub const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 1_000_000;
+/// Largest `replay_cache_entries` accepted (about 20 GB of entries at most).
+pub const MAX_REPLAY_CACHE_ENTRIES: usize = 100_000_000;
 
 /// The checks applied to every token of a tenant.
 #[derive(Debug, Clone)]
@@ -43,6 +49,10 @@ pub struct ValidationPolicy {
     pub max_lifetime: Option<Duration>,
     /// Reject a `jti` seen before.
     pub replay_detection: bool,
+    /// Most `(iss, jti)` entries the replay cache holds.
+    pub replay_cache_entries: usize,
+    /// What tokens are checked as when a request carries no nonce.
+    pub token_kind: TokenKind,
 }
 
 impl Default for ValidationPolicy {
@@ -54,6 +64,8 @@ impl Default for ValidationPolicy {
             types: None,
             max_lifetime: None,
             replay_detection: false,
+            replay_cache_entries: DEFAULT_REPLAY_CACHE_ENTRIES,
+            token_kind: TokenKind::AccessToken,
         }
     }
 }
@@ -112,10 +124,14 @@ macro_rules! with_policy_keys {
             pub(super) required_claims: Option<Vec<String>>,
             #[serde(default)]
             pub(super) types: Option<Vec<String>>,
-            #[serde(default, deserialize_with = "crate::config::de::some_duration")]
+            #[serde(default, deserialize_with = "crate::config::de::some_long_duration")]
             pub(super) max_lifetime: Option<std::time::Duration>,
             #[serde(default)]
             pub(super) replay_detection: Option<bool>,
+            #[serde(default)]
+            pub(super) replay_cache_entries: Option<usize>,
+            #[serde(default)]
+            pub(super) token_kind: Option<String>,
         }
 
         impl From<&$name> for $crate::config::policy::PolicyFile {
@@ -131,6 +147,8 @@ macro_rules! with_policy_keys {
                     types: s.types.clone(),
                     max_lifetime: s.max_lifetime,
                     replay_detection: s.replay_detection,
+                    replay_cache_entries: s.replay_cache_entries,
+                    token_kind: s.token_kind.clone(),
                 }
             }
         }
@@ -196,6 +214,12 @@ pub(super) struct ResolvedPolicy {
     pub(super) algorithms_key: String,
 }
 
+/// Checks `defaults:` on its own, so that a bad value there is named even while no
+/// tenant uses it (the chart's default values have no tenants).
+pub(super) fn check_defaults(defaults: &PolicyFile) -> Result<(), ConfigError> {
+    resolve("defaults", &PolicyFile::default(), defaults).map(drop)
+}
+
 /// Merges a tenant's policy keys over `defaults:` over the built-in values.
 pub(super) fn resolve(
     tenant_key: &str,
@@ -223,6 +247,8 @@ pub(super) fn resolve(
         replay_detection: layers
             .value(|p| &p.replay_detection)
             .unwrap_or(builtin.replay_detection),
+        replay_cache_entries: replay_cache_entries(&layers)?,
+        token_kind: token_kind(&layers)?,
     };
     Ok(ResolvedPolicy {
         policy,
@@ -239,9 +265,14 @@ fn refresh(layers: &Layers<'_>) -> Result<RefreshSettings, ConfigError> {
             builtin.refresh_interval,
             (MIN_REFRESH_INTERVAL, "must be at least 1s"),
         )?,
-        unknown_kid_cooldown: layers
-            .value(|p| &p.unknown_kid_cooldown)
-            .unwrap_or(builtin.unknown_kid_cooldown),
+        unknown_kid_cooldown: layers.at_least(
+            ("unknown_kid_cooldown", |p| &p.unknown_kid_cooldown),
+            builtin.unknown_kid_cooldown,
+            (
+                MIN_UNKNOWN_KID_COOLDOWN,
+                "must be at least 1s (a shorter cooldown lets every made-up kid cause a fetch)",
+            ),
+        )?,
         fetch_timeout: layers.at_least(
             ("fetch_timeout", |p| &p.fetch_timeout),
             builtin.fetch_timeout,
@@ -277,15 +308,48 @@ fn algorithms(layers: &Layers<'_>) -> Result<(String, Vec<Algorithm>), ConfigErr
     Ok((key, out))
 }
 
+/// `replay_cache_entries`: 1 to [`MAX_REPLAY_CACHE_ENTRIES`].
+fn replay_cache_entries(layers: &Layers<'_>) -> Result<usize, ConfigError> {
+    let (key, value) = layers.pick("replay_cache_entries", |p| &p.replay_cache_entries);
+    let n = value.unwrap_or(DEFAULT_REPLAY_CACHE_ENTRIES);
+    if !(1..=MAX_REPLAY_CACHE_ENTRIES).contains(&n) {
+        return Err(ConfigError::new(
+            key,
+            format!("must be between 1 and {MAX_REPLAY_CACHE_ENTRIES}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// `token_kind`: `access_token` (the default) or `id_token`.
+fn token_kind(layers: &Layers<'_>) -> Result<TokenKind, ConfigError> {
+    let (key, value) = layers.pick("token_kind", |p| &p.token_kind);
+    match value.as_deref() {
+        None | Some("access_token") => Ok(TokenKind::AccessToken),
+        Some("id_token") => Ok(TokenKind::IdToken),
+        Some(other) => Err(ConfigError::new(
+            key,
+            format!("`{other}` is not one of access_token, id_token"),
+        )),
+    }
+}
+
+/// `types`, normalised; a type with surrounding whitespace is refused, since a token's
+/// `typ` is never trimmed and so could never match it.
 fn types(layers: &Layers<'_>) -> Result<Option<Vec<String>>, ConfigError> {
-    let types = layers
-        .value(|p| &p.types)
-        .map(|v| v.iter().map(|t| normalize_type(t)).collect::<Vec<_>>());
+    let (key, written) = layers.pick("types", |p| &p.types);
+    if let Some(t) = written.iter().flatten().find(|t| t.trim() != t.as_str()) {
+        return Err(ConfigError::new(
+            key,
+            format!("`{t}` has surrounding whitespace; a token's typ is compared without trimming"),
+        ));
+    }
+    let types = written.map(|v| v.iter().map(|t| normalize_type(t)).collect::<Vec<_>>());
     if let Some(ts) = &types
         && (ts.is_empty() || ts.iter().any(|t| t.is_empty()))
     {
         return Err(ConfigError::new(
-            format!("{}.types", layers.tenant_key),
+            key,
             "must list at least one non-empty type (remove the key to accept any)",
         ));
     }

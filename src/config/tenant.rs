@@ -29,8 +29,9 @@ pub struct TenantSettings {
     pub issuer: String,
     /// Audiences accepted when a request names none.
     pub audiences: Vec<String>,
-    /// For `{tenantid}` issuers: allowed `tid` values (lower case); `None`: any GUID.
-    pub allowed_tenant_ids: Option<Vec<String>>,
+    /// For `{tenantid}` issuers (required there, `None` elsewhere): the Entra ID tenants
+    /// whose tokens are accepted.
+    pub allowed_tenant_ids: Option<AllowedTenantIds>,
     /// Only used when a request names this tenant.
     pub explicit: bool,
     /// Token checks.
@@ -41,6 +42,30 @@ pub struct TenantSettings {
     pub keys: KeySource,
     /// RFC 7662 introspection of opaque tokens.
     pub introspection: Option<IntrospectionSettings>,
+}
+
+/// The Entra ID tenants a `{tenantid}` issuer accepts. Entra's common keys sign the
+/// tokens of every Entra tenant, so there is no default: the operator lists the tenant
+/// ids, or writes `["*"]` to accept any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedTenantIds {
+    /// `["*"]`: every Entra ID tenant (a multi-tenant application), chosen explicitly.
+    Any,
+    /// These tenant ids (GUIDs, lower case).
+    Only(Vec<String>),
+}
+
+/// The `allowed_tenant_ids` entry that accepts every Entra ID tenant.
+pub const ANY_TENANT_ID: &str = "*";
+
+impl AllowedTenantIds {
+    /// Whether a token's `tid` (already known to be a GUID) is accepted.
+    pub fn allows(&self, tid: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
+        }
+    }
 }
 
 impl TenantSettings {
@@ -63,6 +88,21 @@ impl TenantSettings {
     /// True when `issuer` holds the `{tenantid}` placeholder.
     pub fn is_templated(&self) -> bool {
         self.issuer.contains(TENANT_ID_PLACEHOLDER)
+    }
+
+    /// For a `{tenantid}` issuer, which Entra ID tenants it accepts, in words (for
+    /// `check-config` and the start-up log); `None` for other issuers.
+    pub fn entra_trust(&self) -> Option<String> {
+        match self.allowed_tenant_ids.as_ref()? {
+            AllowedTenantIds::Any => {
+                Some("accepts tokens of every Entra ID tenant (allowed_tenant_ids: [\"*\"])".into())
+            }
+            AllowedTenantIds::Only(ids) => Some(format!(
+                "accepts tokens of {} Entra ID tenant(s): {}",
+                ids.len(),
+                ids.join(", ")
+            )),
+        }
     }
 }
 
@@ -188,16 +228,41 @@ fn check_identity(key: &str, t: &TenantFile) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `allowed_tenant_ids`: only for a `{tenantid}` issuer, every entry a GUID, kept in
-/// lower case.
-fn allowed_tenant_ids(key: &str, t: &TenantFile) -> Result<Option<Vec<String>>, ConfigError> {
-    let Some(ids) = &t.allowed_tenant_ids else {
-        return Ok(None);
+/// `allowed_tenant_ids`: required for a `{tenantid}` issuer and only there; `["*"]`
+/// alone, or GUIDs (kept in lower case).
+fn allowed_tenant_ids(key: &str, t: &TenantFile) -> Result<Option<AllowedTenantIds>, ConfigError> {
+    let templated = t.issuer.contains(TENANT_ID_PLACEHOLDER);
+    let ids = match (&t.allowed_tenant_ids, templated) {
+        (None, false) => return Ok(None),
+        (Some(_), false) => {
+            return Err(ConfigError::new(
+                format!("{key}.allowed_tenant_ids"),
+                "only applies to an issuer that holds {tenantid}",
+            ));
+        }
+        (None, true) => {
+            return Err(ConfigError::new(
+                format!("{key}.allowed_tenant_ids"),
+                "is required for an issuer that holds {tenantid}: Entra ID's common keys sign the \
+                 tokens of every Entra tenant, so list the tenant ids (GUIDs) to accept, or write \
+                 allowed_tenant_ids: [\"*\"] to accept every tenant",
+            ));
+        }
+        (Some(ids), true) => ids,
     };
-    if !t.issuer.contains(TENANT_ID_PLACEHOLDER) {
+    if ids.iter().any(|id| id == ANY_TENANT_ID) {
+        if ids.len() > 1 {
+            return Err(ConfigError::new(
+                format!("{key}.allowed_tenant_ids"),
+                "\"*\" accepts every tenant and stands alone; remove it or the tenant ids",
+            ));
+        }
+        return Ok(Some(AllowedTenantIds::Any));
+    }
+    if ids.is_empty() {
         return Err(ConfigError::new(
             format!("{key}.allowed_tenant_ids"),
-            "only applies to an issuer that holds {tenantid}",
+            "must list at least one tenant id, or [\"*\"] for every tenant",
         ));
     }
     let mut out = Vec::with_capacity(ids.len());
@@ -205,12 +270,12 @@ fn allowed_tenant_ids(key: &str, t: &TenantFile) -> Result<Option<Vec<String>>, 
         if !is_guid(id) {
             return Err(ConfigError::new(
                 format!("{key}.allowed_tenant_ids[{j}]"),
-                format!("`{id}` is not a GUID"),
+                format!("`{id}` is not a GUID (or \"*\" alone, for every tenant)"),
             ));
         }
         out.push(id.to_ascii_lowercase());
     }
-    Ok(Some(out))
+    Ok(Some(AllowedTenantIds::Only(out)))
 }
 
 /// Several tenants may share an issuer only when a request's `tenant` tells them apart:

@@ -4,6 +4,8 @@ use std::{path::Path, time::Duration};
 
 use jsonwebtoken::Algorithm;
 
+use crate::jwt::claims::TokenKind;
+
 use super::*;
 
 fn no_env(_: &str) -> Option<String> {
@@ -279,6 +281,225 @@ fn environment_overrides_reach_every_top_level_section() {
         s.shared_state.map(|s| s.on_unavailable),
         Some(OnUnavailable::FailClosed)
     );
+}
+
+const G1: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+fn entra(allowed: &str) -> Result<Settings, ConfigError> {
+    load(&format!(
+        "tenants:\n  - id: e\n    issuer: \"https://login.microsoftonline.com/{{tenantid}}/v2.0\"\n    metadata_url: https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration\n{allowed}"
+    ))
+}
+
+#[test]
+fn entra_tenantid_issuer_fails_closed_without_allowed_tenant_ids() {
+    for absent in ["", "    allowed_tenant_ids: ~\n"] {
+        let err = entra(absent).unwrap_err();
+        assert_eq!(err.key, "tenants[0].allowed_tenant_ids", "{err}");
+        assert!(
+            err.message.contains("[\"*\"]"),
+            "says how to trust all: {err}"
+        );
+    }
+    let any = entra("    allowed_tenant_ids: [\"*\"]\n").expect("explicit *");
+    assert_eq!(
+        any.tenants[0].allowed_tenant_ids,
+        Some(AllowedTenantIds::Any)
+    );
+    assert!(
+        any.tenants[0]
+            .entra_trust()
+            .expect("templated")
+            .contains("every")
+    );
+    let only = entra(&format!(
+        "    allowed_tenant_ids: [\"{}\"]\n",
+        G1.to_uppercase()
+    ))
+    .expect("a GUID");
+    assert_eq!(
+        only.tenants[0].allowed_tenant_ids,
+        Some(AllowedTenantIds::Only(vec![G1.to_string()]))
+    );
+    let bad = [
+        (
+            "    allowed_tenant_ids: []\n",
+            "tenants[0].allowed_tenant_ids",
+        ),
+        (
+            "    allowed_tenant_ids: [\"*\", \"72f988bf-86f1-41af-91ab-2d7cd011db47\"]\n",
+            "tenants[0].allowed_tenant_ids",
+        ),
+        (
+            "    allowed_tenant_ids: [\"all\"]\n",
+            "tenants[0].allowed_tenant_ids[0]",
+        ),
+    ];
+    for (yaml, key) in bad {
+        assert_eq!(entra(yaml).unwrap_err().key, key, "{yaml}");
+    }
+    // An environment override can make the same explicit choice.
+    let overrides = vec![(
+        "INTROSPECTD_TENANTS__0__ALLOWED_TENANT_IDS".to_string(),
+        "[\"*\"]".to_string(),
+    )];
+    let text = "tenants:\n  - id: e\n    issuer: \"https://login.microsoftonline.com/{tenantid}/v2.0\"\n    metadata_url: https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration\n";
+    let s = load_str(text, &no_env, &overrides).expect("override");
+    assert_eq!(s.tenants[0].allowed_tenant_ids, Some(AllowedTenantIds::Any));
+    // Other issuers neither need nor accept the key.
+    let plain = load("tenants:\n  - id: a\n    issuer: https://a\n").expect("loads");
+    assert_eq!(plain.tenants[0].allowed_tenant_ids, None);
+    assert_eq!(plain.tenants[0].entra_trust(), None);
+    let err = load("tenants:\n  - id: a\n    issuer: https://a\n    allowed_tenant_ids: [\"*\"]\n")
+        .unwrap_err();
+    assert_eq!(err.key, "tenants[0].allowed_tenant_ids");
+}
+
+#[test]
+fn token_kind_is_a_policy_key_with_named_errors() {
+    let s = load(
+        "defaults:\n  token_kind: id_token\ntenants:\n  - id: a\n    issuer: https://a\n  - id: b\n    issuer: https://b\n    token_kind: access_token\n",
+    )
+    .expect("loads");
+    assert_eq!(s.tenants[0].policy.token_kind, TokenKind::IdToken);
+    assert_eq!(s.tenants[1].policy.token_kind, TokenKind::AccessToken);
+    let plain = load("tenants:\n  - id: a\n    issuer: https://a\n").expect("loads");
+    assert_eq!(plain.tenants[0].policy.token_kind, TokenKind::AccessToken);
+    let err = load("tenants:\n  - id: a\n    issuer: https://a\n    token_kind: refresh_token\n")
+        .unwrap_err();
+    assert_eq!(err.key, "tenants[0].token_kind");
+    assert!(err.message.contains("access_token, id_token"), "{err}");
+    let err =
+        load("defaults:\n  token_kind: ID_TOKEN\ntenants:\n  - id: a\n    issuer: https://a\n")
+            .unwrap_err();
+    assert_eq!(err.key, "defaults.token_kind");
+}
+
+#[test]
+fn replay_cache_entries_is_a_bounded_policy_key() {
+    let plain = load("tenants:\n  - id: a\n    issuer: https://a\n").expect("loads");
+    assert_eq!(
+        plain.tenants[0].policy.replay_cache_entries,
+        DEFAULT_REPLAY_CACHE_ENTRIES
+    );
+    let s = load(
+        "defaults:\n  replay_cache_entries: 5000\ntenants:\n  - id: a\n    issuer: https://a\n  - id: b\n    issuer: https://b\n    replay_cache_entries: 7\n",
+    )
+    .expect("loads");
+    assert_eq!(s.tenants[0].policy.replay_cache_entries, 5000);
+    assert_eq!(s.tenants[1].policy.replay_cache_entries, 7);
+    for (yaml, key) in [
+        (
+            "    replay_cache_entries: 0\n",
+            "tenants[0].replay_cache_entries",
+        ),
+        (
+            "    replay_cache_entries: 100000001\n",
+            "tenants[0].replay_cache_entries",
+        ),
+        (
+            "    replay_cache_entries: -1\n",
+            "tenants[0].replay_cache_entries",
+        ),
+        (
+            "    replay_cache_entries: many\n",
+            "tenants[0].replay_cache_entries",
+        ),
+    ] {
+        let err = load(&format!(
+            "tenants:\n  - id: a\n    issuer: https://a\n{yaml}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, key, "{yaml}: {err}");
+    }
+    let max = format!("    replay_cache_entries: {MAX_REPLAY_CACHE_ENTRIES}\n");
+    load(&format!(
+        "tenants:\n  - id: a\n    issuer: https://a\n{max}"
+    ))
+    .expect("the maximum");
+}
+
+#[test]
+fn cooldown_has_a_floor_and_durations_a_ceiling() {
+    let tenant = |extra: &str| {
+        load(&format!(
+            "tenants:\n  - id: a\n    issuer: https://a\n{extra}"
+        ))
+    };
+    for short in ["0s", "500ms"] {
+        let err = tenant(&format!("    unknown_kid_cooldown: {short}\n")).unwrap_err();
+        assert_eq!(err.key, "tenants[0].unknown_kid_cooldown", "{short}");
+        assert!(err.message.contains("at least 1s"), "{err}");
+        let err = load(&format!("defaults:\n  unknown_kid_cooldown: {short}\n")).unwrap_err();
+        assert_eq!(err.key, "defaults.unknown_kid_cooldown", "{short}");
+    }
+    let s = tenant("    unknown_kid_cooldown: 1s\n").expect("the floor");
+    assert_eq!(
+        s.tenants[0].refresh.unknown_kid_cooldown,
+        MIN_UNKNOWN_KID_COOLDOWN
+    );
+    for (yaml, key) in [
+        ("    clock_skew: 31days\n", "tenants[0].clock_skew"),
+        ("    refresh_interval: 1y\n", "tenants[0].refresh_interval"),
+        (
+            "    unknown_kid_cooldown: 100000000y\n",
+            "tenants[0].unknown_kid_cooldown",
+        ),
+        (
+            "    fetch_timeout: 18446744073709551615s\n",
+            "tenants[0].fetch_timeout",
+        ),
+        ("    max_lifetime: 11y\n", "tenants[0].max_lifetime"),
+    ] {
+        let err = tenant(yaml).unwrap_err();
+        assert_eq!(err.key, key, "{yaml}: {err}");
+    }
+    for (yaml, key) in [
+        (
+            "server:\n  shutdown_grace: 31days\n",
+            "server.shutdown_grace",
+        ),
+        (
+            "server:\n  max_connection_age: 1y\n",
+            "server.max_connection_age",
+        ),
+    ] {
+        assert_eq!(load(yaml).unwrap_err().key, key, "{yaml}");
+    }
+    let s = tenant("    refresh_interval: 30days\n    max_lifetime: 3650days\n")
+        .expect("at the bounds");
+    assert_eq!(s.tenants[0].refresh.refresh_interval, MAX_DURATION);
+    assert_eq!(
+        s.tenants[0].policy.max_lifetime,
+        Some(Duration::from_secs(3650 * 24 * 3600))
+    );
+}
+
+#[test]
+fn a_type_with_surrounding_whitespace_is_refused() {
+    let err =
+        load("tenants:\n  - id: a\n    issuer: https://a\n    types: [\"at+jwt \"]\n").unwrap_err();
+    assert_eq!(err.key, "tenants[0].types");
+    let err = load("defaults:\n  types: [\" jwt\"]\n").unwrap_err();
+    assert_eq!(err.key, "defaults.types");
+}
+
+#[test]
+fn defaults_are_checked_without_any_tenant() {
+    for (yaml, key) in [
+        (
+            "defaults:\n  unknown_kid_cooldown: 0s\n",
+            "defaults.unknown_kid_cooldown",
+        ),
+        (
+            "defaults:\n  replay_cache_entries: 0\n",
+            "defaults.replay_cache_entries",
+        ),
+        ("defaults:\n  token_kind: jwt\n", "defaults.token_kind"),
+        ("defaults:\n  algorithms: [none]\n", "defaults.algorithms"),
+    ] {
+        assert_eq!(load(yaml).unwrap_err().key, key, "{yaml}");
+    }
 }
 
 #[test]

@@ -8,7 +8,10 @@ use serde_json::{Map, Value};
 use super::{BoundaryError, pb};
 use crate::{
     events::{KeyEvent, KeyEventKind, KeyInfo},
-    jwt::ErrorCode,
+    jwt::{
+        ErrorCode,
+        claims::{MAX_NUMERIC_DATE, MIN_NUMERIC_DATE},
+    },
     keys::{KeyType, VerifyingKey},
     registry::{
         KeySetState, RefreshReport, RevokeInput, RevokeTarget, Source, ValidateError, Validated,
@@ -40,21 +43,44 @@ pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
     }
 }
 
-/// Seconds since the epoch (possibly fractional) as a `Timestamp`.
+/// Seconds since the epoch (possibly fractional) as a `Timestamp`, always within
+/// protobuf's valid range (0001-01-01..9999-12-31, nanos under 10^9): claims outside it
+/// are refused at parsing, so the clamp only guards against a future caller.
 pub fn timestamp(secs: f64) -> Timestamp {
     let whole = secs.floor();
+    let seconds = whole as i64;
+    if seconds < MIN_NUMERIC_DATE {
+        return Timestamp {
+            seconds: MIN_NUMERIC_DATE,
+            nanos: 0,
+        };
+    }
+    if seconds > MAX_NUMERIC_DATE {
+        return Timestamp {
+            seconds: MAX_NUMERIC_DATE,
+            nanos: 999_999_999,
+        };
+    }
     Timestamp {
-        seconds: whole as i64,
-        nanos: ((secs - whole) * 1e9) as i32,
+        seconds,
+        // `as` saturates; rounding can reach 10^9 for a fraction just under 1.
+        nanos: (((secs - whole) * 1e9) as i32).clamp(0, 999_999_999),
     }
 }
 
-/// A `SystemTime` as a `Timestamp`.
+/// A `SystemTime` as a `Timestamp` (before the epoch: the epoch; past 9999: the end of
+/// 9999).
 pub fn system_time(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
+    match i64::try_from(d.as_secs()) {
+        Ok(seconds) if seconds <= MAX_NUMERIC_DATE => Timestamp {
+            seconds,
+            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        },
+        _ => Timestamp {
+            seconds: MAX_NUMERIC_DATE,
+            nanos: 999_999_999,
+        },
     }
 }
 
@@ -285,6 +311,8 @@ pub fn revoke_input(req: &pb::RevokeRequest) -> Result<RevokeInput, BoundaryErro
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -307,5 +335,32 @@ mod tests {
     fn fractional_timestamps() {
         let t = timestamp(10.25);
         assert_eq!((t.seconds, t.nanos), (10, 250_000_000));
+        let t = timestamp(-0.25);
+        assert_eq!((t.seconds, t.nanos), (-1, 750_000_000));
+    }
+
+    #[test]
+    fn timestamps_stay_in_the_protobuf_range() {
+        let valid = |t: &Timestamp| {
+            (MIN_NUMERIC_DATE..=MAX_NUMERIC_DATE).contains(&t.seconds)
+                && (0..1_000_000_000).contains(&t.nanos)
+        };
+        for secs in [
+            1e300,
+            -1e300,
+            f64::NAN,
+            f64::INFINITY,
+            0.999_999_999_999_999_9,
+            MAX_NUMERIC_DATE as f64 + 0.999_999,
+            MIN_NUMERIC_DATE as f64 - 1.0,
+        ] {
+            let t = timestamp(secs);
+            assert!(valid(&t), "{secs}: {t:?}");
+        }
+        let far = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(1 << 40));
+        if let Some(far) = far {
+            assert!(valid(&system_time(far)));
+        }
+        assert!(valid(&system_time(SystemTime::UNIX_EPOCH)));
     }
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::jwt::claims::Claims;
+use crate::jwt::claims::{Claims, in_timestamp_range};
 
 /// `token_type` of an access token (RFC 6750).
 pub const BEARER: &str = "Bearer";
@@ -49,6 +49,62 @@ impl Answer {
     pub fn inactive() -> Self {
         Self::default()
     }
+
+    /// The answer without anything that echoes `token`: a field, an `aud` entry, a claim
+    /// (at any depth, member names included) whose string holds the token is dropped. A
+    /// provider that echoes the token it was asked about would otherwise hand it to
+    /// callers, who log answers more freely than tokens.
+    pub fn without_token(mut self, token: &str) -> Self {
+        if token.is_empty() {
+            return self;
+        }
+        for field in [
+            &mut self.scope,
+            &mut self.client_id,
+            &mut self.username,
+            &mut self.token_type,
+            &mut self.sub,
+            &mut self.iss,
+            &mut self.jti,
+            &mut self.tenant,
+        ] {
+            if field.as_deref().is_some_and(|v| echoes(v, token)) {
+                *field = None;
+            }
+        }
+        self.aud.retain(|a| !echoes(a, token));
+        forget_in_object(&mut self.claims, token);
+        self
+    }
+}
+
+/// Shortest token that is looked for inside longer values; a shorter one is only
+/// dropped where a value equals it (a two-letter token is part of many honest values).
+pub const MIN_ECHO_SEARCH_BYTES: usize = 16;
+
+/// Whether `value` echoes `token`.
+pub fn echoes(value: &str, token: &str) -> bool {
+    value == token || (token.len() >= MIN_ECHO_SEARCH_BYTES && value.contains(token))
+}
+
+fn forget_in_object(map: &mut Map<String, Value>, token: &str) {
+    map.retain(|k, v| !echoes(k, token) && !matches!(v, Value::String(s) if echoes(s, token)));
+    for v in map.values_mut() {
+        forget_in_value(v, token);
+    }
+}
+
+fn forget_in_value(v: &mut Value, token: &str) {
+    match v {
+        Value::Object(m) => forget_in_object(m, token),
+        Value::Array(items) => {
+            items.retain(|i| !matches!(i, Value::String(s) if echoes(s, token)));
+            for i in items {
+                forget_in_value(i, token);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Reads members of a JSON object, removing each member that is mapped to a field, and
@@ -67,9 +123,14 @@ impl Members {
         }
     }
 
-    /// A NumericDate: a JSON number, fractions truncated towards the past.
+    /// A NumericDate: a JSON number within 0001-01-01..9999-12-31, fractions truncated
+    /// towards the past.
     fn date(&mut self, name: &str) -> Option<i64> {
-        let secs = self.0.get(name)?.as_f64().filter(|f| f.is_finite())?;
+        let secs = self
+            .0
+            .get(name)?
+            .as_f64()
+            .filter(|f| in_timestamp_range(*f))?;
         self.0.remove(name);
         Some(secs.floor() as i64)
     }
@@ -353,6 +414,38 @@ mod tests {
             a.claims.get("exp"),
             Some(&json!("soon")),
             "a member of the wrong type is kept, not dropped"
+        );
+    }
+
+    #[test]
+    fn out_of_range_dates_stay_claims() {
+        let a = from_upstream(json!({"active": true, "exp": 1e300, "iat": -1e19}), "t")
+            .expect("answer");
+        assert_eq!((a.exp, a.iat), (None, None));
+        assert!(a.claims.contains_key("exp") && a.claims.contains_key("iat"));
+    }
+
+    #[test]
+    fn nothing_echoes_the_token() {
+        let token = "opaque-token-0123456";
+        let a = from_upstream(
+            json!({"active": true, "sub": token, "jti": "j", "aud": [token, "api"],
+                   "token": token, token: 1, "n": {"auth": format!("Bearer {token}"), "k": [token, 2]}}),
+            "t",
+        )
+        .expect("answer")
+        .without_token(token);
+        assert_eq!(a.sub, None);
+        assert_eq!(a.jti.as_deref(), Some("j"));
+        assert_eq!(a.aud, vec!["api"]);
+        assert_eq!(Value::Object(a.claims), json!({"n": {"k": [2]}}));
+        let short = from_upstream(json!({"active": true, "sub": "ab", "scope": "abc"}), "t")
+            .expect("answer")
+            .without_token("ab");
+        assert_eq!(
+            (short.sub, short.scope.as_deref()),
+            (None, Some("abc")),
+            "a short token is only dropped where a value equals it"
         );
     }
 

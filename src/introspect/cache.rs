@@ -52,7 +52,9 @@ pub fn answer_ttl(
             if remaining.is_nan() || remaining <= 0.0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64(remaining.min(cache_ttl.as_secs_f64()))
+                // `as_secs_f64` of a huge ttl rounds up past `Duration::MAX`.
+                Duration::try_from_secs_f64(remaining.min(cache_ttl.as_secs_f64()))
+                    .unwrap_or(cache_ttl)
             }
         }
     }
@@ -182,6 +184,10 @@ impl AnswerCache {
         }
         let key = key_of(token);
         let now = Instant::now();
+        // A ttl too long to add to an Instant is not cached rather than panicking.
+        let Some(expires) = now.checked_add(ttl) else {
+            return;
+        };
         let evicted = {
             let mut inner = self.lock();
             inner.remove(&key);
@@ -193,7 +199,6 @@ impl AnswerCache {
             };
             inner.seq += 1;
             let seq = inner.seq;
-            let expires = now + ttl;
             inner.by_expiry.insert((expires, seq), key);
             inner.entries.insert(
                 key,
@@ -261,6 +266,18 @@ mod tests {
 
     const MIN: Duration = Duration::from_secs(60);
     const NEG: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn enormous_ttls_neither_panic_nor_cache_forever() {
+        assert_eq!(
+            answer_ttl(&active(Some(i64::MAX)), -1e19, Duration::MAX, NEG),
+            Duration::MAX,
+            "a remaining time past Duration::MAX is capped, not a panic"
+        );
+        let cache = AnswerCache::new(4);
+        cache.insert("t", Arc::new(active(None)), Duration::MAX);
+        assert!(cache.get("t").is_none(), "not cached rather than a panic");
+    }
 
     #[test]
     fn ttl_rule() {

@@ -55,6 +55,29 @@ impl Failure {
         }
     }
 
+    /// The failure with every appearance of `token` in its texts replaced (a provider
+    /// may echo it in an `error` code, which the texts quote).
+    pub fn without_token(self, token: &str) -> Self {
+        let scrub = |mut text: String| {
+            if token.len() >= answer::MIN_ECHO_SEARCH_BYTES {
+                // Each pass shortens the text, so this ends.
+                while text.contains(token) {
+                    text = text.replace(token, "[token]");
+                }
+            }
+            text
+        };
+        match self {
+            Self::Unavailable { reason, detail } => Self::Unavailable {
+                reason: scrub(reason),
+                detail: scrub(detail),
+            },
+            Self::Configuration { reason } => Self::Configuration {
+                reason: scrub(reason),
+            },
+        }
+    }
+
     /// A failed HTTP exchange, `what` naming the endpoint ("introspection endpoint").
     pub fn fetch(what: &str, err: &FetchError) -> Self {
         Self::Unavailable {
@@ -264,6 +287,14 @@ pub fn credentials_refused(status: u16, body: &[u8]) -> bool {
     }
 }
 
+/// The answer to introspecting `token`: [`interpret`], without anything that echoes the
+/// token ([`Answer::without_token`], [`Failure::without_token`]).
+pub fn answer_for(token: &str, status: u16, body: &[u8], tenant: &str) -> Result<Answer, Failure> {
+    interpret(status, body, tenant)
+        .map(|a| a.without_token(token))
+        .map_err(|f| f.without_token(token))
+}
+
 /// Classifies an introspection endpoint's reply (a 401 on the bearer path has already
 /// been retried): a 2xx with an RFC 7662 answer, a configuration fault, or an outage.
 pub fn interpret(status: u16, body: &[u8], tenant: &str) -> Result<Answer, Failure> {
@@ -371,6 +402,23 @@ mod tests {
             let err = interpret(status, body, "t").expect_err("refused");
             assert!(matches!(err, Failure::Configuration { .. }), "{status}");
         }
+    }
+
+    #[test]
+    fn a_refusal_never_quotes_the_token() {
+        let token = "Zx0123456789abcdefToken";
+        let body = format!(r#"{{"error":"{token}"}}"#);
+        let err = answer_for(token, 401, body.as_bytes(), "t").expect_err("refused");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(token), "{shown}");
+        assert!(shown.contains("[token]"), "{shown}");
+        assert!(
+            interpret(401, body.as_bytes(), "t")
+                .expect_err("refused")
+                .to_string()
+                .contains(token),
+            "the plain code is quoted otherwise"
+        );
     }
 
     #[test]

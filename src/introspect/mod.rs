@@ -369,7 +369,7 @@ impl Introspector {
                 .await?
             }
         };
-        client::interpret(status, &body, &self.tenant)
+        client::answer_for(token, status, &body, &self.tenant)
     }
 
     async fn post(
@@ -507,6 +507,12 @@ impl Introspection {
         }
         let hint = input.token_type_hint;
         let is_jws = jws::parse(input.token).is_ok();
+        if !is_jws && jws::is_jwt_shaped(input.token) {
+            // RFC 7662: a token the server does not recognise is not active. It is not a
+            // provider's opaque token either, so it is not sent anywhere.
+            debug!("introspected token is JWT-shaped but not a valid JWS");
+            return Ok(Answer::inactive());
+        }
         let upstream = if is_jws && hint == Some(REFRESH_TOKEN_HINT) {
             self.select(input.tenant)
                 .ok()
@@ -518,7 +524,15 @@ impl Introspection {
         if goes_upstream(is_jws, hint, no_keys) {
             let introspector = match upstream {
                 Some(i) => i,
-                None => self.select(input.tenant)?,
+                None => match self.select(input.tenant) {
+                    Ok(i) => i,
+                    // No tenant that could be asked: a token nobody here recognises.
+                    Err(IntrospectError::NoIntrospection(_) | IntrospectError::NotConfigured) => {
+                        debug!("no tenant introspects this opaque token");
+                        return Ok(Answer::inactive());
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             return introspector.introspect(input.token, hint).await;
         }

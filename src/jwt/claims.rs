@@ -44,14 +44,26 @@ fn opt_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, Re
     }
 }
 
+/// 0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a protobuf
+/// `Timestamp` (and so Go's and Java's protobuf libraries) accepts.
+pub const MIN_NUMERIC_DATE: i64 = -62_135_596_800;
+/// 9999-12-31T23:59:59Z: the last whole second a protobuf `Timestamp` accepts.
+pub const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
+
+/// True when `secs` is a NumericDate a protobuf `Timestamp` can hold (fractions of the
+/// last second included).
+pub fn in_timestamp_range(secs: f64) -> bool {
+    secs >= MIN_NUMERIC_DATE as f64 && secs < (MAX_NUMERIC_DATE + 1) as f64
+}
+
 fn opt_number(map: &Map<String, Value>, name: &str) -> Result<Option<f64>, Rejection> {
     match map.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => n
             .as_f64()
-            .filter(|f| f.is_finite())
+            .filter(|f| in_timestamp_range(*f))
             .map(Some)
-            .ok_or_else(|| malformed(format!("claim `{name}` is out of range"))),
+            .ok_or_else(|| malformed(format!("claim `{name}` is outside 0001-01-01..9999-12-31"))),
         Some(_) => Err(malformed(format!("claim `{name}` is not a number"))),
     }
 }
@@ -146,9 +158,10 @@ impl<'a> Accepted<'a> {
 /// How many names an error message lists before it only counts the rest.
 const LISTED_NAMES: usize = 3;
 
-/// Lower-cases a `typ` value and removes an `application/` prefix (RFC 7515 4.1.9).
+/// A `typ` value as compared: ASCII lower case without an `application/` prefix (RFC 7515
+/// 4.1.9). Nothing is trimmed: `"at+jwt "` is another type than `at+jwt`.
 pub fn normalize_type(typ: &str) -> String {
-    let lower = typ.trim().to_ascii_lowercase();
+    let lower = typ.to_ascii_lowercase();
     match lower.strip_prefix("application/") {
         Some(rest) => rest.to_string(),
         None => lower,
@@ -269,10 +282,37 @@ pub fn check_time(claims: &Claims, now: f64, policy: &TimePolicy<'_>) -> Result<
     Ok(())
 }
 
-/// The audience rule: one of `accepted` must be in `aud`; with several audiences, `azp`
-/// must be present and be an accepted audience (OpenID Connect Core 3.1.3.7). An empty
-/// `accepted` list rejects: there is never a silent pass.
-pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Rejection> {
+/// What Validate checks a token as: an OAuth access token (the default) or an OpenID
+/// Connect ID token, whose extra `azp` rule (OpenID Connect Core 3.1.3.7) applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenKind {
+    /// An access token: one accepted audience in `aud` is enough (RFC 9068 4).
+    #[default]
+    AccessToken,
+    /// An ID token: with several audiences, `azp` must be present and accepted.
+    IdToken,
+}
+
+impl TokenKind {
+    /// The configuration spelling (`access_token`, `id_token`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::AccessToken => "access_token",
+            TokenKind::IdToken => "id_token",
+        }
+    }
+}
+
+/// The audience rule: one of `accepted` must be in `aud`. For an ID token with several
+/// audiences, `azp` must also be present and be an accepted audience (OpenID Connect
+/// Core 3.1.3.7); an access token's `azp` (Keycloak puts the client there) is not an
+/// audience and is not checked. An empty `accepted` list rejects: there is never a
+/// silent pass.
+pub fn check_audience(
+    claims: &Claims,
+    accepted: &[String],
+    kind: TokenKind,
+) -> Result<(), Rejection> {
     if accepted.is_empty() {
         return Err(Rejection::new(
             ErrorCode::InvalidAudience,
@@ -292,19 +332,19 @@ pub fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(), Reject
             "no audience of the token is accepted",
         ));
     }
-    if claims.aud.len() > 1 {
+    if kind == TokenKind::IdToken && claims.aud.len() > 1 {
         match claims.all.get("azp") {
             Some(Value::String(azp)) if accepted.contains(azp) => {}
             Some(Value::String(_)) => {
                 return Err(Rejection::new(
                     ErrorCode::InvalidAudience,
-                    "token has several audiences and its azp is not an accepted audience",
+                    "ID token has several audiences and its azp is not an accepted audience",
                 ));
             }
             _ => {
                 return Err(Rejection::new(
                     ErrorCode::InvalidAudience,
-                    "token has several audiences but no azp",
+                    "ID token has several audiences but no azp",
                 ));
             }
         }
@@ -400,6 +440,22 @@ mod tests {
                 "{bad}"
             );
         }
+        for out_of_range in [
+            r#"{"exp":1e300}"#,
+            r#"{"exp":253402300800}"#,
+            r#"{"iat":-62135596801}"#,
+            r#"{"nbf":-1e19}"#,
+            r#"{"exp":18446744073709551615}"#,
+            r#"{"nbf":-9223372036854775808}"#,
+        ] {
+            assert_eq!(
+                Claims::parse(out_of_range.as_bytes()).unwrap_err().code,
+                ErrorCode::Malformed,
+                "{out_of_range}"
+            );
+        }
+        let edges = claims(r#"{"exp":253402300799.5,"iat":-62135596800}"#);
+        assert_eq!(edges.exp, Some(253402300799.5));
         let c = claims(r#"{"aud":"x","exp":1.5}"#);
         assert_eq!(c.aud, vec!["x"]);
         assert_eq!(c.exp, Some(1.5));
@@ -480,26 +536,36 @@ mod tests {
     #[test]
     fn audience_rules() {
         let acc = vec!["api".to_string()];
-        assert!(check_audience(&claims(r#"{"aud":"api"}"#), &acc).is_ok());
-        assert!(check_audience(&claims(r#"{"aud":["x","api"],"azp":"api"}"#), &acc).is_ok());
-        for bad in [
-            r#"{"aud":"x"}"#,
-            "{}",
-            r#"{"aud":["x","api"]}"#,
-            r#"{"aud":["x","api"],"azp":"x"}"#,
-        ] {
+        for kind in [TokenKind::AccessToken, TokenKind::IdToken] {
+            assert!(check_audience(&claims(r#"{"aud":"api"}"#), &acc, kind).is_ok());
+            assert!(
+                check_audience(&claims(r#"{"aud":["x","api"],"azp":"api"}"#), &acc, kind).is_ok()
+            );
+            for bad in [r#"{"aud":"x"}"#, "{}", r#"{"aud":[]}"#] {
+                assert_eq!(
+                    check_audience(&claims(bad), &acc, kind).unwrap_err().code,
+                    ErrorCode::InvalidAudience,
+                    "{bad}"
+                );
+            }
             assert_eq!(
-                check_audience(&claims(bad), &acc).unwrap_err().code,
-                ErrorCode::InvalidAudience,
-                "{bad}"
+                check_audience(&claims(r#"{"aud":"api"}"#), &[], kind)
+                    .unwrap_err()
+                    .code,
+                ErrorCode::InvalidAudience
             );
         }
-        assert_eq!(
-            check_audience(&claims(r#"{"aud":"api"}"#), &[])
-                .unwrap_err()
-                .code,
-            ErrorCode::InvalidAudience
-        );
+        // azp is an ID token rule only.
+        for multi in [r#"{"aud":["x","api"]}"#, r#"{"aud":["x","api"],"azp":"x"}"#] {
+            assert!(check_audience(&claims(multi), &acc, TokenKind::AccessToken).is_ok());
+            assert_eq!(
+                check_audience(&claims(multi), &acc, TokenKind::IdToken)
+                    .unwrap_err()
+                    .code,
+                ErrorCode::InvalidAudience,
+                "{multi}"
+            );
+        }
     }
 
     #[test]
@@ -525,8 +591,9 @@ mod tests {
     #[test]
     fn long_lists_match_through_sets() {
         let accepted: Vec<String> = (0..20).map(|i| format!("api{i}")).collect();
-        assert!(check_audience(&claims(r#"{"aud":"api17"}"#), &accepted).is_ok());
-        assert!(check_audience(&claims(r#"{"aud":"api20"}"#), &accepted).is_err());
+        let access = TokenKind::AccessToken;
+        assert!(check_audience(&claims(r#"{"aud":"api17"}"#), &accepted, access).is_ok());
+        assert!(check_audience(&claims(r#"{"aud":"api20"}"#), &accepted, access).is_err());
         let granted = format!(r#"{{"scp":"{}"}}"#, "a ".repeat(5000).trim_end());
         assert!(check_scopes(&claims(&granted), &["a".to_string()]).is_ok());
     }
@@ -561,5 +628,24 @@ mod tests {
             ErrorCode::InvalidType
         );
         assert!(check_type(None, None).is_ok());
+    }
+
+    #[test]
+    fn typ_is_never_trimmed() {
+        let acc = vec!["at+jwt".to_string()];
+        for bad in [
+            "at+jwt ",
+            " at+jwt",
+            "at+jwt\t",
+            "application/ at+jwt",
+            "at+jwt\0",
+        ] {
+            assert_eq!(
+                check_type(Some(bad), Some(&acc)).unwrap_err().code,
+                ErrorCode::InvalidType,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(normalize_type("Application/AT+JWT"), "at+jwt");
     }
 }

@@ -84,6 +84,12 @@ pub fn b64url_decode(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
         .map_err(|_| malformed(format!("{what} is not canonical base64url")))
 }
 
+/// True when `token` has the shape of a compact JWS (three dot-separated segments),
+/// whether or not they decode.
+pub fn is_jwt_shaped(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
 /// Splits and decodes a compact JWS and parses its header.
 pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
     let mut parts = token.split('.');

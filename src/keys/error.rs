@@ -62,6 +62,9 @@ pub enum KeyError {
     /// No allowed algorithm is of the key's family.
     #[error("no allowed algorithm fits the key type")]
     NoAllowedAlgorithm,
+    /// An empty or all-zero RSA modulus.
+    #[error("RSA modulus is empty or zero")]
+    RsaEmptyModulus,
     /// An RSA modulus under [`MIN_RSA_BITS`].
     #[error("RSA modulus of {0} bits is under {MIN_RSA_BITS}")]
     RsaTooSmall(usize),

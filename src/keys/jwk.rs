@@ -186,6 +186,14 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     &b[i..]
 }
 
+/// Bit length of a big-endian modulus without leading zero bytes; `None` for an empty
+/// (or all-zero, once stripped) modulus, which is no key at all.
+pub(super) fn modulus_bits(n: &[u8]) -> Option<usize> {
+    let first = n.first()?;
+    let unused = usize::try_from(first.leading_zeros()).ok()?;
+    n.len().checked_mul(8)?.checked_sub(unused)
+}
+
 /// DER of a PKCS#1 `RSAPublicKey` (RFC 8017 A.1.1).
 pub(super) fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
     fn integer(out: &mut Vec<u8>, v: &[u8]) {
@@ -236,7 +244,7 @@ fn rsa_key(j: Jwk<'_>) -> Result<VerifyingKey, KeyError> {
     let e_raw = j.b64("e")?;
     let n = strip_leading_zeros(&n_raw);
     let e = strip_leading_zeros(&e_raw);
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    let bits = modulus_bits(n).ok_or(KeyError::RsaEmptyModulus)?;
     if bits < MIN_RSA_BITS {
         return Err(KeyError::RsaTooSmall(bits));
     }

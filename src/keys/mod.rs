@@ -464,7 +464,10 @@ impl KeySet {
 
 #[cfg(test)]
 mod tests {
-    use super::{jwk::rsa_public_key_der, *};
+    use super::{
+        jwk::{modulus_bits, rsa_public_key_der},
+        *,
+    };
 
     const ALL: [Algorithm; 12] = SUPPORTED_ALGORITHMS;
 
@@ -573,6 +576,19 @@ mod tests {
         let n = public.modulus().big_endian_without_leading_zero();
         assert_eq!(n.len(), 256);
         assert!(!roca::is_vulnerable(n));
+    }
+
+    #[test]
+    fn empty_and_zero_moduli_are_refused_not_underflowed() {
+        assert_eq!(modulus_bits(&[]), None);
+        assert_eq!(modulus_bits(&[1]), Some(1));
+        assert_eq!(modulus_bits(&[0x80, 0]), Some(16));
+        for n in ["", "AA", "AAAA", "AAAAAAAAAAA"] {
+            let jwk = json!({"kty": "RSA", "kid": "r", "n": n, "e": "AQAB"});
+            let err =
+                VerifyingKey::from_jwk(jwk.as_object().expect("obj"), &remote()).expect_err(n);
+            assert_eq!(err, KeyError::RsaEmptyModulus, "{n:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Metrics computed at scrape time rather than counted: key-set gauges from the
-//! registry, introspection cache sizes, and open `WatchKeys` streams.
+//! registry, replay caches, introspection cache sizes, and open `WatchKeys` streams.
 
 use std::{
     fmt,
@@ -18,7 +18,10 @@ use prometheus_client::{
 };
 
 use super::{KeySetLabels, key_set_labels};
-use crate::{introspect::Introspection, registry::Registry};
+use crate::{
+    introspect::Introspection,
+    registry::{Registry, ReplayCache},
+};
 
 /// Key-set gauges computed from the registry at scrape time.
 #[derive(Debug)]
@@ -70,6 +73,57 @@ impl Collector for KeySetCollector {
                 .unwrap_or(0.0);
             let (tenant, policy) = key_set_labels(&s.id);
             ConstGauge::new(secs).encode(age.encode_family(&KeySetLabels { tenant, policy })?)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a replay-cache gauge reads its cache.
+type ReplayGauge = fn(&ReplayCache) -> usize;
+
+/// Replay caches read at scrape time: entries, capacity and refusals per tenant with
+/// `replay_detection`.
+#[derive(Debug)]
+pub(super) struct ReplayCollector {
+    pub(super) registry: Registry,
+}
+
+impl Collector for ReplayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let caches: Vec<_> = self
+            .registry
+            .tenants()
+            .iter()
+            .filter_map(|t| t.replay_cache().map(|c| (t.id(), c)))
+            .collect();
+        let gauges: [(&str, &str, ReplayGauge); 2] = [
+            (
+                "introspectd_replay_cache_entries",
+                "Entries (iss, jti) the replay cache holds",
+                ReplayCache::len,
+            ),
+            (
+                "introspectd_replay_cache_capacity",
+                "Most entries the replay cache holds (replay_cache_entries)",
+                ReplayCache::capacity,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (tenant, cache) in &caches {
+                let n = i64::try_from(value(cache)).unwrap_or(i64::MAX);
+                ConstGauge::new(n).encode(family.encode_family(&[("tenant", *tenant)])?)?;
+            }
+        }
+        let mut refusals = encoder.encode_descriptor(
+            "introspectd_replay_cache_refusals",
+            "Tokens refused as REPLAYED because the replay cache was full of live entries",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, cache) in &caches {
+            ConstCounter::new(cache.refusals())
+                .encode(refusals.encode_family(&[("tenant", *tenant)])?)?;
         }
         Ok(())
     }

@@ -27,7 +27,9 @@ use prost::Message as _;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use self::collectors::{CacheCollector, KeySetCollector, WatcherCount, WatchersCollector};
+use self::collectors::{
+    CacheCollector, KeySetCollector, ReplayCollector, WatcherCount, WatchersCollector,
+};
 use crate::{
     fleet::Fleet,
     introspect::Introspection,
@@ -473,6 +475,9 @@ impl Metrics {
         }));
         let fleet = Arc::new(OnceLock::new());
         prom.register_collector(Box::new(fleet::FleetCollector::new(fleet.clone())));
+        prom.register_collector(Box::new(ReplayCollector {
+            registry: registry.clone(),
+        }));
 
         Self {
             registry: prom,
@@ -845,6 +850,28 @@ mod tests {
             line(&text, "introspectd_key_set_last_success_age_seconds{").is_none(),
             "{text}"
         );
+    }
+
+    #[test]
+    fn replay_caches_are_reported_per_tenant() {
+        let yaml = "tenants:\n  - id: r\n    issuer: https://r.example\n    replay_detection: true\n  - id: plain\n    issuer: https://p.example\n";
+        let settings = config::load_str(yaml, &|_| None, &[]).expect("config");
+        let reg = Registry::new(&settings).expect("registry");
+        let metrics = Metrics::new(&reg, &methods());
+        let cache = reg
+            .tenant("r")
+            .and_then(|t| t.replay_cache())
+            .expect("cache");
+        cache.check_and_record("https://r.example", "j1", 253_402_300_799.0);
+        let text = metrics.encode();
+        for want in [
+            r#"introspectd_replay_cache_entries{tenant="r"} 1"#,
+            r#"introspectd_replay_cache_capacity{tenant="r"} 1000000"#,
+            r#"introspectd_replay_cache_refusals_total{tenant="r"} 0"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert!(!text.contains(r#"replay_cache_entries{tenant="plain"}"#));
     }
 
     #[test]

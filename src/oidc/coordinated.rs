@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{fetch_document, ingest, metadata_from_document};
+use super::{fetch_document, ingest, parse_metadata};
 use crate::{
     keys::KeySet,
     registry::{KeySetState, RefreshKind, Registry, Source},
@@ -76,7 +76,7 @@ pub async fn announced(rx: &mut Option<watch::Receiver<u64>>) {
 pub fn adopt(state: &KeySetState, p: &Published) -> Result<(KeySet, String), FetchError> {
     if let Some(m) = &p.metadata {
         let doc = serde_json::to_value(m).map_err(|e| FetchError::Invalid(e.to_string()))?;
-        let checked = metadata_from_document(
+        let checked = parse_metadata(
             &doc,
             &state.issuer,
             state.id.policy.as_deref(),

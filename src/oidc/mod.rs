@@ -54,12 +54,14 @@ pub async fn fetch_metadata(
     require_https: bool,
 ) -> Result<Metadata, FetchError> {
     let doc = http.get_json(url, timeout, require_https).await?;
-    metadata_from_document(&doc, expected_issuer, policy, require_https)
+    parse_metadata(&doc, expected_issuer, policy, require_https)
 }
 
-/// Checks a discovery document (fetched, or published by another replica): `issuer` as
-/// [`fetch_metadata`] requires, a `jwks_uri` allowed by the https policy.
-pub fn metadata_from_document(
+/// Checks a discovery document (fetched, or published by another replica; already
+/// parsed as a JSON object): its `issuer` must be `expected_issuer`, or, for a B2C
+/// policy, the `/tfp/` form of it for that policy; its `jwks_uri` must pass the https
+/// policy.
+pub fn parse_metadata(
     doc: &Value,
     expected_issuer: &str,
     policy: Option<&str>,
@@ -214,7 +216,7 @@ pub async fn run_refresher(
             }
         };
         state.refresh.complete(generation);
-        state.update_status(|s| s.next_refresh = Some(SystemTime::now() + delay));
+        state.update_status(|s| s.next_refresh = SystemTime::now().checked_add(delay));
         match wait_next(&registry, &state, delay, &cancel, &mut announced).await {
             Some(s) => scheduled = s,
             None => {
@@ -352,7 +354,38 @@ fn failed(registry: &Registry, state: &KeySetState, err: &FetchError, kind: Refr
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn discovery_documents_are_checked() {
+        let iss = "https://idp.example";
+        let doc = json!({"issuer": iss, "jwks_uri": "https://idp.example/keys", "token_endpoint": "https://idp.example/t"});
+        let m = parse_metadata(&doc, iss, None, true).expect("valid");
+        assert_eq!(m.jwks_uri, "https://idp.example/keys");
+        assert_eq!(m.token_endpoint.as_deref(), Some("https://idp.example/t"));
+        assert_eq!(m.introspection_endpoint, None);
+        for (bad, https) in [
+            (json!({"jwks_uri": "https://idp.example/keys"}), true),
+            (
+                json!({"issuer": "https://evil.example", "jwks_uri": "https://idp.example/keys"}),
+                true,
+            ),
+            (json!({"issuer": iss}), true),
+            (
+                json!({"issuer": iss, "jwks_uri": "http://idp.example/keys"}),
+                true,
+            ),
+            (
+                json!({"issuer": iss, "jwks_uri": "file:///etc/passwd"}),
+                false,
+            ),
+            (json!({"issuer": iss, "jwks_uri": 7}), true),
+        ] {
+            assert!(parse_metadata(&bad, iss, None, https).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn b2c_tfp_issuer_form() {

@@ -18,16 +18,29 @@ pub fn next_refresh(
     interval: Duration,
     jitter: f64,
 ) -> Duration {
-    let jitter = jitter.clamp(0.0, 1.0);
+    // `clamp` keeps a NaN, which `mul_f64` would panic on.
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
     if success {
-        return interval.mul_f64(1.0 - 0.1 * jitter);
+        return scale(interval, 1.0 - 0.1 * jitter);
     }
     let exponent = consecutive_failures.saturating_sub(1).min(20);
     let backoff = MIN_BACKOFF
         .saturating_mul(1u32 << exponent)
         .min(MAX_BACKOFF)
         .min(interval);
-    backoff.mul_f64(0.5 + 0.5 * (1.0 - jitter))
+    scale(backoff, 0.5 + 0.5 * (1.0 - jitter))
+}
+
+/// `d` times `factor` (in `[0, 1]`), never more than `d`: `mul_f64` rounds through
+/// `f64`, which can overshoot (and panic) near `Duration::MAX`.
+fn scale(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor)
+        .unwrap_or(d)
+        .min(d)
 }
 
 #[cfg(test)]
@@ -57,5 +70,15 @@ mod tests {
             Duration::from_secs(20)
         );
         assert_eq!(next_refresh(false, 1, H12, 1.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn any_interval_and_jitter_is_safe() {
+        for jitter in [f64::NAN, f64::INFINITY, -1.0, 0.5] {
+            for interval in [Duration::ZERO, Duration::MAX, H12] {
+                assert!(next_refresh(true, 0, interval, jitter) <= interval);
+                assert!(next_refresh(false, 3, interval, jitter) <= interval);
+            }
+        }
     }
 }

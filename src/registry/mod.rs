@@ -36,13 +36,13 @@ pub use validate::{ValidateError, ValidateInput, Validated};
 
 use crate::{
     config::{
-        DEFAULT_REPLAY_CACHE_ENTRIES, KeySource, POLICY_PLACEHOLDER, RefreshSettings, Settings,
-        TENANT_ID_PLACEHOLDER, TenantSettings,
+        KeySource, POLICY_PLACEHOLDER, RefreshSettings, Settings, TENANT_ID_PLACEHOLDER,
+        TenantSettings,
     },
     events::{self, EventBus, KeyEvent, KeyEventKind, KeyInfo, Origin},
     jwt::{
         ErrorCode, Rejection,
-        claims::{Claims, is_guid},
+        claims::{Claims, TokenKind, is_guid},
         echo,
     },
     keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
@@ -266,13 +266,23 @@ impl Tenant {
         let replay = settings
             .policy
             .replay_detection
-            .then(|| ReplayCache::new(DEFAULT_REPLAY_CACHE_ENTRIES));
+            .then(|| ReplayCache::new(&settings.id, settings.policy.replay_cache_entries));
         Self {
             settings,
             template,
             policies,
             replay,
         }
+    }
+
+    /// The replay cache, when the tenant has replay detection on.
+    pub fn replay_cache(&self) -> Option<&ReplayCache> {
+        self.replay.as_ref()
+    }
+
+    /// What Validate checks this tenant's tokens as when the request carries no nonce.
+    pub fn token_kind(&self) -> TokenKind {
+        self.settings.policy.token_kind
     }
 
     /// Tenant id.
@@ -296,10 +306,12 @@ impl Tenant {
                 if !is_guid(tid) {
                     return false;
                 }
-                let allowed = match &self.settings.allowed_tenant_ids {
-                    None => true,
-                    Some(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
-                };
+                // A `{tenantid}` issuer always has its list (configuration requires it).
+                let allowed = self
+                    .settings
+                    .allowed_tenant_ids
+                    .as_ref()
+                    .is_some_and(|ids| ids.allows(tid));
                 allowed
                     && iss.len() == prefix.len() + tid.len() + suffix.len()
                     && iss.starts_with(prefix.as_str())
@@ -321,11 +333,13 @@ impl Tenant {
         else {
             return false;
         };
+        // As in `trusts`: a `{tenantid}` issuer always has its list.
         is_guid(tid)
-            && match &self.settings.allowed_tenant_ids {
-                None => true,
-                Some(ids) => ids.iter().any(|i| i.eq_ignore_ascii_case(tid)),
-            }
+            && self
+                .settings
+                .allowed_tenant_ids
+                .as_ref()
+                .is_some_and(|ids| ids.allows(tid))
     }
 
     /// The configured B2C policy a token claims (first present of `policy_claims`).
@@ -703,11 +717,6 @@ impl Registry {
             .iter()
             .find(|t| t.settings.issuer == iss || t.trusts_templated(iss))
             .cloned()
-    }
-
-    /// The replay cache of a tenant, when it has replay detection on.
-    pub(crate) fn replay_of(tenant: &Tenant) -> Option<&ReplayCache> {
-        tenant.replay.as_ref()
     }
 
     /// Longest a caller waits for a kid-miss refresh of `state`.

@@ -180,6 +180,6 @@ fn throttled(state: Arc<KeySetState>, until: tokio::time::Instant) -> RefreshRep
         outcome,
         added: Vec::new(),
         removed: Vec::new(),
-        retry_after: Some(SystemTime::now() + wait),
+        retry_after: SystemTime::now().checked_add(wait),
     }
 }

@@ -109,8 +109,9 @@ impl RefreshControl {
             return Some(requested);
         }
         let now = Instant::now();
+        // A cooldown too long to add to an Instant never ends.
         if let Some(t) = gates.kid_miss
-            && now < t + cooldown
+            && t.checked_add(cooldown).is_none_or(|until| now < until)
         {
             return None;
         }
@@ -133,12 +134,16 @@ impl RefreshControl {
             return Some(Forced::Requested(requested));
         }
         let now = Instant::now();
-        if let Some(t) = gates.forced
-            && now < t + cooldown
-        {
-            return Some(Forced::Throttled {
-                until: t + cooldown,
-            });
+        if let Some(t) = gates.forced {
+            // Checked: a cooldown too long to add to an Instant never ends.
+            match t.checked_add(cooldown) {
+                Some(until) if now >= until => {}
+                until => {
+                    return Some(Forced::Throttled {
+                        until: until.unwrap_or(now),
+                    });
+                }
+            }
         }
         gates.forced = Some(now);
         self.full.store(true, Ordering::SeqCst);
@@ -227,6 +232,25 @@ mod tests {
     async fn wait_is_bounded() {
         let c = RefreshControl::new(true);
         assert!(!c.wait(1, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_enormous_cooldown_cannot_overflow() {
+        let c = RefreshControl::new(true);
+        let (g, _) = c.begin();
+        c.complete(g);
+        assert_eq!(
+            c.kid_miss(Duration::MAX),
+            Some(2),
+            "the first miss refreshes"
+        );
+        let (g, _) = c.begin();
+        c.complete(g);
+        assert_eq!(
+            c.kid_miss(Duration::MAX),
+            None,
+            "and the cooldown never ends"
+        );
     }
 
     #[test]

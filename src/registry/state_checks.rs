@@ -10,7 +10,7 @@ use crate::{
     config::OnUnavailable,
     jwt::{
         ErrorCode, Rejection,
-        claims::{Claims, now_secs},
+        claims::Claims,
     },
     shared::{Facet, REPLAY_NAMESPACE_JTI, ReplayRecord, Shared, unix_secs},
 };
@@ -87,17 +87,18 @@ impl Registry {
         claims: &Claims,
         peek: bool,
     ) -> Result<(), Rejection> {
-        let Some(cache) = Registry::replay_of(tenant) else {
+        let Some(cache) = tenant.replay_cache() else {
             return Ok(());
         };
-        let Some(jti) = claims.jti.as_deref() else {
-            return Err(Rejection::new(
+        let missing = |name: &str| {
+            Rejection::new(
                 ErrorCode::MissingClaim,
-                "claim `jti` is required for replay detection",
-            ));
+                format!("claim `{name}` is required for replay detection"),
+            )
         };
-        let expires =
-            claims.exp.unwrap_or_else(now_secs) + tenant.settings.policy.clock_skew.as_secs_f64();
+        let jti = claims.jti.as_deref().ok_or_else(|| missing("jti"))?;
+        let exp = claims.exp.ok_or_else(|| missing("exp"))?;
+        let expires = exp + tenant.settings.policy.clock_skew.as_secs_f64();
         let outcome = match self.shared() {
             None if peek => cache.peek(iss, jti),
             None => cache.check_and_record(iss, jti, expires),

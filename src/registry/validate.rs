@@ -11,7 +11,7 @@ use super::{KeySetId, KeySetState, Registry, RequestError, Tenant};
 use crate::{
     jwt::{
         ErrorCode, Rejection,
-        claims::{self, Claims, TimePolicy, now_secs},
+        claims::{self, Claims, TimePolicy, TokenKind, now_secs},
         jws,
     },
     keys::{KeyLookup, VerifyingKey},
@@ -128,7 +128,12 @@ impl Registry {
         } else {
             input.audiences
         };
-        claims::check_audience(&claims, audiences).map_err(at_tenant)?;
+        // A request nonce says the caller checks an ID token (OpenID Connect Core 3.1.3.7).
+        let kind = match input.nonce {
+            Some(_) => TokenKind::IdToken,
+            None => tenant.token_kind(),
+        };
+        claims::check_audience(&claims, audiences, kind).map_err(at_tenant)?;
         claims::check_scopes(&claims, input.required_scopes).map_err(at_tenant)?;
         claims::check_nonce(&claims, input.nonce).map_err(at_tenant)?;
         // 8. B2C policy

@@ -53,10 +53,7 @@ pub(super) async fn run<S: GrpcService>(
 ) {
     let _open = shared.metrics.as_ref().map(|m| m.connection());
     let o = &shared.options;
-    let hard_end = o
-        .limits
-        .max_age
-        .map(|age| Instant::now() + age + o.limits.grace);
+    let hard_end = o.limits.hard_end();
     match &o.tls {
         None => {
             let info = Info::Tcp(stream.connect_info());
@@ -131,7 +128,7 @@ async fn serve_http2<S, IO>(
     tokio::pin!(conn);
     let request_deadline = tokio::time::sleep(o.handshake_timeout);
     tokio::pin!(request_deadline);
-    let goaway_at = o.limits.max_age.map(|age| Instant::now() + age);
+    let goaway_at = o.limits.goaway_at();
     let (mut established, mut goaway_sent) = (false, false);
     loop {
         tokio::select! {

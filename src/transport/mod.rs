@@ -52,6 +52,20 @@ pub struct ConnectionLimits {
     pub grace: Duration,
 }
 
+impl ConnectionLimits {
+    /// When a connection accepted now gets GOAWAY; `None`: never (no age, or one too long
+    /// to add to an Instant).
+    fn goaway_at(&self) -> Option<tokio::time::Instant> {
+        tokio::time::Instant::now().checked_add(self.max_age?)
+    }
+
+    /// When a connection accepted now is closed, calls in flight and all: its age plus the
+    /// grace; `None`: never.
+    fn hard_end(&self) -> Option<tokio::time::Instant> {
+        self.goaway_at()?.checked_add(self.grace)
+    }
+}
+
 /// Everything a listener's connections are served with.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -237,5 +251,31 @@ async fn accept(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let limits = |max_age, grace| ConnectionLimits { max_age, grace };
+        assert!(limits(None, Duration::MAX).hard_end().is_none());
+        assert!(limits(None, Duration::ZERO).goaway_at().is_none());
+        let huge = limits(Some(Duration::MAX), Duration::ZERO);
+        assert!(huge.goaway_at().is_none() && huge.hard_end().is_none());
+        assert!(
+            limits(Some(Duration::from_secs(1)), Duration::MAX)
+                .hard_end()
+                .is_none()
+        );
+        let l = limits(Some(Duration::from_secs(60)), Duration::from_secs(30));
+        let soon = tokio::time::Instant::now() + Duration::from_secs(59);
+        assert!(l.goaway_at().is_some_and(|t| t > soon));
+        assert!(
+            l.hard_end()
+                .is_some_and(|t| t > soon + Duration::from_secs(30))
+        );
     }
 }

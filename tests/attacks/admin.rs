@@ -113,7 +113,10 @@ async fn refresh_issuer_does_not_bypass_the_failure_backoff() {
 
 #[tokio::test]
 async fn callers_see_a_failure_category_never_urls_paths_or_error_chains() {
-    let (idp, _key, h) = serve("  admin: true\n", "    unknown_kid_cooldown: 0s\n").await;
+    // RefreshIssuer fetches at most once per cooldown (at least 1 s): each refresh below
+    // waits that long after the one before.
+    let (idp, _key, h) = serve("  admin: true\n", "    unknown_kid_cooldown: 1s\n").await;
+    let cooldown = Duration::from_millis(1100);
     let mut events = TokenServiceClient::new(h.channel.clone())
         .watch_keys(pb::WatchKeysRequest::default())
         .await
@@ -138,6 +141,7 @@ async fn callers_see_a_failure_category_never_urls_paths_or_error_chains() {
     assert_eq!(failed.message, "http 503");
 
     // A body that is not JSON.
+    tokio::time::sleep(cooldown).await;
     idp.set(
         Method::GET,
         "/jwks",
@@ -147,6 +151,7 @@ async fn callers_see_a_failure_category_never_urls_paths_or_error_chains() {
     assert_eq!(answer.error, "invalid json");
 
     // A discovery document for another issuer.
+    tokio::time::sleep(cooldown).await;
     idp.set_json(
         DISCOVERY,
         idp.discovery("https://elsewhere.example", "/jwks"),

@@ -458,6 +458,28 @@ pub fn oidc_tenant(idp: &FakeIdp, extra: &str) -> String {
     )
 }
 
+/// A fake provider serving discovery and one RS256 key (`k1`).
+pub async fn oidc_idp() -> (FakeIdp, TestKey) {
+    let idp = FakeIdp::start().await;
+    let key = TestKey::rsa("k1", "RS256");
+    idp.serve_oidc(&[&key]);
+    (idp, key)
+}
+
+/// A fake provider serving one RS256 key (`k1`), and the service (changed by `tune`)
+/// with the one tenant `oidc_tenant(extra)` trusting it, once TokenService is SERVING.
+pub async fn start_oidc(
+    extra: &str,
+    tune: impl FnOnce(&mut config::Settings),
+) -> (FakeIdp, TestKey, Harness) {
+    let (idp, key) = oidc_idp().await;
+    let mut s = settings(&oidc_tenant(&idp, extra));
+    tune(&mut s);
+    let h = start(s).await;
+    h.wait_health("introspect.v1.TokenService", 1).await;
+    (idp, key, h)
+}
+
 /// The Prometheus text of a server's `/metrics`.
 pub async fn scrape_metrics(addr: SocketAddr) -> String {
     let resp = reqwest::get(format!("http://{addr}/metrics"))

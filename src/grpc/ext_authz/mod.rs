@@ -250,6 +250,13 @@ impl ExtAuthzService {
     /// Introspect an opaque token at its tenant's provider; where no tenant can
     /// introspect it, Validate answers (MALFORMED: it is not a JWS).
     async fn introspect(&self, token: &str, route: &Route<'_>) -> Result<Identity, Verdict> {
+        // Introspect answers such a token `active: false` (RFC 7662); the deny table says
+        // why it is refused instead: it is not a JWS.
+        if let Err(IntrospectError::NoIntrospection(_) | IntrospectError::NotConfigured) =
+            self.introspection.select(route.tenant)
+        {
+            return self.validate(token, route).await;
+        }
         let input = IntrospectInput {
             token,
             token_type_hint: None,
@@ -266,9 +273,6 @@ impl ExtAuthzService {
                 Some(d) => Err(Verdict::denied(d, &route.required_scopes, answer.tenant)),
                 None => Ok(Identity::from_answer(answer)),
             },
-            Err(IntrospectError::NoIntrospection(_) | IntrospectError::NotConfigured) => {
-                self.validate(token, route).await
-            }
             Err(IntrospectError::TenantRequired(tenants)) => {
                 if let Some(suppressed) = self.config_faults.admit(FAULT_LOG_PERIOD) {
                     warn!(%tenants, suppressed, "ext_authz: an opaque token on a route that names no tenant, and several tenants introspect; name one in the route's context_extensions `tenant` or in ext_authz.tenant");
