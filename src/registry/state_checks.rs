@@ -8,10 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::{Candidate, Registry, Tenant, replay::ReplayOutcome};
 use crate::{
     config::OnUnavailable,
-    jwt::{
-        ErrorCode, Rejection,
-        claims::Claims,
-    },
+    jwt::{ErrorCode, Rejection, claims::Claims},
     shared::{Facet, REPLAY_NAMESPACE_JTI, ReplayRecord, Shared, unix_secs},
 };
 
