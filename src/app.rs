@@ -33,23 +33,20 @@ use crate::{
     config::{AllowedTenantIds, ExtAuthzSettings, ServerSettings, Settings},
     fleet::Fleet,
     grpc::{
-        AdminServiceImpl, Limits, TokenServiceImpl,
+        AdminServiceImpl, Limits, TokenServiceImpl, TokenServiceRoutes,
         deadline::DeadlineLayer,
         ext_authz::{
             self, ExtAuthzService,
             pb::envoy::service::auth::v3::authorization_server::AuthorizationServer,
         },
         layers::{ConcurrencyLimitLayer, MetricsLayer},
-        pb::{
-            self, admin_service_server::AdminServiceServer,
-            token_service_server::TokenServiceServer,
-        },
+        pb::{self, admin_service_server::AdminServiceServer},
         watch::WatcherLimits,
     },
     introspect::Introspection,
     metrics::{GrpcMethods, Metrics},
     oidc,
-    registry::Registry,
+    registry::{Registry, token_cache},
     transport::{self, ConnectionLimits, GrpcService, ServeOptions, TlsConfig},
     upstream::{HttpClient, Redirects},
 };
@@ -181,6 +178,7 @@ pub async fn run_with_listeners(
     if let Some(f) = &fleet {
         report_shared_state(f, &health, &tasks, &cancel);
     }
+    spawn_token_cache_sweep(&registry, &tasks, &cancel);
     if let Some(t) = &tls {
         t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
     }
@@ -291,6 +289,16 @@ fn spawn_admin_listener(ctx: &Wiring<'_>, l: TcpListener, options: &ServeOptions
     );
     ctx.tasks
         .spawn(serve.instrument(info_span!("admin_listener")));
+}
+
+/// Sweeps expired tokens out of the verified-token cache every minute, when it is on.
+fn spawn_token_cache_sweep(registry: &Registry, tasks: &TaskTracker, cancel: &CancellationToken) {
+    if registry.token_cache().is_some() {
+        let sweep = registry
+            .clone()
+            .sweep_token_cache(token_cache::SWEEP_PERIOD, cancel.clone());
+        tasks.spawn(sweep.instrument(info_span!("token_cache_sweep")));
+    }
 }
 
 /// Every gRPC method the server knows, for the metrics' labels and the overload layer.
@@ -505,7 +513,7 @@ fn services(ctx: &Wiring<'_>, methods: &Arc<GrpcMethods>) -> anyhow::Result<impl
                 .context("building reflection v1alpha")?
                 .max_decoding_message_size(limit),
         )
-        .add_service(TokenServiceServer::new(token).max_decoding_message_size(limit));
+        .add_service(TokenServiceRoutes::new(token, limit));
     if let Some(a) = authorization {
         routes = routes.add_service(a);
     }

@@ -7,9 +7,10 @@
 //! - [`config`]: typed configuration, one file per section (`server.rs`, `admin.rs` for
 //!   where AdminService is served and who may call it, `tenant.rs`, `policy.rs` for the
 //!   keys `defaults:` shares with tenants, `key_source.rs`, `introspection.rs`,
-//!   `ext_authz.rs`), `DEFAULT_*` constants, `env.rs` overrides, validation errors
+//!   `ext_authz.rs`, `token_cache.rs`), `DEFAULT_*` constants, `env.rs` overrides, validation errors
 //!   naming the key. Its module docs say how to add a section or a key.
-//! - [`jwt`]: compact JWS framing, strict JSON, claim checks, the `WWW-Authenticate`
+//! - [`jwt`]: compact JWS framing, strict JSON parsed in one pass into the wire form of
+//!   `google.protobuf.Struct` (`compact.rs`), claim checks, the `WWW-Authenticate`
 //!   challenges (`challenge.rs`; no keys, no network).
 //! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
 //!   `KeySet` snapshots.
@@ -18,8 +19,9 @@
 //!   store, fetch coordination, revocation rules) as small traits, and the replica's
 //!   view of their health; no Redis client.
 //! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline (with the
-//!   revocation and replay checks), what operators ask (`operator.rs`: key-set lookup,
-//!   forced refresh with its diff), and revocation rules with `Revoke`.
+//!   revocation and replay checks), the verified-token cache and its purges
+//!   (`token_cache.rs`), what operators ask (`operator.rs`: key-set lookup, forced
+//!   refresh with its diff), and revocation rules with `Revoke`.
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop
 //!   (coordinated with the fleet when it shares state: `coordinated.rs`).
 //! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
@@ -34,7 +36,8 @@
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream and its per-caller
 //!   caps), the operator AdminService adapter (with `admin_auth`; `Revoke`), Envoy's external
 //!   authorization service (`ext_authz/`, over the vendored Envoy protos), `to_proto`
-//!   conversions, request bounds, the one error-to-Status mapping, and the tower layers
+//!   conversions, the Validate reply encoded from the core's values (`reply.rs`), request
+//!   bounds, the one error-to-Status mapping, and the tower layers
 //!   (`layers.rs`: metrics and the concurrency limit taken after the request message;
 //!   `deadline.rs`: the call deadline).
 //! - [`app`]: wiring: registry, background tasks (one tracker, one cancel token),
@@ -44,7 +47,8 @@
 //!   `issuers`) and the JSON it prints (`json.rs`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus families, bounded labels, scrape-time collectors, the
-//!   ext_authz checks (`checks.rs`), the `/metrics` endpoint.
+//!   per-tenant validation counters created at start-up (`validations.rs`), the ext_authz
+//!   checks (`checks.rs`), the `/metrics` endpoint.
 //! - [`transport`]: every gRPC listener's connections, served with hyper's HTTP/2 server:
 //!   the connection cap with eviction of idle connections (`admission.rs`), TLS with hot
 //!   reload, the first-request deadline, HTTP/2 stream and reset limits, connection age

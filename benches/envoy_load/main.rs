@@ -9,6 +9,10 @@
 mod envoy;
 mod load;
 mod procs;
+// Shared with grpc_load, which also reads memory.
+#[allow(dead_code)]
+#[path = "../common/proc_stat.rs"]
+mod proc_stat;
 mod tokens;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

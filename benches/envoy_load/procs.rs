@@ -7,7 +7,6 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -28,19 +27,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }
 
 impl Proc {
@@ -64,18 +50,7 @@ impl Proc {
 
     /// User plus system CPU seconds since the process started.
     pub(crate) fn cpu_secs(&self) -> anyhow::Result<f64> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // The command name may hold spaces; fields are counted after its `)`.
-        let rest = stat.rsplit_once(')').context("no ) in /proc stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(fields
-                .get(i)
-                .context("short /proc stat line")?
-                .parse::<f64>()?)
-        };
-        // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
-        Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_sec())
+        crate::proc_stat::cpu_secs(&self.child.id().to_string())
     }
 
     /// Fails if the process has exited.

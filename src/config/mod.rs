@@ -37,6 +37,7 @@ mod policy;
 mod server;
 mod shared_state;
 mod tenant;
+mod token_cache;
 
 use std::{fmt, path::Path};
 
@@ -75,6 +76,10 @@ pub use shared_state::{
     MIN_INTEGRITY_KEY_BYTES, OnUnavailable, REPLICA_NAME_ENV, RedisEndpoints, SharedStateSettings,
 };
 pub use tenant::{ANY_TENANT_ID, AllowedTenantIds, TenantSettings};
+pub use token_cache::{
+    DEFAULT_TOKEN_CACHE_MAX_BYTES, DEFAULT_TOKEN_CACHE_MAX_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_TTL,
+    DEFAULT_TOKEN_CACHE_NEGATIVE_TTL, TokenCacheSettings,
+};
 
 /// Placeholder for the Entra ID tenant id in an issuer.
 pub const TENANT_ID_PLACEHOLDER: &str = "{tenantid}";
@@ -129,6 +134,8 @@ pub struct Settings {
     pub tenants: Vec<TenantSettings>,
     /// State shared by a fleet of replicas (Redis); `None`: everything per replica.
     pub shared_state: Option<SharedStateSettings>,
+    /// The verified-token cache.
+    pub token_cache: TokenCacheSettings,
     /// Envoy external authorization (`ext_authz:`).
     pub ext_authz: ExtAuthzSettings,
 }
@@ -145,6 +152,8 @@ struct File {
     tenants: Vec<tenant::TenantFile>,
     shared_state: Option<shared_state::SharedStateFile>,
     #[serde(default)]
+    token_cache: TokenCacheSettings,
+    #[serde(default)]
     ext_authz: ext_authz::ExtAuthzFile,
 }
 
@@ -160,6 +169,7 @@ impl File {
             server,
             tenants,
             shared_state: self.shared_state.map(|s| s.resolve(env)).transpose()?,
+            token_cache: self.token_cache.validated()?,
             ext_authz,
         })
     }

@@ -266,7 +266,14 @@ fn a_null_value_takes_its_default_but_a_null_required_key_is_named() {
 fn environment_overrides_reach_every_top_level_section() {
     assert_eq!(
         de::keys_of::<File>(),
-        ["server", "defaults", "tenants", "shared_state", "ext_authz"]
+        [
+            "server",
+            "defaults",
+            "tenants",
+            "shared_state",
+            "token_cache",
+            "ext_authz"
+        ]
     );
     let s = load_str(
         "shared_state:\n  redis_url: redis://a:6379\n",

@@ -109,27 +109,26 @@ pub fn error_code(code: ErrorCode) -> pb::ErrorCode {
 }
 
 /// An accepted token as a ValidateResponse.
+/// The generated message; the server writes the same answer without building it (see
+/// [`super::reply`]).
 pub fn validated(v: &Validated) -> pb::ValidateResponse {
-    let c = &v.claims;
+    let c = v.claims();
+    let owned = |s: Option<&str>| s.unwrap_or_default().to_string();
     pb::ValidateResponse {
         valid: true,
         error: None,
         tenant: v.tenant.id().to_string(),
-        policy: v.policy.clone().unwrap_or_default(),
-        issuer: c.iss.clone().unwrap_or_default(),
-        subject: c.sub.clone().unwrap_or_default(),
-        audiences: c.aud.clone(),
-        scopes: c.scopes(),
+        policy: owned(v.policy()),
+        issuer: owned(c.iss()),
+        subject: owned(c.sub()),
+        audiences: c.aud().map(str::to_owned).collect(),
+        scopes: c.scopes().map(str::to_owned).collect(),
         expires_at: c.exp.map(timestamp),
         issued_at: c.iat.map(timestamp),
         not_before: c.nbf.map(timestamp),
-        key_id: v
-            .kid
-            .clone()
-            .or_else(|| v.key.kid.clone())
-            .unwrap_or_default(),
-        algorithm: format!("{:?}", v.algorithm),
-        claims: Some(json_to_struct(&c.all)),
+        key_id: owned(v.kid().or(v.key().kid.as_deref())),
+        algorithm: format!("{:?}", v.algorithm()),
+        claims: Some(json_to_struct(&c.to_json())),
     }
 }
 

@@ -10,10 +10,12 @@ pub mod deadline;
 pub mod ext_authz;
 pub mod introspect;
 pub mod layers;
+pub mod reply;
 mod token_service;
 pub mod watch;
 
 pub use admin::AdminServiceImpl;
+pub use reply::TokenServiceRoutes;
 pub use token_service::{KeyEventStream, Limits, TokenServiceImpl};
 
 /// Generated protobuf and gRPC code for `introspect.v1`.

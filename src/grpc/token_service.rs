@@ -11,6 +11,7 @@ use tracing::debug;
 use super::{
     BoundaryError, check_field, check_list, convert, non_empty, parse_token,
     pb::{self, token_service_server::TokenService},
+    reply::Reply,
     split_validate_error,
     watch::{self, WatcherLimits, Watchers},
 };
@@ -94,11 +95,17 @@ impl TokenServiceImpl {
         }
     }
 
-    /// Validate without the tonic wrapping, for handler tests and Introspect.
+    /// Validate without the tonic wrapping, for handler tests and tools.
     pub async fn validate_message(
         &self,
         req: &pb::ValidateRequest,
     ) -> Result<pb::ValidateResponse, BoundaryError> {
+        Ok(self.validate_reply(req).await?.into_message())
+    }
+
+    /// Validate as the server answers it: an accepted token is encoded from the core's
+    /// values when the answer is sent ([`Reply`]).
+    pub async fn validate_reply(&self, req: &pb::ValidateRequest) -> Result<Reply, BoundaryError> {
         let token = parse_token(&req.token, self.limits.max_token_bytes)?;
         check_field("tenant", &req.tenant)?;
         check_field("nonce", &req.nonce)?;
@@ -117,11 +124,11 @@ impl TokenServiceImpl {
             m.record_validate_outcome(&outcome);
         }
         match outcome {
-            Ok(v) => Ok(convert::validated(&v)),
+            Ok(v) => Ok(Reply::Valid(v)),
             Err(e) => {
                 let e = split_validate_error(e)?;
                 debug!(error = %e, "token rejected");
-                Ok(convert::rejected(&e))
+                Ok(Reply::Message(Box::new(convert::rejected(&e))))
             }
         }
     }

@@ -203,7 +203,7 @@ pub fn is_access_token(all: &Map<String, Value>, hint: Option<&str>) -> bool {
 /// for access tokens. A claim whose value became a field is not repeated in `claims`;
 /// claims used as a fallback source (`scp`, `azp`, `upn`, ...) stay there.
 pub fn from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> Answer {
-    let all = &claims.all;
+    let all = &claims.to_json();
     let first = |names: &[&str]| {
         names
             .iter()
@@ -234,10 +234,10 @@ pub fn from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> Answer 
         exp: claims.exp.map(|f| f.floor() as i64),
         iat: claims.iat.map(|f| f.floor() as i64),
         nbf: claims.nbf.map(|f| f.floor() as i64),
-        sub: claims.sub.clone(),
-        aud: claims.aud.clone(),
-        iss: claims.iss.clone(),
-        jti: claims.jti.clone(),
+        sub: claims.sub().map(str::to_owned),
+        aud: claims.aud().map(str::to_owned).collect(),
+        iss: claims.iss().map(str::to_owned),
+        jti: claims.jti().map(str::to_owned),
         claims: rest,
         tenant: Some(tenant.to_string()),
     }

@@ -36,7 +36,9 @@ use self::{
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
     jwt::{ErrorCode, claims::now_secs, jws},
-    registry::{Metadata, Registry, RequestError, Revocations, ValidateError, ValidateInput},
+    registry::{
+        Metadata, Presented, Registry, RequestError, Revocations, ValidateError, ValidateInput,
+    },
     shared::Shared,
     upstream::{FetchError, HttpClient},
 };
@@ -506,7 +508,9 @@ impl Introspection {
             return Err(IntrospectError::UnknownTenant(t.to_string()));
         }
         let hint = input.token_type_hint;
-        let is_jws = jws::parse(input.token).is_ok();
+        // Hashed and looked up in the verified-token cache once, parsed at most once.
+        let mut presented = self.registry.present(input.token);
+        let is_jws = presented.is_jws();
         if !is_jws && jws::is_jwt_shaped(input.token) {
             // RFC 7662: a token the server does not recognise is not active. It is not a
             // provider's opaque token either, so it is not sent anywhere.
@@ -536,19 +540,23 @@ impl Introspection {
             };
             return introspector.introspect(input.token, hint).await;
         }
-        self.local(input).await
+        self.local(presented, input).await
     }
 
-    async fn local(&self, input: &IntrospectInput<'_>) -> Result<Answer, IntrospectError> {
+    async fn local(
+        &self,
+        presented: Presented<'_>,
+        input: &IntrospectInput<'_>,
+    ) -> Result<Answer, IntrospectError> {
         let validate = ValidateInput {
             token: input.token,
             tenant: input.tenant,
             peek_replay: true,
             ..ValidateInput::default()
         };
-        match self.registry.validate(&validate).await {
+        match self.registry.validate_presented(presented, &validate).await {
             Ok(v) => Ok(answer::from_claims(
-                &v.claims,
+                v.claims(),
                 v.tenant.id(),
                 input.token_type_hint,
             )),

@@ -1,6 +1,8 @@
-//! The claim set: registered claims read once with their JSON types checked, and the
-//! checks of BEHAVIOUR.md steps 5-7 (type, time, required claims, audience and `azp`,
-//! scopes, nonce), each a pure function of the claims, a policy and the current time.
+//! The claim set: parsed once into the compact form of `jwt::compact` (no
+//! `serde_json::Value` tree), registered claims located and type-checked in the same
+//! pass, and the checks of BEHAVIOUR.md steps 5-7 (type, time, required claims, audience
+//! and `azp`, scopes, nonce), each a pure function of the claims, a policy and the
+//! current time.
 
 use std::{
     collections::HashSet,
@@ -9,21 +11,27 @@ use std::{
 
 use serde_json::{Map, Value};
 
-use super::{ErrorCode, Rejection, echo, json};
+use super::{
+    ErrorCode, Rejection,
+    compact::{self, ListRef, ObjectRef, ValueRef},
+    echo,
+};
 
-/// A payload parsed as a claim set, registered claims typed.
-#[derive(Debug, Clone)]
+/// Where a value sits in the encoded claim set (start, end).
+type Span = (u32, u32);
+
+/// A payload parsed as a claim set, registered claims typed. Strings are read from the
+/// encoded claim set where they are; nothing is copied out of it.
+#[derive(Clone, PartialEq)]
 pub struct Claims {
-    /// Every member, as sent.
-    pub all: Map<String, Value>,
-    /// `iss`.
-    pub iss: Option<String>,
-    /// `sub`.
-    pub sub: Option<String>,
-    /// `jti`.
-    pub jti: Option<String>,
-    /// `aud`, a string made a one-element list.
-    pub aud: Vec<String>,
+    encoded: Box<[u8]>,
+    iss: Option<Span>,
+    sub: Option<Span>,
+    jti: Option<Span>,
+    /// `aud`: one string, or the content of a list of strings.
+    aud: Option<(Span, bool)>,
+    /// The value of `scp`, else of `scope`.
+    scope: Option<Span>,
     /// `exp`, seconds since the epoch.
     pub exp: Option<f64>,
     /// `nbf`.
@@ -32,16 +40,24 @@ pub struct Claims {
     pub iat: Option<f64>,
 }
 
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Claim values stay out of debug output (they may end up in logs).
+        f.debug_struct("Claims")
+            .field("members", &self.members().iter().count())
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
+}
+
 fn malformed(msg: impl Into<String>) -> Rejection {
     Rejection::new(ErrorCode::Malformed, msg)
 }
 
-fn opt_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, Rejection> {
-    match map.get(name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(malformed(format!("claim `{name}` is not a string"))),
-    }
+fn span_of(base: &[u8], part: &[u8]) -> Span {
+    // `part` is a sub-slice of `base`; both lengths are under the token size limit.
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    (start as u32, (start + part.len()) as u32)
 }
 
 /// 0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a protobuf
@@ -56,74 +72,151 @@ pub fn in_timestamp_range(secs: f64) -> bool {
     secs >= MIN_NUMERIC_DATE as f64 && secs < (MAX_NUMERIC_DATE + 1) as f64
 }
 
-fn opt_number(map: &Map<String, Value>, name: &str) -> Result<Option<f64>, Rejection> {
-    match map.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|f| in_timestamp_range(*f))
-            .map(Some)
-            .ok_or_else(|| malformed(format!("claim `{name}` is outside 0001-01-01..9999-12-31"))),
-        Some(_) => Err(malformed(format!("claim `{name}` is not a number"))),
+fn string<'a>(name: &str, v: ValueRef<'a>) -> Result<&'a str, Rejection> {
+    v.as_str()
+        .ok_or_else(|| malformed(format!("claim `{name}` is not a string")))
+}
+
+fn number(name: &str, v: ValueRef<'_>) -> Result<f64, Rejection> {
+    match v {
+        ValueRef::Number(n) if in_timestamp_range(n) => Ok(n),
+        ValueRef::Number(_) => Err(malformed(format!(
+            "claim `{name}` is outside 0001-01-01..9999-12-31"
+        ))),
+        _ => Err(malformed(format!("claim `{name}` is not a number"))),
     }
 }
 
 impl Claims {
     /// Parses a payload: a strict JSON object whose registered claims have the right types.
     pub fn parse(payload: &[u8]) -> Result<Self, Rejection> {
-        let all = json::parse_object(payload).map_err(|e| malformed(format!("payload: {e}")))?;
-        let aud = match all.get("aud") {
-            None => Vec::new(),
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) => {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        Value::String(s) => out.push(s.clone()),
-                        _ => {
-                            return Err(malformed(
-                                "claim `aud` is not a string or array of strings",
-                            ));
-                        }
-                    }
-                }
-                out
-            }
-            Some(_) => return Err(malformed("claim `aud` is not a string or array of strings")),
+        let encoded =
+            compact::parse_object(payload).map_err(|e| malformed(format!("payload: {e}")))?;
+        let mut c = Claims {
+            encoded: encoded.into_boxed_slice(),
+            iss: None,
+            sub: None,
+            jti: None,
+            aud: None,
+            scope: None,
+            exp: None,
+            nbf: None,
+            iat: None,
         };
-        Ok(Self {
-            iss: opt_string(&all, "iss")?,
-            sub: opt_string(&all, "sub")?,
-            jti: opt_string(&all, "jti")?,
-            exp: opt_number(&all, "exp")?,
-            nbf: opt_number(&all, "nbf")?,
-            iat: opt_number(&all, "iat")?,
-            aud,
-            all,
-        })
+        let base = &c.encoded[..];
+        let mut scope = None;
+        for (name, v) in ObjectRef::new(base).iter() {
+            let at = |s: &str| Some(span_of(base, s.as_bytes()));
+            match name {
+                "iss" => c.iss = at(string(name, v)?),
+                "sub" => c.sub = at(string(name, v)?),
+                "jti" => c.jti = at(string(name, v)?),
+                "exp" => c.exp = Some(number(name, v)?),
+                "nbf" => c.nbf = Some(number(name, v)?),
+                "iat" => c.iat = Some(number(name, v)?),
+                "aud" => c.aud = Some(audience(base, v)?),
+                "scp" => c.scope = Some(value_span(base, v)),
+                "scope" => scope = Some(value_span(base, v)),
+                _ => {}
+            }
+        }
+        c.scope = c.scope.or(scope);
+        Ok(c)
+    }
+
+    fn text(&self, span: Option<Span>) -> Option<&str> {
+        let (a, b) = span?;
+        std::str::from_utf8(self.encoded.get(a as usize..b as usize)?).ok()
+    }
+
+    fn value(&self, span: Span) -> ValueRef<'_> {
+        ValueRef::decode(
+            self.encoded
+                .get(span.0 as usize..span.1 as usize)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// `iss`.
+    pub fn iss(&self) -> Option<&str> {
+        self.text(self.iss)
+    }
+
+    /// `sub`.
+    pub fn sub(&self) -> Option<&str> {
+        self.text(self.sub)
+    }
+
+    /// `jti`.
+    pub fn jti(&self) -> Option<&str> {
+        self.text(self.jti)
+    }
+
+    /// `aud`: a string is a one-element list.
+    pub fn aud(&self) -> impl Iterator<Item = &str> + Clone {
+        let (one, many) = match self.aud {
+            Some((span, false)) => (self.text(Some(span)), None),
+            Some((span, true)) => {
+                let list = self.encoded.get(span.0 as usize..span.1 as usize);
+                (None, list.map(ListRef::new))
+            }
+            None => (None, None),
+        };
+        one.into_iter().chain(
+            many.into_iter()
+                .flat_map(|l| l.iter().filter_map(ValueRef::as_str)),
+        )
+    }
+
+    /// Every member, in document order.
+    pub fn members(&self) -> ObjectRef<'_> {
+        ObjectRef::new(&self.encoded)
+    }
+
+    /// A member by name.
+    pub fn get(&self, name: &str) -> Option<ValueRef<'_>> {
+        self.members().get(name)
+    }
+
+    /// Whether a member is named `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.members().contains(name)
     }
 
     /// A string claim, if present and a string.
     pub fn str(&self, name: &str) -> Option<&str> {
-        self.all.get(name).and_then(Value::as_str)
+        self.get(name).and_then(ValueRef::as_str)
     }
 
     /// Granted scopes from `scp`, else `scope`: a space-separated string or an array.
-    pub fn scopes(&self) -> Vec<String> {
-        self.granted_scopes().map(str::to_owned).collect()
+    pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
+        let (string, list) = match self.scope.map(|s| self.value(s)) {
+            Some(ValueRef::String(s)) => (Some(s), None),
+            Some(ValueRef::List(l)) => (None, Some(l)),
+            _ => (None, None),
+        };
+        let listed = list
+            .into_iter()
+            .flat_map(|l| l.iter().filter_map(ValueRef::as_str));
+        string
+            .into_iter()
+            .chain(listed)
+            .flat_map(str::split_whitespace)
     }
 
-    /// The granted scopes, borrowed.
-    fn granted_scopes(&self) -> impl Iterator<Item = &str> {
-        let raw = self.all.get("scp").or_else(|| self.all.get("scope"));
-        let (text, items): (Option<&str>, &[Value]) = match raw {
-            Some(Value::String(s)) => (Some(s.as_str()), &[]),
-            Some(Value::Array(items)) => (None, items.as_slice()),
-            _ => (None, &[]),
-        };
-        text.into_iter()
-            .chain(items.iter().filter_map(Value::as_str))
-            .flat_map(str::split_whitespace)
+    /// The claim set as the content of a `google.protobuf.Struct`, ready to send.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// The claim set as a `serde_json` map, members in document order.
+    pub fn to_json(&self) -> Map<String, Value> {
+        self.members().to_json()
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.encoded.len()
     }
 }
 
@@ -152,6 +245,44 @@ impl<'a> Accepted<'a> {
             Self::Few(values) => values.iter().any(|a| a == v),
             Self::Many(set) => set.contains(v),
         }
+    }
+}
+
+/// Where a member's whole value (the content of its `google.protobuf.Value`) is.
+fn value_span(base: &[u8], v: ValueRef<'_>) -> Span {
+    match v {
+        ValueRef::String(s) => {
+            // Back up over the string's tag and length to the start of the Value.
+            let (a, b) = span_of(base, s.as_bytes());
+            (a.saturating_sub(1 + varint_len(s.len()) as u32), b)
+        }
+        ValueRef::List(l) => {
+            let (a, b) = span_of(base, l.bytes());
+            (a.saturating_sub(1 + varint_len(l.bytes().len()) as u32), b)
+        }
+        _ => (0, 0),
+    }
+}
+
+fn varint_len(n: usize) -> usize {
+    let mut len = 1;
+    let mut n = n >> 7;
+    while n > 0 {
+        len += 1;
+        n >>= 7;
+    }
+    len
+}
+
+/// `aud`: a string, or an array of strings (kept as the list's content).
+fn audience(base: &[u8], v: ValueRef<'_>) -> Result<(Span, bool), Rejection> {
+    let not = || malformed("claim `aud` is not a string or array of strings");
+    match v {
+        ValueRef::String(s) => Ok((span_of(base, s.as_bytes()), false)),
+        ValueRef::List(l) if l.iter().all(|i| i.as_str().is_some()) => {
+            Ok((span_of(base, l.bytes()), true))
+        }
+        _ => Err(not()),
     }
 }
 
@@ -272,7 +403,7 @@ pub fn check_time(claims: &Claims, now: f64, policy: &TimePolicy<'_>) -> Result<
         }
     }
     for name in policy.required_claims {
-        if name != "exp" && !claims.all.contains_key(name) {
+        if name != "exp" && !claims.contains(name) {
             return Err(Rejection::new(
                 ErrorCode::MissingClaim,
                 format!("claim {} is required", echo(name)),
@@ -319,23 +450,25 @@ pub fn check_audience(
             "no audience is configured for this tenant and the request named none",
         ));
     }
-    if claims.aud.is_empty() {
+    let mut aud = claims.aud();
+    if aud.next().is_none() {
         return Err(Rejection::new(
             ErrorCode::InvalidAudience,
             "token has no aud",
         ));
     }
+    let several = aud.next().is_some();
     let accepted = Accepted::new(accepted);
-    if !claims.aud.iter().any(|a| accepted.contains(a)) {
+    if !claims.aud().any(|a| accepted.contains(a)) {
         return Err(Rejection::new(
             ErrorCode::InvalidAudience,
             "no audience of the token is accepted",
         ));
     }
-    if kind == TokenKind::IdToken && claims.aud.len() > 1 {
-        match claims.all.get("azp") {
-            Some(Value::String(azp)) if accepted.contains(azp) => {}
-            Some(Value::String(_)) => {
+    if kind == TokenKind::IdToken && several {
+        match claims.get("azp") {
+            Some(ValueRef::String(azp)) if accepted.contains(azp) => {}
+            Some(ValueRef::String(_)) => {
                 return Err(Rejection::new(
                     ErrorCode::InvalidAudience,
                     "ID token has several audiences and its azp is not an accepted audience",
@@ -358,10 +491,18 @@ pub fn check_scopes(claims: &Claims, required: &[String]) -> Result<(), Rejectio
     if required.is_empty() {
         return Ok(());
     }
-    let granted: HashSet<&str> = claims.granted_scopes().collect();
+    // A few required scopes are looked for in the granted ones directly (no allocation);
+    // more are matched through a set of the granted ones, so the cost stays O(n + m).
+    let granted = claims.scopes();
+    let set: Option<HashSet<&str>> =
+        (required.len() > LINEAR_MATCH_MAX).then(|| granted.clone().collect());
+    let is_granted = |r: &str| match &set {
+        Some(set) => set.contains(r),
+        None => granted.clone().any(|g| g == r),
+    };
     let missing: Vec<&String> = required
         .iter()
-        .filter(|r| !granted.contains(r.as_str()))
+        .filter(|r| !is_granted(r.as_str()))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -457,7 +598,7 @@ mod tests {
         let edges = claims(r#"{"exp":253402300799.5,"iat":-62135596800}"#);
         assert_eq!(edges.exp, Some(253402300799.5));
         let c = claims(r#"{"aud":"x","exp":1.5}"#);
-        assert_eq!(c.aud, vec!["x"]);
+        assert_eq!(c.aud().collect::<Vec<_>>(), ["x"]);
         assert_eq!(c.exp, Some(1.5));
     }
 

@@ -5,9 +5,12 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
 
-use super::{ErrorCode, Rejection, echo, json};
+use super::{
+    ErrorCode, Rejection,
+    compact::{self, ObjectRef, ValueRef},
+    echo,
+};
 
 /// Header parameters this service does not implement; their presence is MALFORMED
 /// (`crit` must be understood, `b64`/`zip` change the payload, `enc`/`cty` mean JWE or
@@ -104,9 +107,9 @@ pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
     let header_bytes = b64url_decode(h, "header")?;
     let payload = b64url_decode(p, "payload")?;
     let signature = b64url_decode(s, "signature")?;
-    let header_map =
-        json::parse_object(&header_bytes).map_err(|e| malformed(format!("header: {e}")))?;
-    let header = header_from(&header_map)?;
+    let header_object =
+        compact::parse_object(&header_bytes).map_err(|e| malformed(format!("header: {e}")))?;
+    let header = header_from(ObjectRef::new(&header_object))?;
     Ok(CompactJws {
         signing_input: &token[..h.len() + 1 + p.len()],
         header,
@@ -115,28 +118,31 @@ pub fn parse(token: &str) -> Result<CompactJws<'_>, Rejection> {
     })
 }
 
-fn header_from(map: &Map<String, Value>) -> Result<Header, Rejection> {
-    let alg = match map.get("alg") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(malformed("header alg is not a string")),
-        None => return Err(malformed("header has no alg")),
+fn header_from(object: ObjectRef<'_>) -> Result<Header, Rejection> {
+    let (mut alg, mut kid, mut typ, mut unsupported) = (None, None, None, None);
+    let text = |v: ValueRef<'_>, what: &str| {
+        v.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| malformed(format!("header {what} is not a string")))
     };
-    let kid = match map.get("kid") {
-        None => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(malformed("header kid is not a string")),
-    };
-    let typ = match map.get("typ") {
-        None => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(malformed("header typ is not a string")),
-    };
-    let unsupported = UNSUPPORTED_HEADER_PARAMS
-        .iter()
-        .copied()
-        .find(|p| map.contains_key(*p));
+    for (name, v) in object.iter() {
+        match name {
+            "alg" => alg = Some(text(v, "alg")?),
+            "kid" => kid = Some(text(v, "kid")?),
+            "typ" => typ = Some(text(v, "typ")?),
+            _ => {
+                // Report the first of the list that is present, whatever the order.
+                let rank = |p: &&str| UNSUPPORTED_HEADER_PARAMS.iter().position(|u| u == p);
+                if let Some(p) = UNSUPPORTED_HEADER_PARAMS.iter().find(|p| **p == name)
+                    && unsupported.as_ref().is_none_or(|u| rank(p) < rank(u))
+                {
+                    unsupported = Some(*p);
+                }
+            }
+        }
+    }
     Ok(Header {
-        alg,
+        alg: alg.ok_or_else(|| malformed("header has no alg"))?,
         kid,
         typ,
         unsupported,

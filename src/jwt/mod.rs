@@ -4,7 +4,7 @@
 
 pub mod challenge;
 pub mod claims;
-pub mod json;
+pub mod compact;
 pub mod jws;
 
 use std::fmt;

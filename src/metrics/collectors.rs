@@ -184,6 +184,77 @@ impl Collector for CacheCollector {
     }
 }
 
+/// The verified-token cache's counters and sizes, read from it at scrape time (nothing
+/// when `token_cache.enabled` is off).
+#[derive(Debug)]
+pub(super) struct TokenCacheCollector {
+    pub(super) registry: Registry,
+}
+
+impl Collector for TokenCacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let Some(cache) = self.registry.token_cache() else {
+            return Ok(());
+        };
+        let stats = cache.stats();
+        {
+            let mut requests = encoder.encode_descriptor(
+                "introspectd_token_cache_requests",
+                "Verified-token cache lookups by result: hit (a verified token), forged_hit (a signature that failed before), miss",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [
+                ("hit", stats.hits),
+                ("forged_hit", stats.forged_hits),
+                ("miss", stats.misses),
+            ] {
+                ConstCounter::new(n).encode(requests.encode_family(&[("result", result)])?)?;
+            }
+        }
+        let counters = [(
+            "introspectd_token_cache_evictions",
+            "Verified-token cache entries dropped to stay within token_cache.max_bytes or max_entries",
+            stats.evictions,
+        )];
+        for (name, help, n) in counters {
+            ConstCounter::new(n).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let gauges = [
+            (
+                "introspectd_token_cache_entries",
+                "Verified tokens in the cache",
+                stats.entries,
+            ),
+            (
+                "introspectd_token_cache_bytes",
+                "Bytes the verified tokens in the cache weigh (bounded by token_cache.max_bytes)",
+                stats.bytes,
+            ),
+            (
+                "introspectd_token_cache_forged_entries",
+                "Tokens whose signature failed, remembered for token_cache.negative_ttl",
+                stats.forged_entries,
+            ),
+        ];
+        for (name, help, n) in gauges {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 pub(super) type WatcherCount = Box<dyn Fn() -> usize + Send + Sync>;
 
 /// `introspectd_watchers`: streams counted here plus those an observed handler reports.

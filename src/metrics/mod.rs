@@ -11,6 +11,7 @@
 mod checks;
 mod collectors;
 mod fleet;
+mod validations;
 
 use std::{
     collections::HashMap,
@@ -28,8 +29,10 @@ use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use self::collectors::{
-    CacheCollector, KeySetCollector, ReplayCollector, WatcherCount, WatchersCollector,
+    CacheCollector, KeySetCollector, ReplayCollector, TokenCacheCollector, WatcherCount,
+    WatchersCollector,
 };
+use self::validations::ValidationCounters;
 use crate::{
     fleet::Fleet,
     introspect::Introspection,
@@ -37,6 +40,10 @@ use crate::{
     oidc::FetchObserver,
     registry::{KeySetId, Registry, ValidateError, Validated},
 };
+
+/// A map whose keys come from configuration or descriptors, never from a request (a
+/// request's path or tenant is only looked up), so a fast hasher is safe.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// `grpc_code` label values, indexed by the numeric gRPC status code. Spelled as Go's
 /// `codes.Code.String()` spells them (hence "Canceled"), as go-grpc-prometheus does.
@@ -127,13 +134,13 @@ pub struct MethodInfo {
 /// services' encoded file descriptor sets so that nothing is listed by hand.
 #[derive(Debug, Clone, Default)]
 pub struct GrpcMethods {
-    by_path: HashMap<String, MethodInfo>,
+    by_path: FastMap<String, MethodInfo>,
 }
 
 impl GrpcMethods {
     /// Every method of every service in `sets` (encoded `FileDescriptorSet`s).
     pub fn from_descriptor_sets(sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
-        let mut by_path = HashMap::new();
+        let mut by_path = FastMap::default();
         for bytes in sets {
             let set = prost_types::FileDescriptorSet::decode(*bytes)?;
             for file in &set.file {
@@ -238,10 +245,10 @@ struct MethodMetrics {
 /// All metrics of one process. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: PromRegistry,
-    methods: HashMap<String, Arc<MethodMetrics>>,
+    methods: FastMap<String, Arc<MethodMetrics>>,
     unknown_method: Arc<MethodMetrics>,
-    tenants: HashMap<String, Arc<str>>,
-    validations: Family<ValidationLabels, Counter>,
+    tenants: FastMap<String, Arc<str>>,
+    validations: ValidationCounters,
     checks: Family<checks::CheckLabels, Counter>,
     key_fetches: Family<KeyFetchLabels, Counter>,
     introspection: Arc<OnceLock<Introspection>>,
@@ -275,7 +282,7 @@ fn registered<M: Metric + Clone>(prom: &mut PromRegistry, name: &str, help: &str
 fn grpc_families(
     prom: &mut PromRegistry,
     methods: &GrpcMethods,
-) -> (HashMap<String, Arc<MethodMetrics>>, Arc<MethodMetrics>) {
+) -> (FastMap<String, Arc<MethodMetrics>>, Arc<MethodMetrics>) {
     let started = registered(
         prom,
         "grpc_server_started",
@@ -328,33 +335,6 @@ fn grpc_families(
     let unknown: Arc<str> = UNKNOWN_LABEL.into();
     let unknown_method = method_metrics(CallKind::Unary, unknown.clone(), unknown);
     (by_path, unknown_method)
-}
-
-/// `introspectd_validations`, every tenant and result at zero.
-fn validation_family(
-    prom: &mut PromRegistry,
-    tenants: &HashMap<String, Arc<str>>,
-) -> Family<ValidationLabels, Counter> {
-    let validations = registered(
-        prom,
-        "introspectd_validations",
-        "Token validations by tenant and result (\"valid\" or the error code)",
-        Family::<ValidationLabels, Counter>::default(),
-    );
-    let results = std::iter::once(None).chain(ErrorCode::ALL.into_iter().map(Some));
-    let tenant_labels = tenants
-        .values()
-        .cloned()
-        .chain([Arc::from(NO_TENANT_LABEL)]);
-    for tenant in tenant_labels {
-        for r in results.clone() {
-            validations.get_or_create_owned(&ValidationLabels {
-                tenant: tenant.clone(),
-                result: validation_result(r),
-            });
-        }
-    }
-    validations
 }
 
 /// `introspectd_key_fetches`, both outcomes of every fetched key set at zero.
@@ -440,22 +420,18 @@ impl ListenerMetrics {
     }
 }
 
-fn validation_result(code: Option<ErrorCode>) -> &'static str {
-    code.map_or("valid", ErrorCode::as_str)
-}
-
 impl Metrics {
     /// Registers every family, with series for every known method and every configured
     /// tenant and key set created (at zero) up front.
     pub fn new(registry: &Registry, methods: &GrpcMethods) -> Self {
         let mut prom = PromRegistry::default();
         let (methods, unknown_method) = grpc_families(&mut prom, methods);
-        let tenants: HashMap<String, Arc<str>> = registry
+        let tenants: FastMap<String, Arc<str>> = registry
             .tenants()
             .iter()
             .map(|t| (t.id().to_string(), Arc::from(t.id())))
             .collect();
-        let validations = validation_family(&mut prom, &tenants);
+        let validations = ValidationCounters::register(&mut prom, registry);
         let checks = checks::register(&mut prom);
         let key_fetches = key_fetch_family(&mut prom, registry);
 
@@ -475,6 +451,9 @@ impl Metrics {
         }));
         let fleet = Arc::new(OnceLock::new());
         prom.register_collector(Box::new(fleet::FleetCollector::new(fleet.clone())));
+        prom.register_collector(Box::new(TokenCacheCollector {
+            registry: registry.clone(),
+        }));
         prom.register_collector(Box::new(ReplayCollector {
             registry: registry.clone(),
         }));
@@ -526,23 +505,20 @@ impl Metrics {
     /// Counts one token validation: `tenant` as routed (`None`: not routed to any),
     /// `error` the rejection code (`None`: valid).
     pub fn record_validation(&self, tenant: Option<&str>, error: Option<ErrorCode>) {
-        let tenant = match tenant {
-            Some(t) => self.tenant_label(t),
-            None => Arc::from(NO_TENANT_LABEL),
-        };
-        self.validations
-            .get_or_create(&ValidationLabels {
-                tenant,
-                result: validation_result(error),
-            })
-            .inc();
+        self.validations.record(tenant, error);
+    }
+
+    /// Counts one validation of a configured tenant, by its position in the
+    /// configuration ([`crate::registry::Tenant::index`]): one atomic add.
+    pub fn record_validation_at(&self, tenant: usize, error: Option<ErrorCode>) {
+        self.validations.record_at(tenant, error);
     }
 
     /// Counts one Validate outcome by its tenant and result; a bad request (no token was
     /// judged) is not a validation.
     pub fn record_validate_outcome(&self, outcome: &Result<Validated, ValidateError>) {
         match outcome {
-            Ok(v) => self.record_validation(Some(v.tenant.id()), None),
+            Ok(v) => self.record_validation_at(v.tenant.index, None),
             Err(e @ ValidateError::Rejected { tenant, .. }) => {
                 self.record_validation(tenant.as_deref(), e.code())
             }

@@ -10,6 +10,7 @@ mod replay;
 mod revocation;
 mod revoke;
 mod state_checks;
+pub mod token_cache;
 mod validate;
 
 use std::{
@@ -32,7 +33,8 @@ pub use revoke::{
     DEFAULT_REVOCATION_LIFETIME, MAX_REVOCATION_LIFETIME, MAX_RULE_FIELD_BYTES, RevokeError,
     RevokeInput, RevokeTarget, Revoked,
 };
-pub use validate::{ValidateError, ValidateInput, Validated};
+pub use token_cache::{TokenCache, TokenCacheStats, TokenHash, VerifiedToken};
+pub use validate::{Presented, ValidateError, ValidateInput, Validated};
 
 use crate::{
     config::{
@@ -238,39 +240,35 @@ impl KeySetState {
     }
 }
 
-/// A configured tenant with its routing data precomputed.
+/// A configured tenant with its routing data precomputed, and the handles of its key
+/// sets resolved once at start-up (validation never builds a `KeySetId` to find them).
 #[derive(Debug)]
 pub struct Tenant {
     /// Its settings.
     pub settings: TenantSettings,
+    /// Its position in the configuration (metrics keep per-tenant series by it).
+    pub index: usize,
     template: Option<(String, String)>,
-    /// Lower-case policy name -> configured name.
-    policies: HashMap<String, String>,
+    /// One key set, or one per B2C policy in configuration order.
+    key_sets: Vec<Arc<KeySetState>>,
     replay: Option<ReplayCache>,
 }
 
 impl Tenant {
-    fn new(settings: TenantSettings) -> Self {
+    fn new(settings: TenantSettings, index: usize, key_sets: Vec<Arc<KeySetState>>) -> Self {
         let template = settings
             .issuer
             .split_once(TENANT_ID_PLACEHOLDER)
             .map(|(a, b)| (a.to_string(), b.to_string()));
-        let policies = match &settings.keys {
-            KeySource::B2c(b) => b
-                .policies
-                .iter()
-                .map(|p| (p.to_ascii_lowercase(), p.clone()))
-                .collect(),
-            _ => HashMap::new(),
-        };
         let replay = settings
             .policy
             .replay_detection
             .then(|| ReplayCache::new(&settings.id, settings.policy.replay_cache_entries));
         Self {
             settings,
+            index,
             template,
-            policies,
+            key_sets,
             replay,
         }
     }
@@ -292,7 +290,12 @@ impl Tenant {
 
     /// True for a B2C tenant.
     pub fn is_b2c(&self) -> bool {
-        !self.policies.is_empty()
+        matches!(self.settings.keys, KeySource::B2c(_))
+    }
+
+    /// The key set of a tenant that is not B2C.
+    pub fn key_set(&self) -> Option<&Arc<KeySetState>> {
+        self.key_sets.first().filter(|_| !self.is_b2c())
     }
 
     /// Whether this tenant trusts `iss`, given the token's claims (`tid` for templates).
@@ -342,8 +345,9 @@ impl Tenant {
                 .is_some_and(|ids| ids.allows(tid))
     }
 
-    /// The configured B2C policy a token claims (first present of `policy_claims`).
-    pub fn policy_of(&self, claims: &Claims) -> Result<String, Rejection> {
+    /// The key set of the configured B2C policy a token claims (first present of
+    /// `policy_claims`, compared case-insensitively as B2C compares them).
+    pub fn policy_key_set(&self, claims: &Claims) -> Result<&Arc<KeySetState>, Rejection> {
         let KeySource::B2c(b2c) = &self.settings.keys else {
             return Err(Rejection::new(ErrorCode::UnknownPolicy, "not a B2C tenant"));
         };
@@ -357,9 +361,13 @@ impl Tenant {
                 ),
             ));
         };
-        self.policies
-            .get(&claimed.to_ascii_lowercase())
-            .cloned()
+        self.key_sets
+            .iter()
+            .find(|s| {
+                s.id.policy
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(claimed))
+            })
             .ok_or_else(|| {
                 Rejection::new(
                     ErrorCode::UnknownPolicy,
@@ -375,6 +383,8 @@ struct Inner {
     by_issuer: HashMap<String, Arc<Tenant>>,
     templated: Vec<Arc<Tenant>>,
     key_sets: DashMap<KeySetId, Arc<KeySetState>>,
+    /// The verified-token cache (`token_cache.enabled`).
+    cache: Option<TokenCache>,
     /// Issuers a B2C policy's own metadata declares in the older `/tfp/.../{policy}/`
     /// form. Filled only from configured metadata, never from a token.
     aliases: DashMap<String, KeySetId>,
@@ -495,20 +505,28 @@ impl Registry {
             by_issuer: HashMap::new(),
             templated: Vec::new(),
             key_sets: DashMap::new(),
+            cache: settings
+                .token_cache
+                .enabled
+                .then(|| TokenCache::new(settings.token_cache)),
             aliases: DashMap::new(),
             events: EventBus::default(),
             revocations: Revocations::new(),
             shared: OnceLock::new(),
         };
-        for ts in &settings.tenants {
-            let tenant = Arc::new(Tenant::new(ts.clone()));
-            let sets = key_sets_of(ts).map_err(|message| BuildError {
-                tenant: ts.id.clone(),
-                message,
-            })?;
-            for s in sets {
-                inner.key_sets.insert(s.id.clone(), Arc::new(s));
+        for (index, ts) in settings.tenants.iter().enumerate() {
+            let sets: Vec<Arc<KeySetState>> = key_sets_of(ts)
+                .map_err(|message| BuildError {
+                    tenant: ts.id.clone(),
+                    message,
+                })?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+            for s in &sets {
+                inner.key_sets.insert(s.id.clone(), s.clone());
             }
+            let tenant = Arc::new(Tenant::new(ts.clone(), index, sets));
             if !ts.explicit {
                 if tenant.template.is_some() {
                     inner.templated.push(tenant.clone());
@@ -623,18 +641,34 @@ impl Registry {
         }
     }
 
+    /// True unless `iss` is an issuer in the B2C `/tfp/` form that names a policy other
+    /// than `id`'s.
+    pub(crate) fn alias_agrees(&self, iss: &str, id: &KeySetId) -> bool {
+        self.inner
+            .aliases
+            .get(iss)
+            .is_none_or(|a| a.value().policy == id.policy)
+    }
+
     /// The key set whose metadata declared `issuer` as an alias.
     pub fn alias_of(&self, issuer: &str) -> Option<KeySetId> {
         self.inner.aliases.get(issuer).map(|e| e.value().clone())
     }
 
-    /// Installs a new snapshot and publishes what changed; returns the events.
+    /// Installs a new snapshot and publishes what changed; returns the events. Cached
+    /// tokens verified by a key that left the set are purged.
     pub fn install_keys(&self, state: &KeySetState, new: KeySet) -> Vec<KeyEvent> {
-        self.inner.events.publish_with(|| {
+        let mut removed = false;
+        let events = self.inner.events.publish_with(|| {
             let new = Arc::new(new);
             let old = state.keys.swap(new.clone());
+            removed = old.iter().any(|o| !new.iter().any(|n| n == o));
             events::diff(&state.origin(), &old, &new, SystemTime::now())
-        })
+        });
+        if removed {
+            self.purge_removed_keys(state);
+        }
+        events
     }
 
     /// Publishes a REFRESH_FAILED event.
@@ -717,6 +751,11 @@ impl Registry {
             .iter()
             .find(|t| t.settings.issuer == iss || t.trusts_templated(iss))
             .cloned()
+    }
+
+    /// The verified-token cache, unless `token_cache.enabled` is off.
+    pub fn token_cache(&self) -> Option<&TokenCache> {
+        self.inner.cache.as_ref()
     }
 
     /// Longest a caller waits for a kid-miss refresh of `state`.

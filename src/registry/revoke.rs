@@ -127,7 +127,7 @@ impl Registry {
                     .and_then(|j| Claims::parse(&j.payload).ok());
                 let tenant = claims
                     .as_ref()
-                    .and_then(|c| c.iss.as_deref())
+                    .and_then(|c| c.iss())
                     .and_then(|iss| self.tenant_for_issuer(iss));
                 let (skew, max_lifetime) = limits(tenant.as_deref());
                 let exp = claims.as_ref().and_then(|c| c.exp).map(|e| e as i64);

@@ -60,8 +60,8 @@ impl Registry {
         let candidate = Candidate {
             token,
             iss,
-            jti: claims.jti.as_deref(),
-            sub: claims.sub.as_deref(),
+            jti: claims.jti(),
+            sub: claims.sub(),
             iat: claims.iat,
         };
         if self
@@ -93,7 +93,7 @@ impl Registry {
                 format!("claim `{name}` is required for replay detection"),
             )
         };
-        let jti = claims.jti.as_deref().ok_or_else(|| missing("jti"))?;
+        let jti = claims.jti().ok_or_else(|| missing("jti"))?;
         let exp = claims.exp.ok_or_else(|| missing("exp"))?;
         let expires = exp + tenant.settings.policy.clock_skew.as_secs_f64();
         let outcome = match self.shared() {

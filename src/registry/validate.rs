@@ -2,19 +2,28 @@
 //! type, time, audience/scope/nonce, B2C policy (none of which touches the network), then
 //! the key (with at most one refresh on a kid miss, bounded by `fetch_timeout`), the
 //! signature, revocation and replay.
+//!
+//! The verified-token cache replaces only steps 2 and 9-10: a token found there is
+//! routed and checked like any other (steps 3-8, [`Registry::route_and_check`]), its key
+//! must still be in the key set it was verified with, and the checks after the
+//! signature ([`Registry::after_signature`]: revocation and replay, the fleet's when it
+//! shares state) run on every call.
 
 use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
 
-use super::{KeySetId, KeySetState, Registry, RequestError, Tenant};
+use super::{
+    KeySetState, Registry, RequestError, Tenant,
+    token_cache::{Lookup, TokenHash, VerifiedToken},
+};
 use crate::{
     jwt::{
         ErrorCode, Rejection,
         claims::{self, Claims, TimePolicy, TokenKind, now_secs},
-        jws,
+        jws::{self, CompactJws, Header},
     },
-    keys::{KeyLookup, VerifyingKey},
+    keys::{KeyLookup, KeySet, VerifyingKey},
 };
 
 /// Why Validate did not accept a token.
@@ -77,54 +86,250 @@ pub struct ValidateInput<'a> {
 pub struct Validated {
     /// The tenant that accepted it.
     pub tenant: Arc<Tenant>,
-    /// The B2C policy, for B2C tenants.
-    pub policy: Option<String>,
+    /// What parsing and verification produced (shared with the cache).
+    pub token: Arc<VerifiedToken>,
+    /// True when the signature was not verified again: the token was in the cache.
+    pub cached: bool,
+}
+
+impl Validated {
     /// Its claims.
-    pub claims: Claims,
+    pub fn claims(&self) -> &Claims {
+        &self.token.claims
+    }
+
+    /// The B2C policy, for B2C tenants.
+    pub fn policy(&self) -> Option<&str> {
+        self.token.key_set.id.policy.as_deref()
+    }
+
     /// The key that verified it.
-    pub key: Arc<VerifyingKey>,
+    pub fn key(&self) -> &Arc<VerifyingKey> {
+        &self.token.key
+    }
+
     /// Its algorithm.
-    pub algorithm: Algorithm,
+    pub fn algorithm(&self) -> Algorithm {
+        self.token.algorithm
+    }
+
     /// `kid` from the header.
-    pub kid: Option<String>,
+    pub fn kid(&self) -> Option<&str> {
+        self.token.header.kid.as_deref()
+    }
+}
+
+/// A token as presented: its hash and what the cache holds for it (looked up once), and
+/// its parse once something needed it.
+#[derive(Debug)]
+pub struct Presented<'a> {
+    token: &'a str,
+    hash: Option<TokenHash>,
+    cached: Lookup,
+    parsed: Option<Result<CompactJws<'a>, Rejection>>,
+}
+
+impl Presented<'_> {
+    /// Whether the token is a compact JWS (a verified one in the cache is; anything else
+    /// is parsed, once).
+    pub fn is_jws(&mut self) -> bool {
+        if matches!(self.cached, Lookup::Verified(_)) {
+            return true;
+        }
+        let token = self.token;
+        self.parsed.get_or_insert_with(|| jws::parse(token)).is_ok()
+    }
+}
+
+/// Where steps 3-8 sent a token.
+struct Routed {
+    tenant: Arc<Tenant>,
+    key_set: Arc<KeySetState>,
+    alg: Algorithm,
+}
+
+impl Routed {
+    fn reject(&self, r: Rejection) -> ValidateError {
+        ValidateError::rejected(
+            r,
+            Some(self.tenant.id().to_string()),
+            self.key_set.id.policy.clone(),
+        )
+    }
+}
+
+fn at_tenant(tenant: &Tenant) -> impl Fn(Rejection) -> ValidateError + '_ {
+    |r| ValidateError::rejected(r, Some(tenant.id().to_string()), None)
+}
+
+fn unrouted(r: Rejection) -> ValidateError {
+    ValidateError::rejected(r, None, None)
 }
 
 impl Registry {
+    /// Hashes a token and looks it up in the verified-token cache.
+    pub fn present<'a>(&self, token: &'a str) -> Presented<'a> {
+        let now = now_secs();
+        let (hash, cached) = match self.token_cache() {
+            Some(cache) => {
+                let hash = TokenHash::of(token);
+                let cached = cache.get(&hash, now);
+                (Some(hash), cached)
+            }
+            None => (None, Lookup::Miss),
+        };
+        Presented {
+            token,
+            hash,
+            cached,
+            parsed: None,
+        }
+    }
+
     /// Validates a token end to end.
     pub async fn validate(&self, input: &ValidateInput<'_>) -> Result<Validated, ValidateError> {
-        let reject = |r: Rejection| ValidateError::rejected(r, None, None);
+        let presented = self.present(input.token);
+        self.validate_presented(presented, input).await
+    }
+
+    /// Validates a token already [presented](Registry::present).
+    pub async fn validate_presented(
+        &self,
+        mut presented: Presented<'_>,
+        input: &ValidateInput<'_>,
+    ) -> Result<Validated, ValidateError> {
+        if let Lookup::Verified(entry) = &presented.cached {
+            if let Some(v) = self.validate_cached(entry, input).await? {
+                return Ok(v);
+            }
+            // Verified with a key that has left its set, or routed elsewhere this time:
+            // verify again.
+            if let (Some(cache), Some(hash)) = (self.token_cache(), &presented.hash) {
+                cache.purge_token(hash);
+            }
+            presented.cached = Lookup::Miss;
+        }
+        self.validate_uncached(presented, input).await
+    }
+
+    /// A cached token: every check but the signature. `None` when the entry cannot be
+    /// used for this call.
+    async fn validate_cached(
+        &self,
+        entry: &Arc<VerifiedToken>,
+        input: &ValidateInput<'_>,
+    ) -> Result<Option<Validated>, ValidateError> {
+        let routed = self.route_and_check(&entry.header, &entry.claims, input)?;
+        let usable = Arc::ptr_eq(&routed.key_set, &entry.key_set)
+            && routed.alg == entry.algorithm
+            && entry.key_is_current(&routed.key_set.keys.load());
+        if !usable {
+            return Ok(None);
+        }
+        self.after_signature(&routed, entry, input).await?;
+        Ok(Some(Validated {
+            tenant: routed.tenant,
+            token: entry.clone(),
+            cached: true,
+        }))
+    }
+
+    /// The whole pipeline; a verified token is cached, a failed signature remembered.
+    async fn validate_uncached(
+        &self,
+        mut presented: Presented<'_>,
+        input: &ValidateInput<'_>,
+    ) -> Result<Validated, ValidateError> {
         // 2. structure
-        let jws = jws::parse(input.token).map_err(reject)?;
-        let claims = Claims::parse(&jws.payload).map_err(reject)?;
+        let token = presented.token;
+        let jws = presented
+            .parsed
+            .take()
+            .unwrap_or_else(|| jws::parse(token))
+            .map_err(unrouted)?;
+        let claims = Claims::parse(&jws.payload).map_err(unrouted)?;
+        // 3-8
+        let routed = self.route_and_check(&jws.header, &claims, input)?;
+        // 9-10. key and signature, unless this very token failed against these keys
+        let cache = self.token_cache().zip(presented.hash);
+        if let Lookup::Forged(f) = &presented.cached
+            && f.is_current(&routed.key_set.keys.load())
+        {
+            return Err(routed.reject(bad_signature()));
+        }
+        let kid = jws.header.kid.as_deref();
+        let (verified, snapshot) =
+            verify_with_refresh(&routed.key_set, kid, routed.alg, &jws).await;
+        let key = match verified {
+            Ok(key) => key,
+            Err(r) => {
+                if let (Some((cache, hash)), ErrorCode::InvalidSignature) = (cache, r.code) {
+                    cache.insert_forged(hash, &snapshot, now_secs());
+                }
+                return Err(routed.reject(r));
+            }
+        };
+        let expires = match cache {
+            Some((c, _)) => c.expiry(
+                &claims,
+                routed.tenant.settings.policy.clock_skew,
+                now_secs(),
+            ),
+            None => 0.0,
+        };
+        let verified = VerifiedToken {
+            header: jws.header,
+            algorithm: routed.alg,
+            claims,
+            key,
+            key_set: routed.key_set.clone(),
+            expires,
+        };
+        let token = match cache {
+            Some((c, hash)) => c.insert(hash, verified),
+            None => Arc::new(verified),
+        };
+        // 10b, 11.
+        self.after_signature(&routed, &token, input).await?;
+        Ok(Validated {
+            tenant: routed.tenant,
+            token,
+            cached: false,
+        })
+    }
+
+    /// Steps 3-8: routes the token by `iss`, then every check that needs no key (none
+    /// touches the network). Runs on every call, cached token or not.
+    fn route_and_check(
+        &self,
+        header: &Header,
+        claims: &Claims,
+        input: &ValidateInput<'_>,
+    ) -> Result<Routed, ValidateError> {
         // 3. issuer
-        let Some(iss) = claims.iss.clone() else {
-            return Err(reject(Rejection::new(
+        let Some(iss) = claims.iss() else {
+            return Err(unrouted(Rejection::new(
                 ErrorCode::MissingClaim,
                 "claim `iss` is required",
             )));
         };
-        let tenant = self.route(&iss, &claims, input.tenant)?;
-        let tenant_id = tenant.id().to_string();
-        let at_tenant = |r: Rejection| ValidateError::rejected(r, Some(tenant_id.clone()), None);
-        let settings = &tenant.settings;
+        let tenant = self.route(iss, claims, input.tenant)?;
+        let reject = at_tenant(&tenant);
+        let policy = &tenant.settings.policy;
         // 4. header
-        let alg = jws
-            .header
-            .check(&settings.policy.algorithms)
-            .map_err(at_tenant)?;
+        let alg = header.check(&policy.algorithms).map_err(&reject)?;
         // 5. typ
-        claims::check_type(jws.header.typ.as_deref(), settings.policy.types.as_deref())
-            .map_err(at_tenant)?;
+        claims::check_type(header.typ.as_deref(), policy.types.as_deref()).map_err(&reject)?;
         // 6. time and required claims
         let time_policy = TimePolicy {
-            clock_skew: settings.policy.clock_skew,
-            max_lifetime: settings.policy.max_lifetime,
-            required_claims: &settings.policy.required_claims,
+            clock_skew: policy.clock_skew,
+            max_lifetime: policy.max_lifetime,
+            required_claims: &policy.required_claims,
         };
-        claims::check_time(&claims, now_secs(), &time_policy).map_err(at_tenant)?;
+        claims::check_time(claims, now_secs(), &time_policy).map_err(&reject)?;
         // 7. audience, scopes, nonce
         let audiences = if input.audiences.is_empty() {
-            &settings.audiences[..]
+            &tenant.settings.audiences[..]
         } else {
             input.audiences
         };
@@ -133,66 +338,70 @@ impl Registry {
             Some(_) => TokenKind::IdToken,
             None => tenant.token_kind(),
         };
-        claims::check_audience(&claims, audiences, kind).map_err(at_tenant)?;
-        claims::check_scopes(&claims, input.required_scopes).map_err(at_tenant)?;
-        claims::check_nonce(&claims, input.nonce).map_err(at_tenant)?;
+        claims::check_audience(claims, audiences, kind).map_err(&reject)?;
+        claims::check_scopes(claims, input.required_scopes).map_err(&reject)?;
+        claims::check_nonce(claims, input.nonce).map_err(&reject)?;
         // 8. B2C policy
-        let policy = if tenant.is_b2c() {
-            let p = tenant.policy_of(&claims).map_err(at_tenant)?;
+        let key_set = if tenant.is_b2c() {
+            let set = tenant.policy_key_set(claims).map_err(&reject)?;
             // An issuer in the `/tfp/{tenant}/{policy}/` form names its policy; the
             // token's claim must agree with it.
-            if let Some(alias) = self.alias_of(&iss)
-                && alias.policy.as_deref() != Some(p.as_str())
-            {
-                return Err(at_tenant(Rejection::new(
+            if !self.alias_agrees(iss, &set.id) {
+                return Err(reject(Rejection::new(
                     ErrorCode::UnknownPolicy,
                     "the token's policy claim differs from the policy in its issuer",
                 )));
             }
-            Some(p)
+            set.clone()
         } else {
-            None
+            tenant.key_set().cloned().ok_or_else(|| {
+                reject(Rejection::new(
+                    ErrorCode::KeysUnavailable,
+                    "no key set is configured for this issuer",
+                ))
+            })?
         };
-        let at_policy =
-            |r: Rejection| ValidateError::rejected(r, Some(tenant_id.clone()), policy.clone());
-        let id = KeySetId {
-            tenant: tenant_id.clone(),
-            policy: policy.clone(),
-        };
-        let state = self.key_set(&id).ok_or_else(|| {
-            at_policy(Rejection::new(
-                ErrorCode::KeysUnavailable,
-                "no key set is configured for this issuer",
-            ))
-        })?;
-        // 9-10. key and signature
-        let kid = jws.header.kid.clone();
-        let key = verify_with_refresh(&state, kid.as_deref(), alg, &jws)
-            .await
-            .map_err(at_policy)?;
-        // 10b. revocation, 11. replay
-        self.check_revoked(input.token, &iss, &claims)
-            .map_err(at_policy)?;
-        self.check_replay(&tenant, &iss, &claims, input.peek_replay)
-            .await
-            .map_err(at_policy)?;
-        Ok(Validated {
+        drop(reject);
+        Ok(Routed {
             tenant,
-            policy,
-            claims,
-            key,
-            algorithm: alg,
-            kid,
+            key_set,
+            alg,
         })
     }
+
+    /// The checks after the signature, on every call, whether it was verified now or
+    /// found in the cache: revocation (10b: the rules are in memory, no round trip) and
+    /// replay detection (11: the fleet's record when it shares state). Checks that bind
+    /// a token to its caller belong here too.
+    async fn after_signature(
+        &self,
+        routed: &Routed,
+        token: &VerifiedToken,
+        input: &ValidateInput<'_>,
+    ) -> Result<(), ValidateError> {
+        let claims = &token.claims;
+        // Routing needed `iss`; a token without one never gets here.
+        let Some(iss) = claims.iss() else {
+            return Err(routed.reject(Rejection::new(
+                ErrorCode::MissingClaim,
+                "claim `iss` is required",
+            )));
+        };
+        self.check_revoked(input.token, iss, claims)
+            .map_err(|r| routed.reject(r))?;
+        self.check_replay(&routed.tenant, iss, claims, input.peek_replay)
+            .await
+            .map_err(|r| routed.reject(r))
+    }
+}
+
+fn bad_signature() -> Rejection {
+    Rejection::new(ErrorCode::InvalidSignature, "signature does not verify")
 }
 
 fn lookup_rejection(lookup: KeyLookup, state: &KeySetState, kid: Option<&str>) -> Rejection {
     match lookup {
-        KeyLookup::Verified(_) => Rejection::new(ErrorCode::InvalidSignature, "unreachable"),
-        KeyLookup::BadSignature => {
-            Rejection::new(ErrorCode::InvalidSignature, "signature does not verify")
-        }
+        KeyLookup::Verified(_) | KeyLookup::BadSignature => bad_signature(),
         KeyLookup::AlgorithmMismatch => Rejection::new(
             ErrorCode::AlgorithmNotAllowed,
             "the key named by kid is bound to another algorithm",
@@ -233,17 +442,18 @@ fn lookup_rejection(lookup: KeyLookup, state: &KeySetState, kid: Option<&str>) -
 }
 
 /// Looks the key up in the current snapshot; on a miss, asks for (or joins) one refresh,
-/// waits for it at most `fetch_timeout`, and looks again.
+/// waits for it at most `fetch_timeout`, and looks again. Also returns the snapshot the
+/// last attempt used (a failed signature is remembered against exactly that one).
 async fn verify_with_refresh(
     state: &KeySetState,
     kid: Option<&str>,
     alg: Algorithm,
-    jws: &jws::CompactJws<'_>,
-) -> Result<Arc<VerifyingKey>, Rejection> {
+    jws: &CompactJws<'_>,
+) -> (Result<Arc<VerifyingKey>, Rejection>, Arc<KeySet>) {
     let message = jws.signing_input.as_bytes();
-    let first = state.keys().verify(kid, alg, message, &jws.signature);
+    let mut snapshot = state.keys();
+    let first = snapshot.verify(kid, alg, message, &jws.signature);
     let lookup = match first {
-        KeyLookup::Verified(k) => return Ok(k),
         KeyLookup::NotFound => match state.refresh.kid_miss(state.settings.unknown_kid_cooldown) {
             None => KeyLookup::NotFound,
             Some(generation) => {
@@ -251,13 +461,15 @@ async fn verify_with_refresh(
                     .refresh
                     .wait(generation, Registry::kid_miss_wait(state))
                     .await;
-                state.keys().verify(kid, alg, message, &jws.signature)
+                snapshot = state.keys();
+                snapshot.verify(kid, alg, message, &jws.signature)
             }
         },
         other => other,
     };
-    match lookup {
+    let verified = match lookup {
         KeyLookup::Verified(k) => Ok(k),
         other => Err(lookup_rejection(other, state, kid)),
-    }
+    };
+    (verified, snapshot)
 }

@@ -53,11 +53,12 @@ impl Identity {
     /// The identity of a token Validate accepted (`token` is the compact JWS it
     /// accepted): Introspect's field mapping of its claims, and its payload.
     pub fn from_validated(v: Validated, token: &str) -> Self {
-        let answer = answer::from_claims(&v.claims, v.tenant.id(), None);
+        let claims = v.claims();
+        let answer = answer::from_claims(claims, v.tenant.id(), None);
         let claims_b64 = token.split('.').nth(1).unwrap_or_default().to_string();
         Self {
             answer,
-            claims: v.claims.all,
+            claims: claims.to_json(),
             claims_b64,
         }
     }
