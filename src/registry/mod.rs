@@ -383,8 +383,9 @@ struct Inner {
     by_issuer: HashMap<String, Arc<Tenant>>,
     templated: Vec<Arc<Tenant>>,
     key_sets: DashMap<KeySetId, Arc<KeySetState>>,
-    /// The verified-token cache (`token_cache.enabled`).
-    cache: Option<TokenCache>,
+    /// The verified-token cache (`token_cache.enabled`); shared with the revocation
+    /// listener that purges it.
+    cache: Option<Arc<TokenCache>>,
     /// Issuers a B2C policy's own metadata declares in the older `/tfp/.../{policy}/`
     /// form. Filled only from configured metadata, never from a token.
     aliases: DashMap<String, KeySetId>,
@@ -508,7 +509,7 @@ impl Registry {
             cache: settings
                 .token_cache
                 .enabled
-                .then(|| TokenCache::new(settings.token_cache)),
+                .then(|| Arc::new(TokenCache::new(settings.token_cache))),
             aliases: DashMap::new(),
             events: EventBus::default(),
             revocations: Revocations::new(),
@@ -536,6 +537,15 @@ impl Registry {
             }
             inner.by_id.insert(ts.id.clone(), tenant.clone());
             inner.tenants.push(tenant);
+        }
+        if let Some(cache) = &inner.cache {
+            // Every new rule, from a Revoke here or from the fleet, purges what it matches
+            // (a cached token is also checked against the rules on every call).
+            let cache = cache.clone();
+            inner.revocations.set_listener(move |r| {
+                let purged = cache.purge_revoked(&r.rule);
+                tracing::debug!(purged, "a revocation purged the verified-token cache");
+            });
         }
         Ok(Self {
             inner: Arc::new(inner),
@@ -755,7 +765,7 @@ impl Registry {
 
     /// The verified-token cache, unless `token_cache.enabled` is off.
     pub fn token_cache(&self) -> Option<&TokenCache> {
-        self.inner.cache.as_ref()
+        self.inner.cache.as_deref()
     }
 
     /// Longest a caller waits for a kid-miss refresh of `state`.

@@ -15,7 +15,7 @@ use jsonwebtoken::Algorithm;
 
 use super::{
     KeySetState, Registry, RequestError, Tenant,
-    token_cache::{Lookup, TokenHash, VerifiedToken},
+    token_cache::{self, Lookup, TokenHash, VerifiedToken},
 };
 use crate::{
     jwt::{
@@ -283,6 +283,10 @@ impl Registry {
             claims,
             key,
             key_set: routed.key_set.clone(),
+            signed_sha256: match cache {
+                Some(_) => token_cache::sha256(jws.signing_input.as_bytes()),
+                None => [0; 32],
+            },
             expires,
         };
         let token = match cache {

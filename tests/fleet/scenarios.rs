@@ -455,17 +455,7 @@ async fn revocation_case(store: Store, label: &str) {
     let replicas = start_replicas(&p, &store, 3, "").await;
     use pb::revoke_request::Rule;
     let t1 = p.token(&p.key, "/p");
-    let jti = serde_json::from_slice::<serde_json::Value>(
-        &base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            t1.split('.').nth(1).expect("payload"),
-        )
-        .expect("b64"),
-    )
-    .expect("json")["jti"]
-        .as_str()
-        .expect("jti")
-        .to_string();
+    let jti = jti_of(&t1);
     let by_jti = revoke_and_time(
         &replicas,
         &t1,
@@ -533,6 +523,84 @@ on_standalone_and_cluster!(
     revoke_on_one_replica_is_refused_everywhere_within_a_second,
     revocation_on_a_redis_cluster
 );
+
+/// The `jti` claim of a compact JWS.
+fn jti_of(token: &str) -> String {
+    serde_json::from_slice::<serde_json::Value>(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').nth(1).expect("payload"),
+        )
+        .expect("b64"),
+    )
+    .expect("json")["jti"]
+        .as_str()
+        .expect("jti")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_purges_the_verified_cache_of_the_others() {
+    // FLEET.md: the verified-token cache stays per replica, and a revocation purges it
+    // on every replica. Replica 2 holds the tokens in its cache; the rules reach it from
+    // replica 1 through Redis and purge exactly the revoked entry, before replica 2 is
+    // ever called with it again; its next call verifies the token again and refuses it.
+    use pb::revoke_request::Rule;
+    let redis = RedisServer::start();
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &Store::Single(redis.url()), 2, "").await;
+    let hit = "introspectd_token_cache_requests_total{result=\"hit\"}";
+    let miss = "introspectd_token_cache_requests_total{result=\"miss\"}";
+    let entries = "introspectd_token_cache_entries";
+    let kept = p.token(&p.key, "/p");
+    let (t1, t2) = (p.token(&p.key, "/p"), p.token(&p.key, "/p"));
+    let rules = [
+        (t1.clone(), Rule::Token(t1.clone())),
+        (
+            t2.clone(),
+            Rule::Jti(pb::RevokedJti {
+                issuer: p.issuer("/p"),
+                jti: jti_of(&t2),
+            }),
+        ),
+    ];
+    for t in [&kept, &t1, &t2] {
+        assert!(replicas[1].validate(t).await.valid);
+        assert!(replicas[1].validate(t).await.valid, "now from the cache");
+    }
+    for (token, rule) in rules {
+        let m = replicas[1].metrics().await;
+        let (held, hits, misses) = (sample(&m, entries), sample(&m, hit), sample(&m, miss));
+        assert_eq!(held, 3.0, "the three tokens in replica 2's cache");
+        let done = replicas[0]
+            .admin
+            .clone()
+            .revoke(pb::RevokeRequest {
+                rule: Some(rule),
+                expires_at: None,
+            })
+            .await
+            .expect("Revoke")
+            .into_inner();
+        assert!(done.fleet_wide, "{}", done.message);
+        let purged = wait_metrics(&replicas[1..], Duration::from_secs(1), |m| {
+            sample(m, entries) == held - 1.0
+        })
+        .await;
+        assert!(purged, "replica 2 purged the revoked token within 1 s");
+        assert_eq!(
+            code(&replicas[1].validate(&token).await),
+            pb::ErrorCode::Revoked,
+            "refused at replica 2's next call"
+        );
+        let m = replicas[1].metrics().await;
+        assert_eq!(sample(&m, hit), hits, "not served from the cache");
+        assert_eq!(sample(&m, miss), misses + 1.0, "verified again");
+        assert!(replicas[1].validate(&kept).await.valid, "the others stay");
+        assert_eq!(sample(&replicas[1].metrics().await, hit), hits + 1.0);
+    }
+    stop(replicas).await;
+}
 
 // ---- Redis killed mid-run ----------------------------------------------------------
 
