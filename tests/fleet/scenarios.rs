@@ -95,6 +95,40 @@ on_standalone_and_cluster!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_a_replicas_verified_cache_is_still_replayed_across_the_fleet() {
+    // The verified-token cache skips only the signature: a cached token still goes
+    // through the fleet's replay record. Replica 2 caches the token by introspecting it
+    // (which only peeks at replay); replica 1 uses it; replica 2's next Validate is a
+    // cache hit and REPLAYED.
+    let redis = RedisServer::start();
+    let p = Provider::start().await;
+    let replicas = start_replicas(&p, &Store::Single(redis.url()), 2, "").await;
+    let hit = "introspectd_token_cache_requests_total{result=\"hit\"}";
+    let t = p.token(&p.key, "/r");
+    assert!(replicas[1].introspect_jwt(&t).await.active);
+    assert!(
+        replicas[1].introspect_jwt(&t).await.active,
+        "a peek records nothing"
+    );
+    let hits = sample(&replicas[1].metrics().await, hit);
+    assert!(hits >= 1.0, "the second Introspect was a cache hit");
+    assert!(
+        replicas[0].validate(&t).await.valid,
+        "first use, on replica 1"
+    );
+    assert_eq!(
+        code(&replicas[1].validate(&t).await),
+        pb::ErrorCode::Replayed
+    );
+    assert_eq!(
+        sample(&replicas[1].metrics().await, hit),
+        hits + 1.0,
+        "refused on a cache hit"
+    );
+    stop(replicas).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_shared_state_each_replica_is_an_island() {
     // The control: the numbers above are the fleet's doing.
     let p = Provider::start().await;
