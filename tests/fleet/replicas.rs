@@ -195,6 +195,19 @@ impl Replica {
         }
     }
 
+    /// `AdminService.Revoke` with `rule` and the default expiry.
+    pub async fn revoke(&self, rule: pb::revoke_request::Rule) -> pb::RevokeResponse {
+        self.admin
+            .clone()
+            .revoke(pb::RevokeRequest {
+                rule: Some(rule),
+                expires_at: None,
+            })
+            .await
+            .expect("Revoke")
+            .into_inner()
+    }
+
     pub async fn metrics(&self) -> String {
         scrape_metrics(self.metrics_addr()).await
     }

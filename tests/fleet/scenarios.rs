@@ -165,18 +165,11 @@ async fn without_shared_state_each_replica_is_an_island() {
         "no health entry"
     );
     let r = replicas[0]
-        .admin
-        .clone()
-        .revoke(pb::RevokeRequest {
-            rule: Some(pb::revoke_request::Rule::Jti(pb::RevokedJti {
-                issuer: p.issuer("/p"),
-                jti: "j-local".into(),
-            })),
-            expires_at: None,
-        })
-        .await
-        .expect("Revoke")
-        .into_inner();
+        .revoke(pb::revoke_request::Rule::Jti(pb::RevokedJti {
+            issuer: p.issuer("/p"),
+            jti: "j-local".into(),
+        }))
+        .await;
     assert!(!r.fleet_wide);
     assert!(r.message.contains("this replica only"), "{}", r.message);
     stop(replicas).await;
@@ -449,16 +442,7 @@ async fn revoke_and_time(
         assert_eq!(r.check(token).await.0, 200, "Envoy's Check allows it too");
     }
     let start = Instant::now();
-    let done = replicas[0]
-        .admin
-        .clone()
-        .revoke(pb::RevokeRequest {
-            rule: Some(rule),
-            expires_at: None,
-        })
-        .await
-        .expect("Revoke")
-        .into_inner();
+    let done = replicas[0].revoke(rule).await;
     assert!(done.fleet_wide, "{}", done.message);
     assert_eq!(
         code(&replicas[0].validate(token).await),
@@ -524,15 +508,7 @@ async fn revocation_case(store: Store, label: &str) {
     // The token rule holds for a re-encoded signature too, and in Introspect.
     let opaque = format!("opaque-{}", fastrand::u64(..));
     assert!(replicas[2].introspect(&opaque).await.active);
-    replicas[0]
-        .admin
-        .clone()
-        .revoke(pb::RevokeRequest {
-            rule: Some(Rule::Token(opaque.clone())),
-            expires_at: None,
-        })
-        .await
-        .expect("Revoke");
+    replicas[0].revoke(Rule::Token(opaque.clone())).await;
     let start = Instant::now();
     while replicas[2].introspect(&opaque).await.active {
         assert!(
@@ -606,16 +582,7 @@ async fn a_revocation_on_one_replica_purges_the_verified_cache_of_the_others() {
         let m = replicas[1].metrics().await;
         let (held, hits, misses) = (sample(&m, entries), sample(&m, hit), sample(&m, miss));
         assert_eq!(held, 3.0, "the three tokens in replica 2's cache");
-        let done = replicas[0]
-            .admin
-            .clone()
-            .revoke(pb::RevokeRequest {
-                rule: Some(rule),
-                expires_at: None,
-            })
-            .await
-            .expect("Revoke")
-            .into_inner();
+        let done = replicas[0].revoke(rule).await;
         assert!(done.fleet_wide, "{}", done.message);
         let purged = wait_metrics(&replicas[1..], Duration::from_secs(1), |m| {
             sample(m, entries) == held - 1.0
