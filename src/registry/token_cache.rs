@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::{KeySetId, KeySetState, Registry};
 use crate::{
     config::TokenCacheSettings,
-    jwt::{claims::Claims, jws::Header},
+    jwt::{ErrorCode, Rejection, claims::Claims, jws::Header},
     keys::{KeySet, MAX_KIDLESS_CANDIDATES, VerifyingKey},
     shared::RevocationRule,
 };
@@ -106,12 +106,16 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// What parsing and verification produced for one token.
+/// What parsing and verification produced for one token. Only what a later call needs
+/// is kept, each in its smallest form: the header's `alg` as the [`Algorithm`] it parsed
+/// as (its name is [`VerifiedToken::alg_name`]), `kid` and `typ` as boxed strings.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    /// Its header.
-    pub header: Header,
-    /// The algorithm its signature was verified with.
+    /// `kid` from the header.
+    pub kid: Option<Box<str>>,
+    /// `typ` from the header.
+    pub typ: Option<Box<str>>,
+    /// The algorithm its signature was verified with (the header's `alg`).
     pub algorithm: Algorithm,
     /// Its claims.
     pub claims: Claims,
@@ -126,26 +130,87 @@ pub struct VerifiedToken {
     pub(crate) expires: f64,
 }
 
+/// Every algorithm jsonwebtoken verifies, with its JOSE name (`Algorithm` is
+/// `non_exhaustive` and has no `as_str`).
+const ALG_NAMES: [(Algorithm, &str); 12] = [
+    (Algorithm::HS256, "HS256"),
+    (Algorithm::HS384, "HS384"),
+    (Algorithm::HS512, "HS512"),
+    (Algorithm::ES256, "ES256"),
+    (Algorithm::ES384, "ES384"),
+    (Algorithm::RS256, "RS256"),
+    (Algorithm::RS384, "RS384"),
+    (Algorithm::RS512, "RS512"),
+    (Algorithm::PS256, "PS256"),
+    (Algorithm::PS384, "PS384"),
+    (Algorithm::PS512, "PS512"),
+    (Algorithm::EdDSA, "EdDSA"),
+];
+
 /// Bytes a cache slot, the `Arc` and the allocator add to each entry beyond what it
 /// holds (measured with `cargo bench --bench grpc_load`: RSS growth per entry).
 pub const ENTRY_OVERHEAD_BYTES: usize = 160;
 
 impl VerifiedToken {
+    /// The entry for a token whose signature `key` (found in `key_set`) verified; the
+    /// header's `kid` and `typ` are moved out of `header`, its `alg` is `algorithm`.
+    pub fn new(
+        header: Header,
+        algorithm: Algorithm,
+        claims: Claims,
+        key: Arc<VerifyingKey>,
+        key_set: Arc<KeySetState>,
+        signed_sha256: [u8; 32],
+        expires: f64,
+    ) -> Self {
+        Self {
+            kid: header.kid.map(String::into_boxed_str),
+            typ: header.typ.map(String::into_boxed_str),
+            algorithm,
+            claims,
+            key,
+            key_set,
+            signed_sha256,
+            expires,
+        }
+    }
+
     /// What the entry costs in memory, as the cache weighs it.
     pub fn weight(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.claims.heap_bytes()
-            + self.header.alg.len()
-            + self.header.kid.as_ref().map_or(0, String::len)
-            + self.header.typ.as_ref().map_or(0, String::len)
+            + self.kid.as_ref().map_or(0, |s| s.len())
+            + self.typ.as_ref().map_or(0, |s| s.len())
             + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// The header's `alg` as written: the exact name of [`Self::algorithm`] (only a
+    /// header whose `alg` parsed as one is ever verified).
+    pub fn alg_name(&self) -> &'static str {
+        ALG_NAMES
+            .iter()
+            .find(|(a, _)| *a == self.algorithm)
+            .map_or("", |(_, name)| name)
+    }
+
+    /// Step 4 on a cached token: its algorithm against the tenant's allow-list (the
+    /// header had no unsupported parameter, or it would not have been verified).
+    pub fn check_algorithm(&self, allowed: &[Algorithm]) -> Result<Algorithm, Rejection> {
+        if allowed.contains(&self.algorithm) {
+            Ok(self.algorithm)
+        } else {
+            Err(Rejection::new(
+                ErrorCode::AlgorithmNotAllowed,
+                format!("alg {:?} is not allowed for this issuer", self.algorithm),
+            ))
+        }
     }
 
     /// Whether the key that verified this token is still in `keys` (the key set's
     /// current snapshot) and would be chosen for it again.
     pub fn key_is_current(&self, keys: &KeySet) -> bool {
         let same = |k: &Arc<VerifyingKey>| Arc::ptr_eq(k, &self.key) || **k == *self.key;
-        match &self.header.kid {
+        match &self.kid {
             Some(kid) => keys.get(kid).is_some_and(same),
             None => {
                 let candidates = || keys.iter().filter(|k| k.supports(self.algorithm));
@@ -566,15 +631,15 @@ mod tests {
         let jws = crate::jwt::jws::parse(&t).expect("jws");
         let state = r.key_sets().remove(0);
         let key = state.keys().iter().next().expect("key").clone();
-        let verified = VerifiedToken {
-            header: jws.header,
-            algorithm: jsonwebtoken::Algorithm::HS256,
-            claims: Claims::parse(&jws.payload).expect("claims"),
+        let verified = VerifiedToken::new(
+            jws.header,
+            jsonwebtoken::Algorithm::HS256,
+            Claims::parse(&jws.payload).expect("claims"),
             key,
-            key_set: state,
-            signed_sha256: sha256(jws.signing_input.as_bytes()),
+            state,
+            sha256(jws.signing_input.as_bytes()),
             expires,
-        };
+        );
         (TokenHash::of(&t), verified)
     }
 
@@ -624,6 +689,17 @@ mod tests {
             let err = validate(&r, &t[i]).expect_err("still revoked");
             assert_eq!(err.code(), Some(ErrorCode::Revoked), "rule {i}, cached");
             assert!(validate(&r, &t[4]).expect("untouched").cached);
+        }
+    }
+
+    #[test]
+    fn alg_name_is_the_name_the_header_had() {
+        let r = registry("");
+        let (_, mut v) = entry(&r, "a", f64::MAX);
+        for (alg, name) in ALG_NAMES {
+            v.algorithm = alg;
+            assert_eq!(v.alg_name(), name);
+            assert_eq!(name.parse::<Algorithm>().ok(), Some(alg));
         }
     }
 

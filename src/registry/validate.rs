@@ -21,7 +21,7 @@ use crate::{
     jwt::{
         ErrorCode, Rejection,
         claims::{self, Claims, TimePolicy, TokenKind, now_secs},
-        jws::{self, CompactJws, Header},
+        jws::{self, CompactJws},
     },
     keys::{KeyLookup, KeySet, VerifyingKey},
 };
@@ -115,7 +115,7 @@ impl Validated {
 
     /// `kid` from the header.
     pub fn kid(&self) -> Option<&str> {
-        self.token.header.kid.as_deref()
+        self.token.kid.as_deref()
     }
 }
 
@@ -219,7 +219,8 @@ impl Registry {
         entry: &Arc<VerifiedToken>,
         input: &ValidateInput<'_>,
     ) -> Result<Option<Validated>, ValidateError> {
-        let routed = self.route_and_check(&entry.header, &entry.claims, input)?;
+        let header = |allowed: &[Algorithm]| entry.check_algorithm(allowed);
+        let routed = self.route_and_check(header, entry.typ.as_deref(), &entry.claims, input)?;
         let usable = Arc::ptr_eq(&routed.key_set, &entry.key_set)
             && routed.alg == entry.algorithm
             && entry.key_is_current(&routed.key_set.keys.load());
@@ -249,7 +250,8 @@ impl Registry {
             .map_err(unrouted)?;
         let claims = Claims::parse(&jws.payload).map_err(unrouted)?;
         // 3-8
-        let routed = self.route_and_check(&jws.header, &claims, input)?;
+        let header = |allowed: &[Algorithm]| jws.header.check(allowed);
+        let routed = self.route_and_check(header, jws.header.typ.as_deref(), &claims, input)?;
         // 9-10. key and signature, unless this very token failed against these keys
         let cache = self.token_cache().zip(presented.hash);
         if let Lookup::Forged(f) = &presented.cached
@@ -277,18 +279,18 @@ impl Registry {
             ),
             None => 0.0,
         };
-        let verified = VerifiedToken {
-            header: jws.header,
-            algorithm: routed.alg,
+        let verified = VerifiedToken::new(
+            jws.header,
+            routed.alg,
             claims,
             key,
-            key_set: routed.key_set.clone(),
-            signed_sha256: match cache {
+            routed.key_set.clone(),
+            match cache {
                 Some(_) => token_cache::sha256(jws.signing_input.as_bytes()),
                 None => [0; 32],
             },
             expires,
-        };
+        );
         let token = match cache {
             Some((c, hash)) => c.insert(hash, verified),
             None => Arc::new(verified),
@@ -306,7 +308,8 @@ impl Registry {
     /// touches the network). Runs on every call, cached token or not.
     fn route_and_check(
         &self,
-        header: &Header,
+        check_header: impl FnOnce(&[Algorithm]) -> Result<Algorithm, Rejection>,
+        typ: Option<&str>,
         claims: &Claims,
         input: &ValidateInput<'_>,
     ) -> Result<Routed, ValidateError> {
@@ -321,9 +324,9 @@ impl Registry {
         let reject = at_tenant(&tenant);
         let policy = &tenant.settings.policy;
         // 4. header
-        let alg = header.check(&policy.algorithms).map_err(&reject)?;
+        let alg = check_header(&policy.algorithms).map_err(&reject)?;
         // 5. typ
-        claims::check_type(header.typ.as_deref(), policy.types.as_deref()).map_err(&reject)?;
+        claims::check_type(typ, policy.types.as_deref()).map_err(&reject)?;
         // 6. time and required claims
         let time_policy = TimePolicy {
             clock_skew: policy.clock_skew,
