@@ -26,11 +26,11 @@ if not m:
 body = "".join(line[4:] if line.startswith("    ") else line for line in m.group(1).splitlines(True))
 open(sys.argv[2], "w").write(body)
 PY
-    # Every secret variable the tenants name gets a long enough dummy value.
+    # Every secret variable the configuration names gets a long enough dummy value.
     envs=()
     while IFS= read -r var; do
         [ -n "$var" ] && envs+=("$var=$(printf 'x%.0s' $(seq 1 64))")
-    done < <(grep -oE '(hmac_secret_env|client_secret_env): *[A-Za-z_][A-Za-z0-9_]*' "$work/config.yaml" | awk '{print $2}' | sort -u)
+    done < <(grep -oE '(hmac_secret_env|client_secret_env|redis_password_env|integrity_key_env): *[A-Za-z_][A-Za-z0-9_]*' "$work/config.yaml" | awk '{print $2}' | sort -u)
     if env "${envs[@]}" "$BIN" check-config --config "$work/config.yaml"; then
         echo "PASS  check-config accepts the rendered config ($name)"
         passed=$((passed + 1))

@@ -223,6 +223,17 @@ run_must_fail "a secret written into config is refused" "hmac_secret_env" \
   --set 'config.tenants[0].issuer=https://x.example.com' --set 'config.tenants[0].hmac_secret=hunter2'
 run_must_fail "tls.enabled without tls.secretName is refused" "tls.secretName" \
   "$HELM" template introspectd "$CHART" --set tls.enabled=true
+run_must_fail "sharedState.enabled without a URL is refused" "exactly one of sharedState.url" \
+  "$HELM" template introspectd "$CHART" --set sharedState.enabled=true
+run_must_fail "sharedState with both url and clusterNodes is refused" "exactly one of sharedState.url" \
+  "$HELM" template introspectd "$CHART" --set sharedState.enabled=true \
+  --set sharedState.url=redis://r:6379 --set 'sharedState.clusterNodes[0]=redis://c:6379'
+run_must_fail "config.shared_state set by hand is refused" "managed by the chart" \
+  "$HELM" template introspectd "$CHART" --set config.shared_state.redis_url=redis://r:6379
+run_must_fail "schema rejects a sharedState.url that is not redis://" "sharedState" \
+  "$HELM" template introspectd "$CHART" --set sharedState.url=http://r:6379
+run_must_fail "schema rejects sharedState.onUnavailable: open" "onUnavailable" \
+  "$HELM" template introspectd "$CHART" --set sharedState.onUnavailable=open
 run_must_fail "a non-loopback admin port without admin_auth is refused" "admin_auth" \
   "$HELM" template introspectd "$CHART" --set admin.enabled=true --set admin.bindAddress=0.0.0.0
 run_must_fail "AdminService on the gRPC port without admin_auth is refused" "admin_auth" \

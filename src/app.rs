@@ -1,6 +1,7 @@
 //! Wiring only, in the order a server starts: [`run_with_listeners`] reads like a table
 //! of contents. It loads TLS and builds the registry (a bad file or key is a
-//! configuration error before anything starts), starts the background work (key
+//! configuration error before anything starts), connects the fleet's shared state when
+//! `shared_state` is configured (`start_fleet`), starts the background work (key
 //! refreshers, readiness, the TLS reloader), mounts the gRPC services on one router
 //! (`services`, with the metrics and overload layers; Envoy's Authorization service
 //! when `ext_authz.enabled`), starts the side listeners
@@ -30,6 +31,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{AllowedTenantIds, ExtAuthzSettings, ServerSettings, Settings},
+    fleet::Fleet,
     grpc::{
         AdminServiceImpl, Limits, TokenServiceImpl, TokenServiceRoutes,
         deadline::DeadlineLayer,
@@ -51,6 +53,12 @@ use crate::{
 
 /// Name of the TokenService in grpc.health.v1.
 pub const TOKEN_SERVICE_NAME: &str = "introspect.v1.TokenService";
+/// Name under which grpc.health.v1 reports the fleet's shared state (with
+/// `shared_state` only): SERVING while it is available, NOT_SERVING while the replica
+/// falls back (`local`) or refuses (`fail_closed`). It never decides readiness.
+pub const SHARED_STATE_SERVICE_NAME: &str = "introspect.v1.SharedState";
+/// Longest start-up wait for the shared state before serving without it.
+pub const SHARED_STATE_STARTUP_WAIT: Duration = Duration::from_secs(3);
 
 /// Serves until `shutdown` resolves, then shuts down gracefully. Binds
 /// `server.metrics_listen` and `server.health_listen` itself (when set).
@@ -153,6 +161,9 @@ pub async fn run_with_listeners(
     let cancel = CancellationToken::new();
     // Whatever way this function returns, what it started stops.
     let _stop_on_return = cancel.clone().drop_guard();
+    // Attached before anything reads the registry's shared state (refreshers,
+    // introspectors); without `shared_state` no Redis code runs at all.
+    let fleet = start_fleet(&settings, &registry, &metrics, &tasks, &cancel).await?;
 
     let http = HttpClient::new(Redirects::NoDowngrade).context("building the HTTP client")?;
     oidc::spawn_refreshers(
@@ -164,6 +175,9 @@ pub async fn run_with_listeners(
     );
     let gated = gated_services(&settings);
     let health = start_health(&registry, gated, &tasks, &cancel).await;
+    if let Some(f) = &fleet {
+        report_shared_state(f, &health, &tasks, &cancel);
+    }
     spawn_token_cache_sweep(&registry, &tasks, &cancel);
     if let Some(t) = &tls {
         t.spawn_reloader(Some(metrics.clone()), &tasks, cancel.clone());
@@ -347,6 +361,68 @@ async fn start_health(
     };
     tasks.spawn(ready.instrument(info_span!("readiness")));
     reporter
+}
+
+/// Connects to the fleet's shared state when `shared_state` is configured: starts its
+/// tasks, waits a little for it (serving without it if it does not answer: the
+/// `on_unavailable` policy applies until it does), and hands it to the registry and
+/// the metrics.
+async fn start_fleet(
+    settings: &Settings,
+    registry: &Registry,
+    metrics: &Metrics,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<Fleet>> {
+    let Some(shared) = &settings.shared_state else {
+        return Ok(None);
+    };
+    let coordinated = registry
+        .key_sets()
+        .iter()
+        .filter(|s| matches!(s.source, crate::registry::Source::Discovery { .. }))
+        .map(|s| s.id.to_string())
+        .collect::<Vec<_>>();
+    let fleet = Fleet::new(shared, coordinated, registry.revocations().clone())?;
+    fleet.spawn(tasks, cancel);
+    if !fleet.wait_ready(SHARED_STATE_STARTUP_WAIT).await {
+        warn!(on_unavailable = ?shared.on_unavailable,
+            "the shared state does not answer yet; serving without it until it does");
+    }
+    registry.attach_shared(fleet.shared());
+    metrics.observe_fleet(fleet.clone());
+    info!(replica = %fleet.replica(), prefix = %fleet.key_prefix(),
+        integrity = fleet.integrity_enabled(), "sharing state with the fleet");
+    Ok(Some(fleet))
+}
+
+/// Reports the shared state's availability in grpc.health.v1 as it changes.
+fn report_shared_state(
+    fleet: &Fleet,
+    reporter: &HealthReporter,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let mut rx = fleet.health().watch();
+    let reporter = reporter.clone();
+    let cancel = cancel.clone();
+    let follow = async move {
+        loop {
+            let status = if *rx.borrow_and_update() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status(SHARED_STATE_SERVICE_NAME, status)
+                .await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = rx.changed() => if changed.is_err() { return },
+            }
+        }
+    };
+    tasks.spawn(follow.instrument(info_span!("shared_state_health")));
 }
 
 /// The health service answering from `reporter`.

@@ -18,21 +18,30 @@
 //! - [`keys`]: JWK ingestion and hygiene (`jwk.rs`, `KeyError`), verifying keys,
 //!   `KeySet` snapshots.
 //! - [`events`]: key-rotation events and their bus.
-//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline, the
-//!   verified-token cache and its purges (`token_cache.rs`), each tenant's
-//!   sender-constraint state (`sender.rs`: proof key checks, nonce key, proof replay
-//!   store), and what operators ask (`operator.rs`: key-set lookup, forced refresh with
-//!   its diff).
-//! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop.
+//! - [`shared`]: what a fleet of replicas may share (replay store, introspection answer
+//!   store, fetch coordination, revocation rules) as small traits, and the replica's
+//!   view of their health; no Redis client.
+//! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline (with the
+//!   revocation and replay checks), the verified-token cache and its purges
+//!   (`token_cache.rs`), each tenant's sender-constraint state (`sender.rs`: proof key
+//!   checks, nonce key, proof replay store, local or the fleet's), what operators ask
+//!   (`operator.rs`: key-set lookup, forced refresh with its diff), and revocation rules
+//!   with `Revoke`.
+//! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop
+//!   (coordinated with the fleet when it shares state: `coordinated.rs`).
 //! - [`introspect`]: RFC 7662 Introspect: local JWT answers, the upstream client for
-//!   opaque tokens, the client-credentials token cache and the answer cache.
+//!   opaque tokens, the client-credentials token cache and the answer cache (the
+//!   fleet's, with `shared_state`).
 //! - [`upstream`]: the one upstream HTTP module (the only one that knows reqwest):
 //!   clients with rustls, timeouts, the body cap and a redirect policy each, used by
 //!   `oidc` and `introspect`.
+//! - [`fleet`]: the `shared` traits on Redis (standalone or cluster): connection, key
+//!   layout, scripts, integrity tags, pub/sub, the monitor; the only module that knows
+//!   the Redis client, built by `app` only with `shared_state`.
 //! - [`grpc`]: the TokenService adapter (with the WatchKeys stream and its per-caller
-//!   caps), the operator AdminService adapter (with `admin_auth`), Envoy's external
-//!   authorization service (`ext_authz/`, over the vendored Envoy protos; DPoP proofs,
-//!   request target and peer certificate read from the CheckRequest), the
+//!   caps), the operator AdminService adapter (with `admin_auth`; `Revoke`), Envoy's
+//!   external authorization service (`ext_authz/`, over the vendored Envoy protos; DPoP
+//!   proofs, request target and peer certificate read from the CheckRequest), the
 //!   sender-constraint fields of a request read once (`presentation.rs`), `to_proto`
 //!   conversions, the Validate reply encoded from the core's values (`reply.rs`), request
 //!   bounds, the one error-to-Status mapping, and the tower layers
@@ -52,15 +61,16 @@
 //!   reload, the first-request deadline, HTTP/2 stream and reset limits, connection age
 //!   and graceful shutdown (`conn.rs`).
 //!
-//! Dependencies go one way: `jwt`, `keys` <- `events` <- `registry` <- `oidc`,
-//! `introspect` <- `grpc` <- `app` <- `cli`; `config` is read by all of them and reads
-//! only `jwt` and `keys`.
+//! Dependencies go one way: `jwt`, `keys`, `shared` <- `events` <- `registry` <- `oidc`,
+//! `introspect` <- `fleet`, `grpc` <- `app` <- `cli`; `config` is read by all of them
+//! and reads only `jwt` and `keys`.
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod events;
+pub mod fleet;
 pub mod grpc;
 pub mod introspect;
 pub mod jwt;
@@ -68,6 +78,7 @@ pub mod keys;
 pub mod metrics;
 pub mod oidc;
 pub mod registry;
+pub mod shared;
 pub mod telemetry;
 pub mod transport;
 pub mod upstream;

@@ -53,6 +53,10 @@ pub enum FetchError {
     /// A URL that policy forbids (http while https is required, bad scheme).
     #[error("refused URL: {0}")]
     Insecure(String),
+    /// Another replica of the fleet held the turn to fetch, and its fetch failed (or
+    /// did not finish in time); this replica did not call the upstream itself.
+    #[error("the fleet's fetch failed: {0}")]
+    Fleet(String),
     /// A local file (`jwks_file`) could not be read.
     #[error("cannot read {0}")]
     File(String),
@@ -73,6 +77,7 @@ impl FetchError {
             Self::Invalid(_) => "invalid document".into(),
             Self::Insecure(_) => "url refused".into(),
             Self::File(_) => "file unreadable".into(),
+            Self::Fleet(_) => "another replica's fetch failed".into(),
         }
     }
 }

@@ -100,6 +100,7 @@ def default(objs):
           f"readiness probe: {c['readinessProbe']}")
     check(c["image"] == "ghcr.io/introspectd/introspectd:0.1.0", f"default image is {c['image']}")
     check("tls" not in config["server"], "server.tls rendered without tls.enabled")
+    check("shared_state" not in config, "shared_state rendered without sharedState.enabled")
     check(config["server"].get("admin") is False, "AdminService must be off on the gRPC port by default")
     check("admin_listen" not in config["server"], "no admin listener unless admin.enabled")
     check(all(p["name"] != "admin" for p in c["ports"]), "the admin port must not be declared by default")
@@ -149,6 +150,27 @@ def all_features(objs):
           "the admin port is open only to networkPolicy.ingress.adminFrom")
     egress_ports = {(p["port"], p.get("protocol")) for r in netpol["spec"]["egress"] for p in r.get("ports", [])}
     check({(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress_ports, "egress must allow DNS and 443")
+    shared_state(config, c, env, mounts, netpol)
+
+
+def shared_state(config, c, env, mounts, netpol):
+    """sharedState: rendered config, password by reference, CA mounted, egress to Redis."""
+    ss = config.get("shared_state")
+    check(isinstance(ss, dict), "sharedState.enabled must render config.shared_state")
+    if not isinstance(ss, dict):
+        return
+    check(bool(ss.get("cluster_nodes")) != bool(ss.get("redis_url")), "exactly one of redis_url and cluster_nodes")
+    check(not any("@" in u for u in ss.get("cluster_nodes", []) + [ss.get("redis_url", "")]),
+          "no credentials in a Redis URL")
+    for key in ("redis_password_env", "integrity_key_env"):
+        var = ss.get(key)
+        check(var and "secretKeyRef" in env.get(var, {}).get("valueFrom", {}),
+              f"shared_state.{key} ({var}) must come from a secretKeyRef")
+    ca = ss.get("tls_ca_file", "")
+    check(any(ca.startswith(m + "/") for m in mounts), f"shared_state.tls_ca_file {ca!r} is not under a mount")
+    redis_rules = [r for r in netpol["spec"]["egress"]
+                   if any(p.get("port") == 6379 for p in r.get("ports", []))]
+    check(len(redis_rules) == 1 and redis_rules[0].get("to"), "egress to Redis (6379) limited to sharedState.networkPolicy.to")
 
 
 def main() -> int:

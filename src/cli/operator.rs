@@ -178,9 +178,26 @@ fn truncate(s: &str, max: usize) -> String {
 const KEYS_WIDTH: usize = 40;
 const ERROR_WIDTH: usize = 60;
 
+/// Who fetched a key set's keys in use, for a fleet: `r2 (gen 7)`, `r1 (this replica,
+/// gen 7)`, or `-` before any fetch.
+fn fetched_by(i: &pb::IssuerStatus) -> String {
+    if i.fetched_by.is_empty() {
+        return "-".to_string();
+    }
+    let this = if i.fetched_by == i.replica {
+        "this replica, "
+    } else {
+        ""
+    };
+    format!("{} ({this}gen {})", i.fetched_by, i.shared_generation)
+}
+
 /// ListIssuers as an aligned text table, one row per key set, ages relative to `now`.
+/// With a fleet (`shared_state`), two more columns: which replica fetched the keys in
+/// use, and how many fetches this replica avoided.
 pub fn issuers_table(issuers: &[pb::IssuerStatus], now: SystemTime) -> String {
-    let header = [
+    let fleet = issuers.iter().any(|i| !i.replica.is_empty());
+    let mut header = vec![
         "TENANT/POLICY",
         "ISSUER",
         "KEYS",
@@ -189,6 +206,9 @@ pub fn issuers_table(issuers: &[pb::IssuerStatus], now: SystemTime) -> String {
         "NEXT REFRESH",
         "OK/FAILED",
     ];
+    if fleet {
+        header.extend(["FETCHED BY", "AVOIDED"]);
+    }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for i in issuers {
         let name = if i.policy.is_empty() {
@@ -219,7 +239,7 @@ pub fn issuers_table(issuers: &[pb::IssuerStatus], now: SystemTime) -> String {
             let state = if i.last_failed { "" } else { " (recovered)" };
             truncate(&format!("{when}{state}: {}", i.last_error), ERROR_WIDTH)
         };
-        rows.push(vec![
+        let mut row = vec![
             name,
             i.issuer.clone(),
             keys,
@@ -227,7 +247,11 @@ pub fn issuers_table(issuers: &[pb::IssuerStatus], now: SystemTime) -> String {
             last_error,
             until(now, i.next_refresh.as_ref()).unwrap_or_else(|| "-".into()),
             format!("{}/{}", i.fetches_ok, i.fetches_failed),
-        ]);
+        ];
+        if fleet {
+            row.extend([fetched_by(i), i.fetches_avoided.to_string()]);
+        }
+        rows.push(row);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
@@ -322,6 +346,37 @@ mod tests {
         let ok_at = col(lines[0], "OK/FAILED");
         assert_eq!(col(lines[1], "3/0"), ok_at);
         assert_eq!(col(lines[2], "0/2"), ok_at);
+    }
+
+    #[test]
+    fn with_a_fleet_the_table_says_which_replica_fetched() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let row = |fetched_by: &str| pb::IssuerStatus {
+            tenant: "demo".into(),
+            issuer: "https://idp.example".into(),
+            replica: "r1".into(),
+            fetched_by: fetched_by.into(),
+            shared_generation: 7,
+            fetches_avoided: 12,
+            ..Default::default()
+        };
+        let table = issuers_table(&[row("r2"), row("r1"), row("")], now);
+        let lines: Vec<&str> = table.lines().collect();
+        let at = lines[0].find("FETCHED BY").expect("column");
+        assert!(lines[0].ends_with("AVOIDED"), "{table}");
+        assert_eq!(lines[1].find("r2 (gen 7)"), Some(at), "{table}");
+        assert_eq!(
+            lines[2].find("r1 (this replica, gen 7)"),
+            Some(at),
+            "{table}"
+        );
+        assert_eq!(lines[3][at..].chars().next(), Some('-'), "{table}");
+        assert!(lines[1].ends_with("12"), "{table}");
+        let plain = issuers_table(&[pb::IssuerStatus::default()], now);
+        assert!(
+            !plain.contains("FETCHED BY"),
+            "no fleet columns without one"
+        );
     }
 
     #[test]

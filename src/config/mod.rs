@@ -37,6 +37,7 @@ mod key_source;
 mod policy;
 mod sender_constraint;
 mod server;
+mod shared_state;
 mod tenant;
 mod token_cache;
 
@@ -76,6 +77,10 @@ pub use server::{
     DEFAULT_MAX_WATCHERS_PER_PEER, DEFAULT_METRICS_LISTEN, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL,
     ServerSettings, TlsSettings,
+};
+pub use shared_state::{
+    DEFAULT_KEY_PREFIX, DEFAULT_OP_TIMEOUT, MAX_KEY_PREFIX_BYTES, MAX_OP_TIMEOUT,
+    MIN_INTEGRITY_KEY_BYTES, OnUnavailable, REPLICA_NAME_ENV, RedisEndpoints, SharedStateSettings,
 };
 pub use tenant::{ANY_TENANT_ID, AllowedTenantIds, TenantSettings};
 pub use token_cache::{
@@ -134,6 +139,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Every trusted tenant, in file order.
     pub tenants: Vec<TenantSettings>,
+    /// State shared by a fleet of replicas (Redis); `None`: everything per replica.
+    pub shared_state: Option<SharedStateSettings>,
     /// The verified-token cache.
     pub token_cache: TokenCacheSettings,
     /// Envoy external authorization (`ext_authz:`).
@@ -150,6 +157,7 @@ struct File {
     defaults: policy::PolicyFile,
     #[serde(default)]
     tenants: Vec<tenant::TenantFile>,
+    shared_state: Option<shared_state::SharedStateFile>,
     #[serde(default)]
     token_cache: TokenCacheSettings,
     #[serde(default)]
@@ -167,6 +175,7 @@ impl File {
         Ok(Settings {
             server,
             tenants,
+            shared_state: self.shared_state.map(|s| s.resolve(env)).transpose()?,
             token_cache: self.token_cache.validated()?,
             ext_authz,
         })

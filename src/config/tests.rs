@@ -266,7 +266,27 @@ fn a_null_value_takes_its_default_but_a_null_required_key_is_named() {
 fn environment_overrides_reach_every_top_level_section() {
     assert_eq!(
         de::keys_of::<File>(),
-        ["server", "defaults", "tenants", "token_cache", "ext_authz"]
+        [
+            "server",
+            "defaults",
+            "tenants",
+            "shared_state",
+            "token_cache",
+            "ext_authz"
+        ]
+    );
+    let s = load_str(
+        "shared_state:\n  redis_url: redis://a:6379\n",
+        &|_| None,
+        &[(
+            "INTROSPECTD_SHARED_STATE__ON_UNAVAILABLE".into(),
+            "fail_closed".into(),
+        )],
+    )
+    .expect("loads");
+    assert_eq!(
+        s.shared_state.map(|s| s.on_unavailable),
+        Some(OnUnavailable::FailClosed)
     );
 }
 

@@ -1,10 +1,11 @@
 //! `introspect.v1.AdminService`, the operator view: every key set's keys and fetch
-//! history (`ListIssuers`), and a forced refresh of one key set that reports what changed
-//! (`RefreshIssuer`). This adapter checks the caller's token (`server.admin_auth`),
-//! parses requests and converts answers; the work is the registry's
-//! ([`Registry::key_sets_of`], [`Registry::force_refresh`]).
+//! history (`ListIssuers`), a forced refresh of one key set that reports what changed
+//! (`RefreshIssuer`), and revocation rules (`Revoke`). This adapter checks the caller's
+//! token (`server.admin_auth`, for every method), parses requests and converts answers;
+//! the work is the registry's ([`Registry::key_sets_of`], [`Registry::force_refresh`],
+//! [`Registry::revoke`]).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::warn;
@@ -16,7 +17,7 @@ use super::{
 use crate::{
     config::AdminAuthSettings,
     jwt::ErrorCode,
-    registry::{KeySetState, Registry, ValidateError, ValidateInput},
+    registry::{KeySetState, Registry, RevokeError, ValidateError, ValidateInput},
 };
 
 /// The AdminService handler (cheap to clone).
@@ -120,7 +121,7 @@ impl AdminServiceImpl {
             .registry
             .key_sets_of(&req.tenants)?
             .iter()
-            .map(|s| convert::issuer_status(s))
+            .map(|s| convert::issuer_status(s, self.replica()))
             .collect();
         Ok(pb::ListIssuersResponse { issuers })
     }
@@ -154,7 +155,39 @@ impl AdminServiceImpl {
                 state.settings.unknown_kid_cooldown,
             )
             .await?;
-        Ok(convert::refresh_report(&report))
+        Ok(convert::refresh_report(&report, self.replica()))
+    }
+
+    /// This replica's name (empty without `shared_state`).
+    fn replica(&self) -> &str {
+        self.registry.shared().map_or("", |s| s.fetch.replica())
+    }
+
+    /// Revoke without the tonic wrapping.
+    pub async fn revoke_message(
+        &self,
+        req: &pb::RevokeRequest,
+    ) -> Result<pb::RevokeResponse, BoundaryError> {
+        let input = convert::revoke_input(req)?;
+        let done = self.registry.revoke(&input).await.map_err(|e| match e {
+            RevokeError::Invalid(m) => BoundaryError::Invalid(m),
+            RevokeError::Unavailable(m) => BoundaryError::Unavailable(m),
+            RevokeError::Full(m) => BoundaryError::Exhausted(m),
+        })?;
+        let expires_at = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(
+                u64::try_from(done.revocation.expires_at).unwrap_or(0),
+            );
+        let message = if done.fleet_wide {
+            "recorded for every replica of the fleet"
+        } else {
+            "recorded for this replica only: shared_state is not configured, so other replicas do not know it"
+        };
+        Ok(pb::RevokeResponse {
+            fleet_wide: done.fleet_wide,
+            expires_at: Some(convert::system_time(expires_at)),
+            message: message.to_string(),
+        })
     }
 }
 
@@ -177,6 +210,16 @@ impl AdminService for AdminServiceImpl {
         self.authorize(request.metadata()).await?;
         Ok(Response::new(
             self.refresh_issuer_message(&request.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        self.authorize(request.metadata()).await?;
+        Ok(Response::new(
+            self.revoke_message(&request.into_inner()).await?,
         ))
     }
 }

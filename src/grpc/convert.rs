@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use prost_types::{ListValue, Struct, Timestamp, Value as PValue, value::Kind};
 use serde_json::{Map, Value};
 
-use super::pb;
+use super::{BoundaryError, pb};
 use crate::{
     events::{KeyEvent, KeyEventKind, KeyInfo},
     jwt::{
@@ -15,7 +15,10 @@ use crate::{
         dpop::{Binding, BindingKind},
     },
     keys::{KeyType, VerifyingKey},
-    registry::{DpopHint, KeySetState, RefreshReport, Source, ValidateError, Validated},
+    registry::{
+        DpopHint, KeySetState, RefreshReport, RevokeInput, RevokeTarget, Source, ValidateError,
+        Validated,
+    },
 };
 
 /// A JSON value as a protobuf `Value`.
@@ -103,6 +106,8 @@ pub fn error_code(code: ErrorCode) -> pb::ErrorCode {
         ErrorCode::LifetimeTooLong => pb::ErrorCode::LifetimeTooLong,
         ErrorCode::Replayed => pb::ErrorCode::Replayed,
         ErrorCode::KeysUnavailable => pb::ErrorCode::KeysUnavailable,
+        ErrorCode::Revoked => pb::ErrorCode::Revoked,
+        ErrorCode::StateUnavailable => pb::ErrorCode::StateUnavailable,
         ErrorCode::InvalidDpopProof => pb::ErrorCode::InvalidDpopProof,
         ErrorCode::UseDpopNonce => pb::ErrorCode::UseDpopNonce,
         ErrorCode::BindingMismatch => pb::ErrorCode::BindingMismatch,
@@ -257,22 +262,24 @@ pub fn key_info_summary(k: &KeyInfo) -> pb::KeySummary {
     }
 }
 
-/// A forced refresh's report as a RefreshIssuer answer.
-pub fn refresh_report(r: &RefreshReport) -> pb::RefreshIssuerResponse {
+/// A forced refresh's report as a RefreshIssuer answer; `replica` as for
+/// [`issuer_status`].
+pub fn refresh_report(r: &RefreshReport, replica: &str) -> pb::RefreshIssuerResponse {
     let error = r.outcome.error();
     pb::RefreshIssuerResponse {
         refreshed: error.is_none(),
         added: r.added.iter().map(key_info_summary).collect(),
         removed: r.removed.iter().map(key_info_summary).collect(),
         error: error.unwrap_or_default(),
-        issuer: Some(issuer_status(&r.key_set)),
+        issuer: Some(issuer_status(&r.key_set, replica)),
         throttled: r.retry_after.is_some(),
         retry_after: r.retry_after.map(system_time),
     }
 }
 
-/// One key set's state for `ListIssuers`.
-pub fn issuer_status(s: &KeySetState) -> pb::IssuerStatus {
+/// One key set's state for `ListIssuers`; `replica` is this replica's name (empty
+/// without `shared_state`).
+pub fn issuer_status(s: &KeySetState, replica: &str) -> pb::IssuerStatus {
     let status = s.status();
     let (source, metadata_url) = match &s.source {
         Source::Discovery { metadata_url } => ("discovery", metadata_url.clone()),
@@ -298,7 +305,59 @@ pub fn issuer_status(s: &KeySetState) -> pb::IssuerStatus {
         next_refresh: status.next_refresh.map(system_time),
         fetches_ok: status.successes,
         fetches_failed: status.failures,
+        fetched_by: status.fetched_by.clone().unwrap_or_default(),
+        shared_generation: status.shared_generation,
+        fetches_avoided: status.avoided,
+        fetched_at: status.fetched_at.map(system_time),
+        replica: replica.to_string(),
     }
+}
+
+/// Seconds since the epoch of a request's timestamp, when it is one protobuf allows
+/// (0001-01-01 to 9999-12-31, nanos in range) and not before the epoch.
+fn timestamp_secs(t: &Timestamp) -> Option<i64> {
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    ((0..=MAX_SECONDS).contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos))
+        .then_some(t.seconds)
+}
+
+/// A Revoke request as the core's input: exactly one rule, timestamps in range.
+pub fn revoke_input(req: &pb::RevokeRequest) -> Result<RevokeInput, BoundaryError> {
+    use pb::revoke_request::Rule;
+    let secs = |t: &Timestamp, name: &str| {
+        timestamp_secs(t)
+            .ok_or_else(|| BoundaryError::Invalid(format!("{name} is not a valid time")))
+    };
+    let target = match &req.rule {
+        None => {
+            return Err(BoundaryError::Invalid(
+                "name what to revoke: token, token_sha256, jti or subject".into(),
+            ));
+        }
+        Some(Rule::Token(t)) => RevokeTarget::Token(t.clone()),
+        Some(Rule::TokenSha256(h)) => RevokeTarget::TokenDigest(h.clone()),
+        Some(Rule::Jti(j)) => RevokeTarget::Jti {
+            iss: j.issuer.clone(),
+            jti: j.jti.clone(),
+        },
+        Some(Rule::Subject(s)) => RevokeTarget::Subject {
+            iss: s.issuer.clone(),
+            sub: s.subject.clone(),
+            issued_before: s
+                .issued_before
+                .as_ref()
+                .map(|t| secs(t, "issued_before"))
+                .transpose()?,
+        },
+    };
+    Ok(RevokeInput {
+        target,
+        expires_at: req
+            .expires_at
+            .as_ref()
+            .map(|t| secs(t, "expires_at"))
+            .transpose()?,
+    })
 }
 
 #[cfg(test)]

@@ -220,7 +220,7 @@ fn fields(
         times: [c.exp, c.iat, c.nbf],
         key_id: v.kid().or(v.key().kid.as_deref()).unwrap_or_default(),
         // The header's `alg` is the algorithm's exact name (it parsed as one).
-        algorithm: &v.token.header.alg,
+        algorithm: v.token.alg_name(),
         claims: c.encoded(),
         binding: (
             super::convert::binding_kind(v.binding.kind),

@@ -2,6 +2,7 @@
 //! from the claims of a locally validated JWT (BEHAVIOUR.md's field mapping), and from an
 //! upstream provider's JSON answer (field for field, everything else into `claims`).
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::jwt::claims::{Claims, in_timestamp_range};
@@ -11,7 +12,7 @@ pub const BEARER: &str = "Bearer";
 
 /// One introspection answer. An inactive answer carries nothing but `active: false`
 /// (RFC 7662 2.2: nothing about an invalid token is disclosed).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     /// Whether the token is active.
     pub active: bool,

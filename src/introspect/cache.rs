@@ -25,7 +25,8 @@ use super::answer::Answer;
 /// The key of an entry: SHA-256 of the token.
 type Key = [u8; 32];
 
-fn key_of(token: &str) -> Key {
+/// SHA-256 of a token: the key of its cached answer, here and in the fleet's store.
+pub fn key_of(token: &str) -> Key {
     let d = digest::digest(&digest::SHA256, token.as_bytes());
     let mut key = [0u8; 32];
     key.copy_from_slice(d.as_ref());
@@ -212,6 +213,12 @@ impl AnswerCache {
         if evicted > 0 {
             self.evictions.fetch_add(evicted, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a lookup answered elsewhere (the fleet's store): a hit or a miss.
+    pub fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Lookups answered from the cache.

@@ -9,6 +9,7 @@
 pub mod answer;
 pub mod cache;
 pub mod client;
+mod shared_answers;
 pub mod token;
 
 use std::{
@@ -34,8 +35,11 @@ use self::{
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
-    jwt::{claims::now_secs, dpop::Presentation, jws},
-    registry::{Metadata, Presented, Registry, RequestError, ValidateError, ValidateInput},
+    jwt::{ErrorCode, claims::now_secs, dpop::Presentation, jws},
+    registry::{
+        Metadata, Presented, Registry, RequestError, Revocations, ValidateError, ValidateInput,
+    },
+    shared::Shared,
     upstream::{FetchError, HttpClient},
 };
 
@@ -161,6 +165,9 @@ pub struct Introspector {
     permits: Arc<Semaphore>,
     config_faults: FaultLog,
     outages: FaultLog,
+    /// The fleet's shared state, when configured.
+    shared: Option<Shared>,
+    revocations: Arc<Revocations>,
 }
 
 impl fmt::Debug for Introspector {
@@ -232,6 +239,8 @@ impl Introspector {
             settings,
             config_faults: FaultLog::default(),
             outages: FaultLog::default(),
+            shared: registry.shared().cloned(),
+            revocations: registry.revocations().clone(),
         })
     }
 
@@ -254,9 +263,23 @@ impl Introspector {
             .all(|s| s.keys().is_empty())
     }
 
-    /// Introspects an opaque token: from the cache, else from the provider (within the
-    /// concurrency cap); the answer is cached per [`answer_ttl`].
+    /// Introspects an opaque token: from the cache (the fleet's, with `shared_state`),
+    /// else from the provider (within the concurrency cap); the answer is cached per
+    /// [`answer_ttl`]. A revoked token is inactive, whatever the provider says.
     pub async fn introspect(
+        &self,
+        token: &str,
+        hint: Option<&str>,
+    ) -> Result<Answer, IntrospectError> {
+        let answer = match &self.shared {
+            Some(shared) => self.introspect_shared(shared, token, hint).await?,
+            None => self.introspect_local(token, hint).await?,
+        };
+        self.unless_revoked(token, answer)
+    }
+
+    /// The answer from this replica's cache, else from the provider.
+    async fn introspect_local(
         &self,
         token: &str,
         hint: Option<&str>,
@@ -264,6 +287,18 @@ impl Introspector {
         if let Some(a) = self.cache.get(token) {
             return Ok(Answer::clone(&a));
         }
+        let (answer, ttl) = self.ask_upstream(token, hint).await?;
+        self.cache.insert(token, Arc::new(answer.clone()), ttl);
+        Ok(answer)
+    }
+
+    /// Asks the provider (within the concurrency cap); returns the answer and how long
+    /// it may be cached.
+    async fn ask_upstream(
+        &self,
+        token: &str,
+        hint: Option<&str>,
+    ) -> Result<(Answer, Duration), IntrospectError> {
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
             debug!(tenant = %self.tenant, "introspection concurrency cap reached");
             return Err(IntrospectError::Busy {
@@ -280,8 +315,7 @@ impl Introspector {
                     self.settings.cache_ttl,
                     self.settings.negative_cache_ttl,
                 );
-                self.cache.insert(token, Arc::new(answer.clone()), ttl);
-                Ok(answer)
+                Ok((answer, ttl))
             }
             Err(failure) => Err(self.report(failure)),
         }
@@ -514,14 +548,15 @@ impl Introspection {
                 },
             };
             let answer = introspector.introspect(input.token, hint).await?;
-            return self.bound(introspector.tenant(), answer, input);
+            return self.bound(introspector.tenant(), answer, input).await;
         }
         self.local(presented, input).await
     }
 
     /// An upstream answer after the sender-constraint check of its tenant: the binding
-    /// comes from the answer's `cnf`.
-    fn bound(
+    /// comes from the answer's `cnf` (a DPoP proof's replay record is the fleet's when it
+    /// shares state).
+    async fn bound(
         &self,
         tenant: &str,
         answer: Answer,
@@ -542,7 +577,9 @@ impl Introspection {
                 input.token,
                 presentation,
                 now_secs(),
+                self.registry.shared(),
             )
+            .await
             .map(|_| answer)
             .map_err(|r| IntrospectError::Unbound(Box::new(state.binding_refusal(r, None))))
     }
@@ -567,6 +604,12 @@ impl Introspection {
             )),
             Err(ValidateError::Request(RequestError::UnknownTenant(t))) => {
                 Err(IntrospectError::UnknownTenant(t))
+            }
+            Err(e) if e.code() == Some(ErrorCode::StateUnavailable) => {
+                Err(IntrospectError::Unavailable {
+                    tenant: input.tenant.unwrap_or_default().to_string(),
+                    reason: "the fleet's shared state is unavailable".into(),
+                })
             }
             Err(e) => {
                 debug!(error = %e, "introspected JWT is not active");

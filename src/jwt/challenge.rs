@@ -61,11 +61,11 @@ impl ChallengeError {
     }
 
     /// The challenge error of a rejected token, or `None` when the rejection is the
-    /// server's fault (KEYS_UNAVAILABLE: there is nothing for the client to fix, so no
-    /// challenge is sent).
+    /// server's fault (KEYS_UNAVAILABLE, STATE_UNAVAILABLE: there is nothing for the
+    /// client to fix, so no challenge is sent).
     pub fn of(code: ErrorCode) -> Option<Self> {
         match code {
-            ErrorCode::KeysUnavailable => None,
+            ErrorCode::KeysUnavailable | ErrorCode::StateUnavailable => None,
             ErrorCode::InsufficientScope => Some(ChallengeError::InsufficientScope),
             ErrorCode::InvalidDpopProof => Some(ChallengeError::InvalidDpopProof),
             ErrorCode::UseDpopNonce => Some(ChallengeError::UseDpopNonce),
@@ -229,12 +229,12 @@ mod tests {
 
     #[test]
     fn server_faults_send_no_challenge() {
-        assert_eq!(
-            Challenge::for_rejection(ErrorCode::KeysUnavailable, &[]),
-            None
-        );
+        let server_faults = [ErrorCode::KeysUnavailable, ErrorCode::StateUnavailable];
+        for code in server_faults {
+            assert_eq!(Challenge::for_rejection(code, &[]), None, "{code}");
+        }
         for code in ErrorCode::ALL {
-            if code != ErrorCode::KeysUnavailable {
+            if !server_faults.contains(&code) {
                 assert!(ChallengeError::of(code).is_some(), "{code}");
             }
         }

@@ -46,6 +46,11 @@ pub enum ErrorCode {
     Replayed,
     /// The issuer's keys could not be fetched and none are known.
     KeysUnavailable,
+    /// The token matches a revocation rule.
+    Revoked,
+    /// The fleet's shared state is unavailable and the service refuses rather than
+    /// decide alone (`on_unavailable: fail_closed`).
+    StateUnavailable,
     /// A DPoP proof is missing, duplicated, or breaks a rule of RFC 9449 4.3.
     InvalidDpopProof,
     /// The tenant requires a DPoP nonce and the proof's is absent, stale or forged.
@@ -56,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for metrics and tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Malformed,
         ErrorCode::AlgorithmNotAllowed,
         ErrorCode::UnknownIssuer,
@@ -73,6 +78,8 @@ impl ErrorCode {
         ErrorCode::LifetimeTooLong,
         ErrorCode::Replayed,
         ErrorCode::KeysUnavailable,
+        ErrorCode::Revoked,
+        ErrorCode::StateUnavailable,
         ErrorCode::InvalidDpopProof,
         ErrorCode::UseDpopNonce,
         ErrorCode::BindingMismatch,
@@ -97,6 +104,8 @@ impl ErrorCode {
             ErrorCode::LifetimeTooLong => "lifetime_too_long",
             ErrorCode::Replayed => "replayed",
             ErrorCode::KeysUnavailable => "keys_unavailable",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::StateUnavailable => "state_unavailable",
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::UseDpopNonce => "use_dpop_nonce",
             ErrorCode::BindingMismatch => "binding_mismatch",

@@ -47,6 +47,16 @@ impl Collector for KeySetCollector {
                 ConstGauge::new(n).encode(keys.encode_family(&KeySetLabels { tenant, policy })?)?;
             }
         }
+        {
+            let rules = encoder.encode_descriptor(
+                "introspectd_revocation_rules",
+                "Revocation rules in force on this replica",
+                None,
+                MetricType::Gauge,
+            )?;
+            let n = i64::try_from(self.registry.revocations().len()).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(rules)?;
+        }
         let mut age = encoder.encode_descriptor(
             "introspectd_key_set_last_success_age_seconds",
             "Seconds since the last successful fetch of a fetched key set; absent until the first success",

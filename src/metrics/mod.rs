@@ -10,6 +10,7 @@
 
 mod checks;
 mod collectors;
+mod fleet;
 mod validations;
 
 use std::{
@@ -33,6 +34,7 @@ use self::collectors::{
 };
 use self::validations::ValidationCounters;
 use crate::{
+    fleet::Fleet,
     introspect::Introspection,
     jwt::ErrorCode,
     oidc::FetchObserver,
@@ -256,6 +258,7 @@ pub struct Metrics {
     connections_accepted: Counter,
     tls_handshake_failures: Counter,
     tls_reloads: Family<OutcomeLabels, Counter>,
+    fleet: Arc<OnceLock<Fleet>>,
     connections_closed: Family<ReasonLabels, Counter>,
 }
 
@@ -446,6 +449,8 @@ impl Metrics {
         prom.register_collector(Box::new(KeySetCollector {
             registry: registry.clone(),
         }));
+        let fleet = Arc::new(OnceLock::new());
+        prom.register_collector(Box::new(fleet::FleetCollector::new(fleet.clone())));
         prom.register_collector(Box::new(TokenCacheCollector {
             registry: registry.clone(),
         }));
@@ -468,6 +473,7 @@ impl Metrics {
             connections_accepted: listener.accepted,
             tls_handshake_failures: listener.tls_handshake_failures,
             tls_reloads: listener.tls_reloads,
+            fleet,
             connections_closed: listener.closed,
         }
     }
@@ -544,6 +550,12 @@ impl Metrics {
     /// counters, read at scrape time). The first call wins; later ones are ignored.
     pub fn observe_introspection(&self, introspection: Introspection) {
         let _ = self.introspection.set(introspection);
+    }
+
+    /// Reports the fleet's shared state (its own counters, read at scrape time). The
+    /// first call wins.
+    pub fn observe_fleet(&self, fleet: Fleet) {
+        let _ = self.fleet.set(fleet);
     }
 
     /// Reports open WatchKeys streams from the handler's own count, read at scrape time

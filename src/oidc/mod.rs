@@ -2,6 +2,7 @@
 //! issuer check, JWKS fetching with limits, the pure refresh schedule, and the refresher
 //! loop that keeps the last good keys when a fetch fails.
 
+pub mod coordinated;
 mod schedule;
 
 use std::{
@@ -13,6 +14,7 @@ use serde_json::Value;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use coordinated::Obtained;
 pub use schedule::{MAX_BACKOFF, MIN_BACKOFF, next_refresh};
 
 use crate::{
@@ -55,9 +57,10 @@ pub async fn fetch_metadata(
     parse_metadata(&doc, expected_issuer, policy, require_https)
 }
 
-/// Checks a discovery document (already parsed as a JSON object): its `issuer` must be
-/// `expected_issuer`, or, for a B2C policy, the `/tfp/` form of it for that policy; its
-/// `jwks_uri` must pass the https policy.
+/// Checks a discovery document (fetched, or published by another replica; already
+/// parsed as a JSON object): its `issuer` must be `expected_issuer`, or, for a B2C
+/// policy, the `/tfp/` form of it for that policy; its `jwks_uri` must pass the https
+/// policy.
 pub fn parse_metadata(
     doc: &Value,
     expected_issuer: &str,
@@ -83,21 +86,19 @@ pub fn parse_metadata(
     })
 }
 
-/// Fetches the keys of a key set: discovery (unless `kind` is keys-only and metadata is
-/// known), then the JWKS; or reads the JWKS file.
-async fn fetch_keys(
+/// Fetches the JWKS document of a key set: discovery first (unless `kind` is keys-only
+/// and metadata is known), then the JWKS; or reads the JWKS file.
+async fn fetch_document(
     http: &HttpClient,
     state: &KeySetState,
     kind: RefreshKind,
-) -> Result<(KeySet, String), FetchError> {
+) -> Result<Value, FetchError> {
     let timeout = state.settings.fetch_timeout;
     let https = state.settings.require_https;
-    let doc = match &state.source {
-        Source::Static => {
-            return Err(FetchError::Invalid(
-                "static key sets are not fetched".into(),
-            ));
-        }
+    match &state.source {
+        Source::Static => Err(FetchError::Invalid(
+            "static key sets are not fetched".into(),
+        )),
         Source::JwksFile { path } => {
             let bytes = tokio::fs::read(path)
                 .await
@@ -105,7 +106,7 @@ async fn fetch_keys(
             if bytes.len() > upstream::MAX_BODY_BYTES {
                 return Err(FetchError::TooLarge);
             }
-            upstream::parse_json(&bytes)?
+            upstream::parse_json(&bytes)
         }
         Source::Discovery { metadata_url } => {
             let known = state.metadata();
@@ -125,10 +126,15 @@ async fn fetch_keys(
                     Arc::new(m)
                 }
             };
-            http.get_json(&metadata.jwks_uri, timeout, https).await?
+            http.get_json(&metadata.jwks_uri, timeout, https).await
         }
-    };
-    let (set, skipped) = KeySet::from_jwks(&doc, &state.ingest_options())
+    }
+}
+
+/// Ingests a JWKS document into a key set under the key set's hygiene rules; returns
+/// it with a description of the keys skipped.
+fn ingest(state: &KeySetState, doc: &Value) -> Result<(KeySet, String), FetchError> {
+    let (set, skipped) = KeySet::from_jwks(doc, &state.ingest_options())
         .map_err(|e| FetchError::Invalid(e.to_string()))?;
     Ok((set, Registry::describe_skipped(&skipped)))
 }
@@ -159,7 +165,9 @@ pub fn spawn_refreshers(
 }
 
 /// The refresher loop of one key set: fetch at start-up, then on schedule, on request
-/// (unknown kid, operator) and, after a failure, with backoff.
+/// (unknown kid, operator) and, after a failure, with backoff. With a fleet, each of
+/// those asks the fleet first ([`coordinated::obtain`]), and publications other replicas
+/// announce in between are taken as they come.
 pub async fn run_refresher(
     registry: Registry,
     http: HttpClient,
@@ -172,6 +180,8 @@ pub async fn run_refresher(
         _ => state.settings.refresh_interval,
     };
     let mut file_fingerprint: Option<Vec<u8>> = None;
+    let mut announced = coordinated::announcements(&registry, &state);
+    let mut scheduled = true;
     loop {
         // A request made while the previous fetch ran is served right away.
         let (generation, kind) = state.refresh.begin();
@@ -185,97 +195,161 @@ pub async fn run_refresher(
                 debug!("refresher stopped");
                 return;
             }
-            r = fetch_keys(&http, &state, kind) => r,
+            r = coordinated::obtain(&registry, &http, &state, kind, scheduled) => r,
         };
         let delay = match outcome {
-            Ok((set, skipped)) => {
-                let unchanged_file = matches!(state.source, Source::JwksFile { .. }) && {
-                    let fp: Vec<u8> = set
-                        .iter()
-                        .flat_map(|k| {
-                            k.thumbprint
-                                .bytes()
-                                .chain(k.kid.clone().unwrap_or_default().into_bytes())
-                        })
-                        .collect();
-                    let same = file_fingerprint.as_ref() == Some(&fp);
-                    file_fingerprint = Some(fp);
-                    same
-                };
-                let count = set.len();
-                if !skipped.is_empty() {
-                    warn!(skipped = %skipped, "keys skipped at ingestion");
-                }
-                if let Some(m) = state.metadata()
-                    && m.issuer != state.issuer
+            Ok(obtained) => {
+                if matches!(obtained, Obtained::Fetched { .. })
+                    && let Some(o) = &observer
                 {
-                    registry.add_alias(&m.issuer, &state.id);
+                    o(&state, Ok(obtained_len(&obtained)));
                 }
-                let events = if unchanged_file {
-                    Vec::new()
-                } else {
-                    registry.install_keys(&state, set)
-                };
-                if !unchanged_file || state.status().last_failed {
-                    info!(
-                        keys = count,
-                        added_or_removed = events.len(),
-                        ?kind,
-                        "key refresh succeeded"
-                    );
-                } else {
-                    debug!(keys = count, "jwks file unchanged");
-                }
-                if let Some(o) = &observer {
-                    o(&state, Ok(count));
-                }
-                state.update_status(|s| {
-                    s.last_success = Some(SystemTime::now());
-                    s.successes += 1;
-                    s.consecutive_failures = 0;
-                    s.last_failed = false;
-                });
+                succeeded(&registry, &state, obtained, kind, &mut file_fingerprint);
                 next_refresh(true, 0, interval, fastrand::f64())
             }
             Err(err) => {
-                let failures = state.update_status(|s| {
-                    s.last_error = Some((err.category(), SystemTime::now()));
-                    s.failures += 1;
-                    s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-                    s.last_failed = true;
-                    s.consecutive_failures
-                });
-                let keys = state.keys().len();
-                warn!(error = %err, ?kind, failures, keys_kept = keys, "key refresh failed; keeping the last good keys");
-                registry.publish_failure(&state, err.category());
+                let failures = failed(&registry, &state, &err, kind);
                 if let Some(o) = &observer {
                     o(&state, Err(&err));
                 }
-                // After a failure the next attempt re-reads discovery too.
-                state.refresh.want_full();
                 next_refresh(false, failures, interval, fastrand::f64())
             }
         };
         state.refresh.complete(generation);
         state.update_status(|s| s.next_refresh = SystemTime::now().checked_add(delay));
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        // A wake-up permit may be left from a request this fetch already served, so a
-        // wake-up only leads to a fetch when a request is really pending.
-        while !state.refresh.pending() {
-            tokio::select! {
-                _ = cancel.cancelled() => {
-                    debug!("refresher stopped");
-                    return;
-                }
-                _ = &mut sleep => {
-                    state.refresh.want_full();
-                    break;
-                }
-                _ = state.refresh.requested() => {}
+        match wait_next(&registry, &state, delay, &cancel, &mut announced).await {
+            Some(s) => scheduled = s,
+            None => {
+                debug!("refresher stopped");
+                return;
             }
         }
     }
+}
+
+fn obtained_len(o: &Obtained) -> usize {
+    match o {
+        Obtained::Fetched { set, .. } | Obtained::Adopted { set, .. } => set.len(),
+        Obtained::Unchanged => 0,
+    }
+}
+
+/// Waits for the next refresh: `Some(true)` when the schedule is due, `Some(false)` when
+/// one was requested, `None` on cancellation. Announced publications are taken
+/// meanwhile.
+async fn wait_next(
+    registry: &Registry,
+    state: &Arc<KeySetState>,
+    delay: Duration,
+    cancel: &CancellationToken,
+    announced: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) -> Option<bool> {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    // A wake-up permit may be left from a request this fetch already served, so a
+    // wake-up only leads to a fetch when a request is really pending.
+    while !state.refresh.pending() {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = &mut sleep => {
+                state.refresh.want_full();
+                return Some(true);
+            }
+            _ = state.refresh.requested() => {}
+            _ = coordinated::announced(announced) => {
+                if let Some(obtained) = coordinated::take_announced(registry, state).await {
+                    let mut no_file = None;
+                    succeeded(registry, state, obtained, RefreshKind::KeysOnly, &mut no_file);
+                }
+            }
+        }
+    }
+    Some(false)
+}
+
+/// Installs what a refresh obtained and records the success.
+fn succeeded(
+    registry: &Registry,
+    state: &KeySetState,
+    obtained: Obtained,
+    kind: RefreshKind,
+    file_fingerprint: &mut Option<Vec<u8>>,
+) {
+    coordinated::record_origin(registry, state, &obtained);
+    let (set, skipped, adopted_at) = match obtained {
+        Obtained::Unchanged => return,
+        Obtained::Fetched { set, skipped, .. } => (set, skipped, None),
+        Obtained::Adopted { set, skipped, from } => {
+            (set, skipped, Some(coordinated::fetched_at(&from)))
+        }
+    };
+    let unchanged_file = matches!(state.source, Source::JwksFile { .. }) && {
+        let fp: Vec<u8> = set
+            .iter()
+            .flat_map(|k| {
+                k.thumbprint
+                    .bytes()
+                    .chain(k.kid.clone().unwrap_or_default().into_bytes())
+            })
+            .collect();
+        let same = file_fingerprint.as_ref() == Some(&fp);
+        *file_fingerprint = Some(fp);
+        same
+    };
+    let count = set.len();
+    if !skipped.is_empty() {
+        warn!(skipped = %skipped, "keys skipped at ingestion");
+    }
+    if let Some(m) = state.metadata()
+        && m.issuer != state.issuer
+    {
+        registry.add_alias(&m.issuer, &state.id);
+    }
+    let events = if unchanged_file {
+        Vec::new()
+    } else {
+        registry.install_keys(state, set)
+    };
+    if !unchanged_file || state.status().last_failed {
+        info!(
+            keys = count,
+            added_or_removed = events.len(),
+            ?kind,
+            adopted = adopted_at.is_some(),
+            "key refresh succeeded"
+        );
+    } else {
+        debug!(keys = count, "jwks file unchanged");
+    }
+    state.update_status(|s| {
+        match adopted_at {
+            // Keys another replica fetched: as fresh as its fetch, not a fetch of ours.
+            Some(at) => s.last_success = s.last_success.max(Some(at)),
+            None => {
+                s.last_success = Some(SystemTime::now());
+                s.successes += 1;
+            }
+        }
+        s.consecutive_failures = 0;
+        s.last_failed = false;
+    });
+}
+
+/// Records a failed refresh (the keys stay) and returns the failures in a row.
+fn failed(registry: &Registry, state: &KeySetState, err: &FetchError, kind: RefreshKind) -> u32 {
+    let failures = state.update_status(|s| {
+        s.last_error = Some((err.category(), SystemTime::now()));
+        s.failures += 1;
+        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+        s.last_failed = true;
+        s.consecutive_failures
+    });
+    let keys = state.keys().len();
+    warn!(error = %err, ?kind, failures, keys_kept = keys, "key refresh failed; keeping the last good keys");
+    registry.publish_failure(state, err.category());
+    // After a failure the next attempt re-reads discovery too.
+    state.refresh.want_full();
+    failures
 }
 
 #[cfg(test)]

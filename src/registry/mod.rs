@@ -7,14 +7,17 @@
 mod operator;
 mod refresh;
 mod replay;
+mod revocation;
+mod revoke;
 pub mod sender;
+mod state_checks;
 pub mod token_cache;
 mod validate;
 
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -26,6 +29,11 @@ use tokio::sync::broadcast;
 pub use operator::{RefreshError, RefreshOutcome, RefreshReport};
 pub use refresh::{Forced, RefreshControl, RefreshKind};
 pub use replay::ReplayCache;
+pub use revocation::{Candidate, MAX_REVOCATION_RULES, Revocations, RevocationsFull, token_digest};
+pub use revoke::{
+    DEFAULT_REVOCATION_LIFETIME, MAX_REVOCATION_LIFETIME, MAX_RULE_FIELD_BYTES, RevokeError,
+    RevokeInput, RevokeTarget, Revoked,
+};
 pub use sender::{DpopHint, SenderState};
 pub use token_cache::{TokenCache, TokenCacheStats, TokenHash, VerifiedToken};
 pub use validate::{Presented, ValidateError, ValidateInput, Validated};
@@ -42,6 +50,7 @@ use crate::{
         echo,
     },
     keys::{IngestOptions, KeySet, SkippedKey, VerifyingKey},
+    shared::Shared,
 };
 
 /// A request problem (gRPC INVALID_ARGUMENT), as opposed to a rejected token.
@@ -130,6 +139,15 @@ pub struct FetchStatus {
     pub consecutive_failures: u32,
     /// True when the most recent fetch failed.
     pub last_failed: bool,
+    /// The replica that fetched the keys in use, with a fleet (this one or another).
+    pub fetched_by: Option<String>,
+    /// When the keys in use were fetched, by whichever replica.
+    pub fetched_at: Option<SystemTime>,
+    /// Generation of the fleet's publication in use (0: none).
+    pub shared_generation: u64,
+    /// Fetches this replica did not make because the fleet had one (taken, or within
+    /// the fleet's cooldown).
+    pub avoided: u64,
 }
 
 /// Where one key set's keys come from.
@@ -315,6 +333,27 @@ impl Tenant {
         }
     }
 
+    /// Whether a `{tenantid}` template of this tenant matches `iss` with an allowed
+    /// GUID in its place.
+    fn trusts_templated(&self, iss: &str) -> bool {
+        let Some((prefix, suffix)) = &self.template else {
+            return false;
+        };
+        let Some(tid) = iss
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_suffix(suffix.as_str()))
+        else {
+            return false;
+        };
+        // As in `trusts`: a `{tenantid}` issuer always has its list.
+        is_guid(tid)
+            && self
+                .settings
+                .allowed_tenant_ids
+                .as_ref()
+                .is_some_and(|ids| ids.allows(tid))
+    }
+
     /// The key set of the configured B2C policy a token claims (first present of
     /// `policy_claims`, compared case-insensitively as B2C compares them).
     pub fn policy_key_set(&self, claims: &Claims) -> Result<&Arc<KeySetState>, Rejection> {
@@ -353,12 +392,17 @@ struct Inner {
     by_issuer: HashMap<String, Arc<Tenant>>,
     templated: Vec<Arc<Tenant>>,
     key_sets: DashMap<KeySetId, Arc<KeySetState>>,
-    /// The verified-token cache (`token_cache.enabled`).
-    cache: Option<TokenCache>,
+    /// The verified-token cache (`token_cache.enabled`); shared with the revocation
+    /// listener that purges it.
+    cache: Option<Arc<TokenCache>>,
     /// Issuers a B2C policy's own metadata declares in the older `/tfp/.../{policy}/`
     /// form. Filled only from configured metadata, never from a token.
     aliases: DashMap<String, KeySetId>,
     events: EventBus,
+    revocations: Arc<Revocations>,
+    /// The fleet's shared state, when `shared_state` is configured (set once, at
+    /// start-up, before serving).
+    shared: OnceLock<Shared>,
 }
 
 /// A cheap-clone handle on the registry.
@@ -474,9 +518,11 @@ impl Registry {
             cache: settings
                 .token_cache
                 .enabled
-                .then(|| TokenCache::new(settings.token_cache)),
+                .then(|| Arc::new(TokenCache::new(settings.token_cache))),
             aliases: DashMap::new(),
             events: EventBus::default(),
+            revocations: Revocations::new(),
+            shared: OnceLock::new(),
         };
         for (index, ts) in settings.tenants.iter().enumerate() {
             let sets: Vec<Arc<KeySetState>> = key_sets_of(ts)
@@ -500,6 +546,15 @@ impl Registry {
             }
             inner.by_id.insert(ts.id.clone(), tenant.clone());
             inner.tenants.push(tenant);
+        }
+        if let Some(cache) = &inner.cache {
+            // Every new rule, from a Revoke here or from the fleet, purges what it matches
+            // (a cached token is also checked against the rules on every call).
+            let cache = cache.clone();
+            inner.revocations.set_listener(move |r| {
+                let purged = cache.purge_revoked(&r.rule);
+                tracing::debug!(purged, "a revocation purged the verified-token cache");
+            });
         }
         Ok(Self {
             inner: Arc::new(inner),
@@ -684,9 +739,42 @@ impl Registry {
             .join("; ")
     }
 
+    /// The revocation rules this replica checks.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.inner.revocations
+    }
+
+    /// Hands the registry the fleet's shared state (once, before serving); false if
+    /// it had one already.
+    pub fn attach_shared(&self, shared: Shared) -> bool {
+        self.inner.shared.set(shared).is_ok()
+    }
+
+    /// The fleet's shared state, when configured.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.inner.shared.get()
+    }
+
+    /// The tenant that trusts `iss` as a plain issuer (exact, or a `{tenantid}` template
+    /// with an allowed GUID in its place): used to pick settings for an issuer named by
+    /// an operator, never to route a token.
+    pub fn tenant_for_issuer(&self, iss: &str) -> Option<Arc<Tenant>> {
+        if let Some(t) = self.inner.by_issuer.get(iss) {
+            return Some(t.clone());
+        }
+        if let Some(a) = self.alias_of(iss) {
+            return self.inner.by_id.get(&a.tenant).cloned();
+        }
+        self.inner
+            .tenants
+            .iter()
+            .find(|t| t.settings.issuer == iss || t.trusts_templated(iss))
+            .cloned()
+    }
+
     /// The verified-token cache, unless `token_cache.enabled` is off.
     pub fn token_cache(&self) -> Option<&TokenCache> {
-        self.inner.cache.as_ref()
+        self.inner.cache.as_deref()
     }
 
     /// Longest a caller waits for a kid-miss refresh of `state`.

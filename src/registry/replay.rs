@@ -15,17 +15,7 @@ use std::{
 use tracing::warn;
 
 use crate::jwt::claims::now_secs;
-
-/// Outcome of recording a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayOutcome {
-    /// First sighting; recorded.
-    Fresh,
-    /// Seen before and not yet expired.
-    Replayed,
-    /// The cache is full of live entries.
-    Full,
-}
+pub(super) use crate::shared::ReplayOutcome;
 
 type Key = Arc<(String, String)>;
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::{
     Registry, Tenant, ValidateError,
     replay::{ReplayCache, ReplayOutcome},
+    state_checks::{ReplayEntry, Unavailable, shared_replay},
 };
 use crate::{
     config::{DEFAULT_DPOP_ALGORITHMS, SenderConstraintSettings, TenantSettings},
@@ -20,6 +21,7 @@ use crate::{
         binding::{self, ProofUse},
     },
     keys::{self, IngestOptions, VerifyingKey},
+    shared::Shared,
 };
 
 /// Longest key-hygiene reason passed on in a refusal; longer ones (which could quote
@@ -155,17 +157,19 @@ impl SenderState {
     }
 
     /// The binding decision, and the proof recorded by the replay rule when it holds:
-    /// the whole sender-constraint step of a call.
-    pub fn check(
+    /// the whole sender-constraint step of a call. With a fleet (`shared`), the fleet's
+    /// replay store decides, so a proof is accepted once across all replicas.
+    pub async fn check(
         &self,
         cnf: Option<&Value>,
         token: &str,
         presentation: &Presentation,
         now: f64,
+        shared: Option<&Shared>,
     ) -> Result<Accepted, Refused> {
         let accepted = self.decide(cnf, token, presentation, now)?;
         if let Some(proof) = &accepted.proof_use {
-            self.record(proof).map_err(|error| Refused {
+            self.record(proof, shared).await.map_err(|error| Refused {
                 error,
                 dpop_challenge: true,
                 nonce: accepted.nonce.clone(),
@@ -183,12 +187,31 @@ impl SenderState {
     }
 
     /// The replay rule: records a proof's (htu, jti) until the proof expires; a second
-    /// use within that time is refused.
-    pub fn record(&self, proof: &ProofUse) -> Result<(), BindingError> {
-        match self
-            .proofs
-            .check_and_record(DPOP_REPLAY_NAMESPACE, &proof.key, proof.expires)
-        {
+    /// use within that time is refused. Without `shared` this replica's store decides;
+    /// with it, the fleet's (namespace [`DPOP_REPLAY_NAMESPACE`], key [`ProofUse::key`]),
+    /// and `on_unavailable` while it cannot be reached.
+    pub async fn record(
+        &self,
+        proof: &ProofUse,
+        shared: Option<&Shared>,
+    ) -> Result<(), BindingError> {
+        let outcome = match shared {
+            None => self
+                .proofs
+                .check_and_record(DPOP_REPLAY_NAMESPACE, &proof.key, proof.expires),
+            Some(shared) => {
+                let entry = ReplayEntry {
+                    local: (DPOP_REPLAY_NAMESPACE, &proof.key),
+                    namespace: DPOP_REPLAY_NAMESPACE,
+                    key: &proof.key,
+                    expires: proof.expires,
+                };
+                shared_replay(shared, &self.proofs, &entry, false)
+                    .await
+                    .map_err(|Unavailable| BindingError::ReplayStoreUnavailable)?
+            }
+        };
+        match outcome {
             ReplayOutcome::Fresh => Ok(()),
             ReplayOutcome::Replayed => Err(BindingError::ProofReplayed),
             ReplayOutcome::Full => Err(BindingError::ReplayStoreFull),
@@ -236,8 +259,8 @@ mod tests {
     use super::*;
     use crate::jwt::claims::now_secs;
 
-    #[test]
-    fn expired_proofs_leave_the_store_as_new_ones_come() {
+    #[tokio::test]
+    async fn expired_proofs_leave_the_store_as_new_ones_come() {
         let yaml = "tenants:\n  - id: t\n    issuer: https://as.example\n";
         let settings = crate::config::load_str(yaml, &|_| None, &[]).expect("config");
         let state = SenderState::new(&settings.tenants[0]);
@@ -248,17 +271,21 @@ mod tests {
         };
         for i in 0..100 {
             state
-                .record(&proof(&format!("old{i}"), now - 1.0))
+                .record(&proof(&format!("old{i}"), now - 1.0), None)
+                .await
                 .expect("fresh");
         }
-        state.record(&proof("live", now + 60.0)).expect("fresh");
+        state
+            .record(&proof("live", now + 60.0), None)
+            .await
+            .expect("fresh");
         assert!(
             state.remembered_proofs() <= 2,
             "{} proofs held",
             state.remembered_proofs()
         );
         assert_eq!(
-            state.record(&proof("live", now + 60.0)),
+            state.record(&proof("live", now + 60.0), None).await,
             Err(BindingError::ProofReplayed)
         );
     }

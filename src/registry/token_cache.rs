@@ -28,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use super::{KeySetId, KeySetState, Registry};
 use crate::{
     config::TokenCacheSettings,
-    jwt::{claims::Claims, jws::Header},
+    jwt::{ErrorCode, Rejection, claims::Claims, jws::Header},
     keys::{KeySet, MAX_KIDLESS_CANDIDATES, VerifyingKey},
+    shared::RevocationRule,
 };
 
 /// The SHA-256 of a token's bytes: the cache key, and what a revocation "by token hash"
@@ -40,10 +41,7 @@ pub struct TokenHash(pub [u8; 32]);
 impl TokenHash {
     /// The SHA-256 of `token`.
     pub fn of(token: &str) -> Self {
-        let d = digest::digest(&digest::SHA256, token.as_bytes());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        Self(out)
+        Self(sha256(token.as_bytes()))
     }
 }
 
@@ -87,12 +85,37 @@ impl BuildHasher for DigestHash {
     }
 }
 
-/// What parsing and verification produced for one token.
+/// The 32 bytes a lower-case (or upper-case) hex SHA-256 names; `None` if it is not one.
+fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// What parsing and verification produced for one token. Only what a later call needs
+/// is kept, each in its smallest form: the header's `alg` as the [`Algorithm`] it parsed
+/// as (its name is [`VerifiedToken::alg_name`]), `kid` and `typ` as boxed strings.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    /// Its header.
-    pub header: Header,
-    /// The algorithm its signature was verified with.
+    /// `kid` from the header.
+    pub kid: Option<Box<str>>,
+    /// `typ` from the header.
+    pub typ: Option<Box<str>>,
+    /// The algorithm its signature was verified with (the header's `alg`).
     pub algorithm: Algorithm,
     /// Its claims.
     pub claims: Claims,
@@ -100,30 +123,94 @@ pub struct VerifiedToken {
     pub key: Arc<VerifyingKey>,
     /// The key set that key was found in.
     pub key_set: Arc<KeySetState>,
+    /// SHA-256 of its signed part (`header.payload`): what a revocation rule by token
+    /// digest names ([`super::token_digest`]).
+    pub signed_sha256: [u8; 32],
     /// Seconds since the epoch at which the entry stops being used.
     pub(crate) expires: f64,
 }
+
+/// Every algorithm jsonwebtoken verifies, with its JOSE name (`Algorithm` is
+/// `non_exhaustive` and has no `as_str`).
+const ALG_NAMES: [(Algorithm, &str); 12] = [
+    (Algorithm::HS256, "HS256"),
+    (Algorithm::HS384, "HS384"),
+    (Algorithm::HS512, "HS512"),
+    (Algorithm::ES256, "ES256"),
+    (Algorithm::ES384, "ES384"),
+    (Algorithm::RS256, "RS256"),
+    (Algorithm::RS384, "RS384"),
+    (Algorithm::RS512, "RS512"),
+    (Algorithm::PS256, "PS256"),
+    (Algorithm::PS384, "PS384"),
+    (Algorithm::PS512, "PS512"),
+    (Algorithm::EdDSA, "EdDSA"),
+];
 
 /// Bytes a cache slot, the `Arc` and the allocator add to each entry beyond what it
 /// holds (measured with `cargo bench --bench grpc_load`: RSS growth per entry).
 pub const ENTRY_OVERHEAD_BYTES: usize = 160;
 
 impl VerifiedToken {
+    /// The entry for a token whose signature `key` (found in `key_set`) verified; the
+    /// header's `kid` and `typ` are moved out of `header`, its `alg` is `algorithm`.
+    pub fn new(
+        header: Header,
+        algorithm: Algorithm,
+        claims: Claims,
+        key: Arc<VerifyingKey>,
+        key_set: Arc<KeySetState>,
+        signed_sha256: [u8; 32],
+        expires: f64,
+    ) -> Self {
+        Self {
+            kid: header.kid.map(String::into_boxed_str),
+            typ: header.typ.map(String::into_boxed_str),
+            algorithm,
+            claims,
+            key,
+            key_set,
+            signed_sha256,
+            expires,
+        }
+    }
+
     /// What the entry costs in memory, as the cache weighs it.
     pub fn weight(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.claims.heap_bytes()
-            + self.header.alg.len()
-            + self.header.kid.as_ref().map_or(0, String::len)
-            + self.header.typ.as_ref().map_or(0, String::len)
+            + self.kid.as_ref().map_or(0, |s| s.len())
+            + self.typ.as_ref().map_or(0, |s| s.len())
             + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// The header's `alg` as written: the exact name of [`Self::algorithm`] (only a
+    /// header whose `alg` parsed as one is ever verified).
+    pub fn alg_name(&self) -> &'static str {
+        ALG_NAMES
+            .iter()
+            .find(|(a, _)| *a == self.algorithm)
+            .map_or("", |(_, name)| name)
+    }
+
+    /// Step 4 on a cached token: its algorithm against the tenant's allow-list (the
+    /// header had no unsupported parameter, or it would not have been verified).
+    pub fn check_algorithm(&self, allowed: &[Algorithm]) -> Result<Algorithm, Rejection> {
+        if allowed.contains(&self.algorithm) {
+            Ok(self.algorithm)
+        } else {
+            Err(Rejection::new(
+                ErrorCode::AlgorithmNotAllowed,
+                format!("alg {:?} is not allowed for this issuer", self.algorithm),
+            ))
+        }
     }
 
     /// Whether the key that verified this token is still in `keys` (the key set's
     /// current snapshot) and would be chosen for it again.
     pub fn key_is_current(&self, keys: &KeySet) -> bool {
         let same = |k: &Arc<VerifyingKey>| Arc::ptr_eq(k, &self.key) || **k == *self.key;
-        match &self.header.kid {
+        match &self.kid {
             Some(kid) => keys.get(kid).is_some_and(same),
             None => {
                 let candidates = || keys.iter().filter(|k| k.supports(self.algorithm));
@@ -348,6 +435,33 @@ impl TokenCache {
         purged.into_inner()
     }
 
+    /// Forgets the verified tokens a revocation rule matches; returns how many.
+    pub fn purge_revoked(&self, rule: &RevocationRule) -> usize {
+        match rule {
+            RevocationRule::Token { sha256 } => match digest_from_hex(sha256) {
+                Some(d) => self.purge_where(|v| v.signed_sha256 == d),
+                None => 0,
+            },
+            RevocationRule::Jti { iss, jti } => self.purge_where(|v| {
+                v.claims.iss() == Some(iss.as_str()) && v.claims.jti() == Some(jti.as_str())
+            }),
+            RevocationRule::Subject {
+                iss,
+                sub,
+                issued_before,
+            } => {
+                // As the rule matches: tokens without `iat` too, as they may be older.
+                let before = *issued_before as f64;
+                self.purge_where(|v| {
+                    let claims = &v.claims;
+                    claims.iss() == Some(iss.as_str())
+                        && claims.sub() == Some(sub.as_str())
+                        && claims.iat.is_none_or(|iat| iat < before)
+                })
+            }
+        }
+    }
+
     /// Forgets everything.
     pub fn purge_all(&self) {
         self.verified.clear();
@@ -423,6 +537,12 @@ impl Registry {
         })
     }
 
+    /// Drops the tokens a revocation rule matches (what the rules' listener does for
+    /// every new rule).
+    pub fn purge_revoked(&self, rule: &RevocationRule) -> usize {
+        self.token_cache().map_or(0, |c| c.purge_revoked(rule))
+    }
+
     /// Drops every cached token.
     pub fn purge_all(&self) {
         if let Some(c) = self.token_cache() {
@@ -467,7 +587,7 @@ mod tests {
     use super::*;
     use crate::{
         config,
-        jwt::claims::now_secs,
+        jwt::{ErrorCode, claims::now_secs},
         registry::{ValidateError, ValidateInput, Validated},
     };
 
@@ -511,15 +631,87 @@ mod tests {
         let jws = crate::jwt::jws::parse(&t).expect("jws");
         let state = r.key_sets().remove(0);
         let key = state.keys().iter().next().expect("key").clone();
-        let verified = VerifiedToken {
-            header: jws.header,
-            algorithm: jsonwebtoken::Algorithm::HS256,
-            claims: Claims::parse(&jws.payload).expect("claims"),
+        let verified = VerifiedToken::new(
+            jws.header,
+            jsonwebtoken::Algorithm::HS256,
+            Claims::parse(&jws.payload).expect("claims"),
             key,
-            key_set: state,
+            state,
+            sha256(jws.signing_input.as_bytes()),
             expires,
-        };
+        );
         (TokenHash::of(&t), verified)
+    }
+
+    #[test]
+    fn a_local_revocation_purges_what_it_matches_and_nothing_else() {
+        use crate::registry::{RevokeInput, RevokeTarget, token_digest};
+        let r = registry("");
+        let iss = "https://fp.example".to_string();
+        let t: Vec<String> = (0..5)
+            .map(|i| token(claims(&format!("u{i}"), &format!("j{i}"))))
+            .collect();
+        for x in &t {
+            assert!(!validate(&r, x).expect("valid").cached);
+            assert!(validate(&r, x).expect("valid").cached);
+        }
+        assert_eq!(entries(&r), 5);
+        let targets = [
+            RevokeTarget::Token(t[0].clone()),
+            RevokeTarget::TokenDigest(token_digest(&t[1])),
+            RevokeTarget::Jti {
+                iss: iss.clone(),
+                jti: "j2".into(),
+            },
+            RevokeTarget::Subject {
+                iss,
+                sub: "u3".into(),
+                issued_before: None,
+            },
+        ];
+        for (i, target) in targets.into_iter().enumerate() {
+            let input = RevokeInput {
+                target,
+                expires_at: None,
+            };
+            let before = entries(&r);
+            let done = futures::executor::block_on(r.revoke(&input)).expect("revoke");
+            assert!(!done.fleet_wide, "no shared_state: this replica only");
+            // Purged at once, by the rule alone (no call of the token needed)...
+            assert_eq!(entries(&r), before - 1, "rule {i}");
+            // ... and it was this token: its next call is a miss, verified again and
+            // refused (its signature is good, so it is cached again, and refused on
+            // every hit by the rule).
+            let misses = r.token_cache().map_or(0, |c| c.stats().misses);
+            let err = validate(&r, &t[i]).expect_err("revoked");
+            assert_eq!(err.code(), Some(ErrorCode::Revoked), "rule {i}");
+            assert_eq!(r.token_cache().map_or(0, |c| c.stats().misses), misses + 1);
+            let err = validate(&r, &t[i]).expect_err("still revoked");
+            assert_eq!(err.code(), Some(ErrorCode::Revoked), "rule {i}, cached");
+            assert!(validate(&r, &t[4]).expect("untouched").cached);
+        }
+    }
+
+    #[test]
+    fn alg_name_is_the_name_the_header_had() {
+        let r = registry("");
+        let (_, mut v) = entry(&r, "a", f64::MAX);
+        for (alg, name) in ALG_NAMES {
+            v.algorithm = alg;
+            assert_eq!(v.alg_name(), name);
+            assert_eq!(name.parse::<Algorithm>().ok(), Some(alg));
+        }
+    }
+
+    #[test]
+    fn hex_digests_parse_only_when_whole() {
+        let d = sha256(b"abc");
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(digest_from_hex(&hex), Some(d));
+        assert_eq!(digest_from_hex(&hex.to_uppercase()), Some(d));
+        assert_eq!(digest_from_hex(&hex[..62]), None);
+        assert_eq!(digest_from_hex(&format!("{}zz", &hex[..62])), None);
+        assert_eq!(digest_from_hex(&format!("{}é", &hex[..62])), None);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The Validate pipeline, in the order BEHAVIOUR.md fixes: structure, issuer, header,
 //! type, time, audience/scope/nonce, B2C policy (none of which touches the network), then
 //! the key (with at most one refresh on a kid miss, bounded by `fetch_timeout`), the
-//! signature, the sender constraint (DPoP proof or certificate against `cnf`), and
-//! replay.
+//! signature, the sender constraint (DPoP proof or certificate against `cnf`),
+//! revocation and replay.
 //!
 //! The verified-token cache replaces only steps 2 and 9-10: a token found there is
 //! routed and checked like any other (steps 3-8, [`Registry::route_and_check`]), its key
 //! must still be in the key set it was verified with, and the checks after the
-//! signature ([`Registry::after_signature`]: the sender constraint, then replay) run on
-//! every call. A DPoP proof is never cached: every call proves its binding again.
+//! signature ([`Registry::after_signature`]: the sender constraint, revocation, then
+//! replay, the fleet's when it shares state) run on every call. A DPoP proof is never
+//! cached: every call proves its binding again.
 
 use std::sync::Arc;
 
@@ -16,9 +17,8 @@ use jsonwebtoken::Algorithm;
 
 use super::{
     KeySetState, Registry, RequestError, Tenant,
-    replay::ReplayOutcome,
     sender::DpopHint,
-    token_cache::{Lookup, TokenHash, VerifiedToken},
+    token_cache::{self, Lookup, TokenHash, VerifiedToken},
 };
 use crate::{
     jwt::compact::ValueRef,
@@ -26,7 +26,7 @@ use crate::{
     jwt::{
         ErrorCode, Rejection,
         claims::{self, Claims, TimePolicy, TokenKind, now_secs},
-        jws::{self, CompactJws, Header},
+        jws::{self, CompactJws},
     },
     keys::{KeyLookup, KeySet, VerifyingKey},
 };
@@ -130,7 +130,7 @@ impl Validated {
 
     /// `kid` from the header.
     pub fn kid(&self) -> Option<&str> {
-        self.token.header.kid.as_deref()
+        self.token.kid.as_deref()
     }
 }
 
@@ -244,7 +244,7 @@ impl Registry {
         input: &ValidateInput<'_>,
     ) -> Result<Validated, ValidateError> {
         if let Lookup::Verified(entry) = &presented.cached {
-            if let Some(v) = self.validate_cached(entry, input)? {
+            if let Some(v) = self.validate_cached(entry, input).await? {
                 return Ok(v);
             }
             // Verified with a key that has left its set, or routed elsewhere this time:
@@ -259,19 +259,20 @@ impl Registry {
 
     /// A cached token: every check but the signature. `None` when the entry cannot be
     /// used for this call.
-    fn validate_cached(
+    async fn validate_cached(
         &self,
         entry: &Arc<VerifiedToken>,
         input: &ValidateInput<'_>,
     ) -> Result<Option<Validated>, ValidateError> {
-        let routed = self.route_and_check(&entry.header, &entry.claims, input)?;
+        let header = |allowed: &[Algorithm]| entry.check_algorithm(allowed);
+        let routed = self.route_and_check(header, entry.typ.as_deref(), &entry.claims, input)?;
         let usable = Arc::ptr_eq(&routed.key_set, &entry.key_set)
             && routed.alg == entry.algorithm
             && entry.key_is_current(&routed.key_set.keys.load());
         if !usable {
             return Ok(None);
         }
-        let accepted = self.after_signature(&routed, entry, input)?;
+        let accepted = self.after_signature(&routed, entry, input).await?;
         Ok(Some(Validated {
             tenant: routed.tenant,
             token: entry.clone(),
@@ -296,7 +297,8 @@ impl Registry {
             .map_err(unrouted)?;
         let claims = Claims::parse(&jws.payload).map_err(unrouted)?;
         // 3-8
-        let routed = self.route_and_check(&jws.header, &claims, input)?;
+        let header = |allowed: &[Algorithm]| jws.header.check(allowed);
+        let routed = self.route_and_check(header, jws.header.typ.as_deref(), &claims, input)?;
         // 9-10. key and signature, unless this very token failed against these keys
         let cache = self.token_cache().zip(presented.hash);
         if let Lookup::Forged(f) = &presented.cached
@@ -324,20 +326,24 @@ impl Registry {
             ),
             None => 0.0,
         };
-        let verified = VerifiedToken {
-            header: jws.header,
-            algorithm: routed.alg,
+        let verified = VerifiedToken::new(
+            jws.header,
+            routed.alg,
             claims,
             key,
-            key_set: routed.key_set.clone(),
+            routed.key_set.clone(),
+            match cache {
+                Some(_) => token_cache::sha256(jws.signing_input.as_bytes()),
+                None => [0; 32],
+            },
             expires,
-        };
+        );
         let token = match cache {
             Some((c, hash)) => c.insert(hash, verified),
             None => Arc::new(verified),
         };
-        // 10b-11.
-        let accepted = self.after_signature(&routed, &token, input)?;
+        // 10b-12.
+        let accepted = self.after_signature(&routed, &token, input).await?;
         Ok(Validated {
             tenant: routed.tenant,
             token,
@@ -351,7 +357,8 @@ impl Registry {
     /// touches the network). Runs on every call, cached token or not.
     fn route_and_check(
         &self,
-        header: &Header,
+        check_header: impl FnOnce(&[Algorithm]) -> Result<Algorithm, Rejection>,
+        typ: Option<&str>,
         claims: &Claims,
         input: &ValidateInput<'_>,
     ) -> Result<Routed, ValidateError> {
@@ -366,9 +373,9 @@ impl Registry {
         let reject = at_tenant(&tenant);
         let policy = &tenant.settings.policy;
         // 4. header
-        let alg = header.check(&policy.algorithms).map_err(&reject)?;
+        let alg = check_header(&policy.algorithms).map_err(&reject)?;
         // 5. typ
-        claims::check_type(header.typ.as_deref(), policy.types.as_deref()).map_err(&reject)?;
+        claims::check_type(typ, policy.types.as_deref()).map_err(&reject)?;
         // 6. time and required claims
         let time_policy = TimePolicy {
             clock_skew: policy.clock_skew,
@@ -419,68 +426,46 @@ impl Registry {
     }
 
     /// The checks after the signature, on every call, whether it was verified now or
-    /// found in the cache: the sender constraint (step 10b: the `cnf` binding proven by
-    /// this call's DPoP proof or certificate; a proof is never cached), then replay
-    /// detection (step 11). Checks that revoke a token belong here too.
-    fn after_signature(
+    /// found in the cache: the sender constraint (10b: the `cnf` binding proven by this
+    /// call's DPoP proof or certificate; a proof is never cached, and its replay record is
+    /// the fleet's when it shares state), revocation (11: the rules are in memory, no
+    /// round trip) and replay detection (12: the fleet's record when it shares state).
+    async fn after_signature(
         &self,
         routed: &Routed,
         token: &VerifiedToken,
         input: &ValidateInput<'_>,
     ) -> Result<Accepted, ValidateError> {
+        let claims = &token.claims;
+        // Routing needed `iss`; a token without one never gets here.
+        let Some(iss) = claims.iss() else {
+            return Err(routed.reject(Rejection::new(
+                ErrorCode::MissingClaim,
+                "claim `iss` is required",
+            )));
+        };
         let presentation = input.presentation.unwrap_or(&BEARER);
-        let cnf = token.claims.get("cnf").map(ValueRef::to_json);
-        let accepted = routed
-            .tenant
-            .sender()
-            .check(cnf.as_ref(), input.token, presentation, now_secs())
+        let cnf = claims.get("cnf").map(ValueRef::to_json);
+        let sender = routed.tenant.sender();
+        let accepted = sender
+            .check(
+                cnf.as_ref(),
+                input.token,
+                presentation,
+                now_secs(),
+                self.shared(),
+            )
+            .await
             .map_err(|r| {
                 let policy = routed.key_set.id.policy.clone();
                 routed.tenant.binding_refusal(r, policy)
             })?;
-        check_replay(routed, token, input)?;
+        self.check_revoked(input.token, iss, claims)
+            .map_err(|r| routed.reject(r))?;
+        self.check_replay(&routed.tenant, iss, claims, input.peek_replay)
+            .await
+            .map_err(|r| routed.reject(r))?;
         Ok(accepted)
-    }
-}
-
-/// Step 11: replay detection, for tenants that ask for it; the token is recorded unless
-/// `peek_replay` (Introspect asks about a token, it does not use it).
-fn check_replay(
-    routed: &Routed,
-    token: &VerifiedToken,
-    input: &ValidateInput<'_>,
-) -> Result<(), ValidateError> {
-    let Some(replay) = routed.tenant.replay_cache() else {
-        return Ok(());
-    };
-    // A replay-detecting tenant needs `jti` and `exp` (without `exp` a token could be
-    // replayed forever; remembering it for a while would only hide that).
-    let claims = &token.claims;
-    let missing = |name: &str| {
-        routed.reject(Rejection::new(
-            ErrorCode::MissingClaim,
-            format!("claim `{name}` is required for replay detection"),
-        ))
-    };
-    let (Some(iss), Some(jti)) = (claims.iss(), claims.jti()) else {
-        return Err(missing("jti"));
-    };
-    let exp = claims.exp.ok_or_else(|| missing("exp"))?;
-    let expires = exp + routed.tenant.settings.policy.clock_skew.as_secs_f64();
-    let outcome = if input.peek_replay {
-        replay.peek(iss, jti)
-    } else {
-        replay.check_and_record(iss, jti, expires)
-    };
-    match outcome {
-        ReplayOutcome::Fresh => Ok(()),
-        ReplayOutcome::Replayed => {
-            Err(routed.reject(Rejection::new(ErrorCode::Replayed, "jti was seen before")))
-        }
-        ReplayOutcome::Full => Err(routed.reject(Rejection::new(
-            ErrorCode::Replayed,
-            "replay cache is full; refusing tokens it cannot remember",
-        ))),
     }
 }
 

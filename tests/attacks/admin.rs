@@ -192,12 +192,18 @@ fn admin_token(key: &TestKey, issuer: &str, aud: &str, scope: Option<&str>) -> S
     key.token(&c)
 }
 
-async fn list_as(channel: &Channel, token: Option<&str>) -> Result<usize, tonic::Status> {
-    let mut req = tonic::Request::new(pb::ListIssuersRequest::default());
+/// `message` with `authorization: <token>` metadata when given.
+fn authorized<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
     if let Some(t) = token {
         req.metadata_mut()
             .insert("authorization", t.parse().expect("metadata"));
     }
+    req
+}
+
+async fn list_as(channel: &Channel, token: Option<&str>) -> Result<usize, tonic::Status> {
+    let req = authorized(pb::ListIssuersRequest::default(), token);
     admin(channel)
         .list_issuers(req)
         .await
@@ -357,4 +363,62 @@ fn admin_service_off_loopback_without_admin_auth_does_not_start() {
             );
         }
     }
+}
+
+async fn revoke_as(
+    channel: &Channel,
+    token: Option<&str>,
+    victim: &str,
+) -> Result<pb::RevokeResponse, tonic::Status> {
+    let rule = pb::revoke_request::Rule::Token(victim.into());
+    let req = authorized(
+        pb::RevokeRequest {
+            rule: Some(rule),
+            expires_at: None,
+        },
+        token,
+    );
+    admin(channel).revoke(req).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn revoke_is_guarded_by_admin_auth_and_a_refused_call_revokes_nothing() {
+    let server = "  admin: true\n  admin_auth:\n    tenant: demo\n    audiences: [\"api://introspectd-admin\"]\n    required_scopes: [introspectd.admin]\n";
+    let (idp, key, h) = serve(server, "").await;
+    let iss = idp.issuer();
+    let victim = key.token(&claims(&iss, "api://demo"));
+    let good = admin_token(
+        &key,
+        &iss,
+        "api://introspectd-admin",
+        Some("introspectd.admin"),
+    );
+    let no_scope = admin_token(&key, &iss, "api://introspectd-admin", Some("read"));
+    let validate = || async {
+        TokenServiceClient::new(h.channel.clone())
+            .validate(pb::ValidateRequest {
+                token: victim.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("Validate")
+            .into_inner()
+    };
+    for (auth, want) in [
+        (None, Code::Unauthenticated),
+        (Some(format!("Bearer {no_scope}")), Code::PermissionDenied),
+    ] {
+        let err = revoke_as(&h.channel, auth.as_deref(), &victim)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), want, "{auth:?}: {err:?}");
+        assert!(validate().await.valid, "a refused Revoke revokes nothing");
+    }
+    let done = revoke_as(&h.channel, Some(&format!("Bearer {good}")), &victim)
+        .await
+        .expect("an admin token may revoke");
+    assert!(!done.fleet_wide);
+    let r = validate().await;
+    assert!(!r.valid);
+    assert_eq!(r.error.map(|e| e.code), Some(pb::ErrorCode::Revoked as i32));
 }

@@ -142,6 +142,12 @@ Guards: secrets must not be written into the ConfigMap.
 {{- $_ := set $server "health_listen" (printf "%s:%d" .Values.bindAddress (int .Values.containerPorts.health)) }}
 {{- end }}
 {{- $_ := set $config "server" $server }}
+{{- if hasKey $config "shared_state" }}
+{{- fail "config.shared_state is managed by the chart: set sharedState.* instead (it also opens the NetworkPolicy and mounts the password)" }}
+{{- end }}
+{{- with (include "introspectd.sharedState" . | fromYaml) }}
+{{- $_ := set $config "shared_state" . }}
+{{- end }}
 {{- range $i, $tenant := (get $config "tenants" | default list) }}
 {{- if not (kindIs "map" $tenant) }}
 {{- fail (printf "config.tenants[%d] must be a map" $i) }}
@@ -155,6 +161,34 @@ Guards: secrets must not be written into the ConfigMap.
 {{- end }}
 {{- end }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/*
+The shared_state section from sharedState.* (empty when off).
+*/}}
+{{- define "introspectd.sharedState" -}}
+{{- $ss := .Values.sharedState }}
+{{- if $ss.enabled }}
+{{- if eq (empty $ss.url) (empty $ss.clusterNodes) }}
+{{- fail "sharedState.enabled needs exactly one of sharedState.url and sharedState.clusterNodes" }}
+{{- end }}
+{{- $out := dict "key_prefix" $ss.keyPrefix "op_timeout" $ss.opTimeout "on_unavailable" $ss.onUnavailable }}
+{{- if $ss.url }}
+{{- $_ := set $out "redis_url" $ss.url }}
+{{- else }}
+{{- $_ := set $out "cluster_nodes" $ss.clusterNodes }}
+{{- end }}
+{{- if $ss.password.secretName }}
+{{- $_ := set $out "redis_password_env" "REDIS_PASSWORD" }}
+{{- end }}
+{{- if $ss.integrityKey.secretName }}
+{{- $_ := set $out "integrity_key_env" "SHARED_STATE_INTEGRITY_KEY" }}
+{{- end }}
+{{- if $ss.tls.caSecretName }}
+{{- $_ := set $out "tls_ca_file" (printf "%s/%s" $ss.tls.mountPath $ss.tls.caKey) }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -180,6 +214,8 @@ Names of the environment variables the pod gets from secretEnv and extraEnv.
 {{- $names := list }}
 {{- range .Values.secretEnv }}{{ $names = append $names .name }}{{ end }}
 {{- range .Values.extraEnv }}{{ $names = append $names .name }}{{ end }}
+{{- if and .Values.sharedState.enabled .Values.sharedState.password.secretName }}{{ $names = append $names "REDIS_PASSWORD" }}{{ end }}
+{{- if and .Values.sharedState.enabled .Values.sharedState.integrityKey.secretName }}{{ $names = append $names "SHARED_STATE_INTEGRITY_KEY" }}{{ end }}
 {{- join "," $names }}
 {{- end }}
 

@@ -343,9 +343,8 @@ impl Denial {
             Denial::Rejected(ErrorCode::InsufficientScope) | Denial::OpaqueScope => {
                 Decision::Forbidden
             }
-            Denial::Rejected(ErrorCode::KeysUnavailable) | Denial::IntrospectionUnavailable => {
-                Decision::Unavailable
-            }
+            Denial::Rejected(ErrorCode::KeysUnavailable | ErrorCode::StateUnavailable)
+            | Denial::IntrospectionUnavailable => Decision::Unavailable,
             Denial::NoToken | Denial::Rejected(_) | Denial::Inactive | Denial::OpaqueAudience => {
                 Decision::Unauthenticated
             }
@@ -370,10 +369,9 @@ impl Denial {
         match self {
             Denial::NoToken => ("unauthorized", "missing_token"),
             Denial::BadRequest(e) => ("invalid_request", e.as_str()),
-            Denial::Rejected(ErrorCode::KeysUnavailable) => (
-                "temporarily_unavailable",
-                ErrorCode::KeysUnavailable.as_str(),
-            ),
+            Denial::Rejected(code @ (ErrorCode::KeysUnavailable | ErrorCode::StateUnavailable)) => {
+                ("temporarily_unavailable", code.as_str())
+            }
             Denial::Rejected(code) => match ChallengeError::of(code) {
                 Some(e) => (e.as_str(), code.as_str()),
                 None => ("invalid_token", code.as_str()),

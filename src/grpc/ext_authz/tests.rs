@@ -530,3 +530,50 @@ async fn checks_are_counted_by_tenant_and_decision() {
     ));
     assert!(text.contains(r#"introspectd_validations_total{tenant="fp",result="valid"} 1"#));
 }
+
+#[tokio::test]
+async fn a_revoked_token_is_denied_as_validate_refuses_it() {
+    let registry = registry();
+    let svc = ExtAuthzService::new(
+        registry.clone(),
+        Introspection::local_only(registry.clone()),
+        ExtAuthzSettings::default(),
+        4096,
+    );
+    let token = hs256(&good_claims());
+    let req = || check_request(&[("authorization", &bearer(&token))], &[]);
+    assert_eq!(grpc_code(&check(&svc, req()).await), Code::Ok);
+    let done = registry
+        .revoke(&crate::registry::RevokeInput {
+            target: crate::registry::RevokeTarget::Token(token.clone()),
+            expires_at: None,
+        })
+        .await
+        .expect("revoke");
+    assert!(!done.fleet_wide, "no shared_state: this replica only");
+    expect_denied(
+        &check(&svc, req()).await,
+        401,
+        Code::Unauthenticated,
+        Some(r#"Bearer realm="introspectd", error="invalid_token", error_description="revoked""#),
+        "revoked",
+    );
+}
+
+#[test]
+fn state_unavailable_is_the_servers_fault_like_keys_unavailable() {
+    for code in [ErrorCode::KeysUnavailable, ErrorCode::StateUnavailable] {
+        let d = Denial::Rejected(code);
+        assert_eq!(d.statuses(), (503, Code::Unavailable), "{code}");
+        assert_eq!(d.decision(), Decision::Unavailable);
+        assert_eq!(d.body_fields(), ("temporarily_unavailable", code.as_str()));
+        assert_eq!(
+            d.challenge(&[], None),
+            None,
+            "nothing for the client to fix"
+        );
+    }
+    let revoked = Denial::Rejected(ErrorCode::Revoked);
+    assert_eq!(revoked.statuses(), (401, Code::Unauthenticated));
+    assert_eq!(revoked.body_fields(), ("invalid_token", "revoked"));
+}

@@ -250,6 +250,10 @@ pub enum BindingError {
     /// The replay store cannot remember more proofs.
     #[error("DPoP proof replay store is full; refusing proofs it cannot remember")]
     ReplayStoreFull,
+    /// The fleet's shared replay store is unavailable and the service refuses rather than
+    /// decide alone (`on_unavailable: fail_closed`).
+    #[error("the fleet's shared state is unavailable, so DPoP proof replay cannot be checked")]
+    ReplayStoreUnavailable,
     /// No `ath`: the proof is not bound to this access token.
     #[error("DPoP proof has no ath, so it is not bound to an access token")]
     MissingAth,
@@ -298,6 +302,7 @@ impl BindingError {
         use BindingError as E;
         match self {
             E::NonceRequired | E::NonceStale | E::NonceInvalid => ErrorCode::UseDpopNonce,
+            E::ReplayStoreUnavailable => ErrorCode::StateUnavailable,
             E::KeyMismatch
             | E::BoundTokenAsBearer
             | E::UnboundTokenAsDpop
