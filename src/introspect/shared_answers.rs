@@ -172,6 +172,7 @@ impl Introspector {
         }
         let candidate = Candidate {
             token,
+            digest: None,
             iss: answer.iss.as_deref().unwrap_or_default(),
             jti: answer.jti.as_deref(),
             sub: answer.sub.as_deref(),

@@ -11,10 +11,9 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use arc_swap::ArcSwap;
-use aws_lc_rs::digest;
-
+use super::token_cache::{digest_from_hex, sha256};
 use crate::shared::{Revocation, RevocationRule};
+use arc_swap::ArcSwap;
 
 /// Most rules held; a Revoke beyond it is refused.
 pub const MAX_REVOCATION_RULES: usize = 100_000;
@@ -23,12 +22,19 @@ pub const MAX_REVOCATION_RULES: usize = 100_000;
 /// part (`header.payload`) of a compact JWS, so that a re-encoded signature still
 /// matches, or of the whole token otherwise.
 pub fn token_digest(token: &str) -> String {
+    signed_sha256(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// [`token_digest`] as bytes: the form rules are held in and a cached entry carries.
+pub(crate) fn signed_sha256(token: &str) -> [u8; 32] {
     let signed = match token.rsplit_once('.') {
         Some((signed, _)) if token.bytes().filter(|b| *b == b'.').count() == 2 => signed,
         _ => token,
     };
-    let d = digest::digest(&digest::SHA256, signed.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    sha256(signed.as_bytes())
 }
 
 /// Why a rule could not be added.
@@ -38,7 +44,8 @@ pub struct RevocationsFull;
 
 #[derive(Debug, Default, Clone)]
 struct RuleSet {
-    tokens: HashMap<String, i64>,
+    /// By [`signed_sha256`]; a rule whose digest is not 64 hex digits matches nothing.
+    tokens: HashMap<[u8; 32], i64>,
     jtis: HashMap<(String, String), i64>,
     /// `(iss, sub)` -> (issued_before, expires_at); several rules combine to the latest
     /// of each (revoking more, for longer: the safe side).
@@ -52,9 +59,9 @@ impl RuleSet {
 
     fn contains(&self, r: &Revocation) -> bool {
         match &r.rule {
-            RevocationRule::Token { sha256 } => {
-                self.tokens.get(sha256).is_some_and(|e| *e >= r.expires_at)
-            }
+            RevocationRule::Token { sha256 } => digest_from_hex(sha256)
+                .and_then(|d| self.tokens.get(&d))
+                .is_some_and(|e| *e >= r.expires_at),
             RevocationRule::Jti { iss, jti } => self
                 .jtis
                 .get(&(iss.clone(), jti.clone()))
@@ -74,8 +81,10 @@ impl RuleSet {
         let exp = r.expires_at;
         match &r.rule {
             RevocationRule::Token { sha256 } => {
-                let e = self.tokens.entry(sha256.clone()).or_insert(exp);
-                *e = (*e).max(exp);
+                if let Some(d) = digest_from_hex(sha256) {
+                    let e = self.tokens.entry(d).or_insert(exp);
+                    *e = (*e).max(exp);
+                }
             }
             RevocationRule::Jti { iss, jti } => {
                 let e = self.jtis.entry((iss.clone(), jti.clone())).or_insert(exp);
@@ -96,9 +105,9 @@ impl RuleSet {
     }
 
     fn rules(&self, now: i64) -> Vec<Revocation> {
-        let tokens = self.tokens.iter().map(|(sha256, e)| Revocation {
+        let tokens = self.tokens.iter().map(|(d, e)| Revocation {
             rule: RevocationRule::Token {
-                sha256: sha256.clone(),
+                sha256: d.iter().map(|b| format!("{b:02x}")).collect(),
             },
             expires_at: *e,
         });
@@ -139,6 +148,8 @@ impl RuleSet {
 pub struct Candidate<'a> {
     /// The token as received (its digest is computed only if a digest rule exists).
     pub token: &'a str,
+    /// Its [`signed_sha256`], when the caller already has it (a verified token does).
+    pub digest: Option<[u8; 32]>,
     /// `iss`.
     pub iss: &'a str,
     /// `jti`, when present.
@@ -212,7 +223,7 @@ impl Revocations {
         if !rules.tokens.is_empty()
             && rules
                 .tokens
-                .get(&token_digest(c.token))
+                .get(&c.digest.unwrap_or_else(|| signed_sha256(c.token)))
                 .is_some_and(|e| *e > now)
         {
             return true;
@@ -304,6 +315,7 @@ mod tests {
     fn candidate<'a>(token: &'a str, jti: Option<&'a str>, iat: Option<f64>) -> Candidate<'a> {
         Candidate {
             token,
+            digest: None,
             iss: "https://i",
             jti,
             sub: Some("alice"),

@@ -43,6 +43,7 @@ impl Registry {
     pub(super) fn check_revoked(
         &self,
         token: &str,
+        digest: [u8; 32],
         iss: &str,
         claims: &Claims,
     ) -> Result<(), Rejection> {
@@ -59,6 +60,7 @@ impl Registry {
         }
         let candidate = Candidate {
             token,
+            digest: Some(digest),
             iss,
             jti: claims.jti(),
             sub: claims.sub(),

@@ -86,7 +86,7 @@ impl BuildHasher for DigestHash {
 }
 
 /// The 32 bytes a lower-case (or upper-case) hex SHA-256 names; `None` if it is not one.
-fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
+pub(crate) fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
     }
@@ -124,7 +124,7 @@ pub struct VerifiedToken {
     /// The key set that key was found in.
     pub key_set: Arc<KeySetState>,
     /// SHA-256 of its signed part (`header.payload`): what a revocation rule by token
-    /// digest names ([`super::token_digest`]).
+    /// digest names ([`super::token_digest`]), computed once per verification.
     pub signed_sha256: [u8; 32],
     /// Seconds since the epoch at which the entry stops being used.
     pub(crate) expires: f64,

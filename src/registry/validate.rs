@@ -332,10 +332,7 @@ impl Registry {
             claims,
             key,
             routed.key_set.clone(),
-            match cache {
-                Some(_) => token_cache::sha256(jws.signing_input.as_bytes()),
-                None => [0; 32],
-            },
+            token_cache::sha256(jws.signing_input.as_bytes()),
             expires,
         );
         let token = match cache {
@@ -460,7 +457,7 @@ impl Registry {
                 let policy = routed.key_set.id.policy.clone();
                 routed.tenant.binding_refusal(r, policy)
             })?;
-        self.check_revoked(input.token, iss, claims)
+        self.check_revoked(input.token, token.signed_sha256, iss, claims)
             .map_err(|r| routed.reject(r))?;
         self.check_replay(&routed.tenant, iss, claims, input.peek_replay)
             .await
