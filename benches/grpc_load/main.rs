@@ -67,8 +67,8 @@ pub struct Args {
     /// Only scenarios whose label contains this text (e.g. `RS256`, `introspectd`).
     #[arg(long)]
     only: Option<String>,
-    /// Record a `perf` CPU profile of each introspectd scenario's measured phase into
-    /// this folder (`perf report -i FILE` reads it; needs Debian's linux-perf).
+    /// Record a `perf` CPU profile of each scenario's measured phase (the floor's too,
+    /// to compare with) into this folder (`perf report -i FILE` reads it; needs Debian's linux-perf).
     #[arg(long)]
     perf: Option<PathBuf>,
     /// A few seconds in all, to check that the harness works (small numbers, not figures).
@@ -257,12 +257,12 @@ impl Bench {
         load.phase(&feed, 0, self.args.warmup).await?;
         let before = (server.usage()?, servers::usage("self")?);
         let entries_before = server.metric(report::CACHE_ENTRIES).await;
-        let profile = match (&self.args.perf, scenario.target) {
-            (Some(dir), Target::Introspectd | Target::Baseline) => Some(servers::Profiler::start(
+        let profile = match &self.args.perf {
+            Some(dir) => Some(servers::Profiler::start(
                 &server,
                 &dir.join(format!("{}.perf.data", scenario.file_name())),
             )?),
-            _ => None,
+            None => None,
         };
         let phase = load.phase(&feed, self.args.warmup, self.args.calls).await?;
         if let Some(p) = profile {

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::{
     GrpcService, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, Peer, ServeOptions, Shared,
-    admission::Slot,
+    admission::Slot, coalesce::Coalesced,
 };
 
 /// The HTTP/2 server settings of a listener.
@@ -122,7 +122,7 @@ async fn serve_http2<S, IO>(
         first_request: first_request.clone(),
     };
     let conn = shared.http2.serve_connection(
-        TokioIo::new(io),
+        TokioIo::new(Coalesced(io)),
         hyper_util::service::TowerToHyperService::new(svc),
     );
     tokio::pin!(conn);

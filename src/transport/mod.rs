@@ -19,6 +19,7 @@
 //! the client's certificates, exactly as under tonic's own server.
 
 pub mod admission;
+mod coalesce;
 mod conn;
 pub mod tls;
 
