@@ -10,6 +10,8 @@
 
 mod envoy;
 mod load;
+#[path = "../common/perf.rs"]
+mod perf;
 mod procs;
 // Shared with grpc_load, which also reads memory.
 #[allow(dead_code)]
@@ -45,10 +47,21 @@ struct Args {
     /// A few seconds in all, to check the harness works (small numbers, not figures).
     #[arg(long)]
     smoke: bool,
+    /// Only scenarios whose label (as printed, e.g. `jwt_authn RS256`, `DPoP-bound`)
+    /// contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// Record a `perf` CPU profile (call graphs) of Envoy and introspectd during each
+    /// scenario's measured phase into this folder (needs Debian's linux-perf).
+    #[arg(long)]
+    perf: Option<PathBuf>,
     /// Cargo passes `--bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+/// The DPoP mode's setup, as printed.
+const DPOP_LABEL: &str = "ext_authz, DPoP-bound";
 
 /// One row of the table.
 struct Row {
@@ -109,7 +122,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 tokens: bearer.clone(),
                 dpop: None,
             };
-            rows.push(s.measure(&client, args, &mut procs).await?);
+            rows.extend(s.measure(&client, args, &mut procs).await?);
         }
         let url = format!("http://127.0.0.1:{}/", ports.port(Setup::ExtAuthz));
         let s = Scenario {
@@ -119,7 +132,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             tokens: bound,
             dpop: Some(dpop.clone()),
         };
-        rows.push(s.measure(&client, args, &mut procs).await?);
+        rows.extend(s.measure(&client, args, &mut procs).await?);
     }
     report(args, &rows, es256_floor_us()?);
     Ok(())
@@ -147,8 +160,11 @@ impl Scenario {
         client: &reqwest::Client,
         args: &Args,
         procs: &mut Procs<'_>,
-    ) -> anyhow::Result<Row> {
+    ) -> anyhow::Result<Option<Row>> {
         let (url, tokens, dpop) = (&self.url, &self.tokens, &self.dpop);
+        if !self.selected(args) {
+            return Ok(None);
+        }
         let warm = load::run(
             client,
             url,
@@ -167,6 +183,13 @@ impl Scenario {
             if dpop.is_some() { " DPoP" } else { "" },
             warm.failures
         );
+        let profile = match &args.perf {
+            Some(dir) => Some(perf::Profiler::start(
+                &[procs.envoy.pid(), procs.introspectd.pid()],
+                &dir.join(format!("{}.perf.data", self.label().replace([' ', ','], "_"))),
+            )?),
+            None => None,
+        };
         let (e0, i0) = (procs.envoy.cpu_secs()?, procs.introspectd.cpu_secs()?);
         let phase = load::run(
             client,
@@ -179,17 +202,37 @@ impl Scenario {
         )
         .await;
         let (e1, i1) = (procs.envoy.cpu_secs()?, procs.introspectd.cpu_secs()?);
+        if let Some(p) = profile {
+            p.stop()?;
+        }
         procs.envoy.check_alive()?;
         procs.introspectd.check_alive()?;
         let n = (phase.ok + phase.failures).max(1) as f64;
-        Ok(Row {
+        Ok(Some(Row {
             setup: self.setup,
             dpop: dpop.is_some(),
             alg: self.alg,
             envoy_cpu_us: (e1 - e0) * 1e6 / n,
             introspectd_cpu_us: (i1 - i0) * 1e6 / n,
             phase,
-        })
+        }))
+    }
+
+    /// The scenario's label: its setup (or the DPoP mode) and algorithm, as printed.
+    fn label(&self) -> String {
+        let setup = if self.dpop.is_some() {
+            DPOP_LABEL
+        } else {
+            self.setup.name()
+        };
+        format!("{setup} {}", self.alg.name())
+    }
+
+    /// Whether `--only` leaves this scenario in.
+    fn selected(&self, args: &Args) -> bool {
+        args.only
+            .as_deref()
+            .is_none_or(|only| self.label().contains(only))
     }
 }
 
@@ -240,7 +283,7 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
         println!(
             "{:<22} {:<6} {:>9.0} {:>8.0} {:>8.0} {:>11.1} {:>13.1} {:>10.1} {:>8}",
             if r.dpop {
-                "ext_authz, DPoP-bound"
+                DPOP_LABEL
             } else {
                 r.setup.name()
             },

@@ -53,6 +53,11 @@ impl Proc {
         crate::proc_stat::cpu_secs(&self.child.id().to_string())
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails if the process has exited.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
@@ -118,3 +123,4 @@ pub(crate) fn thread_cpu_secs() -> anyhow::Result<f64> {
         .parse()?;
     Ok(ns as f64 / 1e9)
 }
+

@@ -13,6 +13,8 @@
 mod floor;
 mod inprocess;
 mod load;
+#[path = "../common/perf.rs"]
+mod perf;
 #[path = "../common/proc_stat.rs"]
 mod proc_stat;
 mod report;
@@ -258,8 +260,8 @@ impl Bench {
         let before = (server.usage()?, servers::usage("self")?);
         let entries_before = server.metric(report::CACHE_ENTRIES).await;
         let profile = match &self.args.perf {
-            Some(dir) => Some(servers::Profiler::start(
-                &server,
+            Some(dir) => Some(perf::Profiler::start(
+                &[server.pid()],
                 &dir.join(format!("{}.perf.data", scenario.file_name())),
             )?),
             None => None,

@@ -53,6 +53,11 @@ pub fn usage(pid: &str) -> anyhow::Result<Usage> {
 }
 
 impl Server {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// This server's CPU time and memory now.
     pub fn usage(&self) -> anyhow::Result<Usage> {
         usage(&self.child.id().to_string())
@@ -217,42 +222,4 @@ pub fn install_node_peer() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-/// A `perf record` of one server process, stopped (and its file written) by [`stop`].
-///
-/// [`stop`]: Profiler::stop
-#[derive(Debug)]
-pub struct Profiler {
-    child: Child,
-}
-
-impl Profiler {
-    /// Starts sampling `server` (CPU clock, call graphs) into `out`.
-    pub fn start(server: &Server, out: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = out.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let child = Command::new("perf")
-            .args(["record", "-q", "-e", "cpu-clock", "-F", "4999", "-g", "-p"])
-            .arg(server.child.id().to_string())
-            .arg("-o")
-            .arg(out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting perf (Debian's linux-perf)")?;
-        // perf attaches asynchronously; give it a moment before the load starts.
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Self { child })
-    }
-
-    /// Stops sampling (SIGINT, as perf expects) and waits for the file.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()?;
-        self.child.wait()?;
-        Ok(())
-    }
 }

@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::jwt::claims::{Claims, in_timestamp_range};
+use crate::jwt::{
+    claims::{Claims, in_timestamp_range},
+    compact::ValueRef,
+};
 
 /// `token_type` of an access token (RFC 6750).
 pub const BEARER: &str = "Bearer";
@@ -187,50 +190,43 @@ const ACCESS_TOKEN_MARKERS: [&str; 4] = ["scope", "scp", "client_id", "roles"];
 /// caller's hint says so, or it carries scopes, a client id or roles; an ID token is one
 /// that carries none of those but a `nonce`, `at_hash` or `c_hash`. Anything else was
 /// presented as a bearer token and is treated as one.
-pub fn is_access_token(all: &Map<String, Value>, hint: Option<&str>) -> bool {
+pub fn is_access_token(has: impl Fn(&str) -> bool, hint: Option<&str>) -> bool {
     if hint == Some("access_token") {
         return true;
     }
-    if ACCESS_TOKEN_MARKERS.iter().any(|m| all.contains_key(*m)) {
+    if ACCESS_TOKEN_MARKERS.iter().any(|m| has(m)) {
         return true;
     }
-    !ID_TOKEN_MARKERS.iter().any(|m| all.contains_key(*m))
+    !ID_TOKEN_MARKERS.iter().any(|m| has(m))
 }
 
-/// The answer for a JWT that Validate accepted (BEHAVIOUR.md, Introspect): `scope` from
-/// `scope`, else `scp`; `client_id` from `client_id`, else `azp`, else `appid`;
-/// `username` from `preferred_username`, else `upn`, else `email`; `token_type` Bearer
-/// for access tokens. A claim whose value became a field is not repeated in `claims`;
-/// claims used as a fallback source (`scp`, `azp`, `upn`, ...) stay there.
-pub fn from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> Answer {
-    let all = &claims.to_json();
-    let first = |names: &[&str]| {
-        names
+/// A claim's scopes as one space-separated string: a string as it is, a list of strings
+/// joined; anything else is no scope.
+fn claim_scope(value: Option<ValueRef<'_>>) -> Option<String> {
+    match value? {
+        ValueRef::String(s) => Some(s.to_owned()),
+        ValueRef::List(items) => items
             .iter()
-            .find_map(|n| all.get(*n).and_then(Value::as_str).map(str::to_owned))
-    };
-    let mut rest = all.clone();
-    let scope = match scope_of(all.get("scope")) {
-        Some(s) => {
-            rest.remove("scope");
-            Some(s)
-        }
-        None => scope_of(all.get("scp")),
-    };
-    if all.get("client_id").is_some_and(Value::is_string) {
-        rest.remove("client_id");
+            .map(ValueRef::as_str)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(" ")),
+        _ => None,
     }
-    // Validate has checked the types of the registered claims, so each one present is
-    // in its field.
-    for registered in ["exp", "iat", "nbf", "sub", "aud", "iss", "jti"] {
-        rest.remove(registered);
-    }
+}
+
+/// The answer fields for a JWT that Validate accepted (BEHAVIOUR.md, Introspect): `scope`
+/// from `scope`, else `scp`; `client_id` from `client_id`, else `azp`, else `appid`;
+/// `username` from `preferred_username`, else `upn`, else `email`; `token_type` Bearer
+/// for access tokens. `claims` is left empty: this is what a caller that needs only the
+/// fields (ext_authz) pays for, read straight from the verified claims.
+pub fn fields_from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> Answer {
+    let first = |names: &[&str]| names.iter().find_map(|n| claims.str(n)).map(str::to_owned);
     Answer {
         active: true,
-        scope,
+        scope: claim_scope(claims.get("scope")).or_else(|| claim_scope(claims.get("scp"))),
         client_id: first(&["client_id", "azp", "appid"]),
         username: first(&["preferred_username", "upn", "email"]),
-        token_type: is_access_token(all, hint).then(|| BEARER.to_string()),
+        token_type: is_access_token(|m| claims.contains(m), hint).then(|| BEARER.to_string()),
         exp: claims.exp.map(|f| f.floor() as i64),
         iat: claims.iat.map(|f| f.floor() as i64),
         nbf: claims.nbf.map(|f| f.floor() as i64),
@@ -238,9 +234,30 @@ pub fn from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> Answer 
         aud: claims.aud().map(str::to_owned).collect(),
         iss: claims.iss().map(str::to_owned),
         jti: claims.jti().map(str::to_owned),
-        claims: rest,
+        claims: Map::new(),
         tenant: Some(tenant.to_string()),
     }
+}
+
+/// The whole answer for a JWT that Validate accepted: [`fields_from_claims`], and in
+/// `claims` every other claim. A claim whose value became a field is not repeated in
+/// `claims`; claims used as a fallback source (`scp`, `azp`, `upn`, ...) stay there.
+pub fn from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> Answer {
+    let mut answer = fields_from_claims(claims, tenant, hint);
+    let mut rest = claims.to_json();
+    if claim_scope(claims.get("scope")).is_some() {
+        rest.remove("scope");
+    }
+    if claims.str("client_id").is_some() {
+        rest.remove("client_id");
+    }
+    // Validate has checked the types of the registered claims, so each one present is
+    // in its field.
+    for registered in ["exp", "iat", "nbf", "sub", "aud", "iss", "jti"] {
+        rest.remove(registered);
+    }
+    answer.claims = rest;
+    answer
 }
 
 /// Why an upstream answer is not an RFC 7662 answer.
@@ -368,20 +385,33 @@ mod tests {
     }
 
     #[test]
+    fn the_fields_alone_are_the_whole_answers_fields() {
+        for doc in [
+            json!({"sub": "s", "scope": "a b", "scp": "x", "client_id": "c", "exp": 9.5}),
+            json!({"scp": ["r", "w"], "azp": "z", "upn": "u", "aud": ["a1", "a2"]}),
+            json!({"scope": ["r", 1], "appid": "p", "email": "e", "nonce": "n"}),
+            json!({"iss": "i", "jti": "j", "iat": 1, "nbf": 2, "preferred_username": 7}),
+        ] {
+            let c = claims(doc.clone());
+            let mut whole = from_claims(&c, "t", Some("id_token"));
+            whole.claims = Map::new();
+            assert_eq!(fields_from_claims(&c, "t", Some("id_token")), whole, "{doc}");
+        }
+    }
+
+    #[test]
     fn id_tokens_are_not_bearer_tokens() {
         let id = json!({"nonce": "n", "at_hash": "h"});
         let m = id.as_object().expect("obj");
-        assert!(!is_access_token(m, None));
+        let has = |name: &str| m.contains_key(name);
+        assert!(!is_access_token(has, None));
         assert!(
-            is_access_token(m, Some("access_token")),
+            is_access_token(has, Some("access_token")),
             "the caller's hint wins"
         );
-        assert!(is_access_token(
-            json!({"nonce": "n", "scp": "x"}).as_object().expect("obj"),
-            None
-        ));
+        assert!(is_access_token(|name| name == "nonce" || name == "scp", None));
         assert!(
-            is_access_token(&Map::new(), None),
+            is_access_token(|_| false, None),
             "presented as a bearer token"
         );
         assert_eq!(from_claims(&claims(id), "t", None).token_type, None);

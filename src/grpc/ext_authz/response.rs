@@ -6,6 +6,8 @@
 //! `DPoP` scheme, and a fresh nonce (tenants that require them) goes to the client in
 //! `DPoP-Nonce` on either answer (RFC 9449 sections 7.1 and 9).
 
+use std::sync::Arc;
+
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use prost_types::{Struct, Value as PValue, value::Kind};
 use serde_json::{Map, Value};
@@ -33,8 +35,9 @@ use crate::{
     jwt::{
         ErrorCode,
         challenge::{Challenge, ChallengeError},
+        compact::ValueRef,
     },
-    registry::{DpopHint, Validated},
+    registry::{DpopHint, Validated, VerifiedToken},
 };
 
 /// The response header carrying a fresh DPoP nonce to the client (RFC 9449 section 9).
@@ -45,10 +48,10 @@ pub const DPOP_NONCE_HEADER: &str = "dpop-nonce";
 /// header's value.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// The answer fields.
+    /// The answer fields (for a JWT, without the rest of its claims: see `claims`).
     pub answer: Answer,
     /// Every claim: the verified JWT payload, or the provider's RFC 7662 answer.
-    pub claims: Map<String, Value>,
+    claims: ClaimSet,
     /// The claims as base64url JSON: a JWT's payload segment exactly as the issuer signed
     /// it, or the serialized answer of an opaque token.
     pub claims_b64: String,
@@ -56,16 +59,35 @@ pub struct Identity {
     pub dpop_nonce: Option<String>,
 }
 
+/// Where the claims of an identity are looked up.
+#[derive(Debug, Clone)]
+enum ClaimSet {
+    /// A verified JWT's claims, shared with the verified-token cache (read in place: a
+    /// Check builds no map of them).
+    Jwt(Arc<VerifiedToken>),
+    /// An opaque token's RFC 7662 answer, as JSON.
+    Json(Map<String, Value>),
+}
+
+impl ClaimSet {
+    /// The claim `name`, if present.
+    fn get(&self, name: &str) -> Option<Value> {
+        match self {
+            Self::Jwt(t) => t.claims.get(name).map(ValueRef::to_json),
+            Self::Json(m) => m.get(name).cloned(),
+        }
+    }
+}
+
 impl Identity {
     /// The identity of a token Validate accepted (`token` is the compact JWS it
     /// accepted): Introspect's field mapping of its claims, and its payload.
     pub fn from_validated(v: Validated, token: &str) -> Self {
-        let claims = v.claims();
-        let answer = answer::from_claims(claims, v.tenant.id(), None);
+        let answer = answer::fields_from_claims(v.claims(), v.tenant.id(), None);
         let claims_b64 = token.split('.').nth(1).unwrap_or_default().to_string();
         Self {
             answer,
-            claims: claims.to_json(),
+            claims: ClaimSet::Jwt(v.token),
             claims_b64,
             dpop_nonce: v.dpop_nonce,
         }
@@ -77,7 +99,7 @@ impl Identity {
         let claims_b64 = URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string());
         Self {
             answer,
-            claims,
+            claims: ClaimSet::Json(claims),
             claims_b64,
             dpop_nonce: None,
         }
@@ -100,7 +122,7 @@ impl Identity {
             "exp" => a.exp.map(|v| v.to_string()),
             "iat" => a.iat.map(|v| v.to_string()),
             "nbf" => a.nbf.map(|v| v.to_string()),
-            other => self.claims.get(other).and_then(claim_text),
+            other => self.claims.get(other).as_ref().and_then(claim_text),
         };
         field.filter(|v| is_header_value(v))
     }
