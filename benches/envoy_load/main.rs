@@ -186,7 +186,10 @@ impl Scenario {
         let profile = match &args.perf {
             Some(dir) => Some(perf::Profiler::start(
                 &[procs.envoy.pid(), procs.introspectd.pid()],
-                &dir.join(format!("{}.perf.data", self.label().replace([' ', ','], "_"))),
+                &dir.join(format!(
+                    "{}.perf.data",
+                    self.label().replace([' ', ','], "_")
+                )),
             )?),
             None => None,
         };
@@ -282,11 +285,7 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
     for r in rows {
         println!(
             "{:<22} {:<6} {:>9.0} {:>8.0} {:>8.0} {:>11.1} {:>13.1} {:>10.1} {:>8}",
-            if r.dpop {
-                DPOP_LABEL
-            } else {
-                r.setup.name()
-            },
+            if r.dpop { DPOP_LABEL } else { r.setup.name() },
             r.alg.name(),
             r.phase.per_sec(),
             r.phase.quantile_us(0.5),

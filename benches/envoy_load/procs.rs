@@ -123,4 +123,3 @@ pub(crate) fn thread_cpu_secs() -> anyhow::Result<f64> {
         .parse()?;
     Ok(ns as f64 / 1e9)
 }
-

@@ -395,7 +395,11 @@ mod tests {
             let c = claims(doc.clone());
             let mut whole = from_claims(&c, "t", Some("id_token"));
             whole.claims = Map::new();
-            assert_eq!(fields_from_claims(&c, "t", Some("id_token")), whole, "{doc}");
+            assert_eq!(
+                fields_from_claims(&c, "t", Some("id_token")),
+                whole,
+                "{doc}"
+            );
         }
     }
 
@@ -409,7 +413,10 @@ mod tests {
             is_access_token(has, Some("access_token")),
             "the caller's hint wins"
         );
-        assert!(is_access_token(|name| name == "nonce" || name == "scp", None));
+        assert!(is_access_token(
+            |name| name == "nonce" || name == "scp",
+            None
+        ));
         assert!(
             is_access_token(|_| false, None),
             "presented as a bearer token"

@@ -5,6 +5,7 @@
 //! claim creates an entry or names a URL.
 
 mod operator;
+pub mod proof_keys;
 mod refresh;
 mod replay;
 mod revocation;

@@ -1,67 +1,25 @@
-//! Sender constraints in the Validate path: the key checker DPoP proofs use (the token
-//! key hygiene rules and aws-lc verifiers of `keys`), and each tenant's
-//! [`SenderState`]: its policy as the pure decision of `jwt::dpop` takes it, its nonce
-//! key and its proof replay store.
+//! Sender constraints in the Validate path: each tenant's [`SenderState`], its policy as
+//! the pure decision of `jwt::dpop` takes it, its nonce key, its proof replay store and
+//! the proof keys it has checked ([`super::proof_keys`]).
 
 use std::{fmt, time::Duration};
 
-use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
     Registry, Tenant, ValidateError,
+    proof_keys::EmbeddedKeys,
     replay::{ReplayCache, ReplayOutcome},
     state_checks::{ReplayEntry, Unavailable, shared_replay},
 };
 use crate::{
     config::{DEFAULT_DPOP_ALGORITHMS, SenderConstraintSettings, TenantSettings},
     jwt::dpop::{
-        Accepted, BindingError, KeyFault, Mode, NonceKey, Presentation, ProofKeys, Refused,
-        SenderPolicy,
+        Accepted, BindingError, Mode, NonceKey, Presentation, Refused, SenderPolicy,
         binding::{self, ProofUse},
     },
-    keys::{self, IngestOptions, VerifyingKey},
     shared::Shared,
 };
-
-/// Longest key-hygiene reason passed on in a refusal; longer ones (which could quote
-/// attacker-chosen member values) are replaced by a fixed text.
-const MAX_REASON_CHARS: usize = 96;
-
-/// Checks a proof's embedded `jwk` exactly as a token key from a fetched key set is
-/// checked: no private members, no symmetric keys, RSA of at least 2048 bits, EC points
-/// on their curve, the key bound to the proof's `alg`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EmbeddedKeys;
-
-impl ProofKeys for EmbeddedKeys {
-    fn verify(
-        &self,
-        jwk: &Map<String, Value>,
-        alg: Algorithm,
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<String, KeyFault> {
-        if let Some(m) = keys::private_member(jwk) {
-            return Err(KeyFault::Private(m.to_string()));
-        }
-        let opts = IngestOptions {
-            allow_symmetric: false,
-            algorithms: &[alg],
-        };
-        let key = VerifyingKey::from_jwk(jwk, &opts).map_err(|e| {
-            let why = e.to_string();
-            if why.chars().count() <= MAX_REASON_CHARS && !why.chars().any(char::is_control) {
-                KeyFault::Unusable(why)
-            } else {
-                KeyFault::Unusable("the key fails the key hygiene rules".into())
-            }
-        })?;
-        key.verify(alg, message, signature)
-            .map_err(|_| KeyFault::BadSignature)?;
-        Ok(key.thumbprint.clone())
-    }
-}
 
 /// What a DPoP client is told beside an answer (RFC 9449 7.1 and 9): the algorithms a
 /// `DPoP` challenge advertises and a fresh nonce for the `DPoP-Nonce` header.
@@ -83,6 +41,7 @@ pub struct SenderState {
     clock_skew: Duration,
     nonce: Option<NonceKey>,
     proofs: ReplayCache,
+    keys: EmbeddedKeys,
     algorithm_names: Vec<String>,
 }
 
@@ -92,6 +51,7 @@ impl fmt::Debug for SenderState {
             .field("mode", &self.settings.mode)
             .field("nonce", &self.nonce)
             .field("proofs", &self.proofs.len())
+            .field("keys", &self.keys.remembered())
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +72,7 @@ impl SenderState {
         Self {
             clock_skew: tenant.policy.clock_skew,
             proofs: ReplayCache::new(&tenant.id, DEFAULT_DPOP_REPLAY_ENTRIES),
+            keys: EmbeddedKeys::default(),
             settings,
             nonce,
             algorithm_names,
@@ -153,7 +114,7 @@ impl SenderState {
             clock_skew: self.clock_skew,
             nonce: self.nonce.as_ref(),
         };
-        binding::decide(cnf, token, presentation, &policy, now, &EmbeddedKeys)
+        binding::decide(cnf, token, presentation, &policy, now, &self.keys)
     }
 
     /// The binding decision, and the proof recorded by the replay rule when it holds:

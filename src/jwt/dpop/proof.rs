@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
-use serde_json::{Map, Value};
 
 use super::{BindingError, HttpRequest, MAX_PROOF_BYTES, htu, sha256_b64url};
 use crate::jwt::compact::{self, ObjectRef, ValueRef};
@@ -41,7 +40,7 @@ pub trait ProofKeys {
     /// See the trait.
     fn verify(
         &self,
-        jwk: &Map<String, Value>,
+        jwk: ObjectRef<'_>,
         alg: Algorithm,
         message: &[u8],
         signature: &[u8],
@@ -89,10 +88,10 @@ fn is_dpop_typ(typ: &str) -> bool {
     lower.strip_prefix("application/").unwrap_or(&lower) == DPOP_TYP
 }
 
-fn check_header(
-    header: ObjectRef<'_>,
+fn check_header<'a>(
+    header: ObjectRef<'a>,
     algorithms: &[Algorithm],
-) -> Result<(Algorithm, Map<String, Value>), BindingError> {
+) -> Result<(Algorithm, ObjectRef<'a>), BindingError> {
     let parsed = jws::header_from(header).map_err(|r| malformed(r.message))?;
     match parsed.typ.as_deref() {
         Some(t) if is_dpop_typ(t) => {}
@@ -106,7 +105,7 @@ fn check_header(
         return Err(BindingError::ProofHeader(p));
     }
     match header.get("jwk") {
-        Some(ValueRef::Object(jwk)) => Ok((alg, jwk.to_json())),
+        Some(ValueRef::Object(jwk)) => Ok((alg, jwk)),
         Some(_) => Err(malformed("jwk is not a JSON object")),
         None => Err(BindingError::MissingJwk),
     }
@@ -184,7 +183,7 @@ pub fn check(
     let raw = jws::split(proof.trim()).map_err(|r| malformed(r.message))?;
     let (alg, jwk) = check_header(ObjectRef::new(&raw.header), rules.algorithms)?;
     let jkt = keys
-        .verify(&jwk, alg, raw.signing_input.as_bytes(), &raw.signature)
+        .verify(jwk, alg, raw.signing_input.as_bytes(), &raw.signature)
         .map_err(|f| match f {
             KeyFault::Private(m) => BindingError::PrivateJwk(m),
             KeyFault::Unusable(why) => BindingError::UnusableJwk(why),

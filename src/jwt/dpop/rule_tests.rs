@@ -20,7 +20,7 @@ use super::{
 use crate::{
     jwt::ErrorCode,
     keys::{IngestOptions, SUPPORTED_ALGORITHMS, VerifyingKey},
-    registry::sender::EmbeddedKeys,
+    registry::proof_keys::EmbeddedKeys,
 };
 
 const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln";
@@ -176,7 +176,14 @@ fn run(
     p: &Presentation,
     pol: &SenderPolicy<'_>,
 ) -> Result<Accepted, Refused> {
-    binding::decide(claims.get("cnf"), TOKEN, p, pol, NOW, &EmbeddedKeys)
+    binding::decide(
+        claims.get("cnf"),
+        TOKEN,
+        p,
+        pol,
+        NOW,
+        &EmbeddedKeys::default(),
+    )
 }
 
 fn refusal(claims: &Map<String, Value>, p: &Presentation, pol: &SenderPolicy<'_>) -> BindingError {
@@ -689,4 +696,43 @@ fn every_binding_error_has_a_distinct_message() {
     for e in &all {
         assert!(e.to_string().len() < 200);
     }
+}
+
+#[test]
+fn remembered_proof_keys_still_check_every_signature_and_failed_keys_are_not_kept() {
+    let keys = EmbeddedKeys::default();
+    let pol = policy(None);
+    let key = ProofKey::es256();
+    let claims = cnf(json!({"jkt": key.jkt()}));
+    let decide = |p: &Presentation| binding::decide(claims.get("cnf"), TOKEN, p, &pol, NOW, &keys);
+    for _ in 0..2 {
+        let ok = decide(&dpop(&[key.proof()])).expect("a valid proof");
+        assert_eq!(ok.binding.jkt.as_deref(), Some(key.jkt().as_str()));
+    }
+    assert_eq!(keys.remembered(), 1, "one client key, checked once");
+    // The same (remembered) key under a proof whose signature is another key's.
+    let other = ProofKey::es256();
+    let forged = {
+        let good = key.proof();
+        let (input, _) = good.rsplit_once('.').expect("jws");
+        format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(other.sign(input.as_bytes()))
+        )
+    };
+    assert_eq!(
+        decide(&dpop(&[forged])).expect_err("forged").error,
+        BindingError::ProofSignature
+    );
+    // A key with a private member is refused each time it comes.
+    let mut private = key.jwk.clone();
+    private["d"] = json!("AAAA");
+    for _ in 0..2 {
+        let p = key.proof_with(json!({"jwk": private}), Value::Null);
+        assert_eq!(
+            decide(&dpop(&[p])).expect_err("private").error,
+            BindingError::PrivateJwk("d".into())
+        );
+    }
+    assert_eq!(keys.remembered(), 1, "a refused key is not remembered");
 }
