@@ -38,6 +38,10 @@ struct Args {
     /// Seconds of measured load per scenario.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Runs of every scenario, one round after another; the table shows each figure's
+    /// median over the rounds (and the failures of all of them).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
@@ -69,9 +73,57 @@ struct Row {
     /// DPoP-bound tokens with a proof per request.
     dpop: bool,
     alg: Alg,
-    phase: load::Phase,
+    calls_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    failures: u64,
     envoy_cpu_us: f64,
     introspectd_cpu_us: f64,
+}
+
+impl Row {
+    /// Whether two rows measured the same scenario.
+    fn same_scenario(&self, other: &Row) -> bool {
+        (self.setup, self.dpop, self.alg) == (other.setup, other.dpop, other.alg)
+    }
+
+    /// Envoy's and introspectd's CPU per request.
+    fn total_cpu_us(&self) -> f64 {
+        self.envoy_cpu_us + self.introspectd_cpu_us
+    }
+}
+
+/// One row per scenario, in the order first measured: each figure the median of the
+/// scenario's rounds, the failures summed.
+fn medians(rows: Vec<Row>) -> Vec<Row> {
+    let mut groups: Vec<Vec<Row>> = Vec::new();
+    for row in rows {
+        match groups.iter_mut().find(|g| g[0].same_scenario(&row)) {
+            Some(g) => g.push(row),
+            None => groups.push(vec![row]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let median = |f: fn(&Row) -> f64| {
+                let mut v: Vec<f64> = g.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            Row {
+                setup: g[0].setup,
+                dpop: g[0].dpop,
+                alg: g[0].alg,
+                calls_per_sec: median(|r| r.calls_per_sec),
+                p50_us: median(|r| r.p50_us),
+                p99_us: median(|r| r.p99_us),
+                failures: g.iter().map(|r| r.failures).sum(),
+                envoy_cpu_us: median(|r| r.envoy_cpu_us),
+                introspectd_cpu_us: median(|r| r.introspectd_cpu_us),
+            }
+        })
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,7 +158,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .build()?;
     let dpop = Arc::new(DpopClient::generate()?);
     let mut rows = Vec::new();
-    for alg in [Alg::Rs256, Alg::Es256] {
+    for alg in [Alg::Rs256, Alg::Es256].repeat(args.rounds.max(1)) {
         let bearer = Arc::new(keys.tokens(alg, args.tokens, None)?);
         let bound = Arc::new(keys.tokens(alg, args.tokens, Some(&dpop.jkt))?);
         let mut procs = Procs {
@@ -134,7 +186,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         };
         rows.extend(s.measure(&client, args, &mut procs).await?);
     }
-    report(args, &rows, es256_floor_us()?);
+    report(args, &medians(rows), es256_floor_us()?);
     Ok(())
 }
 
@@ -215,9 +267,12 @@ impl Scenario {
             setup: self.setup,
             dpop: dpop.is_some(),
             alg: self.alg,
+            calls_per_sec: phase.per_sec(),
+            p50_us: phase.quantile_us(0.5),
+            p99_us: phase.quantile_us(0.99),
+            failures: phase.failures,
             envoy_cpu_us: (e1 - e0) * 1e6 / n,
             introspectd_cpu_us: (i1 - i0) * 1e6 / n,
-            phase,
         }))
     }
 
@@ -275,8 +330,11 @@ fn es256_floor_us() -> anyhow::Result<f64> {
 
 fn report(args: &Args, rows: &[Row], floor_us: f64) {
     println!(
-        "\nenvoy_load: {} s per scenario, {} in flight, {} distinct tokens per algorithm, Envoy --concurrency 1",
-        args.seconds, args.in_flight, args.tokens
+        "\nenvoy_load: {} s per scenario, {} round(s) (medians), {} in flight, {} distinct tokens per algorithm, Envoy --concurrency 1",
+        args.seconds,
+        args.rounds.max(1),
+        args.in_flight,
+        args.tokens
     );
     println!(
         "{:<22} {:<6} {:>9} {:>8} {:>8} {:>11} {:>13} {:>10} {:>8}",
@@ -295,13 +353,13 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
             "{:<22} {:<6} {:>9.0} {:>8.0} {:>8.0} {:>11.1} {:>13.1} {:>10.1} {:>8}",
             if r.dpop { DPOP_LABEL } else { r.setup.name() },
             r.alg.name(),
-            r.phase.per_sec(),
-            r.phase.quantile_us(0.5),
-            r.phase.quantile_us(0.99),
+            r.calls_per_sec,
+            r.p50_us,
+            r.p99_us,
             r.envoy_cpu_us,
             r.introspectd_cpu_us,
-            r.envoy_cpu_us + r.introspectd_cpu_us,
-            r.phase.failures
+            r.total_cpu_us(),
+            r.failures
         );
     }
     for alg in [Alg::Rs256, Alg::Es256] {
@@ -310,12 +368,11 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
                 .find(|r| r.setup == s && r.alg == alg && !r.dpop)
         };
         if let (Some(ext), Some(jwt)) = (find(Setup::ExtAuthz), find(Setup::JwtAuthn)) {
-            let total = |r: &Row| r.envoy_cpu_us + r.introspectd_cpu_us;
             println!(
                 "{}: ext_authz / jwt_authn CPU per request {:.2}x; p99 ext_authz - jwt_authn {:+.0} µs",
                 alg.name(),
-                total(ext) / total(jwt),
-                ext.phase.quantile_us(0.99) - jwt.phase.quantile_us(0.99)
+                ext.total_cpu_us() / jwt.total_cpu_us(),
+                ext.p99_us - jwt.p99_us
             );
         }
     }
