@@ -23,8 +23,9 @@
 //!   view of their health; no Redis client.
 //! - [`registry`]: tenants, routing, per-key-set state, the Validate pipeline (with the
 //!   revocation and replay checks), the verified-token cache and its purges
-//!   (`token_cache.rs`), each tenant's sender-constraint state (`sender.rs`: proof key
-//!   checks, nonce key, proof replay store, local or the fleet's), what operators ask
+//!   (`token_cache.rs`), each tenant's sender-constraint state (`sender.rs`: nonce key,
+//!   proof replay store, local or the fleet's; `proof_keys.rs`: proof keys checked with
+//!   the token key hygiene rules and remembered once they passed), what operators ask
 //!   (`operator.rs`: key-set lookup, forced refresh with its diff), and revocation rules
 //!   with `Revoke`.
 //! - [`oidc`]: discovery and JWKS fetching, the refresh schedule and refresher loop
@@ -59,7 +60,8 @@
 //! - [`transport`]: every gRPC listener's connections, served with hyper's HTTP/2 server:
 //!   the connection cap with eviction of idle connections (`admission.rs`), TLS with hot
 //!   reload, the first-request deadline, HTTP/2 stream and reset limits, connection age
-//!   and graceful shutdown (`conn.rs`).
+//!   and graceful shutdown (`conn.rs`), and replies written with their trailers in one
+//!   syscall (`coalesce.rs`).
 //!
 //! Dependencies go one way: `jwt`, `keys`, `shared` <- `events` <- `registry` <- `oidc`,
 //! `introspect` <- `fleet`, `grpc` <- `app` <- `cli`; `config` is read by all of them
