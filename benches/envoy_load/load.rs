@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::tokens::DpopClient;
+use crate::dpop_client::DpopClient;
 
 /// One measured phase.
 #[derive(Debug, Default)]

@@ -8,6 +8,8 @@
 //! the CPU per request of Envoy and of introspectd, read from `/proc/<pid>/stat`. `benches/envoy_load/run.sh` installs Envoy and runs it;
 //! `-- --help` lists the options.
 
+#[path = "../common/dpop_client.rs"]
+mod dpop_client;
 mod envoy;
 mod load;
 #[path = "../common/perf.rs"]
@@ -21,14 +23,13 @@ mod tokens;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
-
 use clap::Parser;
 
 use crate::{
+    dpop_client::{DpopClient, es256_floor_us},
     envoy::Setup,
     procs::Proc,
-    tokens::{Alg, DpopClient, Keys},
+    tokens::{Alg, Keys},
 };
 
 /// HTTP load through Envoy: no auth, jwt_authn, ext_authz to introspectd.
@@ -292,40 +293,6 @@ impl Scenario {
             .as_deref()
             .is_none_or(|only| self.label().contains(only))
     }
-}
-
-/// The floor of a DPoP-bound call's extra cost: one ES256 verification with its key
-/// parsed for the call (a proof carries its key), median CPU microseconds over batches
-/// timed on this thread.
-fn es256_floor_us() -> anyhow::Result<f64> {
-    const BATCHES: usize = 11;
-    const PER_BATCH: usize = 200;
-    let client = DpopClient::generate()?;
-    // Each call verifies another proof's signature, as each DPoP request does (the same
-    // signature over and over runs faster: the CPU's branch predictors learn it).
-    let mut proofs = Vec::with_capacity(BATCHES * PER_BATCH);
-    for _ in 0..BATCHES * PER_BATCH {
-        let proof = client.proof("http://127.0.0.1/", "token")?;
-        let (input, signature) = proof.rsplit_once('.').unwrap_or_default();
-        let signature =
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)?;
-        proofs.push((input.as_bytes().to_vec(), signature));
-    }
-    let public = client.public_key();
-    let mut batches = Vec::new();
-    for batch in proofs.chunks(PER_BATCH) {
-        let start = procs::thread_cpu_secs()?;
-        for (input, signature) in batch {
-            let key = UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, public.as_slice());
-            anyhow::ensure!(
-                key.verify(input, signature).is_ok(),
-                "floor: a proof does not verify"
-            );
-        }
-        batches.push((procs::thread_cpu_secs()? - start) * 1e6 / PER_BATCH as f64);
-    }
-    batches.sort_by(f64::total_cmp);
-    Ok(batches[batches.len() / 2])
 }
 
 fn report(args: &Args, rows: &[Row], floor_us: f64) {

@@ -111,18 +111,3 @@ pub(crate) fn envoy_binary(root: &Path) -> anyhow::Result<PathBuf> {
         ),
     }
 }
-
-/// CPU seconds the calling thread has run (Linux `schedstat`; preemption by other
-/// processes does not count). The kernel brings that sum up to date only at scheduler
-/// events and ticks (4 ms at 250 Hz), so this yields first: `sched_yield` updates it,
-/// making it exact to the nanosecond.
-pub(crate) fn thread_cpu_secs() -> anyhow::Result<f64> {
-    std::thread::yield_now();
-    let stat = fs::read_to_string("/proc/thread-self/schedstat")?;
-    let ns: u64 = stat
-        .split_whitespace()
-        .next()
-        .context("empty schedstat")?
-        .parse()?;
-    Ok(ns as f64 / 1e9)
-}

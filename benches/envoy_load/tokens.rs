@@ -1,15 +1,11 @@
 //! Signing keys made for the run and the distinct tokens the load cycles through: RS256
 //! (RSA 2048) and ES256 (P-256), signed with aws-lc-rs, published as one JWKS that both
-//! introspectd (`jwks_file`) and Envoy's jwt_authn (`local_jwks`) read; and the DPoP
-//! client of the DPoP mode (tokens bound to its key, a fresh ES256 proof per request).
+//! introspectd (`jwks_file`) and Envoy's jwt_authn (`local_jwks`) read, and tokens
+//! bound to the DPoP client's key (`benches/common/dpop_client.rs`) for the DPoP mode.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{
-    digest,
     rand::SystemRandom,
     rsa::{KeyPair as RsaKeyPair, KeySize},
     signature::{self as sig, EcdsaKeyPair, KeyPair as _},
@@ -111,65 +107,5 @@ impl Keys {
                 Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
             })
             .collect()
-    }
-}
-
-/// The DPoP client of the DPoP mode: one ES256 key, a fresh proof for every request.
-pub(crate) struct DpopClient {
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
-    header_b64: String,
-    /// The RFC 7638 thumbprint of its public key, the tokens' `cnf.jkt`.
-    pub(crate) jkt: String,
-    sent: AtomicU64,
-}
-
-impl DpopClient {
-    /// A fresh key.
-    pub(crate) fn generate() -> anyhow::Result<Self> {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)?;
-        let key = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())?;
-        let p = key.public_key().as_ref();
-        let (x, y) = (
-            URL_SAFE_NO_PAD.encode(&p[1..33]),
-            URL_SAFE_NO_PAD.encode(&p[33..65]),
-        );
-        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let jkt = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()));
-        let header = json!({"typ": "dpop+jwt", "alg": "ES256",
-            "jwk": {"kty": "EC", "crv": "P-256", "x": x, "y": y}});
-        Ok(Self {
-            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
-            key,
-            rng,
-            jkt,
-            sent: AtomicU64::new(0),
-        })
-    }
-
-    /// The uncompressed public key point.
-    pub(crate) fn public_key(&self) -> Vec<u8> {
-        self.key.public_key().as_ref().to_vec()
-    }
-
-    /// A proof for `GET url` carrying `token` (RFC 9449 4.2), with a `jti` never used
-    /// before in this run.
-    pub(crate) fn proof(&self, url: &str, token: &str) -> anyhow::Result<String> {
-        let n = self.sent.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let ath = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, token.as_bytes()));
-        let claims = json!({"jti": format!("bench-{n}"), "htm": "GET", "htu": url, "iat": now,
-            "ath": ath});
-        let input = format!(
-            "{}.{}",
-            self.header_b64,
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = self.key.sign(&self.rng, input.as_bytes())?;
-        Ok(format!(
-            "{input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.as_ref())
-        ))
     }
 }

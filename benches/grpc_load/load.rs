@@ -16,11 +16,16 @@ use hdrhistogram::Histogram;
 use introspectd::grpc::pb::{self, token_service_client::TokenServiceClient};
 use tonic::transport::{Channel, Endpoint};
 
+/// The request URI the DPoP mode's proofs name (`htu`, with `htm` GET).
+pub const DPOP_URI: &str = "https://api.bench.example/v1/items";
+
 /// Which tokens the callers send.
 #[derive(Debug, Clone)]
 pub struct TokenFeed {
     tokens: Arc<Vec<String>>,
     repeated: bool,
+    /// The DPoP mode: call `i` sends proof `i` with the token.
+    proofs: Option<Arc<Vec<String>>>,
 }
 
 impl TokenFeed {
@@ -29,6 +34,7 @@ impl TokenFeed {
         Self {
             tokens,
             repeated: false,
+            proofs: None,
         }
     }
 
@@ -37,6 +43,35 @@ impl TokenFeed {
         Self {
             tokens,
             repeated: true,
+            proofs: None,
+        }
+    }
+
+    /// Every call sends `token` as a DPoP-bound token, call `i` with proof `i`.
+    pub fn dpop(token: String, proofs: Arc<Vec<String>>) -> Self {
+        Self {
+            tokens: Arc::new(vec![token]),
+            repeated: true,
+            proofs: Some(proofs),
+        }
+    }
+
+    /// The request of call `i`.
+    fn request(&self, i: usize) -> pb::ValidateRequest {
+        let token = self.get(i).to_string();
+        match self.proofs.as_ref().and_then(|p| p.get(i)) {
+            Some(proof) => pb::ValidateRequest {
+                token,
+                authorization_scheme: "DPoP".into(),
+                dpop_proofs: vec![proof.clone()],
+                http_method: "GET".into(),
+                http_uri: DPOP_URI.into(),
+                ..Default::default()
+            },
+            None => pb::ValidateRequest {
+                token,
+                ..Default::default()
+            },
         }
     }
 
@@ -156,10 +191,7 @@ async fn caller(
         if i >= end {
             return Ok(p);
         }
-        let req = pb::ValidateRequest {
-            token: feed.get(i).to_string(),
-            ..Default::default()
-        };
+        let req = feed.request(i);
         let start = Instant::now();
         let r = client.validate(req).await;
         let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);

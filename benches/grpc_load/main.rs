@@ -10,6 +10,8 @@
 // Benches: shared helpers are `pub` inside private modules, as in the other bench.
 #![allow(unreachable_pub)]
 
+#[path = "../common/dpop_client.rs"]
+mod dpop_client;
 mod floor;
 mod inprocess;
 mod load;
@@ -31,6 +33,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use crate::{
+    dpop_client::DpopClient,
     load::{Load, TokenFeed},
     report::Row,
     servers::Server,
@@ -106,6 +109,9 @@ pub struct Scenario {
     pub alg: Alg,
     /// One token for every call, or a new one for each.
     pub repeated: bool,
+    /// The DPoP mode: the one token is bound to a DPoP key, each call carries a fresh
+    /// proof (made before the measurement).
+    pub dpop: bool,
 }
 
 impl Scenario {
@@ -117,10 +123,10 @@ impl Scenario {
             Target::Baseline => "introspectd (baseline)",
             Target::Node => "Node (grpc-js + jose)",
         };
-        let tokens = if self.repeated {
-            "one token repeated"
-        } else {
-            "distinct tokens"
+        let tokens = match (self.repeated, self.dpop) {
+            (_, true) => "one DPoP-bound token repeated, a fresh proof per call",
+            (true, false) => "one token repeated",
+            (false, false) => "distinct tokens",
         };
         format!("{server}, {} {tokens}", self.alg.name())
     }
@@ -129,16 +135,12 @@ impl Scenario {
 impl Scenario {
     /// A name for its files.
     pub fn file_name(&self) -> String {
-        format!(
-            "{:?}-{}-{}",
-            self.target,
-            self.alg.name(),
-            if self.repeated {
-                "repeated"
-            } else {
-                "distinct"
-            }
-        )
+        let tokens = match (self.repeated, self.dpop) {
+            (_, true) => "dpop",
+            (true, false) => "repeated",
+            (false, false) => "distinct",
+        };
+        format!("{:?}-{}-{tokens}", self.target, self.alg.name())
     }
 }
 
@@ -147,13 +149,20 @@ fn scenarios(args: &Args) -> Vec<Scenario> {
         target,
         alg,
         repeated,
+        dpop: false,
+    };
+    let dpop = |alg| Scenario {
+        dpop: true,
+        ..s(Target::Introspectd, alg, true)
     };
     let mut all = vec![
         s(Target::Floor, Alg::Rs256, true),
         s(Target::Introspectd, Alg::Rs256, false),
         s(Target::Introspectd, Alg::Rs256, true),
+        dpop(Alg::Rs256),
         s(Target::Introspectd, Alg::Es256, false),
         s(Target::Introspectd, Alg::Es256, true),
+        dpop(Alg::Es256),
     ];
     if args.baseline_bin.is_some() {
         for alg in [Alg::Rs256, Alg::Es256] {
@@ -209,16 +218,9 @@ impl Bench {
     }
 
     fn start(&self, scenario: &Scenario, round: usize) -> anyhow::Result<Server> {
-        let log = self.work.join(format!(
-            "{:?}-{}-{}-{round}.log",
-            scenario.target,
-            scenario.alg.name(),
-            if scenario.repeated {
-                "repeated"
-            } else {
-                "distinct"
-            }
-        ));
+        let log = self
+            .work
+            .join(format!("{}-{round}.log", scenario.file_name()));
         match scenario.target {
             Target::Floor => Server::floor(&log),
             Target::Introspectd => Server::introspectd(
@@ -249,12 +251,7 @@ impl Bench {
         if matches!(scenario.target, Target::Introspectd | Target::Baseline) {
             report::wait_serving(server.addr).await?;
         }
-        let pool = Arc::new(self.material.pool(scenario.alg).to_vec());
-        let feed = if scenario.repeated {
-            TokenFeed::repeated(pool)
-        } else {
-            TokenFeed::distinct(pool)
-        };
+        let feed = self.feed(scenario)?;
         let load = Load::connect(server.addr, self.args.connections, self.args.in_flight).await?;
         load.phase(&feed, 0, self.args.warmup).await?;
         let before = (server.usage()?, servers::usage("self")?);
@@ -278,6 +275,25 @@ impl Bench {
             after,
             entries_before.zip(entries_after),
         ))
+    }
+
+    /// What the callers of `scenario` send. The DPoP mode's proofs are made here, just
+    /// before the load, so that their `iat` is within the tenant's `dpop_max_age`.
+    fn feed(&self, scenario: &Scenario) -> anyhow::Result<TokenFeed> {
+        if scenario.dpop {
+            let client = DpopClient::generate()?;
+            let token = self.material.keys.bound_token(scenario.alg, &client.jkt)?;
+            let proofs = (0..self.args.warmup + self.args.calls)
+                .map(|_| client.proof(load::DPOP_URI, &token))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            return Ok(TokenFeed::dpop(token, Arc::new(proofs)));
+        }
+        let pool = Arc::new(self.material.pool(scenario.alg).to_vec());
+        Ok(if scenario.repeated {
+            TokenFeed::repeated(pool)
+        } else {
+            TokenFeed::distinct(pool)
+        })
     }
 
     /// Idle RSS of introspectd (`bin`) with `n` tenants, after start-up.
@@ -318,6 +334,12 @@ fn main() -> anyhow::Result<()> {
         node_peer,
     };
     let pipeline = report::pipeline(&bench)?;
+    let scenarios = scenarios(&bench.args);
+    let dpop_floor = if scenarios.iter().any(|s| s.dpop) {
+        Some(dpop_client::es256_floor_us()?)
+    } else {
+        None
+    };
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(report::run_all(&bench, &scenarios(&bench.args), &pipeline))
+    rt.block_on(report::run_all(&bench, &scenarios, &pipeline, dpop_floor))
 }

@@ -144,6 +144,7 @@ pub async fn run_all(
     bench: &Bench,
     scenarios: &[Scenario],
     pipeline: &[(Alg, f64)],
+    dpop_floor: Option<f64>,
 ) -> anyhow::Result<()> {
     let args = &bench.args;
     let mut rows: Vec<Vec<Row>> = vec![Vec::new(); scenarios.len()];
@@ -175,6 +176,9 @@ pub async fn run_all(
     }
     print_table(&summaries);
     print_ratios(&summaries, pipeline, bench.material.claims_bytes, &idle);
+    if let Some(floor) = dpop_floor {
+        print_dpop(&summaries, floor);
+    }
     if summaries.iter().any(|s| s.failures > 0) {
         bail!(
             "some calls failed or were answered invalid; see the logs in {}",
@@ -216,8 +220,35 @@ fn print_table(summaries: &[Summary]) {
 
 fn find(summaries: &[Summary], target: Target, alg: Alg, repeated: bool) -> Option<&Summary> {
     summaries.iter().find(|s| {
-        s.scenario.target == target && s.scenario.alg == alg && s.scenario.repeated == repeated
+        let c = &s.scenario;
+        c.target == target && c.alg == alg && c.repeated == repeated && !c.dpop
     })
+}
+
+/// Issue 17's budget: a DPoP-bound call's extra server CPU over the same call with a
+/// Bearer token (both one token repeated, so both are verified-token cache hits) is at
+/// most one ES256 verification (`floor`, a fresh proof's, timed in this process) plus
+/// 15 µs.
+fn print_dpop(summaries: &[Summary], floor: f64) {
+    println!(
+        "floor of a DPoP-bound call's extra: one ES256 verification of a fresh proof, key parsed: {floor:.1} µs CPU"
+    );
+    for alg in [Alg::Rs256, Alg::Es256] {
+        let bound = summaries
+            .iter()
+            .find(|s| s.scenario.alg == alg && s.scenario.dpop);
+        let bearer = find(summaries, Target::Introspectd, alg, true);
+        if let (Some(d), Some(b)) = (bound, bearer) {
+            let extra = d.cpu_us - b.cpu_us;
+            println!(
+                "{} token, DPoP-bound over Bearer: server CPU per call {:.1} - {:.1} = {extra:+.1} µs = floor {:+.1} µs (budget: + 15 µs)",
+                alg.name(),
+                d.cpu_us,
+                b.cpu_us,
+                extra - floor
+            );
+        }
+    }
 }
 
 fn print_ratios(

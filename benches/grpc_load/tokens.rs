@@ -148,6 +148,24 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// Token 0's claims bound to the DPoP key whose RFC 7638 thumbprint is `jkt`
+    /// (`cnf.jkt`), valid for a day.
+    pub fn bound_token(&self, alg: Alg, jkt: &str) -> anyhow::Result<String> {
+        let iat = now_secs();
+        let mut claims = claims(alg, 0, iat, iat + RENEW_BEFORE_SECS);
+        claims["cnf"] = json!({ "jkt": jkt });
+        let header = json!({"alg": alg.name(), "typ": "JWT", "kid": alg.kid()});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self.sign(alg, input.as_bytes())?;
+        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+}
+
 /// The claims of pooled token `index`.
 pub fn claims(alg: Alg, index: usize, iat: u64, exp: u64) -> Value {
     json!({

@@ -1,11 +1,12 @@
 //! Replay detection: remembers `(iss, jti)` of accepted tokens until they expire. Keyed
 //! by the claims, never by the token bytes (an ECDSA signature can be re-encoded), and
-//! bounded in entries: expired entries leave through an index ordered by expiry (O(log n)
-//! per token), and when the cache is full of live entries new tokens are refused rather
+//! bounded in entries: expired entries leave through an index ordered by expiry and
+//! then by arrival (O(log n) per token, integer comparisons only: most entries share
+//! their expiry second, and comparing their keys meant comparing long strings), and when the cache is full of live entries new tokens are refused rather
 //! than letting memory grow or forgetting a token that could still be replayed.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -24,14 +25,17 @@ type Key = Arc<(String, String)>;
 struct Entries {
     /// `(iss, jti)` -> expiry, whole seconds since the epoch (rounded up).
     seen: HashMap<Key, i64>,
-    /// The same entries ordered by expiry, so the expired ones are found first.
-    by_expiry: BTreeSet<(i64, Key)>,
+    /// The same entries by (expiry, arrival number), so the expired ones are found
+    /// first.
+    by_expiry: BTreeMap<(i64, u64), Key>,
+    /// The next arrival number.
+    arrivals: u64,
 }
 
 impl Entries {
     /// Drops every entry whose expiry is not after `now`.
     fn expire(&mut self, now: f64) {
-        while let Some((exp, _)) = self.by_expiry.first()
+        while let Some(((exp, _), _)) = self.by_expiry.first_key_value()
             && (*exp as f64) <= now
         {
             if let Some((_, key)) = self.by_expiry.pop_first() {
@@ -105,7 +109,9 @@ impl ReplayCache {
             let key = Arc::new(key);
             let exp = whole_seconds(expires);
             entries.seen.insert(key.clone(), exp);
-            entries.by_expiry.insert((exp, key));
+            let arrival = entries.arrivals;
+            entries.arrivals = arrival.wrapping_add(1);
+            entries.by_expiry.insert((exp, arrival), key);
             entries.seen.len()
         };
         self.warn_when_nearly_full(len);
@@ -247,11 +253,11 @@ mod tests {
         c.check_and_record_at("i", "last", 1000.0, 185.0);
         let e = c.lock();
         assert_eq!(e.seen.len(), e.by_expiry.len());
-        assert!(e.by_expiry.iter().all(|(exp, _)| *exp > 185));
+        assert!(e.by_expiry.keys().all(|(exp, _)| *exp > 185));
         assert!(
             e.by_expiry
                 .iter()
-                .all(|(exp, k)| e.seen.get(k.as_ref()) == Some(exp))
+                .all(|((exp, _), k)| e.seen.get(k.as_ref()) == Some(exp))
         );
     }
 
