@@ -659,6 +659,13 @@ pub fn config(data: &[u8]) {
         .map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string()))
         .collect();
     let env = |_: &str| Some(CONFIG_SECRET.to_string());
+    // The secret comes from the environment; when the input itself spells it (in a key
+    // name, an issuer, ...), an error or Debug quoting the input is not a leak.
+    let planted = yaml.contains(CONFIG_SECRET)
+        || overrides
+            .iter()
+            .any(|(k, v)| k.contains(CONFIG_SECRET) || v.contains(CONFIG_SECRET));
+    let shows_secret = |text: String| !planted && text.contains(CONFIG_SECRET);
     let first = config::load_str(yaml, &env, &overrides);
     let again = config::load_str(yaml, &env, &overrides);
     match (&first, &again) {
@@ -668,23 +675,17 @@ pub fn config(data: &[u8]) {
                 format!("{t:?}"),
                 "loading is deterministic"
             );
-            assert!(
-                !format!("{s:?}").contains(CONFIG_SECRET),
-                "Debug shows a secret"
-            );
+            assert!(!shows_secret(format!("{s:?}")), "Debug shows a secret");
             check_settings(s);
             introspectd::install_crypto();
             if let Err(e) = Registry::new(s) {
-                assert!(!e.to_string().contains(CONFIG_SECRET));
+                assert!(!shows_secret(e.to_string()), "an error shows a secret");
             }
         }
         (Err(e), Err(f)) => {
             assert_eq!(e, f, "loading is deterministic");
             assert!(!e.key.is_empty(), "an error names a key");
-            assert!(
-                !e.to_string().contains(CONFIG_SECRET),
-                "an error shows a secret"
-            );
+            assert!(!shows_secret(e.to_string()), "an error shows a secret");
         }
         _ => panic!("the same input loaded once and failed once"),
     }
