@@ -28,24 +28,14 @@ use serde_json::{Value, json};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// Shared with the load benchmarks, which also read other processes.
+#[allow(dead_code)]
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+
 const BATCHES: usize = 15;
 const PER_BATCH: usize = 400;
 const URI: &str = "https://api.example.com/v1/items";
-
-/// Nanoseconds this thread has run on a CPU (Linux `schedstat`): unlike wall time, not
-/// inflated while other processes hold the cores. `None` elsewhere. The kernel brings
-/// that sum up to date only at scheduler events (and ticks: 4 ms on a 250 Hz kernel,
-/// which made per-call figures come out in 10 µs steps), so this yields first:
-/// `sched_yield` updates the running thread's sum, making it exact to the nanosecond.
-fn thread_cpu_ns() -> Option<u64> {
-    std::thread::yield_now();
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
 
 /// Median (wall, CPU) nanoseconds per call of each `f(i)`, over `BATCHES` batches of
 /// `PER_BATCH` calls (one warm-up batch first), the modes' batches interleaved so that a
@@ -57,14 +47,14 @@ fn medians(modes: &mut [&mut dyn FnMut(usize)]) -> Vec<(f64, f64)> {
     let mut cpu = vec![Vec::with_capacity(BATCHES); modes.len()];
     for batch in 0..=BATCHES {
         for (m, f) in modes.iter_mut().enumerate() {
-            let (start, cpu_start) = (Instant::now(), thread_cpu_ns());
+            let (start, cpu_start) = (Instant::now(), proc_stat::thread_cpu_ns().ok());
             for _ in 0..PER_BATCH {
                 f(next[m]);
                 next[m] += 1;
             }
             if batch > 0 {
                 wall[m].push(start.elapsed().as_nanos() as f64 / PER_BATCH as f64);
-                if let (Some(a), Some(b)) = (cpu_start, thread_cpu_ns()) {
+                if let (Some(a), Some(b)) = (cpu_start, proc_stat::thread_cpu_ns().ok()) {
                     cpu[m].push(b.saturating_sub(a) as f64 / PER_BATCH as f64);
                 }
             }

@@ -1,15 +1,14 @@
-//! The DPoP side of the load benchmarks (each includes this file with `#[path]`): a
+//! The DPoP side of the load benchmarks (each includes this file with `#[path]`, and
+//! `proc_stat.rs` beside it): a
 //! client with one ES256 key that makes a fresh proof for every request, and the floor
 //! a DPoP-bound call's extra cost is measured against, one ES256 verification of a
 //! fresh proof.
 
 use std::{
-    fs,
     sync::atomic::{AtomicU64, Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
 use aws_lc_rs::{
     digest,
     rand::SystemRandom,
@@ -78,21 +77,6 @@ impl DpopClient {
     }
 }
 
-/// CPU seconds the calling thread has run (Linux `schedstat`; preemption by other
-/// processes does not count). The kernel brings that sum up to date only at scheduler
-/// events and ticks (4 ms at 250 Hz), so this yields first: `sched_yield` updates it,
-/// making it exact to the nanosecond.
-pub(crate) fn thread_cpu_secs() -> anyhow::Result<f64> {
-    std::thread::yield_now();
-    let stat = fs::read_to_string("/proc/thread-self/schedstat")?;
-    let ns: u64 = stat
-        .split_whitespace()
-        .next()
-        .context("empty schedstat")?
-        .parse()?;
-    Ok(ns as f64 / 1e9)
-}
-
 /// The floor of a DPoP-bound call's extra cost: one ES256 verification with its key
 /// parsed for the call (a proof carries its key), median CPU microseconds over batches
 /// timed on this thread.
@@ -112,7 +96,7 @@ pub(crate) fn es256_floor_us() -> anyhow::Result<f64> {
     let public = client.public_key();
     let mut batches = Vec::new();
     for batch in proofs.chunks(PER_BATCH) {
-        let start = thread_cpu_secs()?;
+        let start = crate::proc_stat::thread_cpu_ns()?;
         for (input, signature) in batch {
             let key = UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, public.as_slice());
             anyhow::ensure!(
@@ -120,7 +104,8 @@ pub(crate) fn es256_floor_us() -> anyhow::Result<f64> {
                 "floor: a proof does not verify"
             );
         }
-        batches.push((thread_cpu_secs()? - start) * 1e6 / PER_BATCH as f64);
+        let spent = crate::proc_stat::thread_cpu_ns()?.saturating_sub(start);
+        batches.push(spent as f64 / 1e3 / PER_BATCH as f64);
     }
     batches.sort_by(f64::total_cmp);
     Ok(batches[batches.len() / 2])

@@ -1,21 +1,17 @@
 //! The in-process pipeline: `Registry::validate` on the same tokens, one thread, no
 //! RPC, so that each server's CPU per call can be set against floor + pipeline. Timed
-//! in the thread's own CPU time (`/proc/thread-self/schedstat`, nanoseconds), which
-//! other work on a shared machine disturbs far less than wall time.
+//! in the thread's own CPU time (`proc_stat::thread_cpu_ns`), which other work on a
+//! shared machine disturbs far less than wall time.
 
 use introspectd::{
     config::{self, KeySource},
     registry::{Registry, ValidateInput},
 };
 
-use crate::tokens::{AUDIENCE, ISSUER, Material};
-
-/// CPU nanoseconds this thread has run.
-fn thread_cpu_ns() -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
-    let first = text.split_whitespace().next().unwrap_or_default();
-    Ok(first.parse()?)
-}
+use crate::{
+    proc_stat::thread_cpu_ns,
+    tokens::{AUDIENCE, ISSUER, Material},
+};
 
 /// Median CPU microseconds per validation of `tokens` (each validated once per batch).
 pub fn median_micros(material: &Material, tokens: &[String]) -> anyhow::Result<f64> {

@@ -137,24 +137,20 @@ impl Keys {
     /// A signed token: a realistic access token of about 450 bytes of claims, distinct
     /// per `index` (`sub`, `jti`, `name`, `email`).
     pub fn token(&self, alg: Alg, index: usize, iat: u64, exp: u64) -> anyhow::Result<String> {
-        let header = json!({"alg": alg.name(), "typ": "JWT", "kid": alg.kid()});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims(alg, index, iat, exp).to_string())
-        );
-        let signature = self.sign(alg, input.as_bytes())?;
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+        self.signed(alg, &claims(alg, index, iat, exp))
     }
-}
 
-impl Keys {
     /// Token 0's claims bound to the DPoP key whose RFC 7638 thumbprint is `jkt`
     /// (`cnf.jkt`), valid for a day.
     pub fn bound_token(&self, alg: Alg, jkt: &str) -> anyhow::Result<String> {
         let iat = now_secs();
         let mut claims = claims(alg, 0, iat, iat + RENEW_BEFORE_SECS);
         claims["cnf"] = json!({ "jkt": jkt });
+        self.signed(alg, &claims)
+    }
+
+    /// `claims` as a compact JWS signed with the `alg` key.
+    fn signed(&self, alg: Alg, claims: &Value) -> anyhow::Result<String> {
         let header = json!({"alg": alg.name(), "typ": "JWT", "kid": alg.kid()});
         let input = format!(
             "{}.{}",
