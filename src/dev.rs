@@ -5,6 +5,7 @@ use std::{
     io::Write as _,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime},
 };
 
@@ -92,7 +93,13 @@ impl DevKey {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // A name no other writer uses: another process, or another thread of this one.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
         {
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
@@ -103,11 +110,16 @@ impl DevKey {
                 .with_context(|| format!("creating {}", tmp.display()))?;
             f.write_all(&serde_json::to_vec_pretty(&file)?)?;
         }
-        // If another process created the key meanwhile, keep theirs.
-        if path.exists() {
-            let _ = std::fs::remove_file(&tmp);
-        } else {
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        // Publish without clobbering: a hard link fails when the path exists, in one
+        // step, so when another process (`serve --dev` and `token` started together)
+        // created the key meanwhile, both keep theirs. A check-then-rename let both
+        // rename, each reading its own key before the other replaced it.
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
         }
         let bytes = std::fs::read(path)?;
         Self::parse(&bytes)
@@ -228,6 +240,33 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o077, 0, "key file is private");
+        }
+    }
+
+    #[test]
+    fn writers_racing_to_create_the_key_all_end_up_with_the_same_one() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("dev.json");
+            let start = std::sync::Barrier::new(8);
+            let kids: Vec<String> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            DevKey::load_or_create(&path).expect("key").kid
+                        })
+                    })
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|r| r.join().expect("racer"))
+                    .collect()
+            });
+            let on_disk = DevKey::load_or_create(&path).expect("key").kid;
+            assert!(kids.iter().all(|k| *k == on_disk), "{kids:?} vs {on_disk}");
+            let leftovers = std::fs::read_dir(dir.path()).expect("dir").count();
+            assert_eq!(leftovers, 1, "no temporary file is left behind");
         }
     }
 
