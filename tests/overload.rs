@@ -11,7 +11,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use introspectd::{config::Settings, grpc::pb};
+use introspectd::{
+    config::Settings,
+    grpc::{
+        ext_authz::{
+            pb::envoy::service::auth::v3::authorization_client::AuthorizationClient,
+            request::http_check_request,
+        },
+        pb::{self, admin_service_client::AdminServiceClient},
+    },
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -43,6 +52,8 @@ async fn beyond_the_concurrency_limit_calls_are_refused_at_once_and_service_reco
         "    fetch_timeout: 20s\n    unknown_kid_cooldown: 1s\n",
         |s| {
             s.server.concurrency_limit = 1;
+            s.server.admin = true;
+            s.ext_authz.enabled = true;
         },
     )
     .await;
@@ -82,6 +93,33 @@ async fn beyond_the_concurrency_limit_calls_are_refused_at_once_and_service_reco
         tonic::Code::ResourceExhausted,
         "{refused:?}"
     );
+    // Every other unary method shares the same permits.
+    let introspect = client
+        .introspect(pb::IntrospectRequest {
+            token: key.token(&claims(&iss, "api://demo")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("Introspect over the limit");
+    let admin = AdminServiceClient::new(h.channel.clone())
+        .list_issuers(pb::ListIssuersRequest::default())
+        .await
+        .expect_err("ListIssuers over the limit");
+    let check = AuthorizationClient::new(h.channel.clone())
+        .check(http_check_request(&[("authorization", "Bearer x")], &[]))
+        .await
+        .expect_err("Check over the limit");
+    for (method, status) in [
+        ("Introspect", introspect),
+        ("ListIssuers", admin),
+        ("Check", check),
+    ] {
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "{method}: {status:?}"
+        );
+    }
 
     // Health checks and streams are not limited.
     assert_eq!(h.health("").await, SERVING);
