@@ -38,6 +38,9 @@ pub struct Claims {
     pub nbf: Option<f64>,
     /// `iat`.
     pub iat: Option<f64>,
+    /// Whether there is a `cnf` member: most tokens are not sender-constrained, and
+    /// every call asks (it fits in the struct's padding).
+    has_cnf: bool,
 }
 
 impl std::fmt::Debug for Claims {
@@ -102,6 +105,7 @@ impl Claims {
             exp: None,
             nbf: None,
             iat: None,
+            has_cnf: false,
         };
         let base = &c.encoded[..];
         let mut scope = None;
@@ -117,6 +121,7 @@ impl Claims {
                 "aud" => c.aud = Some(audience(base, v)?),
                 "scp" => c.scope = Some(value_span(base, v)),
                 "scope" => scope = Some(value_span(base, v)),
+                "cnf" => c.has_cnf = true,
                 _ => {}
             }
         }
@@ -171,6 +176,12 @@ impl Claims {
     /// Every member, in document order.
     pub fn members(&self) -> ObjectRef<'_> {
         ObjectRef::new(&self.encoded)
+    }
+
+    /// `cnf`, the token's sender constraint (RFC 7800), when it has one; found without
+    /// reading the claims when it has none.
+    pub fn cnf(&self) -> Option<ValueRef<'_>> {
+        if self.has_cnf { self.get("cnf") } else { None }
     }
 
     /// A member by name.
@@ -560,6 +571,18 @@ mod tests {
             max_lifetime: None,
             required_claims: required,
         }
+    }
+
+    #[test]
+    fn cnf_is_found_only_where_it_is() {
+        let bound = claims(r#"{"iss":"a","cnf":{"jkt":"x"},"sub":"s"}"#);
+        let Some(ValueRef::Object(cnf)) = bound.cnf() else {
+            panic!("cnf is an object");
+        };
+        assert_eq!(cnf.get("jkt").and_then(ValueRef::as_str), Some("x"));
+        assert!(claims(r#"{"iss":"a","sub":"s"}"#).cnf().is_none());
+        // The flag lives in the struct's padding: a cached entry is no larger for it.
+        assert_eq!(std::mem::size_of::<Claims>(), 128);
     }
 
     #[test]

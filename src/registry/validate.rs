@@ -442,7 +442,7 @@ impl Registry {
             )));
         };
         let presentation = input.presentation.unwrap_or(&BEARER);
-        let cnf = claims.get("cnf").map(ValueRef::to_json);
+        let cnf = claims.cnf().map(ValueRef::to_json);
         let sender = routed.tenant.sender();
         let accepted = sender
             .check(
