@@ -38,17 +38,51 @@ fn bearer_req(token: &str) -> pb::ValidateRequest {
     }
 }
 
-/// A refusal with `code` whose challenge has `scheme_prefix` and `error="{error}"`.
-fn assert_refused(name: &str, r: &pb::ValidateResponse, code: E, scheme_prefix: &str, error: &str) {
+/// What a refusal must carry: its code, and a challenge of `scheme` with `error="..."`.
+#[derive(Clone, Copy)]
+struct Refused {
+    code: E,
+    scheme: &'static str,
+    error: &'static str,
+}
+
+/// A proof that breaks a rule.
+const BAD_PROOF: Refused = Refused {
+    code: E::InvalidDpopProof,
+    scheme: DPOP_CHALLENGE,
+    error: "invalid_dpop_proof",
+};
+/// A DPoP call whose token and proof do not belong together.
+const DPOP_MISMATCH: Refused = Refused {
+    code: E::BindingMismatch,
+    scheme: DPOP_CHALLENGE,
+    error: "invalid_token",
+};
+/// A certificate-bound token without its certificate.
+const CERT_MISMATCH: Refused = Refused {
+    code: E::BindingMismatch,
+    scheme: BEARER_CHALLENGE,
+    error: "invalid_token",
+};
+/// A proof without the server's current nonce.
+const NONCE_NEEDED: Refused = Refused {
+    code: E::UseDpopNonce,
+    scheme: DPOP_CHALLENGE,
+    error: "use_dpop_nonce",
+};
+
+/// A refusal as `want` describes it, with no claim in the answer.
+fn assert_refused(name: &str, r: &pb::ValidateResponse, want: Refused) {
     assert!(!r.valid, "{name}: accepted");
-    assert_eq!(common::code(r), code, "{name}: {:?}", r.error);
+    assert_eq!(common::code(r), want.code, "{name}: {:?}", r.error);
     assert!(
-        r.www_authenticate.starts_with(scheme_prefix),
+        r.www_authenticate.starts_with(want.scheme),
         "{name}: challenge {:?}",
         r.www_authenticate
     );
+    let error = format!("error=\"{}\"", want.error);
     assert!(
-        r.www_authenticate.contains(&format!("error=\"{error}\"")),
+        r.www_authenticate.contains(&error),
         "{name}: challenge {:?}",
         r.www_authenticate
     );
@@ -273,25 +307,13 @@ async fn hostile_proofs_are_refused_with_their_code_and_challenge() {
     assert!(cases.len() >= 40, "{} cases", cases.len());
     for (name, proofs) in cases {
         let r = fx.h.validate(dpop_req(&t, proofs)).await;
-        assert_refused(
-            name,
-            &r,
-            E::InvalidDpopProof,
-            DPOP_CHALLENGE,
-            "invalid_dpop_proof",
-        );
+        assert_refused(name, &r, BAD_PROOF);
     }
     // A valid proof by another key: the proof is fine, the binding is not.
     let r =
         fx.h.validate(dpop_req(&t, vec![other.proof("GET", URI, &t)]))
             .await;
-    assert_refused(
-        "jkt mismatch",
-        &r,
-        E::BindingMismatch,
-        DPOP_CHALLENGE,
-        "invalid_token",
-    );
+    assert_refused("jkt mismatch", &r, DPOP_MISMATCH);
     // And the honest call still passes after all of that.
     let r =
         fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
@@ -307,13 +329,7 @@ async fn replayed_proofs_are_refused() {
     let proof = key.proof("GET", URI, &t);
     assert!(fx.h.validate(dpop_req(&t, vec![proof.clone()])).await.valid);
     let r = fx.h.validate(dpop_req(&t, vec![proof])).await;
-    assert_refused(
-        "the same proof again",
-        &r,
-        E::InvalidDpopProof,
-        DPOP_CHALLENGE,
-        "invalid_dpop_proof",
-    );
+    assert_refused("the same proof again", &r, BAD_PROOF);
     assert!(
         r.error
             .as_ref()
@@ -331,13 +347,7 @@ async fn replayed_proofs_are_refused() {
         json!({"jti": "fixed-jti"}),
     );
     let r = fx.h.validate(dpop_req(&t, vec![again])).await;
-    assert_refused(
-        "same jti, same htu spelled differently",
-        &r,
-        E::InvalidDpopProof,
-        DPOP_CHALLENGE,
-        "invalid_dpop_proof",
-    );
+    assert_refused("same jti, same htu spelled differently", &r, BAD_PROOF);
     // The same jti for another URI is another proof.
     let mut req = dpop_req(
         &t,
@@ -374,24 +384,12 @@ async fn scheme_and_binding_mismatches() {
         ),
     ] {
         let r = fx.h.validate(req).await;
-        assert_refused(
-            name,
-            &r,
-            E::BindingMismatch,
-            DPOP_CHALLENGE,
-            "invalid_token",
-        );
+        assert_refused(name, &r, DPOP_MISMATCH);
     }
     let r =
         fx.h.validate(dpop_req(&plain, vec![key.proof("GET", URI, &plain)]))
             .await;
-    assert_refused(
-        "unbound token as DPoP",
-        &r,
-        E::BindingMismatch,
-        DPOP_CHALLENGE,
-        "invalid_token",
-    );
+    assert_refused("unbound token as DPoP", &r, DPOP_MISMATCH);
     // A DPoP call whose token fails before the binding still gets a DPoP challenge.
     let mut c = claims(&fx.idp.issuer(), "api://demo");
     c["exp"] = json!(now() - 3600);
@@ -403,9 +401,10 @@ async fn scheme_and_binding_mismatches() {
     assert_refused(
         "expired bound token",
         &r,
-        E::Expired,
-        DPOP_CHALLENGE,
-        "invalid_token",
+        Refused {
+            code: E::Expired,
+            ..DPOP_MISMATCH
+        },
     );
     for (name, cnf) in [
         ("cnf with an unsupported method", json!({"jwk": key.jwk})),
@@ -419,13 +418,7 @@ async fn scheme_and_binding_mismatches() {
         let r =
             fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
                 .await;
-        assert_refused(
-            name,
-            &r,
-            E::BindingMismatch,
-            DPOP_CHALLENGE,
-            "invalid_token",
-        );
+        assert_refused(name, &r, DPOP_MISMATCH);
     }
 }
 
@@ -486,39 +479,21 @@ async fn certificate_binding_is_checked() {
     let thumb = b64_sha256(&der);
     let t = fx.token(json!({"x5t#S256": thumb}));
     let r = fx.h.validate(bearer_req(&t)).await;
-    assert_refused(
-        "no certificate",
-        &r,
-        E::BindingMismatch,
-        BEARER_CHALLENGE,
-        "invalid_token",
-    );
+    assert_refused("no certificate", &r, CERT_MISMATCH);
     let r =
         fx.h.validate(pb::ValidateRequest {
             client_certificate: b"another certificate".to_vec(),
             ..bearer_req(&t)
         })
         .await;
-    assert_refused(
-        "another certificate",
-        &r,
-        E::BindingMismatch,
-        BEARER_CHALLENGE,
-        "invalid_token",
-    );
+    assert_refused("another certificate", &r, CERT_MISMATCH);
     let r =
         fx.h.validate(pb::ValidateRequest {
             client_certificate_sha256: b64_sha256(b"another"),
             ..bearer_req(&t)
         })
         .await;
-    assert_refused(
-        "another thumbprint",
-        &r,
-        E::BindingMismatch,
-        BEARER_CHALLENGE,
-        "invalid_token",
-    );
+    assert_refused("another thumbprint", &r, CERT_MISMATCH);
     // The token's thumbprint in hex never matches, even for the right certificate.
     let hex_bound = fx.token(json!({"x5t#S256": hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref())}));
     let r =
@@ -527,13 +502,7 @@ async fn certificate_binding_is_checked() {
             ..bearer_req(&hex_bound)
         })
         .await;
-    assert_refused(
-        "cnf x5t#S256 in hex",
-        &r,
-        E::BindingMismatch,
-        BEARER_CHALLENGE,
-        "invalid_token",
-    );
+    assert_refused("cnf x5t#S256 in hex", &r, CERT_MISMATCH);
     // A caller passing hex is a bad request.
     let err =
         fx.h.client
@@ -614,13 +583,7 @@ async fn bad_requests_are_invalid_argument() {
 async fn required_mode_refuses_bearer_tokens() {
     let mut fx = setup("    sender_constraint:\n      mode: required\n").await;
     let r = fx.h.validate(bearer_req(&fx.token(Value::Null))).await;
-    assert_refused(
-        "unbound token, required mode",
-        &r,
-        E::BindingMismatch,
-        BEARER_CHALLENGE,
-        "invalid_token",
-    );
+    assert_refused("unbound token, required mode", &r, CERT_MISMATCH);
     let key = DpopKey::es256();
     let t = fx.token(json!({"jkt": key.jkt()}));
     assert!(
@@ -652,13 +615,11 @@ async fn restricted_algorithms() {
     let r =
         fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
             .await;
-    assert_refused(
-        "EdDSA proof, ES256 only",
-        &r,
-        E::InvalidDpopProof,
-        r#"DPoP realm="introspectd", algs="ES256""#,
-        "invalid_dpop_proof",
-    );
+    let only_es256 = Refused {
+        scheme: r#"DPoP realm="introspectd", algs="ES256""#,
+        ..BAD_PROOF
+    };
+    assert_refused("EdDSA proof, ES256 only", &r, only_es256);
 }
 
 #[tokio::test]
@@ -672,13 +633,7 @@ async fn nonces_are_required_issued_and_checked() {
     let r =
         fx.h.validate(dpop_req(&t, vec![key.proof("GET", URI, &t)]))
             .await;
-    assert_refused(
-        "no nonce",
-        &r,
-        E::UseDpopNonce,
-        DPOP_CHALLENGE,
-        "use_dpop_nonce",
-    );
+    assert_refused("no nonce", &r, NONCE_NEEDED);
     let nonce = r.dpop_nonce.clone();
     assert!(!nonce.is_empty(), "the refusal carries a nonce");
     let ok =
@@ -710,7 +665,7 @@ async fn nonces_are_required_issued_and_checked() {
                 vec![key.proof_with("GET", URI, &t, json!({"nonce": n}))],
             ))
             .await;
-        assert_refused(name, &r, E::UseDpopNonce, DPOP_CHALLENGE, "use_dpop_nonce");
+        assert_refused(name, &r, NONCE_NEEDED);
         assert!(
             !r.dpop_nonce.is_empty(),
             "{name}: a fresh nonce to retry with"
@@ -744,13 +699,7 @@ async fn nonces_are_required_issued_and_checked() {
             vec![key.proof_with("GET", URI, &t, json!({"nonce": stale}))],
         ))
         .await;
-    assert_refused(
-        "stale nonce",
-        &r,
-        E::UseDpopNonce,
-        DPOP_CHALLENGE,
-        "use_dpop_nonce",
-    );
+    assert_refused("stale nonce", &r, NONCE_NEEDED);
     assert!(
         r.error
             .as_ref()
