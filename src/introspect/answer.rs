@@ -220,13 +220,28 @@ fn claim_scope(value: Option<ValueRef<'_>>) -> Option<String> {
 /// for access tokens. `claims` is left empty: this is what a caller that needs only the
 /// fields (ext_authz) pays for, read straight from the verified claims.
 pub fn fields_from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> Answer {
-    let first = |names: &[&str]| names.iter().find_map(|n| claims.str(n)).map(str::to_owned);
+    // Every claim the fields come from, found in one pass over the claims.
+    let found = claims.members().pick(FIELD_SOURCES);
+    let [scope, scp, client_id, azp, appid, username, upn, email, ..] = found;
+    let first = |values: [Option<ValueRef<'_>>; 3]| {
+        values
+            .into_iter()
+            .find_map(|v| v.and_then(ValueRef::as_str))
+            .map(str::to_owned)
+    };
+    // The markers, by name; all of them are in FIELD_SOURCES (tested).
+    let has = |marker: &str| {
+        FIELD_SOURCES
+            .iter()
+            .zip(&found)
+            .any(|(name, v)| *name == marker && v.is_some())
+    };
     Answer {
         active: true,
-        scope: claim_scope(claims.get("scope")).or_else(|| claim_scope(claims.get("scp"))),
-        client_id: first(&["client_id", "azp", "appid"]),
-        username: first(&["preferred_username", "upn", "email"]),
-        token_type: is_access_token(|m| claims.contains(m), hint).then(|| BEARER.to_string()),
+        scope: claim_scope(scope).or_else(|| claim_scope(scp)),
+        client_id: first([client_id, azp, appid]),
+        username: first([username, upn, email]),
+        token_type: is_access_token(has, hint).then(|| BEARER.to_string()),
         exp: claims.exp.map(|f| f.floor() as i64),
         iat: claims.iat.map(|f| f.floor() as i64),
         nbf: claims.nbf.map(|f| f.floor() as i64),
@@ -238,6 +253,24 @@ pub fn fields_from_claims(claims: &Claims, tenant: &str, hint: Option<&str>) -> 
         tenant: Some(tenant.to_string()),
     }
 }
+
+/// The claims [`fields_from_claims`] reads: the sources of `scope`, `client_id` and
+/// `username` first, in the order it takes them apart, then the other markers of
+/// [`is_access_token`].
+const FIELD_SOURCES: [&str; 12] = [
+    "scope",
+    "scp",
+    "client_id",
+    "azp",
+    "appid",
+    "preferred_username",
+    "upn",
+    "email",
+    "roles",
+    "nonce",
+    "at_hash",
+    "c_hash",
+];
 
 /// The whole answer for a JWT that Validate accepted: [`fields_from_claims`], and in
 /// `claims` every other claim. A claim whose value became a field is not repeated in
@@ -309,6 +342,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn every_token_type_marker_is_picked() {
+        for name in ACCESS_TOKEN_MARKERS.iter().chain(&ID_TOKEN_MARKERS) {
+            assert!(FIELD_SOURCES.contains(name), "{name} is not picked");
+        }
+    }
 
     fn claims(v: Value) -> Claims {
         Claims::parse(v.to_string().as_bytes()).expect("claims parse")

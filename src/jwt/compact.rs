@@ -384,16 +384,28 @@ impl<'a> ObjectRef<'a> {
 
     /// Its members, in document order.
     pub fn iter(self) -> impl Iterator<Item = (&'a str, ValueRef<'a>)> + Clone {
+        self.entries().map(|(name, value)| {
+            (
+                std::str::from_utf8(name).unwrap_or(""),
+                value.map_or(ValueRef::Null, ValueRef::decode),
+            )
+        })
+    }
+
+    /// Its members as encoded: each name's bytes and its value's (`None`: no value
+    /// field, a null written by another encoder). Nothing is checked or decoded, so a
+    /// lookup by name reads only the names and decodes only the value it finds.
+    fn entries(self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + Clone {
         let mut buf = self.0;
         std::iter::from_fn(move || {
             let (1, Field::Bytes(mut entry)) = read_field(&mut buf)? else {
                 return None;
             };
-            let (mut name, mut value) = ("", ValueRef::Null);
+            let (mut name, mut value): (&[u8], _) = (&[], None);
             while let Some((n, f)) = read_field(&mut entry) {
                 match (n, f) {
-                    (1, Field::Bytes(b)) => name = std::str::from_utf8(b).unwrap_or(""),
-                    (2, Field::Bytes(b)) => value = ValueRef::decode(b),
+                    (1, Field::Bytes(b)) => name = b,
+                    (2, Field::Bytes(b)) => value = Some(b),
                     _ => {}
                 }
             }
@@ -403,7 +415,22 @@ impl<'a> ObjectRef<'a> {
 
     /// The member named `name`.
     pub fn get(self, name: &str) -> Option<ValueRef<'a>> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.entries()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v.map_or(ValueRef::Null, ValueRef::decode))
+    }
+
+    /// The members named `names`, in one pass (`None` where there is none).
+    pub fn pick<const N: usize>(self, names: [&str; N]) -> [Option<ValueRef<'a>>; N] {
+        let mut found = [None; N];
+        for (name, value) in self.entries() {
+            if let Some(i) = names.iter().position(|n| n.as_bytes() == name)
+                && let Some(slot) = found.get_mut(i)
+            {
+                *slot = Some(value.map_or(ValueRef::Null, ValueRef::decode));
+            }
+        }
+        found
     }
 
     /// Whether a member is named `name`.
@@ -507,6 +534,16 @@ mod tests {
         assert_eq!(
             l.iter().filter_map(ValueRef::as_str).collect::<Vec<_>>(),
             ["x", "y"]
+        );
+        let [n, missing, s, null] = o.pick(["n", "missing", "s", "z"]);
+        assert_eq!(n, Some(ValueRef::Number(3.0)));
+        assert_eq!((missing, null), (None, None));
+        assert_eq!(s.and_then(ValueRef::as_str), Some("v"));
+        let nulls = parse_object(br#"{"a":null}"#).expect("ok");
+        assert_eq!(
+            ObjectRef::new(&nulls).pick(["a"]),
+            [Some(ValueRef::Null)],
+            "a null member is there"
         );
     }
 }
