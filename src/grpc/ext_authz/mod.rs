@@ -12,7 +12,7 @@ pub mod request;
 pub mod response;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::Arc,
 };
 
@@ -202,7 +202,7 @@ impl ExtAuthzService {
     }
 
     async fn decide(&self, req: &CheckRequest) -> Verdict {
-        let none = HashMap::new();
+        let none = BTreeMap::new();
         let ext = req
             .attributes
             .as_ref()

@@ -4,7 +4,7 @@
 //! it (DPoP proofs, method and URI, the peer certificate Envoy passes), and the route's
 //! settings from `context_extensions` over the configured defaults.
 
-use std::{borrow::Cow, collections::HashMap};
+use std::{borrow::Cow, collections::BTreeMap};
 
 use crate::{
     config::ExtAuthzSettings,
@@ -29,7 +29,7 @@ pub fn http_check_request(
     headers: &[(&str, &str)],
     context_extensions: &[(&str, &str)],
 ) -> CheckRequest {
-    let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+    let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -281,7 +281,7 @@ fn list(key: &'static str, raw: &str, separators: &[char]) -> Result<Vec<String>
 /// The route's settings. `is_tenant` says whether a tenant id is configured. Keys other
 /// than the four EXT_AUTHZ.md names are ignored (meshes add their own).
 pub fn route<'a>(
-    ext: &'a HashMap<String, String>,
+    ext: &'a BTreeMap<String, String>,
     defaults: &'a ExtAuthzSettings,
     is_tenant: impl Fn(&str) -> bool,
 ) -> Result<Route<'a>, RouteError> {
@@ -425,7 +425,7 @@ mod tests {
         assert_eq!(names, ["authorization", "x-a"]);
     }
 
-    fn ext(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn ext(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
