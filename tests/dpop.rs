@@ -46,30 +46,22 @@ struct Refused {
     error: &'static str,
 }
 
+const fn refused(code: E, scheme: &'static str, error: &'static str) -> Refused {
+    Refused {
+        code,
+        scheme,
+        error,
+    }
+}
+
 /// A proof that breaks a rule.
-const BAD_PROOF: Refused = Refused {
-    code: E::InvalidDpopProof,
-    scheme: DPOP_CHALLENGE,
-    error: "invalid_dpop_proof",
-};
+const BAD_PROOF: Refused = refused(E::InvalidDpopProof, DPOP_CHALLENGE, "invalid_dpop_proof");
 /// A DPoP call whose token and proof do not belong together.
-const DPOP_MISMATCH: Refused = Refused {
-    code: E::BindingMismatch,
-    scheme: DPOP_CHALLENGE,
-    error: "invalid_token",
-};
+const DPOP_MISMATCH: Refused = refused(E::BindingMismatch, DPOP_CHALLENGE, "invalid_token");
 /// A certificate-bound token without its certificate.
-const CERT_MISMATCH: Refused = Refused {
-    code: E::BindingMismatch,
-    scheme: BEARER_CHALLENGE,
-    error: "invalid_token",
-};
+const CERT_MISMATCH: Refused = refused(E::BindingMismatch, BEARER_CHALLENGE, "invalid_token");
 /// A proof without the server's current nonce.
-const NONCE_NEEDED: Refused = Refused {
-    code: E::UseDpopNonce,
-    scheme: DPOP_CHALLENGE,
-    error: "use_dpop_nonce",
-};
+const NONCE_NEEDED: Refused = refused(E::UseDpopNonce, DPOP_CHALLENGE, "use_dpop_nonce");
 
 /// A refusal as `want` describes it, with no claim in the answer.
 fn assert_refused(name: &str, r: &pb::ValidateResponse, want: Refused) {
