@@ -582,7 +582,9 @@ mod tests {
         assert_eq!(cnf.get("jkt").and_then(ValueRef::as_str), Some("x"));
         assert!(claims(r#"{"iss":"a","sub":"s"}"#).cnf().is_none());
         // The flag lives in the struct's padding: a cached entry is no larger for it.
-        assert_eq!(std::mem::size_of::<Claims>(), 128);
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(std::mem::size_of::<Claims>(), 128);
+        }
     }
 
     #[test]
