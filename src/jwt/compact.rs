@@ -433,9 +433,9 @@ impl<'a> ObjectRef<'a> {
         found
     }
 
-    /// Whether a member is named `name`.
+    /// Whether a member is named `name` (its value is not decoded).
     pub fn contains(self, name: &str) -> bool {
-        self.get(name).is_some()
+        self.entries().any(|(n, _)| n == name.as_bytes())
     }
 
     /// The object as a `serde_json` map, members in document order.

@@ -2,8 +2,9 @@
 //! by the claims, never by the token bytes (an ECDSA signature can be re-encoded), and
 //! bounded in entries: expired entries leave through an index ordered by expiry and
 //! then by arrival (O(log n) per token, integer comparisons only: most entries share
-//! their expiry second, and comparing their keys meant comparing long strings), and when the cache is full of live entries new tokens are refused rather
-//! than letting memory grow or forgetting a token that could still be replayed.
+//! their expiry second, and comparing their keys meant comparing long strings), and
+//! when the cache is full of live entries new tokens are refused rather than letting
+//! memory grow or forgetting a token that could still be replayed.
 
 use std::{
     collections::{BTreeMap, HashMap},
