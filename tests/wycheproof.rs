@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 
+use aws_lc_rs::digest;
 use introspectd::{
     jwt::jws,
-    keys::{IngestOptions, KeyLookup, KeySet},
+    keys::{IngestOptions, KeyLookup, KeySet, Signed},
 };
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
@@ -73,15 +74,24 @@ fn verdict(keys: &KeySet, token: &str) -> bool {
     let Ok(alg) = parsed.header.check(&ALL) else {
         return false;
     };
-    matches!(
-        keys.verify(
-            parsed.header.kid.as_deref(),
-            alg,
-            parsed.signing_input.as_bytes(),
-            &parsed.signature
-        ),
-        KeyLookup::Verified(_)
-    )
+    // Validate verifies RS256, PS256 and ES256 from the SHA-256 it has already taken of
+    // the signing input; every vector must get the same verdict both ways.
+    let bytes = parsed.signing_input.as_bytes();
+    let sha256 = digest::digest(&digest::SHA256, bytes);
+    let verdict = |message| {
+        let kid = parsed.header.kid.as_deref();
+        matches!(
+            keys.verify(kid, alg, message, &parsed.signature),
+            KeyLookup::Verified(_)
+        )
+    };
+    let from_bytes = verdict(Signed::new(bytes));
+    let from_digest = verdict(Signed::with_sha256(bytes, &sha256));
+    assert_eq!(
+        from_bytes, from_digest,
+        "{alg:?}: digest and bytes disagree"
+    );
+    from_bytes
 }
 
 fn run(file: &str) -> (usize, Vec<String>) {

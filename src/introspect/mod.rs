@@ -35,7 +35,12 @@ use self::{
 };
 use crate::{
     config::{IntrospectionAuth, IntrospectionSettings, TenantSettings},
-    jwt::{ErrorCode, claims::now_secs, dpop::Presentation, jws},
+    jwt::{
+        ErrorCode,
+        claims::now_secs,
+        dpop::{AccessToken, Presentation},
+        jws,
+    },
     registry::{
         Metadata, Presented, Registry, RequestError, Revocations, ValidateError, ValidateInput,
     },
@@ -574,7 +579,7 @@ impl Introspection {
             .sender()
             .check(
                 answer.claims.get("cnf"),
-                input.token,
+                AccessToken::new(input.token),
                 presentation,
                 now_secs(),
                 self.registry.shared(),

@@ -127,6 +127,45 @@ pub enum VerifyError {
     BadSignature,
 }
 
+/// The bytes a signature is over, with their SHA-256 when the caller has it already
+/// (Validate hashes a token's signing input once, for the verified-token cache and for
+/// revocation), so that RS256, PS256 and ES256 verify that digest instead of hashing the
+/// bytes again.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    bytes: &'a [u8],
+    sha256: Option<&'a digest::Digest>,
+}
+
+impl<'a> Signed<'a> {
+    /// `bytes`, which the verifier hashes.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            sha256: None,
+        }
+    }
+
+    /// `bytes` with `sha256`, which must be their SHA-256 (checked in debug builds).
+    pub fn with_sha256(bytes: &'a [u8], sha256: &'a digest::Digest) -> Self {
+        debug_assert_eq!(
+            digest::digest(&digest::SHA256, bytes).as_ref(),
+            sha256.as_ref(),
+            "the digest is not the SHA-256 of the bytes"
+        );
+        let sha256 = (sha256.algorithm() == &digest::SHA256).then_some(sha256);
+        Self { bytes, sha256 }
+    }
+
+    /// The digest to verify for `alg` instead of the bytes, when there is one.
+    fn digest_for(&self, alg: Algorithm) -> Option<&'a digest::Digest> {
+        match alg {
+            Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256 => self.sha256,
+            _ => None,
+        }
+    }
+}
+
 /// One ingested key, parsed once.
 pub struct VerifyingKey {
     /// `kid`, when present.
@@ -174,21 +213,34 @@ impl VerifyingKey {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), VerifyError> {
+        self.verify_signed(alg, Signed::new(message), signature)
+    }
+
+    /// Verifies `signature` over `message` with `alg`, from its digest when it has one.
+    pub fn verify_signed(
+        &self,
+        alg: Algorithm,
+        message: Signed<'_>,
+        signature: &[u8],
+    ) -> Result<(), VerifyError> {
         match &self.verifier {
             Verifier::Hmac(keys) => {
                 let (_, key) = keys
                     .iter()
                     .find(|(a, _)| *a == alg)
                     .ok_or(VerifyError::AlgorithmMismatch)?;
-                hmac::verify(key, message, signature).map_err(|_| VerifyError::BadSignature)
+                hmac::verify(key, message.bytes, signature).map_err(|_| VerifyError::BadSignature)
             }
             Verifier::Public(keys) => {
                 let (_, key) = keys
                     .iter()
                     .find(|(a, _)| *a == alg)
                     .ok_or(VerifyError::AlgorithmMismatch)?;
-                key.verify_sig(message, signature)
-                    .map_err(|_| VerifyError::BadSignature)
+                match message.digest_for(alg) {
+                    Some(d) => key.verify_digest_sig(d, signature),
+                    None => key.verify_sig(message.bytes, signature),
+                }
+                .map_err(|_| VerifyError::BadSignature)
             }
         }
     }
@@ -432,13 +484,13 @@ impl KeySet {
         &self,
         kid: Option<&str>,
         alg: Algorithm,
-        message: &[u8],
+        message: Signed<'_>,
         signature: &[u8],
     ) -> KeyLookup {
         match kid {
             Some(kid) => match self.get(kid) {
                 None => KeyLookup::NotFound,
-                Some(key) => match key.verify(alg, message, signature) {
+                Some(key) => match key.verify_signed(alg, message, signature) {
                     Ok(()) => KeyLookup::Verified(key.clone()),
                     Err(VerifyError::AlgorithmMismatch) => KeyLookup::AlgorithmMismatch,
                     Err(VerifyError::BadSignature) => KeyLookup::BadSignature,
@@ -453,7 +505,7 @@ impl KeySet {
                     return KeyLookup::TooManyCandidates;
                 }
                 for key in candidates {
-                    if key.verify(alg, message, signature).is_ok() {
+                    if key.verify_signed(alg, message, signature).is_ok() {
                         return KeyLookup::Verified(key.clone());
                     }
                 }

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     config::{DEFAULT_DPOP_ALGORITHMS, SenderConstraintSettings, TenantSettings},
     jwt::dpop::{
-        Accepted, BindingError, Mode, NonceKey, Presentation, Refused, SenderPolicy,
+        Accepted, AccessToken, BindingError, Mode, NonceKey, Presentation, Refused, SenderPolicy,
         binding::{self, ProofUse},
     },
     shared::Shared,
@@ -103,7 +103,7 @@ impl SenderState {
     pub fn decide(
         &self,
         cnf: Option<&Value>,
-        token: &str,
+        token: AccessToken<'_>,
         presentation: &Presentation,
         now: f64,
     ) -> Result<Accepted, Refused> {
@@ -123,7 +123,7 @@ impl SenderState {
     pub async fn check(
         &self,
         cnf: Option<&Value>,
-        token: &str,
+        token: AccessToken<'_>,
         presentation: &Presentation,
         now: f64,
         shared: Option<&Shared>,

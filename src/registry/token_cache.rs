@@ -43,6 +43,33 @@ impl TokenHash {
     pub fn of(token: &str) -> Self {
         Self(sha256(token.as_bytes()))
     }
+
+    /// The SHA-256 of `token` and, when it has a `.`, of its signing input (what precedes
+    /// its last `.`), in one pass over the bytes.
+    pub fn with_signing_input(token: &str) -> (Self, Option<SigningDigest>) {
+        let Some(dot) = token.rfind('.') else {
+            return (Self::of(token), None);
+        };
+        let (signed, rest) = token.as_bytes().split_at(dot);
+        let mut context = digest::Context::new(&digest::SHA256);
+        context.update(signed);
+        let signing = SigningDigest {
+            len: dot,
+            digest: context.clone().finish(),
+        };
+        context.update(rest);
+        (Self(bytes_of(&context.finish())), Some(signing))
+    }
+}
+
+/// The SHA-256 of the first `len` bytes of a token: its signing input, when it is a
+/// compact JWS.
+#[derive(Debug, Clone, Copy)]
+pub struct SigningDigest {
+    /// How many bytes of the token were hashed.
+    pub len: usize,
+    /// Their SHA-256.
+    pub digest: digest::Digest,
 }
 
 impl Hash for TokenHash {
@@ -100,9 +127,16 @@ pub(crate) fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
 
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, bytes);
+    bytes_of(&digest::digest(&digest::SHA256, bytes))
+}
+
+/// A SHA-256 digest's 32 bytes (zeros after the 32nd of a longer digest are not read;
+/// every caller passes a SHA-256).
+pub fn bytes_of(d: &digest::Digest) -> [u8; 32] {
     let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    for (o, b) in out.iter_mut().zip(d.as_ref()) {
+        *o = *b;
+    }
     out
 }
 
@@ -700,6 +734,22 @@ mod tests {
             v.algorithm = alg;
             assert_eq!(v.alg_name(), name);
             assert_eq!(name.parse::<Algorithm>().ok(), Some(alg));
+        }
+    }
+
+    #[test]
+    fn one_pass_gives_the_token_and_signing_input_digests() {
+        for t in ["h.p.s", "h.p.", "a.b.c.d", ".", "no-dot", "", "h.p.s\u{e9}"] {
+            let (hash, signing) = TokenHash::with_signing_input(t);
+            assert_eq!(hash, TokenHash::of(t), "{t:?}");
+            match t.rfind('.') {
+                Some(dot) => {
+                    let s = signing.expect("a token with a dot has a signing input");
+                    assert_eq!(s.len, dot);
+                    assert_eq!(bytes_of(&s.digest), sha256(&t.as_bytes()[..dot]), "{t:?}");
+                }
+                None => assert!(signing.is_none(), "{t:?}"),
+            }
         }
     }
 

@@ -13,22 +13,23 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::digest;
 use jsonwebtoken::Algorithm;
 
 use super::{
     KeySetState, Registry, RequestError, Tenant,
     sender::DpopHint,
-    token_cache::{self, Lookup, TokenHash, VerifiedToken},
+    token_cache::{self, Lookup, SigningDigest, TokenHash, VerifiedToken},
 };
 use crate::{
     jwt::compact::ValueRef,
-    jwt::dpop::{Accepted, Binding, Presentation, Scheme},
+    jwt::dpop::{Accepted, AccessToken, Binding, Presentation, Scheme},
     jwt::{
         ErrorCode, Rejection,
         claims::{self, Claims, TimePolicy, TokenKind, now_secs},
         jws::{self, CompactJws},
     },
-    keys::{KeyLookup, KeySet, VerifyingKey},
+    keys::{KeyLookup, KeySet, Signed, VerifyingKey},
 };
 
 /// Why Validate did not accept a token.
@@ -140,6 +141,8 @@ impl Validated {
 pub struct Presented<'a> {
     token: &'a str,
     hash: Option<TokenHash>,
+    /// The SHA-256 of the signing input, taken in the same pass as `hash`.
+    signing: Option<SigningDigest>,
     cached: Lookup,
     parsed: Option<Result<CompactJws<'a>, Rejection>>,
 }
@@ -188,17 +191,18 @@ impl Registry {
     /// Hashes a token and looks it up in the verified-token cache.
     pub fn present<'a>(&self, token: &'a str) -> Presented<'a> {
         let now = now_secs();
-        let (hash, cached) = match self.token_cache() {
+        let (hash, signing, cached) = match self.token_cache() {
             Some(cache) => {
-                let hash = TokenHash::of(token);
+                let (hash, signing) = TokenHash::with_signing_input(token);
                 let cached = cache.get(&hash, now);
-                (Some(hash), cached)
+                (Some(hash), signing, cached)
             }
-            None => (None, Lookup::Miss),
+            None => (None, None, Lookup::Miss),
         };
         Presented {
             token,
             hash,
+            signing,
             cached,
             parsed: None,
         }
@@ -244,7 +248,7 @@ impl Registry {
         input: &ValidateInput<'_>,
     ) -> Result<Validated, ValidateError> {
         if let Lookup::Verified(entry) = &presented.cached {
-            if let Some(v) = self.validate_cached(entry, input).await? {
+            if let Some(v) = self.validate_cached(entry, presented.hash, input).await? {
                 return Ok(v);
             }
             // Verified with a key that has left its set, or routed elsewhere this time:
@@ -262,6 +266,7 @@ impl Registry {
     async fn validate_cached(
         &self,
         entry: &Arc<VerifiedToken>,
+        hash: Option<TokenHash>,
         input: &ValidateInput<'_>,
     ) -> Result<Option<Validated>, ValidateError> {
         let header = |allowed: &[Algorithm]| entry.check_algorithm(allowed);
@@ -272,7 +277,7 @@ impl Registry {
         if !usable {
             return Ok(None);
         }
-        let accepted = self.after_signature(&routed, entry, input).await?;
+        let accepted = self.after_signature(&routed, entry, hash, input).await?;
         Ok(Some(Validated {
             tenant: routed.tenant,
             token: entry.clone(),
@@ -307,8 +312,15 @@ impl Registry {
             return Err(routed.reject(bad_signature()));
         }
         let kid = jws.header.kid.as_deref();
+        let signed_sha256 = presented
+            .signing
+            .filter(|s| s.len == jws.signing_input.len())
+            .map_or_else(
+                || digest::digest(&digest::SHA256, jws.signing_input.as_bytes()),
+                |s| s.digest,
+            );
         let (verified, snapshot) =
-            verify_with_refresh(&routed.key_set, kid, routed.alg, &jws).await;
+            verify_with_refresh(&routed.key_set, kid, routed.alg, &jws, &signed_sha256).await;
         let key = match verified {
             Ok(key) => key,
             Err(r) => {
@@ -332,7 +344,7 @@ impl Registry {
             claims,
             key,
             routed.key_set.clone(),
-            token_cache::sha256(jws.signing_input.as_bytes()),
+            token_cache::bytes_of(&signed_sha256),
             expires,
         );
         let token = match cache {
@@ -340,7 +352,9 @@ impl Registry {
             None => Arc::new(verified),
         };
         // 10b-12.
-        let accepted = self.after_signature(&routed, &token, input).await?;
+        let accepted = self
+            .after_signature(&routed, &token, presented.hash, input)
+            .await?;
         Ok(Validated {
             tenant: routed.tenant,
             token,
@@ -431,6 +445,7 @@ impl Registry {
         &self,
         routed: &Routed,
         token: &VerifiedToken,
+        hash: Option<TokenHash>,
         input: &ValidateInput<'_>,
     ) -> Result<Accepted, ValidateError> {
         let claims = &token.claims;
@@ -444,10 +459,14 @@ impl Registry {
         let presentation = input.presentation.unwrap_or(&BEARER);
         let cnf = claims.cnf().map(ValueRef::to_json);
         let sender = routed.tenant.sender();
+        let access_token = match &hash {
+            Some(h) => AccessToken::with_sha256(input.token, &h.0),
+            None => AccessToken::new(input.token),
+        };
         let accepted = sender
             .check(
                 cnf.as_ref(),
-                input.token,
+                access_token,
                 presentation,
                 now_secs(),
                 self.shared(),
@@ -520,8 +539,9 @@ async fn verify_with_refresh(
     kid: Option<&str>,
     alg: Algorithm,
     jws: &CompactJws<'_>,
+    sha256: &digest::Digest,
 ) -> (Result<Arc<VerifyingKey>, Rejection>, Arc<KeySet>) {
-    let message = jws.signing_input.as_bytes();
+    let message = Signed::with_sha256(jws.signing_input.as_bytes(), sha256);
     let mut snapshot = state.keys();
     let first = snapshot.verify(kid, alg, message, &jws.signature);
     let lookup = match first {

@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use super::{
-    BindingError, NonceCheck, NonceKey, Presentation, Scheme,
+    AccessToken, BindingError, NonceCheck, NonceKey, Presentation, Scheme,
     htu::Htu,
     is_sha256_b64url,
     proof::{self, ProofKeys, ProofRules},
@@ -156,7 +156,7 @@ pub struct Refused {
 /// as presented (for `ath`), `now` seconds since the epoch.
 pub fn decide(
     cnf: Option<&Value>,
-    token: &str,
+    token: AccessToken<'_>,
     presentation: &Presentation,
     policy: &SenderPolicy<'_>,
     now: f64,
@@ -223,7 +223,7 @@ pub fn decide(
 /// The DPoP part: exactly one proof, its rules, its key against `cnf.jkt`, the nonce.
 fn check_dpop(
     jkt: &str,
-    token: &str,
+    token: AccessToken<'_>,
     presentation: &Presentation,
     policy: &SenderPolicy<'_>,
     now: f64,

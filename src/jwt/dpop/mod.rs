@@ -124,6 +124,47 @@ pub struct RawPresentation<'a> {
     pub certificate_sha256: &'a str,
 }
 
+/// The access token a proof must hash (`ath`), with its SHA-256 when the caller has taken
+/// it already (Validate has, for the verified-token cache).
+#[derive(Debug, Clone, Copy)]
+pub struct AccessToken<'a> {
+    text: &'a str,
+    sha256: Option<&'a [u8; 32]>,
+}
+
+impl<'a> AccessToken<'a> {
+    /// The token as presented.
+    pub fn new(text: &'a str) -> Self {
+        Self { text, sha256: None }
+    }
+
+    /// The token and its SHA-256 (checked in debug builds).
+    pub fn with_sha256(text: &'a str, sha256: &'a [u8; 32]) -> Self {
+        debug_assert_eq!(
+            digest::digest(&digest::SHA256, text.as_bytes()).as_ref(),
+            sha256,
+            "the digest is not the token's SHA-256"
+        );
+        Self {
+            text,
+            sha256: Some(sha256),
+        }
+    }
+
+    /// The token as presented.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// What a proof's `ath` must be: the token's SHA-256, base64url.
+    pub fn ath(&self) -> String {
+        match self.sha256 {
+            Some(h) => URL_SAFE_NO_PAD.encode(h),
+            None => sha256_b64url(self.text.as_bytes()),
+        }
+    }
+}
+
 /// base64url SHA-256, the form of `ath`, `jkt` and `x5t#S256`.
 pub fn sha256_b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, bytes).as_ref())

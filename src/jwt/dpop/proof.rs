@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
-use super::{BindingError, HttpRequest, MAX_PROOF_BYTES, htu, sha256_b64url};
+use super::{AccessToken, BindingError, HttpRequest, MAX_PROOF_BYTES, htu};
 use crate::jwt::compact::{self, ObjectRef, ValueRef};
 use crate::jwt::jws;
 
@@ -53,7 +53,7 @@ pub struct ProofRules<'a> {
     /// The request the proof must name.
     pub request: &'a HttpRequest,
     /// The access token the proof must hash (`ath`).
-    pub access_token: &'a str,
+    pub access_token: AccessToken<'a>,
     /// Accepted proof algorithms (never `none`, never HMAC).
     pub algorithms: &'a [Algorithm],
     /// `dpop_max_age`.
@@ -201,7 +201,7 @@ pub fn check(
     let Some(ath) = claims.ath else {
         return Err(BindingError::MissingAth);
     };
-    if ath != sha256_b64url(rules.access_token.as_bytes()) {
+    if ath != rules.access_token.ath() {
         return Err(BindingError::AthMismatch);
     }
     Ok(CheckedProof {

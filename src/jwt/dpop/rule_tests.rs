@@ -171,19 +171,31 @@ fn policy(nonce: Option<&NonceKey>) -> SenderPolicy<'_> {
     }
 }
 
+/// Decides with the token alone and with its SHA-256 taken beforehand (as Validate does);
+/// both must come to the same decision.
 fn run(
     claims: &Map<String, Value>,
     p: &Presentation,
     pol: &SenderPolicy<'_>,
 ) -> Result<Accepted, Refused> {
-    binding::decide(
-        claims.get("cnf"),
-        TOKEN,
-        p,
-        pol,
-        NOW,
-        &EmbeddedKeys::default(),
-    )
+    let keys = EmbeddedKeys::default();
+    let decide = |token| binding::decide(claims.get("cnf"), token, p, pol, NOW, &keys);
+    let sha256 = token_sha256();
+    let hashed = decide(AccessToken::with_sha256(TOKEN, &sha256));
+    let plain = decide(AccessToken::new(TOKEN));
+    assert_eq!(
+        hashed.as_ref().map(|a| &a.binding).map_err(|r| &r.error),
+        plain.as_ref().map(|a| &a.binding).map_err(|r| &r.error),
+        "a token hashed beforehand is decided as one hashed by the rule"
+    );
+    plain
+}
+
+fn token_sha256() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN.as_bytes());
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 fn refusal(claims: &Map<String, Value>, p: &Presentation, pol: &SenderPolicy<'_>) -> BindingError {
@@ -704,7 +716,16 @@ fn remembered_proof_keys_still_check_every_signature_and_failed_keys_are_not_kep
     let pol = policy(None);
     let key = ProofKey::es256();
     let claims = cnf(json!({"jkt": key.jkt()}));
-    let decide = |p: &Presentation| binding::decide(claims.get("cnf"), TOKEN, p, &pol, NOW, &keys);
+    let decide = |p: &Presentation| {
+        binding::decide(
+            claims.get("cnf"),
+            AccessToken::new(TOKEN),
+            p,
+            &pol,
+            NOW,
+            &keys,
+        )
+    };
     for _ in 0..2 {
         let ok = decide(&dpop(&[key.proof()])).expect("a valid proof");
         assert_eq!(ok.binding.jkt.as_deref(), Some(key.jkt().as_str()));
