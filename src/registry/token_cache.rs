@@ -44,8 +44,8 @@ impl TokenHash {
         Self(sha256(token.as_bytes()))
     }
 
-    /// The SHA-256 of `token` and, when it has a `.`, of its signing input (what precedes
-    /// its last `.`), in one pass over the bytes.
+    /// The SHA-256 of `token` and, when it has a `.`, the state of a SHA-256 of its
+    /// signing input (what precedes its last `.`), in one pass over the bytes.
     pub fn with_signing_input(token: &str) -> (Self, Option<SigningDigest>) {
         let Some(dot) = token.rfind('.') else {
             return (Self::of(token), None);
@@ -55,21 +55,35 @@ impl TokenHash {
         context.update(signed);
         let signing = SigningDigest {
             len: dot,
-            digest: context.clone().finish(),
+            context: context.clone(),
         };
         context.update(rest);
         (Self(bytes_of(&context.finish())), Some(signing))
     }
 }
 
-/// The SHA-256 of the first `len` bytes of a token: its signing input, when it is a
-/// compact JWS.
-#[derive(Debug, Clone, Copy)]
+/// A SHA-256 of the first `len` bytes of a token (its signing input, when it is a
+/// compact JWS), finished only when needed: a cache hit does not need it.
+#[derive(Clone)]
 pub struct SigningDigest {
     /// How many bytes of the token were hashed.
     pub len: usize,
-    /// Their SHA-256.
-    pub digest: digest::Digest,
+    context: digest::Context,
+}
+
+impl SigningDigest {
+    /// The digest.
+    pub fn finish(self) -> digest::Digest {
+        self.context.finish()
+    }
+}
+
+impl std::fmt::Debug for SigningDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningDigest")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Hash for TokenHash {
@@ -746,7 +760,8 @@ mod tests {
                 Some(dot) => {
                     let s = signing.expect("a token with a dot has a signing input");
                     assert_eq!(s.len, dot);
-                    assert_eq!(bytes_of(&s.digest), sha256(&t.as_bytes()[..dot]), "{t:?}");
+                    let want = sha256(&t.as_bytes()[..dot]);
+                    assert_eq!(bytes_of(&s.finish()), want, "{t:?}");
                 }
                 None => assert!(signing.is_none(), "{t:?}"),
             }

@@ -317,7 +317,7 @@ impl Registry {
             .filter(|s| s.len == jws.signing_input.len())
             .map_or_else(
                 || digest::digest(&digest::SHA256, jws.signing_input.as_bytes()),
-                |s| s.digest,
+                SigningDigest::finish,
             );
         let (verified, snapshot) =
             verify_with_refresh(&routed.key_set, kid, routed.alg, &jws, &signed_sha256).await;
