@@ -43,47 +43,6 @@ impl TokenHash {
     pub fn of(token: &str) -> Self {
         Self(sha256(token.as_bytes()))
     }
-
-    /// The SHA-256 of `token` and, when it has a `.`, the state of a SHA-256 of its
-    /// signing input (what precedes its last `.`), in one pass over the bytes.
-    pub fn with_signing_input(token: &str) -> (Self, Option<SigningDigest>) {
-        let Some(dot) = token.rfind('.') else {
-            return (Self::of(token), None);
-        };
-        let (signed, rest) = token.as_bytes().split_at(dot);
-        let mut context = digest::Context::new(&digest::SHA256);
-        context.update(signed);
-        let signing = SigningDigest {
-            len: dot,
-            context: context.clone(),
-        };
-        context.update(rest);
-        (Self(bytes_of(&context.finish())), Some(signing))
-    }
-}
-
-/// A SHA-256 of the first `len` bytes of a token (its signing input, when it is a
-/// compact JWS), finished only when needed: a cache hit does not need it.
-#[derive(Clone)]
-pub struct SigningDigest {
-    /// How many bytes of the token were hashed.
-    pub len: usize,
-    context: digest::Context,
-}
-
-impl SigningDigest {
-    /// The digest.
-    pub fn finish(self) -> digest::Digest {
-        self.context.finish()
-    }
-}
-
-impl std::fmt::Debug for SigningDigest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningDigest")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Hash for TokenHash {
@@ -748,23 +707,6 @@ mod tests {
             v.algorithm = alg;
             assert_eq!(v.alg_name(), name);
             assert_eq!(name.parse::<Algorithm>().ok(), Some(alg));
-        }
-    }
-
-    #[test]
-    fn one_pass_gives_the_token_and_signing_input_digests() {
-        for t in ["h.p.s", "h.p.", "a.b.c.d", ".", "no-dot", "", "h.p.s\u{e9}"] {
-            let (hash, signing) = TokenHash::with_signing_input(t);
-            assert_eq!(hash, TokenHash::of(t), "{t:?}");
-            match t.rfind('.') {
-                Some(dot) => {
-                    let s = signing.expect("a token with a dot has a signing input");
-                    assert_eq!(s.len, dot);
-                    let want = sha256(&t.as_bytes()[..dot]);
-                    assert_eq!(bytes_of(&s.finish()), want, "{t:?}");
-                }
-                None => assert!(signing.is_none(), "{t:?}"),
-            }
         }
     }
 

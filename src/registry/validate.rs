@@ -19,7 +19,7 @@ use jsonwebtoken::Algorithm;
 use super::{
     KeySetState, Registry, RequestError, Tenant,
     sender::DpopHint,
-    token_cache::{self, Lookup, SigningDigest, TokenHash, VerifiedToken},
+    token_cache::{self, Lookup, TokenHash, VerifiedToken},
 };
 use crate::{
     jwt::compact::ValueRef,
@@ -141,8 +141,6 @@ impl Validated {
 pub struct Presented<'a> {
     token: &'a str,
     hash: Option<TokenHash>,
-    /// The SHA-256 of the signing input, taken in the same pass as `hash`.
-    signing: Option<SigningDigest>,
     cached: Lookup,
     parsed: Option<Result<CompactJws<'a>, Rejection>>,
 }
@@ -191,18 +189,17 @@ impl Registry {
     /// Hashes a token and looks it up in the verified-token cache.
     pub fn present<'a>(&self, token: &'a str) -> Presented<'a> {
         let now = now_secs();
-        let (hash, signing, cached) = match self.token_cache() {
+        let (hash, cached) = match self.token_cache() {
             Some(cache) => {
-                let (hash, signing) = TokenHash::with_signing_input(token);
+                let hash = TokenHash::of(token);
                 let cached = cache.get(&hash, now);
-                (Some(hash), signing, cached)
+                (Some(hash), cached)
             }
-            None => (None, None, Lookup::Miss),
+            None => (None, Lookup::Miss),
         };
         Presented {
             token,
             hash,
-            signing,
             cached,
             parsed: None,
         }
@@ -312,13 +309,9 @@ impl Registry {
             return Err(routed.reject(bad_signature()));
         }
         let kid = jws.header.kid.as_deref();
-        let signed_sha256 = presented
-            .signing
-            .filter(|s| s.len == jws.signing_input.len())
-            .map_or_else(
-                || digest::digest(&digest::SHA256, jws.signing_input.as_bytes()),
-                SigningDigest::finish,
-            );
+        // Hashed once: for the signature (RS256, PS256, ES256 verify this digest) and
+        // for revocation by token digest.
+        let signed_sha256 = digest::digest(&digest::SHA256, jws.signing_input.as_bytes());
         let (verified, snapshot) =
             verify_with_refresh(&routed.key_set, kid, routed.alg, &jws, &signed_sha256).await;
         let key = match verified {
