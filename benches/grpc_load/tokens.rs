@@ -115,6 +115,11 @@ impl Keys {
         ]})
     }
 
+    /// The ES256 public key, as an uncompressed point (for aws-lc verification).
+    pub fn es256_public(&self) -> &[u8] {
+        self.ec.public_key().as_ref()
+    }
+
     /// The raw signature of `message` (what the JWS signature segment encodes).
     pub fn sign(&self, alg: Alg, message: &[u8]) -> anyhow::Result<Vec<u8>> {
         match alg {
