@@ -1,5 +1,7 @@
-//! The in-process pipeline: `Registry::validate` on the same tokens, one thread, no
-//! RPC, so that each server's CPU per call can be set against floor + pipeline. Timed
+//! The in-process figures: `Registry::validate` on the same tokens, one thread, no RPC,
+//! so that each server's CPU per call can be set against floor + pipeline; and what a
+//! cache miss costs beyond a hit and the signature, so that the signature's cost in the
+//! server under load can be told from the rest. Timed
 //! in the thread's own CPU time (`proc_stat::thread_cpu_ns`), which other work on a
 //! shared machine disturbs far less than wall time.
 
@@ -12,7 +14,7 @@ use introspectd::{
 
 use crate::{
     proc_stat::thread_cpu_ns,
-    tokens::{AUDIENCE, ISSUER, Material},
+    tokens::{AUDIENCE, Alg, ISSUER, Material},
 };
 
 /// A registry of the bench's tenant, its verified-token cache on or off.
@@ -68,33 +70,33 @@ fn batches(tokens: &[String]) -> impl Iterator<Item = &[String]> {
     tokens.chunks(tokens.len().div_ceil(16).max(1)).skip(1)
 }
 
-/// Median CPU microseconds per validation of `tokens` (each validated once per batch).
-pub fn median_micros(material: &Material, tokens: &[String]) -> anyhow::Result<f64> {
-    // The pipeline itself: parse and verify on every call, no verified-token cache.
-    let registry = registry(material, false)?;
-    let rt = runtime()?;
-    let samples = batches(tokens)
-        .map(|chunk| per_token(chunk, |t| validate(&rt, &registry, t)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(median(samples))
+/// The in-process figures of one algorithm, over the same distinct tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct InProcess {
+    /// The pipeline itself: `Registry::validate`, the verified-token cache off.
+    pub pipeline: f64,
+    /// What a miss costs beyond a hit and the signature's verification, the cache on.
+    pub miss_beyond_verification: f64,
+    /// The signature's verification alone (aws-lc, key parsed once).
+    pub verification: f64,
 }
 
-/// What a cache miss costs beyond a cache hit and the signature's verification, in
-/// CPU microseconds (median of batches), for distinct ES256 `tokens`: each batch is
-/// validated once with the verified-token cache on (misses: parse, verify, insert),
-/// again (hits), and its signatures verified with aws-lc alone (the signing input
-/// hashed, the key parsed once). Subtracted from the server's distinct-minus-repeated
-/// CPU per call, it leaves what one ES256 verification costs the server under load.
-pub fn es256_miss_beyond_verification(
-    material: &Material,
-    tokens: &[String],
-) -> anyhow::Result<f64> {
-    let registry = registry(material, true)?;
+/// Median CPU microseconds per token of each figure of [`InProcess`], for `alg`'s
+/// distinct `tokens`, in batches (the first, a warm-up, left out). Each batch is
+/// validated once with the cache off; then, with a second registry whose cache is on,
+/// once (misses: parse, verify, insert) and again (hits); and its signatures verified
+/// with aws-lc alone (the signing input hashed, the key parsed once).
+pub fn measure(material: &Material, alg: Alg, tokens: &[String]) -> anyhow::Result<InProcess> {
+    let uncached = registry(material, false)?;
+    let cached = registry(material, true)?;
     let rt = runtime()?;
-    let key =
-        sig::ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, material.keys.es256_public())
-            .map_err(|e| anyhow::anyhow!("ES256 key: {e}"))?;
-    let mut samples = Vec::new();
+    let verifier: &'static dyn sig::VerificationAlgorithm = match alg {
+        Alg::Rs256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Alg::Es256 => &sig::ECDSA_P256_SHA256_FIXED,
+    };
+    let key = sig::ParsedPublicKey::new(verifier, material.keys.public_key(alg))
+        .map_err(|e| anyhow::anyhow!("{} key: {e}", alg.name()))?;
+    let (mut pipeline, mut beyond, mut verification) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in batches(tokens) {
         let signed = chunk
             .iter()
@@ -105,15 +107,21 @@ pub fn es256_miss_beyond_verification(
                 Ok((input, URL_SAFE_NO_PAD.decode(sig)?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let miss = per_token(chunk, |t| validate(&rt, &registry, t))?;
-        let hit = per_token(chunk, |t| validate(&rt, &registry, t))?;
+        pipeline.push(per_token(chunk, |t| validate(&rt, &uncached, t))?);
+        let miss = per_token(chunk, |t| validate(&rt, &cached, t))?;
+        let hit = per_token(chunk, |t| validate(&rt, &cached, t))?;
         let start = thread_cpu_ns()?;
         for (input, signature) in &signed {
             key.verify_sig(input.as_bytes(), signature)
-                .map_err(|_| anyhow::anyhow!("an ES256 signature does not verify"))?;
+                .map_err(|_| anyhow::anyhow!("a {} signature does not verify", alg.name()))?;
         }
         let verify = thread_cpu_ns()?.saturating_sub(start) as f64 / 1e3 / signed.len() as f64;
-        samples.push(miss - hit - verify);
+        beyond.push(miss - hit - verify);
+        verification.push(verify);
     }
-    Ok(median(samples))
+    Ok(InProcess {
+        pipeline: median(pipeline),
+        miss_beyond_verification: median(beyond),
+        verification: median(verification),
+    })
 }

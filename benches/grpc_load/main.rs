@@ -336,15 +336,7 @@ fn main() -> anyhow::Result<()> {
     let pipeline = report::pipeline(&bench)?;
     let scenarios = scenarios(&bench.args);
     let dpop_floor = if scenarios.iter().any(|s| s.dpop) {
-        let es256 = bench.material.pool(Alg::Es256);
-        let sample = &es256[..bench.args.calls.min(20_000).min(es256.len())];
-        Some(report::DpopFloors {
-            tight: dpop_client::es256_floor_us()?,
-            miss_beyond_verification: inprocess::es256_miss_beyond_verification(
-                &bench.material,
-                sample,
-            )?,
-        })
+        Some(dpop_client::es256_floor_us()?)
     } else {
         None
     };

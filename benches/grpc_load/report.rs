@@ -9,7 +9,13 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::{Bench, Scenario, Target, inprocess, load::Phase, servers::Usage, tokens::Alg};
+use crate::{
+    Bench, Scenario, Target,
+    inprocess::{self, InProcess},
+    load::Phase,
+    servers::Usage,
+    tokens::Alg,
+};
 
 /// The gauge of entries in introspectd's verified-token cache.
 pub const CACHE_ENTRIES: &str = "introspectd_token_cache_entries";
@@ -122,7 +128,7 @@ fn summarise(scenario: &Scenario, rows: &[Row]) -> Summary {
 
 /// Prints what is measured, and measures the in-process pipeline of each algorithm
 /// (before any server runs; not from within a runtime).
-pub fn pipeline(bench: &Bench) -> anyhow::Result<Vec<(Alg, f64)>> {
+pub fn pipeline(bench: &Bench) -> anyhow::Result<Vec<(Alg, InProcess)>> {
     let args = &bench.args;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -134,7 +140,7 @@ pub fn pipeline(bench: &Bench) -> anyhow::Result<Vec<(Alg, f64)>> {
     for alg in [Alg::Rs256, Alg::Es256] {
         let pool = bench.material.pool(alg);
         let tokens = &pool[..sample.min(pool.len())];
-        pipeline.push((alg, inprocess::median_micros(&bench.material, tokens)?));
+        pipeline.push((alg, inprocess::measure(&bench.material, alg, tokens)?));
     }
     Ok(pipeline)
 }
@@ -143,8 +149,8 @@ pub fn pipeline(bench: &Bench) -> anyhow::Result<Vec<(Alg, f64)>> {
 pub async fn run_all(
     bench: &Bench,
     scenarios: &[Scenario],
-    pipeline: &[(Alg, f64)],
-    dpop_floor: Option<DpopFloors>,
+    pipeline: &[(Alg, InProcess)],
+    dpop_floor: Option<f64>,
 ) -> anyhow::Result<()> {
     let args = &bench.args;
     let mut rows: Vec<Vec<Row>> = vec![Vec::new(); scenarios.len()];
@@ -177,7 +183,8 @@ pub async fn run_all(
     print_table(&summaries);
     print_ratios(&summaries, pipeline, bench.material.claims_bytes, &idle);
     if let Some(floor) = dpop_floor {
-        print_dpop(&summaries, floor);
+        let es256 = pipeline.iter().find(|(a, _)| *a == Alg::Es256);
+        print_dpop(&summaries, floor, es256.map(|(_, m)| m));
     }
     if summaries.iter().any(|s| s.failures > 0) {
         bail!(
@@ -225,27 +232,16 @@ fn find(summaries: &[Summary], target: Target, alg: Alg, repeated: bool) -> Opti
     })
 }
 
-/// What a DPoP-bound call's extra is set against, measured in this process.
-#[derive(Debug, Clone, Copy)]
-pub struct DpopFloors {
-    /// One ES256 verification of a fresh proof, key parsed, timed in a tight loop.
-    pub tight: f64,
-    /// What an ES256 cache miss costs beyond a hit and the signature's verification
-    /// ([`inprocess::es256_miss_beyond_verification`]).
-    pub miss_beyond_verification: f64,
-}
-
 /// Issue 17's budget: a DPoP-bound call's extra server CPU over the same call with a
 /// Bearer token (both one token repeated, so both are verified-token cache hits) is at
 /// most one ES256 verification plus 15 µs. Printed against a verification timed alone in
 /// this process (a tight loop), and against one ES256 verification in the server under
 /// the same load (measured in the same run).
-fn print_dpop(summaries: &[Summary], floors: DpopFloors) {
-    let floor = floors.tight;
+fn print_dpop(summaries: &[Summary], floor: f64, es256: Option<&InProcess>) {
     println!(
         "floor of a DPoP-bound call's extra: one ES256 verification of a fresh proof, key parsed: {floor:.1} µs CPU"
     );
-    let loaded = loaded_es256_verification(summaries, floors.miss_beyond_verification);
+    let loaded = es256.and_then(|m| loaded_verification(summaries, Alg::Es256, m));
     for alg in [Alg::Rs256, Alg::Es256] {
         let bound = summaries
             .iter()
@@ -271,26 +267,42 @@ fn print_dpop(summaries: &[Summary], floors: DpopFloors) {
     }
 }
 
-/// What one ES256 verification costs the server under this load, measured in this run:
-/// server CPU per call with distinct ES256 tokens (each parsed, verified and cached)
-/// minus with one ES256 token repeated (a cache hit), minus what a miss costs beyond a
-/// hit and the verification in process (`miss_beyond`: the parse, the claims, the cache
-/// insert). The floor timed alone verifies in a tight loop, with the curve's tables in
-/// cache; in the server, between calls, they are not.
-fn loaded_es256_verification(summaries: &[Summary], miss_beyond: f64) -> Option<f64> {
-    let distinct = find(summaries, Target::Introspectd, Alg::Es256, false)?;
-    let repeated = find(summaries, Target::Introspectd, Alg::Es256, true)?;
-    let cost = distinct.cpu_us - repeated.cpu_us - miss_beyond;
+/// What one verification of `alg` costs the server under this load, measured in this
+/// run: server CPU per call with distinct tokens (each parsed, verified and cached)
+/// minus with one token repeated (a cache hit), minus what a miss costs beyond a hit and
+/// the verification in process (the parse, the claims, the cache insert). Timed alone,
+/// a verification runs in a tight loop with its code and tables in the CPU's caches; in
+/// the server, between two calls' worth of HTTP/2, protobuf and kernel networking, and
+/// beside the load generator, they are not.
+fn loaded_verification(summaries: &[Summary], alg: Alg, m: &InProcess) -> Option<f64> {
+    let distinct = find(summaries, Target::Introspectd, alg, false)?;
+    let repeated = find(summaries, Target::Introspectd, alg, true)?;
+    Some(distinct.cpu_us - repeated.cpu_us - m.miss_beyond_verification)
+}
+
+/// Prints [`loaded_verification`] beside the same verification timed alone.
+fn print_loaded_verification(summaries: &[Summary], alg: Alg, m: &InProcess) {
+    let (Some(d), Some(r), Some(cost)) = (
+        find(summaries, Target::Introspectd, alg, false),
+        find(summaries, Target::Introspectd, alg, true),
+        loaded_verification(summaries, alg, m),
+    ) else {
+        return;
+    };
     println!(
-        "one ES256 verification in this server under this load: {:.1} - {:.1} - {miss_beyond:.1} = {cost:.1} µs CPU (distinct ES256 tokens minus one repeated, minus what a miss costs beyond a hit and the verification in process)",
-        distinct.cpu_us, repeated.cpu_us
+        "{} distinct: one verification in the server under this load: {:.1} - {:.1} - {:.1} = {cost:.1} µs CPU (distinct minus repeated, minus what a miss costs beyond a hit and the verification in process); timed alone in process: {:.1} µs ({:+.0} %)",
+        alg.name(),
+        d.cpu_us,
+        r.cpu_us,
+        m.miss_beyond_verification,
+        m.verification,
+        (cost / m.verification - 1.0) * 100.0
     );
-    Some(cost)
 }
 
 fn print_ratios(
     summaries: &[Summary],
-    pipeline: &[(Alg, f64)],
+    pipeline: &[(Alg, InProcess)],
     claims_bytes: usize,
     idle: &[(&str, usize, u64)],
 ) {
@@ -301,13 +313,15 @@ fn print_ratios(
         return;
     };
     println!();
-    for (alg, micros) in pipeline {
+    for (alg, m) in pipeline {
         println!(
-            "in-process pipeline ({}, distinct tokens, Registry::validate on one thread): {micros:.1} µs CPU per call",
-            alg.name()
+            "in-process pipeline ({}, distinct tokens, Registry::validate on one thread): {:.1} µs CPU per call",
+            alg.name(),
+            m.pipeline
         );
     }
-    for (alg, micros) in pipeline {
+    for (alg, m) in pipeline {
+        let micros = m.pipeline;
         let name = alg.name();
         if let Some(d) = find(summaries, Target::Introspectd, *alg, false) {
             println!(
@@ -320,6 +334,7 @@ fn print_ratios(
                 "{name} distinct: p99 {:.2} ms (target ≤ 4 ms)",
                 d.p99_us / 1000.0
             );
+            print_loaded_verification(summaries, *alg, m);
             if let Some(n) = find(summaries, Target::Node, *alg, false) {
                 println!(
                     "{name} distinct: calls/s introspectd / Node = {:.0} / {:.0} = {:.2} (target ≥ 4)",

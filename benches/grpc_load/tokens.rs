@@ -115,9 +115,13 @@ impl Keys {
         ]})
     }
 
-    /// The ES256 public key, as an uncompressed point (for aws-lc verification).
-    pub fn es256_public(&self) -> &[u8] {
-        self.ec.public_key().as_ref()
+    /// The public key of `alg` (DER RSAPublicKey, or an uncompressed P-256 point), for
+    /// aws-lc verification.
+    pub fn public_key(&self, alg: Alg) -> &[u8] {
+        match alg {
+            Alg::Rs256 => self.rsa.public_key().as_ref(),
+            Alg::Es256 => self.ec.public_key().as_ref(),
+        }
     }
 
     /// The raw signature of `message` (what the JWS signature segment encodes).

@@ -115,15 +115,17 @@ pub fn bytes_of(d: &digest::Digest) -> [u8; 32] {
 
 /// What parsing and verification produced for one token. Only what a later call needs
 /// is kept, each in its smallest form: the header's `alg` as the [`Algorithm`] it parsed
-/// as (its name is [`VerifiedToken::alg_name`]), `kid` and `typ` as boxed strings.
+/// as (its name is [`VerifiedToken::alg_name`]), `kid` as a flag (the key it names has
+/// it), `typ` as a boxed string.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    /// `kid` from the header.
-    pub kid: Option<Box<str>>,
     /// `typ` from the header.
     pub typ: Option<Box<str>>,
     /// The algorithm its signature was verified with (the header's `alg`).
     pub algorithm: Algorithm,
+    /// Whether the header had a `kid`: then it is the kid of [`Self::key`], which was
+    /// looked up by it.
+    kid_in_header: bool,
     /// Its claims.
     pub claims: Claims,
     /// The key that verified the signature.
@@ -170,8 +172,12 @@ impl VerifiedToken {
         signed_sha256: [u8; 32],
         expires: f64,
     ) -> Self {
+        debug_assert!(
+            header.kid.is_none() || header.kid == key.kid,
+            "a key found by kid has that kid"
+        );
         Self {
-            kid: header.kid.map(String::into_boxed_str),
+            kid_in_header: header.kid.is_some(),
             typ: header.typ.map(String::into_boxed_str),
             algorithm,
             claims,
@@ -186,9 +192,13 @@ impl VerifiedToken {
     pub fn weight(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.claims.heap_bytes()
-            + self.kid.as_ref().map_or(0, |s| s.len())
             + self.typ.as_ref().map_or(0, |s| s.len())
             + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// `kid` from the header.
+    pub fn kid(&self) -> Option<&str> {
+        self.key.kid.as_deref().filter(|_| self.kid_in_header)
     }
 
     /// The header's `alg` as written: the exact name of [`Self::algorithm`] (only a
@@ -217,7 +227,7 @@ impl VerifiedToken {
     /// current snapshot) and would be chosen for it again.
     pub fn key_is_current(&self, keys: &KeySet) -> bool {
         let same = |k: &Arc<VerifyingKey>| Arc::ptr_eq(k, &self.key) || **k == *self.key;
-        match &self.kid {
+        match self.kid() {
             Some(kid) => keys.get(kid).is_some_and(same),
             None => {
                 let candidates = || keys.iter().filter(|k| k.supports(self.algorithm));

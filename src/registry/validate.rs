@@ -131,7 +131,7 @@ impl Validated {
 
     /// `kid` from the header.
     pub fn kid(&self) -> Option<&str> {
-        self.token.kid.as_deref()
+        self.token.kid()
     }
 }
 
