@@ -3,8 +3,10 @@
 //! with its JWT cache) and `ext_authz` asking introspectd, each with RS256 and ES256
 //! tokens (distinct tokens, every one sent once as a warm-up before the measurement);
 //! and the DPoP mode of issue 17: ext_authz with DPoP-bound tokens, each request carrying
-//! a fresh ES256 proof, beside the same setup with Bearer tokens and the floor (one ES256
-//! verification, timed in this process in the same run). Prints calls/s, p50/p99 and
+//! a fresh ES256 proof, beside the same setup with Bearer tokens, with ES256 tokens each
+//! sent once (every request a cache miss: one ES256 verification in introspectd under
+//! this load), and the floor (one ES256 verification, timed in this process in the same
+//! run). Prints calls/s, p50/p99 and
 //! the CPU per request of Envoy and of introspectd, read from `/proc/<pid>/stat`. `benches/envoy_load/run.sh` installs Envoy and runs it;
 //! `-- --help` lists the options.
 
@@ -49,6 +51,10 @@ struct Args {
     /// Distinct tokens per algorithm.
     #[arg(long, default_value_t = 2000)]
     tokens: usize,
+    /// ES256 tokens of the cache-miss scenario, each sent once (no warm-up, no time
+    /// limit).
+    #[arg(long, default_value_t = 40_000)]
+    miss_tokens: usize,
     /// A few seconds in all, to check the harness works (small numbers, not figures).
     #[arg(long)]
     smoke: bool,
@@ -67,12 +73,24 @@ struct Args {
 
 /// The DPoP mode's setup, as printed.
 const DPOP_LABEL: &str = "ext_authz, DPoP-bound";
+/// The cache-miss scenario's setup, as printed.
+const MISSES_LABEL: &str = "ext_authz, cache misses";
+
+/// What the requests of a scenario carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Bearer tokens, every one sent once as a warm-up (cache hits in introspectd).
+    Bearer,
+    /// DPoP-bound tokens with a proof per request (warmed up the same way).
+    Dpop,
+    /// Bearer tokens each sent once, measured: every request a cache miss.
+    Misses,
+}
 
 /// One row of the table.
 struct Row {
     setup: Setup,
-    /// DPoP-bound tokens with a proof per request.
-    dpop: bool,
+    mode: Mode,
     alg: Alg,
     calls_per_sec: f64,
     p50_us: f64,
@@ -85,7 +103,12 @@ struct Row {
 impl Row {
     /// Whether two rows measured the same scenario.
     fn same_scenario(&self, other: &Row) -> bool {
-        (self.setup, self.dpop, self.alg) == (other.setup, other.dpop, other.alg)
+        (self.setup, self.mode, self.alg) == (other.setup, other.mode, other.alg)
+    }
+
+    /// The setup as printed.
+    fn label(&self) -> &'static str {
+        label(self.setup, self.mode)
     }
 
     /// Envoy's and introspectd's CPU per request.
@@ -114,7 +137,7 @@ fn medians(rows: Vec<Row>) -> Vec<Row> {
             };
             Row {
                 setup: g[0].setup,
-                dpop: g[0].dpop,
+                mode: g[0].mode,
                 alg: g[0].alg,
                 calls_per_sec: median(|r| r.calls_per_sec),
                 p50_us: median(|r| r.p50_us),
@@ -130,7 +153,7 @@ fn medians(rows: Vec<Row>) -> Vec<Row> {
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.smoke {
-        (args.seconds, args.tokens) = (1, 50);
+        (args.seconds, args.tokens, args.miss_tokens) = (1, 50, 200);
     }
     introspectd::install_crypto();
     tokio::runtime::Runtime::new()?.block_on(run(&args))
@@ -173,6 +196,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 alg,
                 url,
                 tokens: bearer.clone(),
+                mode: Mode::Bearer,
                 dpop: None,
             };
             rows.extend(s.measure(&client, args, &mut procs).await?);
@@ -181,11 +205,27 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let s = Scenario {
             setup: Setup::ExtAuthz,
             alg,
-            url,
+            url: url.clone(),
             tokens: bound,
+            mode: Mode::Dpop,
             dpop: Some(dpop.clone()),
         };
         rows.extend(s.measure(&client, args, &mut procs).await?);
+        if alg == Alg::Es256 {
+            // New tokens every round (ECDSA signatures are randomised), so that none is
+            // in introspectd's cache.
+            let s = Scenario {
+                setup: Setup::ExtAuthz,
+                alg,
+                url,
+                tokens: Arc::new(keys.tokens(alg, args.miss_tokens, None)?),
+                mode: Mode::Misses,
+                dpop: None,
+            };
+            if s.selected(args) {
+                rows.extend(s.measure(&client, args, &mut procs).await?);
+            }
+        }
     }
     report(args, &medians(rows), es256_floor_us()?);
     Ok(())
@@ -203,11 +243,22 @@ struct Scenario {
     alg: Alg,
     url: String,
     tokens: Arc<Vec<String>>,
+    mode: Mode,
     dpop: Option<Arc<DpopClient>>,
 }
 
+/// A scenario's setup as printed.
+fn label(setup: Setup, mode: Mode) -> &'static str {
+    match mode {
+        Mode::Bearer => setup.name(),
+        Mode::Dpop => DPOP_LABEL,
+        Mode::Misses => MISSES_LABEL,
+    }
+}
+
 impl Scenario {
-    /// Every token once (warm-up, all must pass), then `args.seconds` of measured load.
+    /// Every token once (warm-up, all must pass), then `args.seconds` of measured load;
+    /// in the cache-miss mode, every token once, measured.
     async fn measure(
         self,
         client: &reqwest::Client,
@@ -218,16 +269,21 @@ impl Scenario {
         if !self.selected(args) {
             return Ok(None);
         }
-        let warm = load::run(
-            client,
-            url,
-            tokens.clone(),
-            args.in_flight,
-            Duration::ZERO,
-            true,
-            dpop.clone(),
-        )
-        .await;
+        let misses = self.mode == Mode::Misses;
+        let warm = if misses {
+            load::Phase::default()
+        } else {
+            load::run(
+                client,
+                url,
+                tokens.clone(),
+                args.in_flight,
+                Duration::ZERO,
+                true,
+                dpop.clone(),
+            )
+            .await
+        };
         anyhow::ensure!(
             warm.failures == 0,
             "{} {}{}: {} warm-up requests failed",
@@ -253,7 +309,7 @@ impl Scenario {
             tokens.clone(),
             args.in_flight,
             Duration::from_secs(args.seconds),
-            false,
+            misses,
             dpop.clone(),
         )
         .await;
@@ -266,7 +322,7 @@ impl Scenario {
         let n = (phase.ok + phase.failures).max(1) as f64;
         Ok(Some(Row {
             setup: self.setup,
-            dpop: dpop.is_some(),
+            mode: self.mode,
             alg: self.alg,
             calls_per_sec: phase.per_sec(),
             p50_us: phase.quantile_us(0.5),
@@ -279,12 +335,7 @@ impl Scenario {
 
     /// The scenario's label: its setup (or the DPoP mode) and algorithm, as printed.
     fn label(&self) -> String {
-        let setup = if self.dpop.is_some() {
-            DPOP_LABEL
-        } else {
-            self.setup.name()
-        };
-        format!("{setup} {}", self.alg.name())
+        format!("{} {}", label(self.setup, self.mode), self.alg.name())
     }
 
     /// Whether `--only` leaves this scenario in.
@@ -304,7 +355,7 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
         args.tokens
     );
     println!(
-        "{:<22} {:<6} {:>9} {:>8} {:>8} {:>11} {:>13} {:>10} {:>8}",
+        "{:<24} {:<6} {:>9} {:>8} {:>8} {:>11} {:>13} {:>10} {:>8}",
         "setup",
         "alg",
         "calls/s",
@@ -317,8 +368,8 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
     );
     for r in rows {
         println!(
-            "{:<22} {:<6} {:>9.0} {:>8.0} {:>8.0} {:>11.1} {:>13.1} {:>10.1} {:>8}",
-            if r.dpop { DPOP_LABEL } else { r.setup.name() },
+            "{:<24} {:<6} {:>9.0} {:>8.0} {:>8.0} {:>11.1} {:>13.1} {:>10.1} {:>8}",
+            r.label(),
             r.alg.name(),
             r.calls_per_sec,
             r.p50_us,
@@ -332,7 +383,7 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
     for alg in [Alg::Rs256, Alg::Es256] {
         let find = |s: Setup| {
             rows.iter()
-                .find(|r| r.setup == s && r.alg == alg && !r.dpop)
+                .find(|r| r.setup == s && r.alg == alg && r.mode == Mode::Bearer)
         };
         if let (Some(ext), Some(jwt)) = (find(Setup::ExtAuthz), find(Setup::JwtAuthn)) {
             println!(
@@ -343,12 +394,29 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
             );
         }
     }
+    let find = |alg: Alg, mode: Mode| {
+        rows.iter()
+            .find(|r| r.setup == Setup::ExtAuthz && r.alg == alg && r.mode == mode)
+    };
+    // One ES256 token's verification in introspectd under this load: a miss minus a hit
+    // (its parse and cache insert included, about 3 µs in process: grpc_load measures
+    // that part).
+    let loaded = match (
+        find(Alg::Es256, Mode::Misses),
+        find(Alg::Es256, Mode::Bearer),
+    ) {
+        (Some(miss), Some(hit)) => {
+            let cost = miss.introspectd_cpu_us - hit.introspectd_cpu_us;
+            println!(
+                "one ES256 token's verification in introspectd under this load: cache miss - hit = {:.1} - {:.1} = {cost:.1} µs CPU per request (parse and cache insert included)",
+                miss.introspectd_cpu_us, hit.introspectd_cpu_us
+            );
+            Some(cost)
+        }
+        _ => None,
+    };
     for alg in [Alg::Rs256, Alg::Es256] {
-        let find = |dpop: bool| {
-            rows.iter()
-                .find(|r| r.setup == Setup::ExtAuthz && r.alg == alg && r.dpop == dpop)
-        };
-        if let (Some(bound), Some(bearer)) = (find(true), find(false)) {
+        if let (Some(bound), Some(bearer)) = (find(alg, Mode::Dpop), find(alg, Mode::Bearer)) {
             let extra = bound.introspectd_cpu_us - bearer.introspectd_cpu_us;
             println!(
                 "{} token, DPoP-bound over Bearer: introspectd {:+.1} µs CPU per request = floor (one ES256 verification, {:.1} µs in this process) {:+.1} µs",
@@ -357,6 +425,13 @@ fn report(args: &Args, rows: &[Row], floor_us: f64) {
                 floor_us,
                 extra - floor_us
             );
+            if let Some(loaded) = loaded {
+                println!(
+                    "{} token, DPoP-bound over Bearer: introspectd {extra:+.1} µs = one ES256 token's verification in introspectd under this load {:+.1} µs",
+                    alg.name(),
+                    extra - loaded
+                );
+            }
         }
     }
 }
