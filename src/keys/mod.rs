@@ -128,9 +128,9 @@ pub enum VerifyError {
 }
 
 /// The bytes a signature is over, with their SHA-256 when the caller has it already
-/// (Validate hashes a token's signing input once, for the verified-token cache and for
-/// revocation), so that RS256, PS256 and ES256 verify that digest instead of hashing the
-/// bytes again.
+/// (Validate hashes a token's signing input once, for the signature and for revocation
+/// by token digest), so that RS256, PS256 and ES256 verify that digest instead of
+/// hashing the bytes again.
 #[derive(Debug, Clone, Copy)]
 pub struct Signed<'a> {
     bytes: &'a [u8],

@@ -103,8 +103,8 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     bytes_of(&digest::digest(&digest::SHA256, bytes))
 }
 
-/// A SHA-256 digest's 32 bytes (zeros after the 32nd of a longer digest are not read;
-/// every caller passes a SHA-256).
+/// The 32 bytes of a SHA-256 digest (of a longer digest, its first 32; every caller
+/// passes a SHA-256).
 pub fn bytes_of(d: &digest::Digest) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (o, b) in out.iter_mut().zip(d.as_ref()) {

@@ -125,7 +125,7 @@ pub struct RawPresentation<'a> {
 }
 
 /// The access token a proof must hash (`ath`), with its SHA-256 when the caller has taken
-/// it already (Validate has, for the verified-token cache).
+/// it already (Validate has: it is the verified-token cache's key).
 #[derive(Debug, Clone, Copy)]
 pub struct AccessToken<'a> {
     text: &'a str,
@@ -149,11 +149,6 @@ impl<'a> AccessToken<'a> {
             text,
             sha256: Some(sha256),
         }
-    }
-
-    /// The token as presented.
-    pub fn text(&self) -> &'a str {
-        self.text
     }
 
     /// What a proof's `ath` must be: the token's SHA-256, base64url.
