@@ -211,9 +211,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             dpop: Some(dpop.clone()),
         };
         rows.extend(s.measure(&client, args, &mut procs).await?);
-        if alg == Alg::Es256 {
-            // New tokens every round (ECDSA signatures are randomised), so that none is
-            // in introspectd's cache.
+        // ES256 only: its verification is the DPoP budget's. New tokens every round
+        // (ECDSA signatures are randomised), so that none is in introspectd's cache;
+        // signed only when the scenario is selected.
+        if alg == Alg::Es256 && selected(args, Setup::ExtAuthz, Mode::Misses, alg) {
             let s = Scenario {
                 setup: Setup::ExtAuthz,
                 alg,
@@ -222,9 +223,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 mode: Mode::Misses,
                 dpop: None,
             };
-            if s.selected(args) {
-                rows.extend(s.measure(&client, args, &mut procs).await?);
-            }
+            rows.extend(s.measure(&client, args, &mut procs).await?);
         }
     }
     report(args, &medians(rows), es256_floor_us()?);
@@ -270,10 +269,8 @@ impl Scenario {
             return Ok(None);
         }
         let misses = self.mode == Mode::Misses;
-        let warm = if misses {
-            load::Phase::default()
-        } else {
-            load::run(
+        if !misses {
+            let warm = load::run(
                 client,
                 url,
                 tokens.clone(),
@@ -282,16 +279,14 @@ impl Scenario {
                 true,
                 dpop.clone(),
             )
-            .await
-        };
-        anyhow::ensure!(
-            warm.failures == 0,
-            "{} {}{}: {} warm-up requests failed",
-            self.setup.name(),
-            self.alg.name(),
-            if dpop.is_some() { " DPoP" } else { "" },
-            warm.failures
-        );
+            .await;
+            anyhow::ensure!(
+                warm.failures == 0,
+                "{}: {} warm-up requests failed",
+                self.label(),
+                warm.failures
+            );
+        }
         let profile = match &args.perf {
             Some(dir) => Some(perf::Profiler::start(
                 &[procs.envoy.pid(), procs.introspectd.pid()],
@@ -335,15 +330,24 @@ impl Scenario {
 
     /// The scenario's label: its setup (or the DPoP mode) and algorithm, as printed.
     fn label(&self) -> String {
-        format!("{} {}", label(self.setup, self.mode), self.alg.name())
+        scenario_label(self.setup, self.mode, self.alg)
     }
 
     /// Whether `--only` leaves this scenario in.
     fn selected(&self, args: &Args) -> bool {
-        args.only
-            .as_deref()
-            .is_none_or(|only| self.label().contains(only))
+        selected(args, self.setup, self.mode, self.alg)
     }
+}
+
+/// Whether `--only` leaves the scenario of `setup`, `mode` and `alg` in.
+fn selected(args: &Args, setup: Setup, mode: Mode, alg: Alg) -> bool {
+    let label = scenario_label(setup, mode, alg);
+    args.only.as_deref().is_none_or(|only| label.contains(only))
+}
+
+/// A scenario's label: its setup (or mode) and algorithm, as printed.
+fn scenario_label(setup: Setup, mode: Mode, alg: Alg) -> String {
+    format!("{} {}", label(setup, mode), alg.name())
 }
 
 fn report(args: &Args, rows: &[Row], floor_us: f64) {

@@ -192,10 +192,8 @@ fn run(
 }
 
 fn token_sha256() -> [u8; 32] {
-    let mut out = [0u8; 32];
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN.as_bytes());
-    out.copy_from_slice(d.as_ref());
-    out
+    d.as_ref().try_into().expect("a SHA-256 is 32 bytes")
 }
 
 fn refusal(claims: &Map<String, Value>, p: &Presentation, pol: &SenderPolicy<'_>) -> BindingError {
